@@ -1,0 +1,29 @@
+"""Errors raised for bad input. Each message says what was wrong and what is accepted."""
+
+
+class JanusLikeError(Exception):
+    """Base class of every error this package raises for a user's input."""
+
+
+class ImageError(JanusLikeError):
+    """An image could not be read or is not usable (corrupt, empty, too large, odd mode)."""
+
+
+class DataError(JanusLikeError):
+    """A training record is malformed (unknown task, missing file, bad field)."""
+
+
+class PromptError(JanusLikeError):
+    """A prompt is empty or does not fit the model's context."""
+
+
+class SettingsError(JanusLikeError):
+    """A generation or training setting is outside its accepted range."""
+
+
+class CheckpointError(JanusLikeError):
+    """A checkpoint has an unknown layout, missing files or mismatched tensors."""
+
+
+class ModelNotAvailableError(JanusLikeError):
+    """The requested model (for example the embedded default) is not shipped."""

@@ -1,0 +1,109 @@
+"""Reading user images safely and turning them into model tensors.
+
+Every failure (missing file, truncated data, decompression bomb, zero-size or exotic mode) is an
+`ImageError` that names the image and the accepted range, raised before any tensor is built.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+
+MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000: far above any model input, far below a decompression bomb
+
+
+def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a path or check a PIL image; return a fully decoded 8-bit RGB image."""
+    name = getattr(image, "filename", None) or (str(image) if not isinstance(image, Image.Image) else "<PIL image>")
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"image file not found: {path}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"image {name} is too large to decode safely ({e}); at most {max_pixels:,} pixels") from e
+        except Exception as e:  # PIL raises many types for unreadable files
+            raise ImageError(f"cannot read image {name}: not a supported image file ({type(e).__name__}: {e})") from e
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image {name} has no pixels ({width}x{height}); need at least 1x1")
+    if width * height > max_pixels:
+        raise ImageError(f"image {name} has {width}x{height} = {width * height:,} pixels; at most {max_pixels:,} are accepted")
+    try:
+        img.load()
+    except Exception as e:
+        raise ImageError(f"cannot decode image {name}: the file is truncated or corrupt ({e})") from e
+    return to_rgb(img, name)
+
+
+def to_rgb(img: Image.Image, name: str = "<PIL image>") -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited on white, 16-bit/float rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except Exception as e:
+        raise ImageError(f"image {name} has mode {img.mode!r} that cannot be converted to RGB") from e
+
+
+def expand_to_square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Pad the short side symmetrically so the image is square (Janus's expand2square)."""
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), background)
+    canvas.paste(img, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def understanding_pixels(
+    img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """Janus understanding preprocessing: long side to `size` (bicubic), pad to square with the
+    mean colour, scale to [0, 1], normalise. Returns (3, size, size) float32."""
+    width, height = img.size
+    scale = size / max(width, height)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    img = img.resize(new_size, Image.Resampling.BICUBIC)
+    img = expand_to_square(img, tuple(int(m * 255) for m in mean))
+    if img.size != (size, size):  # rounding can leave the square one pixel off
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def generation_pixels(img: Image.Image, size: int) -> torch.Tensor:
+    """VQ input: centre-crop to square, resize to `size`, scale to [-1, 1]. Returns (3, size, size)."""
+    img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+    return x.permute(2, 0, 1).contiguous()
+
+
+def pixels_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """Decoded VQ output in [-1, 1], (B, 3, H, W) -> PIL images (clip and truncate, as Janus's scripts)."""
+    arr = ((pixels.detach().float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy(), "RGB") for a in arr]

@@ -1,0 +1,303 @@
+"""The any-to-any model: SigLIP + aligner in, causal LM in the middle, text and VQ-code heads out.
+
+    und. image ─► SiglipVisionModel ─► aligner ─┐
+    text ───────► LM input embeddings ──────────┼─► causal LM ─┬─► lm_head  (text vocabulary)
+    VQ codes ───► gen_embed ─► gen_aligner ─────┘              └─► gen_head (VQ codebook)
+
+Module names follow DeepSeek's Janus (`aligner.layers.0`, `gen_head.output_mlp_projector`, …)
+so their checkpoints map with few renames.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionModel
+from transformers.utils import ModelOutput
+
+from .configuration import JanusLikeConfig
+from .errors import CheckpointError
+from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
+from .vq import JanusLikeVQModel
+
+
+class MlpAligner(nn.Module):
+    """Linear, then (GELU, Linear) × (depth − 1): Janus's `mlp_gelu` projector."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(1, depth):
+            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class GenHead(nn.Module):
+    """Decoder hidden state -> logits over the VQ codebook (Janus's `vision_head`)."""
+
+    def __init__(self, hidden_size: int, head_hidden_size: int, codebook_size: int):
+        super().__init__()
+        self.output_mlp_projector = nn.Linear(hidden_size, head_hidden_size)
+        self.vision_activation = nn.GELU()
+        self.vision_head = nn.Linear(head_hidden_size, codebook_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vision_head(self.vision_activation(self.output_mlp_projector(x)))
+
+
+@dataclass
+class JanusLikeOutput(ModelOutput):
+    """Task-masked loss and its parts; token counts say how many targets each head scored."""
+
+    loss: torch.Tensor | None = None
+    text_loss: torch.Tensor | None = None
+    image_loss: torch.Tensor | None = None
+    text_tokens: torch.Tensor | None = None
+    image_tokens: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    cache: object | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def cache_kwarg(decoder_class: type) -> str:
+    """The decoder's KV-cache argument: `cache` in transformers >= 5.24, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+
+
+class JanusLikeForConditionalGeneration(PreTrainedModel):
+    config_class = JanusLikeConfig
+    base_model_prefix = "janus_like"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(
+        self,
+        config: JanusLikeConfig,
+        language_model: PreTrainedModel | None = None,
+        vision_model: SiglipVisionModel | None = None,
+        vq: JanusLikeVQModel | None = None,
+    ):
+        """Build every part from `config`, or adopt already-loaded parts (see `from_parts`)."""
+        super().__init__(config)
+        hidden = config.text_config.hidden_size
+        vq_cfg = config.vq_config
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        self.vision_model = vision_model or SiglipVisionModel(config.vision_config)
+        self.aligner = MlpAligner(config.vision_config.hidden_size, hidden, config.aligner_depth)
+        self.vq = vq or JanusLikeVQModel(vq_cfg)
+        self.gen_embed = nn.Embedding(vq_cfg.codebook_size, vq_cfg.codebook_dim)
+        self.gen_aligner = MlpAligner(vq_cfg.codebook_dim, hidden, config.gen_aligner_depth)
+        self.gen_head = GenHead(hidden, config.gen_head_hidden_size, vq_cfg.codebook_size)
+        self.post_init()
+
+    # ------------------------------------------------------------------ parts
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The LM's transformer body (no head): hidden states out."""
+        return self.language_model.get_decoder()
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.get_output_embeddings()(hidden)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.gen_head(hidden)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Understanding images (N, 3, S, S) -> aligned features (N, tokens, hidden)."""
+        dtype = self.aligner.layers[0].weight.dtype
+        features = self.vision_model(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        return self.aligner(features)
+
+    def gen_image_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        """VQ code ids (any shape) -> decoder input embeddings (same shape + hidden)."""
+        return self.gen_aligner(self.gen_embed(codes))
+
+    # ------------------------------------------------------------------ forward
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        modality: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mixed-modality embeddings: text ids through the LM table, understanding placeholders
+        replaced by SigLIP features (in order), generation positions by embedded VQ codes."""
+        if modality is None:
+            modality = torch.zeros_like(input_ids)
+        text_ids = torch.where(modality == TEXT, input_ids, 0)
+        embeds = self.get_input_embeddings()(text_ids)
+        und = modality == UND_IMAGE
+        if und.any():
+            if image_features is None:
+                if pixel_values is None:
+                    raise ValueError("the batch has understanding-image positions but no pixel_values")
+                image_features = self.image_features(pixel_values)
+            features = image_features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            if features.shape[0] != int(und.sum()):
+                raise ValueError(f"{int(und.sum())} understanding-image positions but {features.shape[0]} image features")
+            embeds = embeds.masked_scatter(und.unsqueeze(-1), features)
+        gen = modality == GEN_IMAGE
+        if gen.any():
+            gen_embeds = self.gen_image_embeddings(input_ids[gen]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(gen.unsqueeze(-1), gen_embeds)
+        return embeds
+
+    def fill_gen_codes(self, input_ids: torch.Tensor, modality: torch.Tensor, labels: torch.Tensor | None,
+                       gen_pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode generation images with the (frozen) VQ tokenizer and write the codes into the
+        generation positions of `input_ids` and, where they are targets, of `labels`."""
+        codes = self.vq.encode(gen_pixel_values).to(input_ids.device)
+        gen = modality == GEN_IMAGE
+        if codes.numel() != int(gen.sum()):
+            raise ValueError(f"{int(gen.sum())} generation-image positions but {codes.numel()} VQ codes")
+        input_ids = input_ids.masked_scatter(gen, codes.flatten())
+        if labels is not None:
+            labels = torch.where(gen & (labels != IGNORE_INDEX), input_ids, labels)
+        return input_ids, labels
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        modality: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        gen_pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache=None,
+        use_cache: bool = False,
+        **kwargs,
+    ) -> JanusLikeOutput:
+        """Run the decoder over a mixed batch; with `labels`, return the task-masked loss.
+
+        Position t is scored against token t+1 only where `labels[t+1]` is a target; the head is
+        chosen by the modality of t+1 (text -> lm_head, generation image -> gen_head), and each
+        head runs on the selected positions only, never on batch × seq × vocab."""
+        if modality is None:
+            modality = torch.zeros_like(input_ids)
+        if gen_pixel_values is not None:
+            input_ids, labels = self.fill_gen_codes(input_ids, modality, labels, gen_pixel_values)
+        embeds = self.embed_inputs(input_ids, modality, pixel_values)
+        decoder = self.decoder
+        cache_name = cache_kwarg(type(decoder))
+        kwargs[cache_name] = cache
+        out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=use_cache, **kwargs)
+        hidden = out.last_hidden_state
+        result = JanusLikeOutput(last_hidden_state=hidden, cache=out.get(cache_name))
+        if labels is None:
+            return result
+        return self._task_masked_loss(hidden, labels, modality, result)
+
+    def _task_masked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor,
+                          result: JanusLikeOutput) -> JanusLikeOutput:
+        targets, target_modality, states = labels[:, 1:], modality[:, 1:], hidden[:, :-1]
+        is_target = targets != IGNORE_INDEX
+        text_sel = is_target & (target_modality == TEXT)
+        image_sel = is_target & (target_modality == GEN_IMAGE)
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        text_sum, image_sum = zero, zero
+        if text_sel.any():
+            text_sum = F.cross_entropy(self.text_logits(states[text_sel]).float(), targets[text_sel], reduction="sum")
+        if image_sel.any():
+            image_sum = F.cross_entropy(self.image_logits(states[image_sel]).float(), targets[image_sel], reduction="sum")
+        n_text, n_image = text_sel.sum(), image_sel.sum()
+        result.text_tokens, result.image_tokens = n_text, n_image
+        result.text_loss = text_sum / n_text.clamp_min(1)
+        result.image_loss = image_sum / n_image.clamp_min(1)
+        result.loss = (text_sum + image_sum) / (n_text + n_image).clamp_min(1)
+        return result
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *args, **kwargs):
+        """Load any supported layout (DESIGN.md §5): this package's own, DeepSeek's original
+        Janus / Janus-Pro, or transformers' Janus. Detection lives in `janus_like.checkpoint`."""
+        from .checkpoint import load_model
+
+        return load_model(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def _from_own_format(cls, path: str | os.PathLike, *args, **kwargs):
+        """transformers' loader for a `save_pretrained` directory of this class."""
+        return super().from_pretrained(path, *args, **kwargs)
+
+    @classmethod
+    def from_parts(
+        cls,
+        llm: str | os.PathLike,
+        vision: str | os.PathLike,
+        vq: str | os.PathLike | None = None,
+        *,
+        vq_config=None,
+        return_processor: bool = False,
+        dtype: torch.dtype | None = None,
+        **config_overrides,
+    ):
+        """Compose a new model from pretrained local parts: any causal LM (and its tokenizer), a
+        SigLIP vision encoder (a SigLIP or SigLIP-vision checkpoint) and a VQ tokenizer (this
+        package's format; or `vq_config` for a fresh one). The image special tokens are added to the
+        LM's tokenizer and its embeddings resized; aligners and the image head start random."""
+        from transformers import AutoTokenizer
+
+        from .configuration import JanusLikeVQConfig
+        from .processor import JanusLikeProcessor
+
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        vision_model = SiglipVisionModel.from_pretrained(vision, dtype=dtype)
+        if vq is not None:
+            vq_model = JanusLikeVQModel.from_pretrained(vq, dtype=dtype)
+        else:
+            vq_model = JanusLikeVQModel(vq_config if vq_config is not None else JanusLikeVQConfig())
+        config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
+                                 vq_config=vq_model.config, **config_overrides)
+        new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
+        if tokenizer.pad_token is None:
+            new_tokens.append(config.pad_token)
+        else:
+            config.pad_token = tokenizer.pad_token
+        tokenizer.add_tokens(new_tokens, special_tokens=True)
+        if len(tokenizer) > language_model.get_input_embeddings().weight.shape[0]:
+            language_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        config.text_config = language_model.config
+        model = cls(config, language_model=language_model, vision_model=vision_model, vq=vq_model)
+        processor = JanusLikeProcessor(tokenizer, config)
+        processor.fill_token_ids(config)
+        if dtype is not None:
+            model.to(dtype)
+        return (model, processor) if return_processor else model
+
+
+def check_state_dict_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise a CheckpointError naming the first key whose shape differs from the model's."""
+    expected = model.state_dict()
+    for key, tensor in state_dict.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"shape mismatch for {key}: the checkpoint has {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(expected[key].shape)}")

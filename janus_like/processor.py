@@ -1,0 +1,397 @@
+"""Text + image processing and the sequence layout of DESIGN.md §2.
+
+A sample becomes one token stream in which every position carries a modality (text,
+understanding image, generation image) and a flag saying whether it is a training target.
+Prompts follow DeepSeek's SFT template exactly, so Janus checkpoints see what they were trained on:
+
+    {system}\n\n<|User|>: <begin_of_image>[u × 576]<end_of_image>\n{question}\n\n<|Assistant|>: {answer}<eos>
+    <|User|>: {prompt}\n\n<|Assistant|>:<begin_of_image>[g × 576]<end_of_image>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .configuration import JanusLikeConfig
+from .errors import CheckpointError, DataError, PromptError
+from .images import generation_pixels, load_image, understanding_pixels
+
+TEXT, UND_IMAGE, GEN_IMAGE = 0, 1, 2
+IGNORE_INDEX = -100
+TASKS = ("understanding", "generation", "interleaved", "text")
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+
+
+@dataclass
+class TokenSequence:
+    """One sample before batching: parallel lists of ids, modalities and target flags, plus images."""
+
+    ids: list[int] = field(default_factory=list)
+    modality: list[int] = field(default_factory=list)
+    trainable: list[bool] = field(default_factory=list)
+    und_pixels: list[torch.Tensor] = field(default_factory=list)  # (3, S, S) each, in order of appearance
+    gen_pixels: list[torch.Tensor] = field(default_factory=list)  # (3, G, G) each, in [-1, 1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, ids: Sequence[int], modality: int, trainable: bool) -> None:
+        self.ids.extend(ids)
+        self.modality.extend([modality] * len(ids))
+        self.trainable.extend([trainable] * len(ids))
+
+
+class JanusLikeProcessor:
+    """Tokenizer + image preprocessing + chat template + batching for `JanusLikeForConditionalGeneration`."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        config: JanusLikeConfig,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+    ):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+        self.image_size = config.vision_config.image_size
+        self.num_image_tokens = config.num_image_tokens
+        self.num_gen_tokens = config.num_gen_tokens
+        self.image_start_id = self._token_id(config.image_start_token)
+        self.image_end_id = self._token_id(config.image_end_token)
+        self.image_token_id = self._token_id(config.image_token)
+        self.pad_id = self._token_id(config.pad_token)
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        if self.bos_id is None or self.eos_id is None:
+            raise CheckpointError("the tokenizer needs a BOS and an EOS token; it has "
+                                  f"bos={tokenizer.bos_token!r}, eos={tokenizer.eos_token!r}")
+
+    # ---------------------------------------------------------------- construction and saving
+
+    def fill_token_ids(self, config: JanusLikeConfig) -> None:
+        """Record the special-token ids this tokenizer gives (by name) in a model config."""
+        config.image_start_token_id, config.image_end_token_id = self.image_start_id, self.image_end_id
+        config.image_token_id, config.pad_token_id = self.image_token_id, self.pad_id
+        config.bos_token_id, config.eos_token_id = self.bos_id, self.eos_id
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise CheckpointError(f"the tokenizer's vocabulary lacks the special token {token!r}; "
+                                  "add it (JanusLikeForConditionalGeneration.from_parts does) or use the checkpoint's own tokenizer")
+        return token_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config: JanusLikeConfig | None = None) -> "JanusLikeProcessor":
+        """Load the tokenizer and processor settings saved beside a model (any supported layout)."""
+        from .checkpoint import load_processor  # the format detection lives with the checkpoint code
+
+        return load_processor(path, config)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path)
+        settings = {"image_mean": list(self.image_mean), "image_std": list(self.image_std),
+                    "processor_class": type(self).__name__}
+        (path / PROCESSOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2))
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, config: JanusLikeConfig) -> "JanusLikeProcessor":
+        """This package's own layout: tokenizer files + processor_config.json beside config.json."""
+        path = Path(path)
+        settings_file = path / PROCESSOR_CONFIG_NAME
+        settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(tokenizer, config, settings.get("image_mean", (0.5,) * 3), settings.get("image_std", (0.5,) * 3))
+
+    # ---------------------------------------------------------------- text pieces
+
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenise without adding BOS/EOS; special-token strings inside `text` become their ids."""
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # ---------------------------------------------------------------- images
+
+    def understanding_pixels(self, image) -> torch.Tensor:
+        return understanding_pixels(load_image(image), self.image_size, self.image_mean, self.image_std)
+
+    def generation_pixels(self, image) -> torch.Tensor:
+        return generation_pixels(load_image(image), self.config.gen_image_size)
+
+    def add_und_image(self, b: "SequenceBuilder", image) -> None:
+        """`<begin_of_image>` + N SigLIP placeholders + `<end_of_image>`; never trained."""
+        b.seq.und_pixels.append(self.understanding_pixels(image))
+        b.ids([self.image_start_id], TEXT, False)
+        b.ids([self.image_token_id] * self.num_image_tokens, UND_IMAGE, False)
+        b.ids([self.image_end_id], TEXT, False)
+
+    def add_gen_image(self, b: "SequenceBuilder", image, train_start: bool) -> None:
+        """`<begin_of_image>` (a target only where the model must decide to draw) + N VQ codes
+        (targets; filled in by the model's VQ encoder) + `<end_of_image>` (forced, never trained)."""
+        b.seq.gen_pixels.append(self.generation_pixels(image))
+        b.ids([self.image_start_id], TEXT, train_start)
+        b.ids([0] * self.num_gen_tokens, GEN_IMAGE, True)
+        b.ids([self.image_end_id], TEXT, False)
+
+    # ---------------------------------------------------------------- chat template
+
+    def _add_content(self, b: "SequenceBuilder", content: Any, trainable: bool) -> None:
+        """Message content: a string, or a list of {"type": "text"|"image"} items. An image is
+        followed by a newline before the text, as in DeepSeek's `<image_placeholder>\\n{question}`."""
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        for item in items:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "text":
+                b.text(item.get("text", ""), trainable)
+            elif kind == "image":
+                image = item.get("image", item.get("path"))
+                if image is None:
+                    raise DataError("an image content item needs an 'image' field (a path or PIL image)")
+                self.add_und_image(b, image)
+                b.text("\n", trainable)
+            else:
+                raise DataError(f"unknown content item {item!r}; accepted: "
+                                "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}")
+
+    def _conversation(self, b: "SequenceBuilder", messages: list[dict], system_prompt: str | None,
+                      add_generation_prompt: bool) -> None:
+        cfg = self.config
+        system = cfg.system_prompt if system_prompt is None else system_prompt
+        turns = []
+        for message in messages:
+            role = message.get("role") if isinstance(message, dict) else None
+            if role == "system":
+                content = message.get("content", "")
+                system = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+            elif role in ("user", "assistant"):
+                turns.append(message)
+            else:
+                raise DataError(f"unknown message role {role!r}; accepted: system, user, assistant")
+        if not turns:
+            raise PromptError("a conversation needs at least one user message")
+        b.ids([self.bos_id], TEXT, False)
+        if system:
+            b.text(system + cfg.turn_separator, False)
+        for turn in turns:
+            if turn["role"] == "user":
+                b.text(f"{cfg.user_role}: ", False)
+                self._add_content(b, turn["content"], False)
+                b.text(cfg.turn_separator, False)
+            else:
+                b.text(f"{cfg.assistant_role}:", False)
+                self._add_content(b, _prefix_space(turn["content"]), True)
+                b.ids([self.eos_id], TEXT, True)
+        if add_generation_prompt and turns[-1]["role"] == "user":
+            b.text(f"{cfg.assistant_role}:", False)
+
+    def conversation(self, messages: list[dict], system_prompt: str | None = None,
+                     add_generation_prompt: bool = True) -> TokenSequence:
+        """DeepSeek SFT format. Assistant turns are targets (` {answer}<eos>`); the rest is prompt.
+        With `add_generation_prompt` the sequence ends with `<|Assistant|>:` ready for the answer."""
+        b = SequenceBuilder(self)
+        self._conversation(b, messages, system_prompt, add_generation_prompt)
+        return b.done()
+
+    def generation_prompt(self, prompt: str, images: Sequence | None = None) -> TokenSequence:
+        """Janus text-to-image prompt, no system prompt, ending in `<begin_of_image>`; input images
+        (for edits and variations) go before the instruction like an understanding turn."""
+        b = SequenceBuilder(self)
+        self._generation_prompt(b, prompt, images)
+        b.ids([self.image_start_id], TEXT, False)
+        return b.done()
+
+    def _generation_prompt(self, b: "SequenceBuilder", prompt: str, images: Sequence | None) -> None:
+        content: list[dict] = [{"type": "image", "image": im} for im in (images or [])]
+        content.append({"type": "text", "text": prompt})
+        self._conversation(b, [{"role": "user", "content": content}], "", True)
+
+    def unconditional(self, seq: TokenSequence, keep_images: bool = False) -> TokenSequence:
+        """Janus's unconditional twin: every position but the first and the last becomes the pad
+        token. With `keep_images`, understanding-image spans are kept (image-only condition)."""
+        out = TokenSequence(und_pixels=list(seq.und_pixels) if keep_images else [])
+        last = len(seq) - 1
+        for i, (tok, mod) in enumerate(zip(seq.ids, seq.modality)):
+            keep = i == 0 or i == last or (keep_images and _in_image_span(seq, i))
+            out.add([tok if keep else self.pad_id], mod if keep else TEXT, False)
+        return out
+
+    # ---------------------------------------------------------------- training records
+
+    def record_to_sequence(self, record: dict, base_dir: str | os.PathLike = ".", drop_prompt: bool = False) -> TokenSequence:
+        """A JSONL record of DESIGN.md §6 -> TokenSequence. `drop_prompt` replaces a generation
+        prompt by the unconditional one (CFG training)."""
+        if not isinstance(record, dict):
+            raise DataError(f"a record must be a JSON object, got {type(record).__name__}")
+        task = record.get("task")
+        base = Path(base_dir)
+
+        def image_at(value):
+            if isinstance(value, Image.Image):
+                return value
+            if not isinstance(value, str) or not value:
+                raise DataError(f"an image must be a path string, got {value!r}")
+            return base / value
+
+        b = SequenceBuilder(self)
+        if task == "understanding":
+            messages = record.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise DataError("an understanding record needs a non-empty 'messages' list")
+            self._conversation(b, [_resolve_images(m, image_at) for m in messages], None, False)
+        elif task == "generation":
+            prompt, image = record.get("prompt"), record.get("image")
+            if not isinstance(prompt, str) or not prompt or image is None:
+                raise DataError("a generation record needs a non-empty 'prompt' string and an 'image' path")
+            self._generation_prompt(b, prompt, [image_at(p) for p in record.get("input_images", [])])
+            if drop_prompt:  # the unconditional prompt: BOS, then pads up to <begin_of_image>
+                b.flush()
+                b.seq = self.unconditional(b.seq)
+                b.seq.ids[-1] = self.pad_id
+            self.add_gen_image(b, image_at(image), train_start=False)
+        elif task == "interleaved":
+            segments = record.get("segments")
+            if not isinstance(segments, list) or not segments:
+                raise DataError("an interleaved record needs a non-empty 'segments' list")
+            prompt = record.get("prompt")
+            if prompt is not None:
+                self._conversation(b, [{"role": "user", "content": prompt}], "", True)
+            else:
+                b.ids([self.bos_id], TEXT, False)
+            for segment in segments:
+                kind = segment.get("type") if isinstance(segment, dict) else None
+                if kind == "text":
+                    b.text(segment.get("text", ""), True)
+                elif kind == "image":
+                    self.add_gen_image(b, image_at(segment.get("image")), train_start=True)
+                else:
+                    raise DataError(f"unknown segment {segment!r}; accepted types: text, image")
+            b.ids([self.eos_id], TEXT, True)
+        elif task == "text":
+            text = record.get("text")
+            if not isinstance(text, str) or not text:
+                raise DataError("a text record needs a non-empty 'text' string")
+            b.ids([self.bos_id], TEXT, False)
+            b.text(text, True)
+            b.ids([self.eos_id], TEXT, True)
+        else:
+            raise DataError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+        return b.done()
+
+    def check_length(self, seq: TokenSequence, extra: int = 0) -> None:
+        limit = self.config.text_config.max_position_embeddings
+        if len(seq) + extra > limit:
+            raise PromptError(f"the sequence needs {len(seq) + extra} positions but the model's context holds "
+                              f"{limit}; shorten the prompt or use fewer images")
+
+    def collate(self, sequences: Sequence[TokenSequence], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad a list of sequences into batch tensors; labels are -100 where not a target."""
+        for seq in sequences:
+            self.check_length(seq)
+        length = max(len(s) for s in sequences)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        batch = len(sequences)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        modality = torch.full((batch, length), TEXT, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            n = len(seq)
+            ids = torch.tensor(seq.ids, dtype=torch.long)
+            input_ids[row, :n] = ids
+            modality[row, :n] = torch.tensor(seq.modality, dtype=torch.long)
+            labels[row, :n] = torch.where(torch.tensor(seq.trainable), ids, IGNORE_INDEX)
+            attention_mask[row, :n] = 1
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "modality": modality, "labels": labels}
+        und = [p for s in sequences for p in s.und_pixels]
+        gen = [p for s in sequences for p in s.gen_pixels]
+        if und:
+            out["pixel_values"] = torch.stack(und)
+        if gen:
+            out["gen_pixel_values"] = torch.stack(gen)
+        return out
+
+    def __call__(self, records: Sequence[dict], base_dir: str | os.PathLike = ".", cfg_dropout: float = 0.0,
+                 rng: random.Random | None = None) -> dict[str, torch.Tensor]:
+        """JSONL records -> a padded training batch."""
+        rng = rng or random.Random()
+        seqs = [self.record_to_sequence(r, base_dir, drop_prompt=r.get("task") == "generation" and rng.random() < cfg_dropout)
+                for r in records]
+        return self.collate(seqs)
+
+
+class SequenceBuilder:
+    """Accumulates text so that adjacent text with the same target flag is tokenised in one call
+    (tokenising piece by piece would split BPE merges and differ from DeepSeek's prompts)."""
+
+    def __init__(self, processor: JanusLikeProcessor):
+        self.processor = processor
+        self.seq = TokenSequence()
+        self._text = ""
+        self._trainable = False
+
+    def text(self, text: str, trainable: bool) -> None:
+        if not text:
+            return
+        if self._text and trainable != self._trainable:
+            self.flush()
+        self._text += text
+        self._trainable = trainable
+
+    def ids(self, ids: Sequence[int], modality: int, trainable: bool) -> None:
+        self.flush()
+        self.seq.add(ids, modality, trainable)
+
+    def flush(self) -> None:
+        if self._text:
+            self.seq.add(self.processor.encode_text(self._text), TEXT, self._trainable)
+            self._text = ""
+
+    def done(self) -> TokenSequence:
+        self.flush()
+        return self.seq
+
+
+def _prefix_space(content: Any) -> Any:
+    """The answer follows `<|Assistant|>:` after one space, as DeepSeek's template writes it."""
+    if isinstance(content, str):
+        return " " + content
+    items = list(content)
+    if items and isinstance(items[0], dict) and items[0].get("type") == "text":
+        items[0] = {**items[0], "text": " " + items[0].get("text", "")}
+    else:
+        items.insert(0, {"type": "text", "text": " "})
+    return items
+
+
+def _resolve_images(message: dict, image_at) -> dict:
+    if not isinstance(message, dict) or "content" not in message:
+        raise DataError(f"a message needs 'role' and 'content', got {message!r}")
+    content = message["content"]
+    if isinstance(content, str):
+        return message
+    items = [{**c, "image": image_at(c.get("image"))} if isinstance(c, dict) and c.get("type") == "image" else c
+             for c in content]
+    return {**message, "content": items}
+
+
+def _in_image_span(seq: TokenSequence, i: int) -> bool:
+    """True for an understanding placeholder or the begin/end tags around it."""
+    if seq.modality[i] == UND_IMAGE:
+        return True
+    return (i + 1 < len(seq) and seq.modality[i + 1] == UND_IMAGE) or (i > 0 and seq.modality[i - 1] == UND_IMAGE)

@@ -1,0 +1,109 @@
+"""The VQ image tokenizer: pixels <-> a grid of discrete codebook ids.
+
+Built from library pieces (DESIGN.md §1): `diffusers`' VAE `Encoder`/`Decoder` for the
+convolutional trunk and `vector_quantize_pytorch.VectorQuantize` with cosine-similarity codes
+(the l2-normalised codebook of LlamaGen / Janus VQ-16). At the default sizes every tensor has the
+shape needed to hold Janus's `gen_vision_model` weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import Decoder, Encoder
+from torch import nn
+from transformers import PreTrainedModel
+from vector_quantize_pytorch import VectorQuantize
+
+from .configuration import JanusLikeVQConfig
+
+
+class JanusLikeVQModel(PreTrainedModel):
+    """Encoder -> 1x1 quant conv -> cosine-sim VQ -> 1x1 post-quant conv -> Decoder."""
+
+    config_class = JanusLikeVQConfig
+    base_model_prefix = "vq"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: JanusLikeVQConfig):
+        super().__init__(config)
+        levels = len(config.channel_multiplier)
+        channels = tuple(config.base_channels * m for m in config.channel_multiplier)
+        # LlamaGen puts self-attention only at the lowest resolution: the last down level, first up level.
+        self.encoder = Encoder(
+            in_channels=config.in_channels,
+            out_channels=config.z_channels,
+            down_block_types=("DownEncoderBlock2D",) * (levels - 1) + ("AttnDownEncoderBlock2D",),
+            block_out_channels=channels,
+            layers_per_block=config.num_res_blocks,
+            norm_num_groups=config.norm_num_groups,
+            double_z=False,
+        )
+        self.decoder = Decoder(
+            in_channels=config.z_channels,
+            out_channels=config.out_channels,
+            up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * (levels - 1),
+            block_out_channels=channels,
+            layers_per_block=config.num_res_blocks,
+            norm_num_groups=config.norm_num_groups,
+        )
+        self.quant_conv = nn.Conv2d(config.z_channels, config.codebook_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.z_channels, 1)
+        self.quantize = VectorQuantize(
+            dim=config.codebook_dim,
+            codebook_size=config.codebook_size,
+            use_cosine_sim=True,
+            decay=config.codebook_decay,
+            commitment_weight=config.commitment_weight,
+            threshold_ema_dead_code=config.threshold_ema_dead_code,
+            accept_image_fmap=True,
+        )
+        self.post_init()
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The (codebook_size, codebook_dim) table of unit-norm codes."""
+        return self.quantize.codebook
+
+    def _latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(pixel_values.to(self.quant_conv.weight.dtype)))
+
+    @torch.no_grad()
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], (B, 3, H, W) -> code ids (B, H/f * W/f), row-major."""
+        latents = self._latents(pixel_values).float()
+        # Nearest unit-norm code by cosine similarity; the same argmax VectorQuantize takes,
+        # done here so that encoding never updates the EMA codebook.
+        normed = F.normalize(latents, dim=1).flatten(2).transpose(1, 2)  # (B, hw, D)
+        similarity = normed @ self.codebook.float().t()
+        return similarity.argmax(dim=-1)
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Code ids (B, h*w) of a square grid, or (B, h, w) -> pixels (B, 3, H, W), roughly in [-1, 1]."""
+        if ids.dim() == 2:
+            side = int(round(ids.shape[1] ** 0.5))
+            if side * side != ids.shape[1]:
+                raise ValueError(f"decode needs a square grid of codes, got {ids.shape[1]} per image")
+            ids = ids.view(ids.shape[0], side, side)
+        codes = self.quantize.get_codes_from_indices(ids)  # (B, D, h, w)
+        return self.decoder(self.post_quant_conv(codes.to(self.post_quant_conv.weight.dtype)))
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training forward: reconstruction plus codebook losses and codebook usage."""
+        latents = self._latents(pixel_values)
+        quantized, ids, commit_loss = self.quantize(latents.float())
+        reconstruction = self.decoder(self.post_quant_conv(quantized.to(latents.dtype)))
+        recon_loss = F.mse_loss(reconstruction.float(), pixel_values.float())
+        counts = torch.bincount(ids.flatten(), minlength=self.config.codebook_size).float()
+        probs = counts / counts.sum()
+        perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+        return {
+            "reconstruction": reconstruction,
+            "ids": ids.flatten(1),
+            "recon_loss": recon_loss,
+            "codebook_loss": commit_loss.sum(),
+            "loss": recon_loss + commit_loss.sum(),
+            "codebook_usage": (counts > 0).float().mean(),
+            "perplexity": perplexity,
+        }

@@ -1,0 +1,133 @@
+"""Task-masked cross-entropy (DESIGN.md §2): what is scored, by which head, and where gradients go."""
+
+import torch
+
+from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
+from janus_like.testing import tiny_model
+
+
+def loss_of(model, batch, **changes):
+    batch = {**batch, **changes}
+    torch.manual_seed(0)
+    return model(**batch)
+
+
+def test_mixed_batch_forward_backward_reaches_every_trained_part(tiny, records):
+    model, processor = tiny
+    model.train()
+    batch = processor(records)
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.text_tokens > 0 and out.image_tokens > 0
+    out.loss.backward()
+    for name in ("language_model.lm_head.weight", "gen_head.vision_head.weight", "gen_embed.weight",
+                 "aligner.layers.0.weight", "vision_model.embeddings.patch_embedding.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_prompt_and_und_image_labels_do_not_count(tiny, records):
+    model, processor = tiny
+    batch = processor(records[:1])
+    labels, modality = batch["labels"], batch["modality"]
+    # prompt positions (system, user turn, image tags) are never targets
+    first_target = int((labels[0] != IGNORE_INDEX).nonzero()[0])
+    assert (labels[0, :first_target] == IGNORE_INDEX).all()
+    assert processor.decode(batch["input_ids"][0, first_target:][labels[0, first_target:] != IGNORE_INDEX].tolist()) \
+        == " A red circle."
+    base = loss_of(model, batch).loss
+    # und-image positions are never scored, whatever label they carry
+    und_labels = torch.where(modality == UND_IMAGE, torch.randint_like(labels, 0, 200), labels)
+    assert torch.equal(loss_of(model, batch, labels=und_labels).loss, base)
+    # but an answer token's label changes the loss
+    answer_labels = labels.clone()
+    answer_labels[0, first_target] = (answer_labels[0, first_target] + 1) % 200
+    assert not torch.equal(loss_of(model, batch, labels=answer_labels).loss, base)
+
+
+def test_changing_an_image_code_changes_the_loss(tiny, records):
+    model, processor = tiny
+    batch = processor(records[1:2])
+    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"], batch["gen_pixel_values"])
+    plain = {k: v for k, v in batch.items() if k != "gen_pixel_values"}
+    base = loss_of(model, plain, input_ids=ids, labels=labels).loss
+    gen_positions = (batch["modality"][0] == GEN_IMAGE).nonzero().flatten()
+    changed = labels.clone()
+    changed[0, gen_positions[3]] = (changed[0, gen_positions[3]] + 1) % model.config.vq_config.codebook_size
+    assert not torch.equal(loss_of(model, plain, input_ids=ids, labels=changed).loss, base)
+    # the same through the gen_pixel_values path
+    assert torch.allclose(loss_of(model, batch).loss, base)
+
+
+def test_task_counts(tiny, records):
+    model, processor = tiny
+    und = model(**processor(records[:1]))
+    gen = model(**processor(records[1:2]))
+    assert und.image_tokens == 0 and und.text_tokens == len(processor.encode_text(" A red circle.")) + 1
+    assert gen.text_tokens == 0 and gen.image_tokens == processor.num_gen_tokens
+    inter = model(**processor(records[2:3]))
+    assert inter.image_tokens == 2 * processor.num_gen_tokens
+    # interleaved: the model learns to open an image, but <end_of_image> is forced and not trained
+    batch = processor(records[2:3])
+    scored = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
+    assert (scored == processor.image_start_id).sum() == 2
+    assert (scored == processor.image_end_id).sum() == 0
+
+
+def _grads(model):
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def _untouched(grad):
+    return grad is None or grad.abs().sum() == 0
+
+
+def test_understanding_batch_leaves_generation_parts_alone(tiny, records):
+    model, processor = tiny
+    model.train()
+    model(**processor(records[:1])).loss.backward()
+    grads = _grads(model)
+    for name, grad in grads.items():
+        if name.startswith(("gen_head", "gen_embed", "gen_aligner", "vq.")):
+            assert _untouched(grad), name
+    assert not _untouched(grads["aligner.layers.0.weight"])
+
+
+def test_generation_batch_leaves_understanding_parts_and_lm_head_alone(records):
+    model, processor = tiny_model(seed=0)  # lm_head not tied to the input embeddings
+    assert not model.config.text_config.tie_word_embeddings
+    model.train()
+    model(**processor(records[1:2])).loss.backward()
+    grads = _grads(model)
+    for name, grad in grads.items():
+        if name.startswith(("vision_model", "aligner", "language_model.lm_head", "vq.")):
+            assert _untouched(grad), name
+    assert not _untouched(grads["gen_head.vision_head.weight"])
+    assert not _untouched(grads["gen_embed.weight"])
+
+
+def test_cfg_prompt_dropout_gives_the_unconditional_prompt(tiny, records):
+    _, processor = tiny
+    cond = processor(records[1:2], cfg_dropout=0.0)
+    uncond = processor(records[1:2], cfg_dropout=1.0)
+    assert cond["input_ids"].shape == uncond["input_ids"].shape
+    ids = uncond["input_ids"][0]
+    start = int((ids == processor.image_start_id).nonzero()[0])
+    assert ids[0] == processor.bos_id
+    assert (ids[1:start] == processor.pad_id).all()
+    assert torch.equal(uncond["labels"], cond["labels"])
+
+
+def test_tiny_model_overfits_one_interleaved_example(records):
+    model, processor = tiny_model(seed=0)
+    model.train()
+    batch = processor(records[2:3])
+    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"], batch.pop("gen_pixel_values"))
+    batch.update(input_ids=ids, labels=labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert out.loss.item() < 0.05, out.loss.item()
+    assert out.text_tokens > 0 and out.image_tokens > 0
