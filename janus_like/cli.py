@@ -1,0 +1,122 @@
+"""`janus-like` command line (DESIGN.md §7).
+
+Each sub-command's work lives beside the code it drives (generation, training, checkpoint); this
+module only parses arguments and turns user errors into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .errors import JanusLikeError
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="janus-like", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="text (+ images) -> images")
+    p.add_argument("prompt")
+    _add_model(p)
+    p.add_argument("--image", action="append", default=[], help="input image for edits/variations (repeatable)")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--cfg-scale", type=float, default=5.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs)")
+    p.add_argument("--out", default="out")
+
+    p = sub.add_parser("chat", help="text (+ images) -> text")
+    p.add_argument("prompt")
+    _add_model(p)
+    p.add_argument("--image", action="append", default=[], help="image to ask about (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+    p = sub.add_parser("interleave", help="text -> interleaved text and images")
+    p.add_argument("prompt")
+    _add_model(p)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-images", type=int, default=4)
+    p.add_argument("--cfg-scale", type=float, default=5.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--out", default="out")
+
+    p = sub.add_parser("demo", help="Gradio demo")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+
+    p = sub.add_parser("train", help="train from a YAML config (also under accelerate launch / torchrun)")
+    p.add_argument("config")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from a checkpoint (default: latest)")
+    p.add_argument("--skip-bad-records", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument("--check-data", action="store_true", help="validate the whole dataset and exit")
+
+    p = sub.add_parser("convert", help="convert a DeepSeek or transformers Janus checkpoint to this package's format")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+
+    p = sub.add_parser("eval", help="evaluations")
+    p.add_argument("suite", choices=["shapes"])
+    _add_model(p)
+    return parser
+
+
+def _handler(command: str):
+    """Import the sub-command's implementation only when it runs (keeps `--help` fast)."""
+    if command in ("generate", "chat", "interleave"):
+        from .generation import commands
+        return getattr(commands, command)
+    if command == "train":
+        from .training.commands import train
+        return train
+    if command == "convert":
+        from .checkpoint.convert import convert_command
+        return convert_command
+    if command == "demo":
+        from .demo import demo_command
+        return demo_command
+    if command == "eval":
+        from .evaluation import eval_command
+        return eval_command
+    raise JanusLikeError(f"unknown command {command!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _handler(args.command)(args) or 0
+    except JanusLikeError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"janus-like {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (ImportError, ModuleNotFoundError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"janus-like {args.command}: not available in this installation ({e})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"janus-like {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
