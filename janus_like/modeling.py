@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionModel
 from transformers.utils import ModelOutput
@@ -65,6 +66,23 @@ class JanusLikeOutput(ModelOutput):
     image_tokens: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     cache: object | None = None
+
+
+def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Summed cross-entropy of `head(states)` against `targets`, `chunk` rows at a time.
+
+    Each chunk's logits are recomputed in backward (activation checkpointing), so at most
+    chunk × vocab logits exist at once however many targets the batch has."""
+    if states.shape[0] <= chunk:
+        return F.cross_entropy(head(states).float(), targets, reduction="sum")
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, reduction="sum")
+
+    total = states.new_zeros((), dtype=torch.float32)
+    for h, t in zip(states.split(chunk), targets.split(chunk)):
+        total = total + torch.utils.checkpoint.checkpoint(chunk_loss, h, t, use_reentrant=False)
+    return total
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,9 +240,9 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         zero = hidden.new_zeros((), dtype=torch.float32)
         text_sum, image_sum = zero, zero
         if text_sel.any():
-            text_sum = F.cross_entropy(self.text_logits(states[text_sel]).float(), targets[text_sel], reduction="sum")
+            text_sum = chunked_cross_entropy(self.text_logits, states[text_sel], targets[text_sel])
         if image_sel.any():
-            image_sum = F.cross_entropy(self.image_logits(states[image_sel]).float(), targets[image_sel], reduction="sum")
+            image_sum = chunked_cross_entropy(self.image_logits, states[image_sel], targets[image_sel])
         n_text, n_image = text_sel.sum(), image_sel.sum()
         result.text_tokens, result.image_tokens = n_text, n_image
         result.text_loss = text_sum / n_text.clamp_min(1)

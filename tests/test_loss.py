@@ -131,3 +131,19 @@ def test_tiny_model_overfits_one_interleaved_example(records):
         optimizer.zero_grad()
     assert out.loss.item() < 0.05, out.loss.item()
     assert out.text_tokens > 0 and out.image_tokens > 0
+
+
+def test_chunked_cross_entropy_equals_the_plain_one():
+    from janus_like.modeling import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    states = torch.randn(5000, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (5000,))
+    chunked = chunked_cross_entropy(head, states, targets, chunk=1000)
+    chunked.backward()
+    grad_chunked, states.grad = states.grad.clone(), None
+    plain = torch.nn.functional.cross_entropy(head(states), targets, reduction="sum")
+    plain.backward()
+    assert torch.allclose(chunked, plain, rtol=1e-5)
+    assert torch.allclose(grad_chunked, states.grad, atol=1e-6)
