@@ -81,19 +81,21 @@ def expand_to_square(img: Image.Image, background: tuple[int, int, int]) -> Imag
 
 
 def understanding_pixels(
-    img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+    img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...], do_normalize: bool = True,
+    min_size: int = 14,
 ) -> torch.Tensor:
-    """Janus understanding preprocessing: long side to `size` (bicubic), pad to square with the
-    mean colour, scale to [0, 1], normalise. Returns (3, size, size) float32."""
+    """Janus understanding preprocessing: long side to `size` (bicubic; sides truncated, at least
+    `min_size`), pad to square with the mean colour, scale to [0, 1], normalise unless told not
+    to (Janus-1.3B). Returns (3, size, size) float32."""
     width, height = img.size
-    scale = size / max(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    longest = max(width, height)
+    new_size = (max(int(width / longest * size), min_size), max(int(height / longest * size), min_size))
     img = img.resize(new_size, Image.Resampling.BICUBIC)
     img = expand_to_square(img, tuple(int(m * 255) for m in mean))
-    if img.size != (size, size):  # rounding can leave the square one pixel off
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    if do_normalize:
+        x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return x
 
 
 def generation_pixels(img: Image.Image, size: int) -> torch.Tensor:

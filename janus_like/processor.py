@@ -59,11 +59,13 @@ class JanusLikeProcessor:
         config: JanusLikeConfig,
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        do_normalize: bool = True,
     ):
         self.tokenizer = tokenizer
         self.config = config
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
+        self.do_normalize = do_normalize
         self.image_size = config.vision_config.image_size
         self.num_image_tokens = config.num_image_tokens
         self.num_gen_tokens = config.num_gen_tokens
@@ -104,7 +106,7 @@ class JanusLikeProcessor:
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
         settings = {"image_mean": list(self.image_mean), "image_std": list(self.image_std),
-                    "processor_class": type(self).__name__}
+                    "do_normalize": self.do_normalize, "processor_class": type(self).__name__}
         (path / PROCESSOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2))
 
     @classmethod
@@ -114,7 +116,8 @@ class JanusLikeProcessor:
         settings_file = path / PROCESSOR_CONFIG_NAME
         settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(tokenizer, config, settings.get("image_mean", (0.5,) * 3), settings.get("image_std", (0.5,) * 3))
+        return cls(tokenizer, config, settings.get("image_mean", (0.5,) * 3), settings.get("image_std", (0.5,) * 3),
+                   settings.get("do_normalize", True))
 
     # ---------------------------------------------------------------- text pieces
 
@@ -128,7 +131,8 @@ class JanusLikeProcessor:
     # ---------------------------------------------------------------- images
 
     def understanding_pixels(self, image) -> torch.Tensor:
-        return understanding_pixels(load_image(image), self.image_size, self.image_mean, self.image_std)
+        return understanding_pixels(load_image(image), self.image_size, self.image_mean, self.image_std,
+                                    self.do_normalize)
 
     def generation_pixels(self, image) -> torch.Tensor:
         return generation_pixels(load_image(image), self.config.gen_image_size)
