@@ -23,7 +23,6 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionMode
 from transformers.utils import ModelOutput
 
 from .configuration import JanusLikeConfig
-from .errors import CheckpointError
 from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
 
@@ -174,13 +173,13 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
                 if pixel_values is None:
                     raise ValueError("the batch has understanding-image positions but no pixel_values")
                 image_features = self.image_features(pixel_values)
-            features = image_features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            features = image_features.reshape(-1, embeds.shape[-1]).to(embeds.device, embeds.dtype)
             if features.shape[0] != int(und.sum()):
                 raise ValueError(f"{int(und.sum())} understanding-image positions but {features.shape[0]} image features")
             embeds = embeds.masked_scatter(und.unsqueeze(-1), features)
         gen = modality == GEN_IMAGE
         if gen.any():
-            gen_embeds = self.gen_image_embeddings(input_ids[gen]).to(embeds.dtype)
+            gen_embeds = self.gen_image_embeddings(input_ids[gen].to(self.gen_embed.weight.device)).to(embeds.device, embeds.dtype)
             embeds = embeds.masked_scatter(gen.unsqueeze(-1), gen_embeds)
         return embeds
 
@@ -311,11 +310,3 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
             model.to(dtype)
         return (model, processor) if return_processor else model
 
-
-def check_state_dict_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Raise a CheckpointError naming the first key whose shape differs from the model's."""
-    expected = model.state_dict()
-    for key, tensor in state_dict.items():
-        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"shape mismatch for {key}: the checkpoint has {tuple(tensor.shape)}, "
-                                  f"the model expects {tuple(expected[key].shape)}")

@@ -1,6 +1,11 @@
 """Checkpoint layouts (DESIGN.md §5): detection and loading of every supported format.
 
     janus_like  this package's `save_pretrained` directory (config.json with model_type "janus_like")
+    deepseek    DeepSeek's original Janus / Janus-Pro (config.json with language_config, gen_vision_config, …)
+    hf_janus    transformers' Janus (config.json with model_type "janus")
+
+Foreign layouts load tensor by tensor into a model built on the meta device (`loading`), and
+`janus-like convert` rewrites them in this package's format (`convert`).
 """
 
 from __future__ import annotations
@@ -10,9 +15,14 @@ import os
 from pathlib import Path
 
 from ..configuration import JanusLikeConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelNotAvailableError
+from .loading import ForeignCheckpoint, check_state_dict_shapes, load_foreign_model, open_foreign
 
 OWN = "janus_like"
+DEEPSEEK = "deepseek"
+HF_JANUS = "hf_janus"
+__all__ = ["detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path",
+           "check_state_dict_shapes", "ForeignCheckpoint"]
 
 
 def read_config_json(path: Path) -> dict:
@@ -26,34 +36,87 @@ def read_config_json(path: Path) -> dict:
         raise CheckpointError(f"{file} is not valid JSON: {e}") from e
 
 
+def layout_of(config: dict) -> str | None:
+    from .deepseek import is_deepseek
+
+    if config.get("model_type") == OWN:
+        return OWN
+    if config.get("model_type") == "janus":
+        return HF_JANUS
+    if is_deepseek(config):
+        return DEEPSEEK
+    return None
+
+
 def detect_layout(path: str | os.PathLike) -> str:
     """Which supported layout a local directory holds."""
     config = read_config_json(Path(path))
-    if config.get("model_type") == OWN:
-        return OWN
-    raise CheckpointError(f"unknown checkpoint layout in {path} (model_type={config.get('model_type')!r}); "
-                          f"supported: {OWN!r}")
+    layout = layout_of(config)
+    if layout is None:
+        raise CheckpointError(f"unknown checkpoint layout in {path} (model_type={config.get('model_type')!r}); "
+                              f"supported: this package's ({OWN!r}), DeepSeek's Janus / Janus-Pro "
+                              "(config.json with language_config and gen_vision_config) and transformers' Janus "
+                              "(model_type 'janus')")
+    return layout
 
 
-def load_model(cls, path: str | os.PathLike | None, *args, **kwargs):
-    """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout."""
-    if path is None:
-        from ..errors import ModelNotAvailableError
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A local directory as is; otherwise a hub id, fetched (or found in the cache) with huggingface_hub."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    name = str(path)
+    if local.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{path} is not a model directory")
+    try:
+        from huggingface_hub import snapshot_download
 
-        raise ModelNotAvailableError("no model path given and the embedded default model is not shipped yet")
-    path = Path(path)
+        return Path(snapshot_download(name))
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a local directory and could not be fetched from the hub "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def open_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
+    """A DeepSeek or transformers Janus directory, its config translated and its tokenizer checked."""
+    path = resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:
-        return cls._from_own_format(path, *args, **kwargs)
-    raise CheckpointError(f"no loader for layout {layout!r}")
+        raise CheckpointError(f"{path} is already in this package's format")
+    return open_foreign(path, layout, read_config_json(path))
+
+
+def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, device_map=None,
+               low_cpu_mem_usage: bool = True, **kwargs):
+    """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout."""
+    if path is None:
+        raise ModelNotAvailableError("no model path given and the embedded default model is not shipped yet")
+    path = resolve_path(path)
+    layout = detect_layout(path)
+    if layout == OWN:
+        if device is not None:
+            if device_map is not None:
+                raise CheckpointError("give either device or device_map, not both")
+            device_map = {"": device}
+        return cls._from_own_format(path, dtype=dtype, device_map=device_map, **kwargs)
+    unknown = set(kwargs) - {"max_memory", "offload_folder"}
+    if unknown:
+        raise CheckpointError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
+                              "accepted: dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage")
+    checkpoint = open_foreign(path, layout, read_config_json(path))
+    return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,
+                              low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
 
 
 def load_processor(path: str | os.PathLike, config: JanusLikeConfig | None = None):
     """`JanusLikeProcessor.from_pretrained`: the tokenizer and image settings beside a model."""
     from ..processor import JanusLikeProcessor
 
-    path = Path(path)
+    path = resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:
         return JanusLikeProcessor.from_dir(path, config or JanusLikeConfig.from_pretrained(path))
-    raise CheckpointError(f"no processor loader for layout {layout!r}")
+    checkpoint = open_foreign(path, layout, read_config_json(path))
+    if config is not None:
+        checkpoint.config = config
+    return checkpoint.processor()

@@ -1,0 +1,158 @@
+"""Weight files: find a checkpoint's shards, read them tensor by tensor, write sharded safetensors.
+
+Reading never holds a whole checkpoint in memory: safetensors are opened lazily and `.bin`
+shards are memory-mapped (`torch.load(mmap=True, weights_only=True)`), one shard at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+SAFE_INDEX = "model.safetensors.index.json"
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight shards of a checkpoint directory, from its index json or the single-file names."""
+    for name in INDEX_FILES:
+        index = path / name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index} is not a valid shard index (needs a 'weight_map' object): {e}") from e
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{index} lists {len(shards)} shards but {len(missing)} are missing from {path}: "
+                                      f"{', '.join(missing)}; download the complete checkpoint")
+            return [path / s for s in shards]
+    for name in SINGLE_FILES:
+        if (path / name).is_file():
+            return [path / name]
+    shards = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if shards:
+        return shards
+    raise CheckpointError(f"no weights in {path}: expected {' or '.join(SINGLE_FILES)}, or shards with "
+                          f"{' or '.join(INDEX_FILES)}")
+
+
+def load_bin(file: Path) -> dict[str, torch.Tensor]:
+    """A `.bin` state dict, memory-mapped; only tensors and plain containers may be unpickled."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # files saved with the legacy (pre-zip) torch format cannot be memory-mapped
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).splitlines()[0]
+        raise CheckpointError(f"refusing to load {file}: it contains objects other than tensors, which could run "
+                              f"code when unpickled (torch.load weights_only=True rejected it: {reason}). "
+                              "Use a safetensors copy of the checkpoint") from e
+    except Exception as e:
+        raise CheckpointError(f"cannot read {file}: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file} is not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of every shard, reading one shard at a time."""
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(file, framework="pt") as f:
+                    for name in f.keys():
+                        yield name, f.get_tensor(name)
+            except CheckpointError:
+                raise
+            except Exception as e:
+                raise CheckpointError(f"cannot read {file}: {type(e).__name__}: {e}") from e
+        else:
+            state = load_bin(file)
+            for name in list(state):
+                yield name, state.pop(name)
+
+
+def count_tensors(files: list[Path]) -> int | None:
+    """How many tensors the shards hold, when the index or the safetensors headers say so cheaply."""
+    total = 0
+    for file in files:
+        if file.suffix != ".safetensors":
+            return None
+        with safe_open(file, framework="pt") as f:
+            total += len(f.keys())
+    return total
+
+
+class ShardWriter:
+    """Writes tensors into safetensors shards of at most `max_shard_bytes`, plus the index json.
+
+    Shards go to a temporary directory beside `directory`; `commit` moves the finished set into
+    place, so an interrupted write never leaves a half-written checkpoint."""
+
+    def __init__(self, directory: Path, max_shard_bytes: int = 2 * 2**30):
+        self.directory = directory
+        self.max_shard_bytes = max_shard_bytes
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        # safetensors refuses views that share storage (q/k/v split from one qkv tensor)
+        if tensor.untyped_storage().nbytes() != nbytes or not tensor.is_contiguous():
+            tensor = tensor.contiguous().clone()
+        self.pending[name] = tensor
+        self.pending_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        save_file(self.pending, self.tmp / f"shard-{len(self.shards)}.safetensors", metadata={"format": "pt"})
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def commit(self) -> None:
+        """Write the last shard and the index, then move the directory (with whatever else was
+        written into `self.tmp`) into place."""
+        if self.pending or not self.shards:
+            self._flush()
+        n = len(self.shards)
+        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        weight_map = {}
+        for i, (keys, name) in enumerate(zip(self.shards, names)):
+            os.replace(self.tmp / f"shard-{i}.safetensors", self.tmp / name)
+            weight_map.update({k: name for k in keys})
+        if n > 1:
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2))
+        if self.directory.exists():
+            if any(self.directory.iterdir()):
+                self.abort()
+                raise CheckpointError(f"{self.directory} exists and is not empty; choose a new destination")
+            self.directory.rmdir()
+        os.replace(self.tmp, self.directory)
