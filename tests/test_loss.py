@@ -2,7 +2,7 @@
 
 import torch
 
-from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
+from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, UND_IMAGE
 from janus_like.testing import tiny_model
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError
-from .loading import ForeignCheckpoint, check_state_dict_shapes, load_foreign_model, open_foreign
+from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
 
 OWN = "janus_like"
 DEEPSEEK = "deepseek"
 HF_JANUS = "hf_janus"
-__all__ = ["detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path",
-           "check_state_dict_shapes", "ForeignCheckpoint"]
+__all__ = ["detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path", "ForeignCheckpoint"]
 
 
 def read_config_json(path: Path) -> dict:

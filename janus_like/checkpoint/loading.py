@@ -54,15 +54,6 @@ def open_foreign(path: Path, layout: str, raw: dict) -> ForeignCheckpoint:
     return checkpoint
 
 
-def check_state_dict_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Raise a CheckpointError naming the first key whose shape differs from the model's."""
-    expected = model.state_dict()
-    for key, tensor in state_dict.items():
-        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"shape mismatch for {key}: the checkpoint has {tuple(tensor.shape)}, "
-                                  f"the model expects {tuple(expected[key].shape)}")
-
-
 def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int, ...]],
                    dtype: torch.dtype | None = None, desc: str = "loading") -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the checkpoint under this package's name, shape-checked against `expected`,
