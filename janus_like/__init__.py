@@ -6,6 +6,7 @@ from .configuration import JanusLikeConfig, JanusLikeVQConfig
 from .errors import (CheckpointError, DataError, ImageError, JanusLikeError, ModelNotAvailableError, PromptError,
                      SettingsError)
 from .modeling import JanusLikeForConditionalGeneration
+from .pipeline import JanusLikePipeline
 from .processor import JanusLikeProcessor
 from .vq import JanusLikeVQModel
 
@@ -15,6 +16,6 @@ AutoConfig.register(JanusLikeVQConfig.model_type, JanusLikeVQConfig, exist_ok=Tr
 __version__ = "0.1.0"
 __all__ = [
     "JanusLikeConfig", "JanusLikeVQConfig", "JanusLikeForConditionalGeneration", "JanusLikeProcessor",
-    "JanusLikeVQModel", "JanusLikeError", "ImageError", "DataError", "PromptError", "SettingsError",
+    "JanusLikeVQModel", "JanusLikePipeline", "JanusLikeError", "ImageError", "DataError", "PromptError", "SettingsError",
     "CheckpointError", "ModelNotAvailableError",
 ]

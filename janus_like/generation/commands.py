@@ -1,0 +1,112 @@
+"""`janus-like generate | chat | interleave` (DESIGN.md §7): load, run the engine with a
+progress bar, write the results (files go to a temporary name first, then are renamed)."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from ..pipeline import JanusLikePipeline, check_prompt
+from .events import Done, ImageDone, ImageProgress, TextDelta
+from .settings import GenerationSettings, check_num_images
+
+
+def _pipeline(args: argparse.Namespace, **settings) -> JanusLikePipeline:
+    """Check the prompt and settings (fast, before any weights are read), then load the model."""
+    check_prompt(args.prompt)
+    GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
+    return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                             compile=getattr(args, "compile", False))
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Text (+ --image) -> N images saved as DIR/image_{i}.png."""
+    check_num_images(args.num_images)
+    pipe = _pipeline(args, cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, seed=args.seed)
+    events = pipe.stream(args.prompt, mode="images", images=args.image, num_images=args.num_images,
+                         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, seed=args.seed)
+    out = Path(args.out)
+    with tqdm(total=pipe.processor.num_gen_tokens, desc="drawing", unit="code", file=sys.stderr) as bar:
+        for event in events:
+            if isinstance(event, ImageProgress) and event.row == 0:
+                bar.update(event.done - bar.n)
+            elif isinstance(event, Done):
+                images = [im for r in event.results for im in r.images]
+    for i, image in enumerate(images):
+        print(_save_image(image, out / f"image_{i}.png"))
+    return 0
+
+
+def chat(args: argparse.Namespace) -> int:
+    """Text (+ --image) -> the answer, streamed to stdout."""
+    pipe = _pipeline(args, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, seed=args.seed)
+    for event in pipe.stream(args.prompt, mode="chat", images=args.image, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        if isinstance(event, TextDelta):
+            print(event.text, end="", flush=True)
+    print()
+    return 0
+
+
+def interleave(args: argparse.Namespace) -> int:
+    """Text -> text and images, written as DIR/index.md and DIR/index.html with DIR/image_{i}.png."""
+    pipe = _pipeline(args, seed=args.seed, max_new_tokens=args.max_new_tokens, max_images=args.max_images,
+                     cfg_scale=args.cfg_scale, temperature=args.temperature)
+    events = pipe.stream(args.prompt, mode="interleave", seed=args.seed, max_new_tokens=args.max_new_tokens,
+                         max_images=args.max_images, cfg_scale=args.cfg_scale, temperature=args.temperature)
+    with tqdm(desc="writing", unit="tok", file=sys.stderr) as bar:
+        for event in events:
+            if isinstance(event, (TextDelta, ImageProgress)):
+                bar.update(1)
+            elif isinstance(event, ImageDone):
+                bar.set_postfix(images=event.index + 1)
+            elif isinstance(event, Done):
+                parts = event.results[0].parts
+    print(write_interleaved(parts, Path(args.out)))
+    return 0
+
+
+def write_interleaved(parts: list, out: Path) -> Path:
+    """Save the images and an index.md / index.html showing text and images in order."""
+    md, body, n = [], [], 0
+    for part in parts:
+        if isinstance(part, Image.Image):
+            name = f"image_{n}.png"
+            _save_image(part, out / name)
+            md.append(f"![image {n}]({name})")
+            body.append(f'<p><img src="{name}" alt="image {n}"></p>')
+            n += 1
+        else:
+            md.append(part.strip())
+            body.append(f"<p>{html.escape(part.strip())}</p>")
+    _write_text(out / "index.md", "\n\n".join(md) + "\n")
+    _write_text(out / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
+                + "\n".join(body) + "\n")
+    return out / "index.md"
+
+
+def _save_image(image: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
+    os.close(fd)
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,466 @@
+"""One generation engine for text, images and interleaved output (DESIGN.md §3).
+
+Every request is a batch row with a small state machine:
+
+    TEXT ──(samples <begin_of_image>, images allowed)──► IMAGE(k=0)
+    IMAGE(k) ──(gen_head samples code k)──► IMAGE(k+1) … IMAGE(N) ──(forced <end_of_image>)──► TEXT
+    TEXT ──(<eos>, a stop string or the token budget)──► DONE
+
+Text-to-image rows start in IMAGE and are DONE after their image; chat rows may not open images.
+All rows advance one token per step in lockstep over a static KV cache, so rows in different
+modes share each decoder call. With guidance every row owns an unconditional twin slot: image
+rows sample from `u + s·(c − u)`. A text row's twin is idle until the row opens an image; then
+the twin's prompt (Janus's unconditional prompt for everything the row has seen) is prefilled
+into the twin's cache slot, and the twin follows the row's codes until `<end_of_image>`.
+
+Input images of text-to-image and interleaved prompts stay in the twin (only text is padded), so
+guidance pushes towards the instruction relative to "the same image, no instruction": the text
+term of InstructPix2Pix's two-scale guidance with image scale 1. Without input images this is
+exactly Janus's unconditional prompt.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from ..images import pixels_to_pil
+from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
+from ..processor import GEN_IMAGE, TEXT, JanusLikeProcessor, TokenSequence
+from ..errors import PromptError, SettingsError
+from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
+from .sampling import guided_logits, penalize_repetition, sample
+from .settings import GenerationSettings
+
+TEXT_MODE, IMAGE_MODE, DONE_MODE = "text", "image", "done"
+DECODE_CHUNK = 8  # images decoded by the VQ decoder at once (bounds activation memory at 384²)
+
+
+@dataclass
+class Request:
+    """One row: a prompt and the state it starts in ("text" or "image")."""
+
+    prompt: TokenSequence
+    start: str = TEXT_MODE
+
+
+@dataclass
+class _Row:
+    """Host-side state of one row."""
+
+    mode: str
+    context: TokenSequence | None  # everything a text row has seen, for its twin's prompt
+    result: RowResult = field(default_factory=RowResult)
+    segment: list[int] = field(default_factory=list)  # text ids since the last image
+    emitted: int = 0  # characters of the segment already streamed
+    codes: list[int] = field(default_factory=list)
+    text_tokens: int = 0
+    draw_only: bool = False  # a text-to-image row: DONE after its image
+
+
+class GenerationEngine:
+    """Batched generation over a static KV cache; `stream` yields events, `generate` results."""
+
+    def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor,
+                 compile: bool = False, decode: bool = True):
+        """`compile`: torch.compile the decode step (CUDA graphs on GPU; static shapes, hence the
+        static cache). `decode=False` returns codes only (images stay None), e.g. for benchmarks."""
+        self.model = model.eval()
+        self.processor = processor
+        self.compile = compile
+        self.decode = decode
+        self._body = model.decoder  # resolved once: the property walks the LM on every access
+        self._cache_name = cache_kwarg(type(self._body))
+        self.cache: StaticCache | None = None
+        # compiled: one CUDA graph per decoder step (any mode), and one that also holds the image
+        # head, guidance, sampling and code embedding (text-to-image), so a drawing step is one replay
+        compiled = lambda fn: torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        self._step = compiled(self._decode_step) if compile else self._decode_step
+        self._draw_step = compiled(self._image_step) if compile else self._image_step
+
+    # ------------------------------------------------------------------ public
+
+    def generate(self, requests: Sequence[Request], settings: GenerationSettings) -> list[RowResult]:
+        """Run to the end and return one result per request."""
+        for event in self.stream(requests, settings):
+            if isinstance(event, Done):
+                return event.results
+        raise RuntimeError("the engine stopped without a Done event")
+
+    @torch.inference_mode()
+    def stream(self, requests: Sequence[Request], settings: GenerationSettings) -> Iterator[Event]:
+        """Generate for all requests at once, yielding text deltas, image progress and images."""
+        if not requests:
+            raise PromptError("nothing to generate: no prompts were given")
+        if any(r.start not in (TEXT_MODE, IMAGE_MODE) for r in requests):
+            raise SettingsError(f"a request starts in {TEXT_MODE!r} or {IMAGE_MODE!r}")
+        p, n_codes = self.processor, self.processor.num_gen_tokens
+        batch = len(requests)
+        any_text = any(r.start == TEXT_MODE for r in requests)
+        may_draw = any(r.start == IMAGE_MODE for r in requests) or settings.max_images > 0
+        guided = settings.guided and may_draw  # then slots [batch, 2·batch) are the twins
+
+        # sampled tokens per row -> fed-back tokens -> cache columns: prompt + what can be fed back
+        budgets = [n_codes if r.start == IMAGE_MODE else settings.max_new_tokens + settings.max_images * n_codes
+                   for r in requests]
+        for r, budget in zip(requests, budgets):
+            if len(r.prompt) == 0:
+                raise PromptError("the prompt is empty; give some text")
+            p.check_length(r.prompt, extra=budget)
+        prompts = [r.prompt for r in requests]
+        if guided:
+            twins = {}  # one unconditional prompt per distinct prompt (parallel images share theirs)
+            for r in requests:
+                if r.start == IMAGE_MODE and id(r.prompt) not in twins:
+                    twins[id(r.prompt)] = p.unconditional(r.prompt, keep_images=True)
+            idle = _placeholder(p.pad_id)
+            prompts += [twins[id(r.prompt)] if r.start == IMAGE_MODE else idle for r in requests]
+        length = max(len(s) for s in prompts)
+        cache_len = length + max(budgets) - 1
+
+        device = self.model.device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(settings.seed if settings.seed is not None else secrets.randbits(63))
+        hidden = self._prefill(prompts, length, cache_len)
+        self.kv_cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
+        column = length
+
+        rows = [_Row(mode=r.start, context=_copy(r.prompt) if r.start == TEXT_MODE else None,
+                     draw_only=r.start == IMAGE_MODE) for r in requests]
+        boi_blocked = torch.tensor([settings.max_images == 0] * batch, device=device)
+        image_rows = torch.tensor([r.start == IMAGE_MODE for r in requests], device=device)
+        seen = self._seen_tokens(requests) if settings.repetition_penalty != 1.0 else None
+
+        if not any_text:  # text-to-image: every row draws in lockstep; nothing is read back
+            yield from self._draw(rows, hidden, settings, column)
+        for step in range(max(budgets) if any_text else 0):
+            modes = {row.mode for row in rows}
+            tokens = self._sample(hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen)
+            events, fed_host, mode_changed = self._advance(rows, tokens.tolist(), settings, column)
+            yield from events
+            if all(row.mode == DONE_MODE for row in rows):
+                break
+            fed, fed_is_code = tokens, image_rows
+            if mode_changed:
+                image_rows = torch.tensor([row.mode == IMAGE_MODE for row in rows], device=device)
+                boi_blocked = torch.tensor([len(row.result.codes) >= settings.max_images for row in rows],
+                                           device=device)
+                fed_is_code = torch.tensor([row.mode == IMAGE_MODE and len(row.codes) > 0 for row in rows],
+                                           device=device)
+                fed = torch.where(fed_is_code, tokens, torch.tensor(fed_host, device=device))
+            if seen is not None:
+                seen[torch.arange(batch, device=device), torch.where(fed_is_code, 0, fed)] |= ~fed_is_code
+            embeds = self._embed_next(fed, fed_is_code, any(row.mode == IMAGE_MODE for row in rows))
+            if guided:
+                embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
+            self.mask[:, column] = 0.0
+            hidden = self._step(embeds[:, None], self.positions[:, None], self.mask)
+            if self.compile:
+                hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
+            self.positions += 1
+            column += 1
+        for i, row in enumerate(rows):
+            if row.mode != DONE_MODE:  # cannot happen within the budget; kept as a safe ending
+                yield from self._close_text(i, row)
+                row.result.finish_reason = "length"
+        if not self.compile:
+            self.cache = None  # free the KV memory; a compiled engine keeps it for the next call
+        yield Done([row.result for row in rows])
+
+    # ------------------------------------------------------------------ decoder calls
+
+    def _new_cache(self, slots: int, cache_len: int, like: DynamicCache) -> None:
+        """A static cache of exactly `cache_len` columns for `slots` rows, shaped like `like`.
+        transformers' StaticCache rather than our own: it works with any transformers decoder and
+        marks its tensors as static addresses for CUDA graphs. A compiled engine reuses it when the
+        shape repeats (no re-capture)."""
+        keys = like.layers[0].keys
+        cache = self.cache
+        if (self.compile and cache is not None and cache.get_max_length() == cache_len
+                and cache.layers[0].keys.shape[0] == slots):
+            cache.reset()
+            return
+        self.cache = StaticCache(config=self.model.config.text_config, max_cache_len=cache_len)
+        self.cache.early_initialization(slots, keys.shape[1], keys.shape[-1], keys.dtype, keys.device)
+
+    def _decoder(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache):
+        out = self._body(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
+                         **{self._cache_name: cache})
+        return out.last_hidden_state
+
+    def _decode_step(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One token for every slot: (slots, 1, H) -> last hidden state (slots, H). `mask` is the
+        (slots, cache columns) additive mask of what each slot may attend to."""
+        return self._decoder(embeds, positions, mask[:, None, None, :], self.cache)[:, -1]
+
+    def _prefill(self, prompts: list[TokenSequence], length: int, cache_len: int) -> torch.Tensor:
+        """Run each distinct prompt once (left-padded to `length`, with its understanding images),
+        then copy its keys and values into the static cache of every slot that uses it; returns
+        the slots' last hidden states."""
+        device, pad = self.model.device, self.processor.pad_id
+        distinct = list({id(s): s for s in prompts}.values())
+        slot_of = {id(s): i for i, s in enumerate(distinct)}
+        index = torch.tensor([slot_of[id(s)] for s in prompts], device=device)
+        ids = torch.full((len(distinct), length), pad, dtype=torch.long)
+        modality = torch.full_like(ids, TEXT)
+        for i, s in enumerate(distinct):
+            ids[i, length - len(s):] = torch.tensor(s.ids)
+            modality[i, length - len(s):] = torch.tensor(s.modality)
+        pixels = [x for s in distinct for x in s.und_pixels]
+        pixel_values = torch.stack(pixels).to(device) if pixels else None
+        embeds = self.model.embed_inputs(ids.to(device), modality.to(device), pixel_values)
+        lengths = torch.tensor([len(s) for s in distinct], device=device)
+        columns = torch.arange(length, device=device)
+        real = columns[None, :] >= (length - lengths)[:, None]  # (distinct, length): not left padding
+        allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(length, dtype=torch.bool,
+                                                                                          device=device)
+        positions = (columns - (length - lengths)[:, None]).clamp_min(0)
+        temp = DynamicCache(config=self.model.config.text_config)
+        hidden = self._decoder(embeds, positions, _additive(allowed[:, None], embeds.dtype), temp)
+        self._new_cache(len(prompts), cache_len, temp)
+        for static, dynamic in zip(self.cache.layers, temp.layers):
+            static.keys[:, :, :length] = dynamic.keys[index]
+            static.values[:, :, :length] = dynamic.values[index]
+            static.cumulative_length.fill_(length)
+        self.mask = torch.full((len(prompts), cache_len), torch.finfo(embeds.dtype).min, dtype=embeds.dtype,
+                               device=device)
+        self.mask[:, :length].masked_fill_(real[index], 0.0)
+        self.positions = lengths[index]
+        return hidden[index, -1]
+
+    def _prefill_twin(self, row_index: int, row: _Row, column: int, slots: int) -> None:
+        """Write the twin's unconditional prompt for everything row `row_index` has seen (ending in
+        `<begin_of_image>`, which the next lockstep call feeds) into its cache slot."""
+        twin = self.processor.unconditional(row.context, keep_images=True)
+        n = len(twin) - 1
+        device = self.model.device
+        ids = torch.tensor([twin.ids[:n]], device=device)
+        modality = torch.tensor([twin.modality[:n]], device=device)
+        pixels = torch.stack(twin.und_pixels).to(device) if twin.und_pixels else None
+        embeds = self.model.embed_inputs(ids, modality, pixels)
+        temp = DynamicCache(config=self.model.config.text_config)
+        self._decoder(embeds, torch.arange(n, device=device)[None], None, temp)
+        slot, start = slots // 2 + row_index, column - n
+        for static, dynamic in zip(self.cache.layers, temp.layers):
+            static.keys[slot, :, start:column] = dynamic.keys[0]
+            static.values[slot, :, start:column] = dynamic.values[0]
+        self.mask[slot] = torch.finfo(self.mask.dtype).min
+        self.mask[slot, start:column] = 0.0
+        self.positions[slot] = n
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self, hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen) -> torch.Tensor:
+        """Next token of every row: image rows from the (guided) gen head, text rows from the LM head."""
+        code = text = None
+        if IMAGE_MODE in modes:
+            logits = self.model.image_logits(hidden).float()
+            if guided:
+                logits = guided_logits(logits[:batch], logits[batch:], settings.cfg_scale)
+            code = sample(logits, settings.temperature, settings.top_k, settings.top_p, self.generator)
+        if TEXT_MODE in modes:
+            logits = self.model.text_logits(hidden[:batch]).float()
+            if seen is not None:
+                logits = penalize_repetition(logits, seen, settings.repetition_penalty)
+            boi = self.processor.image_start_id
+            if settings.max_images == 0:
+                logits[:, boi] = float("-inf")
+            else:
+                logits[:, boi] = logits[:, boi].masked_fill(boi_blocked, float("-inf"))
+            text = sample(logits, settings.temperature, settings.top_k, settings.top_p, self.generator)
+        if code is None:
+            return text if text is not None else torch.zeros(batch, dtype=torch.long, device=hidden.device)
+        return code if text is None else torch.where(image_rows, code, text)
+
+    def _draw(self, rows: list[_Row], hidden: torch.Tensor, settings: GenerationSettings, column: int
+              ) -> Iterator[Event]:
+        """Text-to-image rows: N codes each, one (compiled) draw step per code, no host sync."""
+        batch, n_codes = len(rows), self.processor.num_gen_tokens
+        codebook = self.model.gen_embed.num_embeddings
+        picks = (settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, batch)
+        codes = torch.zeros(batch, n_codes, dtype=torch.long, device=hidden.device)
+        for k in range(n_codes):
+            noise = None
+            if settings.temperature > 0:
+                noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=self.generator)
+            if k + 1 < n_codes:
+                self.mask[:, column + k] = 0.0
+                code, hidden = self._draw_step(hidden, noise, self.positions + k, self.mask, *picks)
+                if self.compile:
+                    hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
+            else:
+                code = self._pick_codes(hidden, noise, *picks)
+            codes[:, k] = code
+            yield from self._image_progress(rows, k + 1, settings, codes)
+        yield from self._finish_images(rows, codes)
+
+    def _pick_codes(self, hidden, noise, temperature, top_k, top_p, cfg_scale, batch) -> torch.Tensor:
+        """Image head on every slot, guidance when twins follow the rows, then a code per row."""
+        logits = self.model.image_logits(hidden).float()
+        if hidden.shape[0] > batch:
+            logits = guided_logits(logits[:batch], logits[batch:], cfg_scale)
+        return sample(logits, temperature, top_k, top_p, noise=noise)
+
+    def _image_step(self, hidden, noise, positions, mask, temperature, top_k, top_p, cfg_scale, batch):
+        """Sample a code for every row and run the decoder on it: one drawing step."""
+        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, batch)
+        embeds = self.model.gen_image_embeddings(code)
+        if hidden.shape[0] > batch:
+            embeds = embeds.repeat(2, 1)
+        return code, self._decode_step(embeds[:, None], positions[:, None], mask)
+
+    def _seen_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
+        """(rows, vocab) mask of the text ids in each prompt, for the repetition penalty."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        seen = torch.zeros(len(requests), vocab, dtype=torch.bool)
+        for i, r in enumerate(requests):
+            ids = [t for t, m in zip(r.prompt.ids, r.prompt.modality) if m == TEXT]
+            seen[i, ids] = True
+        return seen.to(self.model.device)
+
+    def _embed_next(self, tokens: torch.Tensor, is_code: torch.Tensor, any_code: bool) -> torch.Tensor:
+        """Decoder inputs for the fed tokens: text embeddings or embedded VQ codes per row."""
+        if not any_code:
+            return self.model.get_input_embeddings()(tokens)
+        text = self.model.get_input_embeddings()(torch.where(is_code, 0, tokens))
+        image = self.model.gen_image_embeddings(torch.where(is_code, tokens, 0)).to(text.dtype)
+        return torch.where(is_code[:, None], image, text)
+
+    # ------------------------------------------------------------------ row state machine
+
+    def _advance(self, rows: list[_Row], tokens: list[int], settings: GenerationSettings, column: int):
+        """Apply one step's tokens to every row's state; return the events, the ids to feed back
+        and whether any row changed mode."""
+        p, n_codes = self.processor, self.processor.num_gen_tokens
+        events, fed, changed = [], list(tokens), False
+        hold = max((len(s) for s in settings.stop), default=1) - 1  # a stop string may still be forming
+        for i, (row, token) in enumerate(zip(rows, tokens)):
+            if row.mode == DONE_MODE:
+                continue
+            row.result.token_ids.append(token)
+            if row.mode == IMAGE_MODE:
+                row.codes.append(token)
+                if row.context is not None:
+                    row.context.add([token], GEN_IMAGE, False)
+                index, done = len(row.result.codes), len(row.codes)
+                preview = self._preview(row.codes) if _preview_due(done, settings, n_codes) else None
+                events.append(ImageProgress(i, index, done, n_codes, preview))
+                if done == n_codes:
+                    codes = torch.tensor(row.codes)
+                    image = self._decode(codes[None])[0]
+                    row.result.codes.append(codes)
+                    row.result.parts += [image] if image is not None else []
+                    events.append(ImageDone(i, index, image, codes))
+                    row.codes, changed = [], True
+                    if row.draw_only:
+                        row.mode, row.result.finish_reason = DONE_MODE, "image"
+                        continue
+                    fed[i] = p.image_end_id  # forced
+                    row.result.token_ids.append(p.image_end_id)
+                    row.context.add([p.image_end_id], TEXT, False)
+                    row.mode = TEXT_MODE
+                    if row.text_tokens >= settings.max_new_tokens:
+                        row.mode, row.result.finish_reason = DONE_MODE, "length"
+                continue
+            row.text_tokens += 1
+            if token == p.eos_id and not settings.ignore_eos:
+                events += self._close_text(i, row)
+                row.mode, row.result.finish_reason, changed = DONE_MODE, "eos", True
+                continue
+            if token == p.image_start_id and len(row.result.codes) < settings.max_images:
+                events += self._close_text(i, row)
+                row.context.add([token], TEXT, False)
+                row.mode, changed = IMAGE_MODE, True
+                if settings.guided:
+                    self._prefill_twin(i, row, column, 2 * len(rows))
+                continue
+            row.segment.append(token)
+            row.context.add([token], TEXT, False)
+            text = p.decode(row.segment, skip_special_tokens=False)  # stop strings may be special tokens
+            hit = min((text.find(s) for s in settings.stop if s in text), default=-1)
+            if hit >= 0:
+                events += self._close_text(i, row, text[:hit])
+                row.mode, row.result.finish_reason, changed = DONE_MODE, "stop", True
+            elif row.text_tokens >= settings.max_new_tokens:
+                events += self._close_text(i, row, text)
+                row.mode, row.result.finish_reason, changed = DONE_MODE, "length", True
+            elif not text.endswith("\ufffd") and len(text) - hold > row.emitted:
+                events.append(TextDelta(i, text[row.emitted:len(text) - hold]))
+                row.emitted = len(text) - hold
+        return events, fed, changed
+
+    def _close_text(self, i: int, row: _Row, text: str | None = None) -> list[Event]:
+        """End the current text segment: stream what is left of it and add it to the parts."""
+        if text is None:
+            text = self.processor.decode(row.segment, skip_special_tokens=False)
+        events = [TextDelta(i, text[row.emitted:])] if len(text) > row.emitted else []
+        if text:
+            row.result.parts.append(text)
+        row.segment, row.emitted = [], 0
+        return events
+
+    # ------------------------------------------------------------------ images
+
+    def _image_progress(self, rows, done: int, settings, image_codes) -> Iterator[Event]:
+        n_codes = self.processor.num_gen_tokens
+        previews = None
+        if _preview_due(done, settings, n_codes):
+            previews = self._decode(_fill(image_codes, done))
+        for i, _ in enumerate(rows):
+            yield ImageProgress(i, 0, done, n_codes, previews[i] if previews else None)
+
+    def _finish_images(self, rows: list[_Row], image_codes: torch.Tensor) -> Iterator[Event]:
+        codes = image_codes.cpu()
+        images = self._decode(codes)
+        for i, (row, image) in enumerate(zip(rows, images)):
+            row.result.codes.append(codes[i])
+            row.result.token_ids.extend(codes[i].tolist())
+            row.result.parts += [image] if image is not None else []
+            row.mode, row.result.finish_reason = DONE_MODE, "image"
+            yield ImageDone(i, 0, image, codes[i])
+
+    def _preview(self, codes: list[int]) -> object:
+        n_codes = self.processor.num_gen_tokens
+        return self._decode(_fill(torch.tensor([codes]), len(codes), n_codes))[0]
+
+    def _decode(self, codes: torch.Tensor) -> list:
+        """VQ codes (B, N) -> PIL images, a few at a time (None each when decoding is off)."""
+        if not self.decode:
+            return [None] * codes.shape[0]
+        vq = self.model.vq
+        images = []
+        for chunk in codes.split(DECODE_CHUNK):
+            images += pixels_to_pil(vq.decode(chunk.to(self.model.device)))
+        return images
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool 'may attend' -> additive mask (works for SDPA and eager attention alike)."""
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+def _placeholder(pad_id: int) -> TokenSequence:
+    """An idle twin: one pad token, overwritten when its row opens an image."""
+    seq = TokenSequence()
+    seq.add([pad_id], TEXT, False)
+    return seq
+
+
+def _copy(seq: TokenSequence) -> TokenSequence:
+    return TokenSequence(list(seq.ids), list(seq.modality), list(seq.trainable), list(seq.und_pixels))
+
+
+def _preview_due(done: int, settings: GenerationSettings, total: int) -> bool:
+    return settings.preview_every > 0 and done % settings.preview_every == 0 and done < total
+
+
+def _fill(codes: torch.Tensor, done: int, total: int | None = None) -> torch.Tensor:
+    """Codes sampled so far, the rest of the grid filled with code 0 (for previews)."""
+    total = total or codes.shape[1]
+    out = torch.zeros(codes.shape[0], total, dtype=torch.long)
+    out[:, :done] = codes[:, :done].cpu()
+    return out

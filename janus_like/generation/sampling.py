@@ -1,0 +1,54 @@
+"""Logit processing and sampling: CFG, repetition penalty, temperature, top-k, top-p.
+
+Everything stays on the device and never reads a value back to the host, so the decode loop runs
+without synchronisation."""
+
+from __future__ import annotations
+
+import torch
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: `u + s·(c − u)` (one fused lerp)."""
+    return torch.lerp(uncond, cond, scale)
+
+
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty (as transformers): seen tokens' positive logits are divided by the
+    penalty, negative ones multiplied. `seen` is a (rows, vocab) bool mask."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Keep the k best tokens and the smallest set whose probability reaches top_p; -inf elsewhere."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """(rows, vocab) logits -> (rows,) token ids; temperature 0 is argmax.
+
+    Sampling uses the exponential-race form of Gumbel-max (argmax of p / E, E ~ Exp(1)), as
+    gpt-fast does: the same distribution as `torch.multinomial`, with no host sync on CUDA.
+    `noise` (the E draws) may be given, so that a compiled graph needs no generator."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    if temperature != 1:
+        logits = logits / temperature
+    probs = filter_top_k_top_p(logits, top_k, top_p).softmax(dim=-1)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(dim=-1)

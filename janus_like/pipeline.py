@@ -1,0 +1,128 @@
+"""`JanusLikePipeline`: the public one-call API of DESIGN.md §4 on top of the generation engine."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from .errors import PromptError, SettingsError
+from .generation import Done, Event, GenerationEngine, GenerationSettings, Request
+from .generation.engine import IMAGE_MODE, TEXT_MODE
+from .generation.settings import check_num_images
+from .modeling import JanusLikeForConditionalGeneration
+from .processor import JanusLikeProcessor, TokenSequence
+
+ImageLike = str | os.PathLike | Image.Image
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("images", "chat", "interleave")
+
+
+class JanusLikePipeline:
+    """Text and images in, text, images or both out; one engine serves every call."""
+
+    def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor, compile: bool = False):
+        self.model = model.eval()
+        self.processor = processor
+        self.engine = GenerationEngine(model, processor, compile=compile)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None, compile: bool = False) -> "JanusLikePipeline":
+        """Load a model and its processor (any supported layout; no path: the embedded default).
+        Defaults: CUDA when available in bfloat16, else CPU in float32."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = _dtype(dtype, device)
+        model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
+        processor = JanusLikeProcessor.from_pretrained(path, model.config)
+        return cls(model, processor, compile=compile)
+
+    # ------------------------------------------------------------------ one-call API
+
+    def generate_images(self, prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                        images: Sequence[ImageLike] | None = None, preview_every: int = 0) -> list[Image.Image]:
+        """Text (+ input images, for edits and variations) -> `num_images` images."""
+        done = _last(self.stream(prompt, mode="images", num_images=num_images, cfg_scale=cfg_scale,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, images=images,
+                                 preview_every=preview_every))
+        return [image for result in done.results for image in result.images]
+
+    def chat(self, prompt: str | list[dict], images: Sequence[ImageLike] | None = None, max_new_tokens: int = 256,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float = 1.0, stop: Sequence[str] | None = None, seed: int | None = None,
+             system_prompt: str | None = None) -> str:
+        """A question (+ images), or HF-style multimodal messages -> the assistant's answer."""
+        done = _last(self.stream(prompt, mode="chat", images=images, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 repetition_penalty=repetition_penalty, stop=stop, seed=seed,
+                                 system_prompt=system_prompt))
+        return done.results[0].text.strip()
+
+    def interleave(self, prompt: str | list[dict], seed: int | None = None, max_new_tokens: int = 512,
+                   max_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, images: Sequence[ImageLike] | None = None
+                   ) -> list[str | Image.Image]:
+        """Text (+ images) -> text and images in the order the model wrote them."""
+        done = _last(self.stream(prompt, mode="interleave", seed=seed, max_new_tokens=max_new_tokens,
+                                 max_images=max_images, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, images=images))
+        return done.results[0].parts
+
+    def stream(self, prompt: str | list[dict], mode: str = "chat", *, images: Sequence[ImageLike] | None = None,
+               num_images: int = 1, system_prompt: str | None = None, **settings) -> Iterator[Event]:
+        """The engine's events (TextDelta, ImageProgress, ImageDone, Done) for one prompt.
+        `mode` is "images", "chat" or "interleave"; `settings` are GenerationSettings fields."""
+        if mode not in MODES:
+            raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
+        settings = {k: v for k, v in settings.items() if v is not None}
+        if mode == "images":
+            check_num_images(num_images)
+            sequence = self.processor.generation_prompt(check_prompt(prompt), list(images or []))
+            requests = [Request(sequence, IMAGE_MODE)] * num_images
+        else:
+            sequence = self._conversation(prompt, images, "" if mode == "interleave" else system_prompt)
+            requests = [Request(sequence, TEXT_MODE)]
+            if mode == "chat":
+                settings.setdefault("stop", (self.processor.config.user_role,))
+                settings["max_images"] = 0
+        return self.engine.stream(requests, GenerationSettings(**settings))
+
+    def _conversation(self, prompt: str | list[dict], images: Sequence[ImageLike] | None,
+                      system_prompt: str | None) -> TokenSequence:
+        if isinstance(prompt, str):
+            content = [{"type": "image", "image": im} for im in images or []]
+            messages = [{"role": "user", "content": content + [{"type": "text", "text": check_prompt(prompt)}]}]
+        elif isinstance(prompt, list) and prompt:
+            if images:
+                raise PromptError("pass images inside the messages' content, not as images=, when giving messages")
+            messages = prompt
+        else:
+            raise PromptError(f"the prompt must be a non-empty string or a list of messages, got {type(prompt).__name__}")
+        return self.processor.conversation(messages, system_prompt=system_prompt)
+
+
+def check_prompt(prompt) -> str:
+    """A prompt string with some text in it."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt is empty; give some text (a non-empty string)")
+    return prompt
+
+
+def _last(events: Iterator[Event]) -> Done:
+    for event in events:
+        if isinstance(event, Done):
+            return event
+    raise RuntimeError("generation ended without a Done event")
+
+
+def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise SettingsError(f"dtype={dtype!r} is not accepted; dtype must be one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    return dtype

@@ -1,0 +1,69 @@
+"""`janus-like generate | chat | interleave`: files written, one-line errors with exit status 2."""
+
+import pytest
+
+from janus_like.cli import main
+from janus_like.testing import shape_image, write_image
+
+
+@pytest.fixture
+def saved(tiny, tmp_path):
+    model, processor = tiny
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def test_generate_writes_pngs(saved, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--seed", "0",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["image_0.png", "image_1.png"]
+    assert "image_0.png" in capsys.readouterr().out
+
+
+def test_chat_prints_the_answer(saved, tmp_path, capsys):
+    image = write_image(tmp_path / "in.png", shape_image())
+    assert main(["chat", "What is this?", "--model", saved, "--image", str(image), "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_interleave_writes_index_md_and_html(saved, tmp_path):
+    out = tmp_path / "story"
+    assert main(["interleave", "Draw a red circle.", "--model", saved, "--seed", "0", "--max-new-tokens", "6",
+                 "--out", str(out)]) == 0
+    assert (out / "index.md").is_file() and (out / "index.html").read_text().startswith("<!doctype html>")
+
+
+def test_interleave_files_list_images_in_order(tmp_path):
+    from PIL import Image
+
+    from janus_like.generation.commands import write_interleaved
+
+    parts = ["first <b>", shape_image("circle"), "then", shape_image("square"), "end"]
+    write_interleaved(parts, tmp_path)
+    md = (tmp_path / "index.md").read_text()
+    assert md.index("first") < md.index("image_0.png") < md.index("then") < md.index("image_1.png") < md.index("end")
+    assert "&lt;b&gt;" in (tmp_path / "index.html").read_text()
+    assert Image.open(tmp_path / "image_1.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "x", "--temperature", "-1"], "temperature"),
+    (["generate", "x", "--num-images", "0"], "num_images"),
+    (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
+    (["generate", "x", "--top-p", "0"], "top_p"),
+    (["generate", ""], "empty"),
+    (["chat", "x" * 2000], "context"),
+    (["interleave", "x", "--max-images", "99"], "max_images"),
+])
+def test_user_errors_print_one_line_and_exit_2(saved, argv, words, capsys):
+    assert main(argv + ["--model", saved]) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("janus-like")]
+    assert len(ours) == 1 and words in ours[0] and "Traceback" not in err
+
+
+def test_no_model_exits_2_with_one_line(capsys):
+    assert main(["generate", "a cat"]) == 2
+    assert "default model" in capsys.readouterr().err

@@ -1,0 +1,202 @@
+"""The generation engine (DESIGN.md §3): guidance, sampling, seeds, streaming, stops, KV size, bad settings."""
+
+import pytest
+import torch
+
+from janus_like import PromptError, SettingsError
+from janus_like.generation import (Done, GenerationEngine, GenerationSettings, ImageDone, ImageProgress, Request,
+                                   TextDelta)
+from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, sample
+from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
+from janus_like.processor import GEN_IMAGE
+from janus_like.testing import shape_image, tiny_model
+
+
+def _with_codes(processor, seq, codes):
+    """A copy of `seq` followed by generated image codes (to score it in one full forward)."""
+    ids = torch.tensor([seq.ids + codes])
+    modality = torch.tensor([seq.modality + [GEN_IMAGE] * len(codes)])
+    return ids, modality
+
+
+def test_cfg_codes_follow_u_plus_s_times_c_minus_u_computed_by_hand(tiny):
+    model, processor = tiny
+    scale = 3.0
+    cond = processor.generation_prompt("a red circle")
+    uncond = processor.unconditional(cond)
+    assert uncond.ids[0] == processor.bos_id and uncond.ids[-1] == processor.image_start_id
+    assert set(uncond.ids[1:-1]) == {processor.pad_id}
+    engine = GenerationEngine(model, processor)
+    codes = engine.generate([Request(cond, "image")], GenerationSettings(temperature=0, cfg_scale=scale))[0].codes[0]
+    # by hand: full forwards without any cache over prompt + codes, guided argmax at every step
+    with torch.no_grad():
+        hidden = [model(*_with_codes(processor, s, codes[:-1].tolist())).last_hidden_state[0, len(s) - 1:]
+                  for s in (cond, uncond)]
+        c, u = (model.image_logits(h) for h in hidden)
+    by_hand = u + scale * (c - u)
+    assert torch.equal(by_hand.argmax(-1), codes)
+    assert torch.allclose(guided_logits(c, u, scale), by_hand)
+
+
+def test_image_conditioned_generation_keeps_the_input_image_in_the_twin(tiny):
+    model, processor = tiny
+    cond = processor.generation_prompt("make it blue", images=[shape_image()])
+    twin = processor.unconditional(cond, keep_images=True)
+    assert len(twin.und_pixels) == 1 and len(twin) == len(cond)
+    engine = GenerationEngine(model, processor)
+    settings = GenerationSettings(temperature=0, cfg_scale=2.0)
+    codes = engine.generate([Request(cond, "image")], settings)[0].codes[0]
+    with torch.no_grad():
+        logits = []
+        for s in (cond, twin):
+            ids, modality = _with_codes(processor, s, codes[:-1].tolist())
+            pixels = torch.stack(s.und_pixels)
+            hidden = model(ids, modality, pixel_values=pixels).last_hidden_state[0, len(s) - 1:]
+            logits.append(model.image_logits(hidden))
+    assert torch.equal(guided_logits(*logits, 2.0).argmax(-1), codes)
+    # the input image matters
+    plain = engine.generate([Request(processor.generation_prompt("make it blue"), "image")], settings)[0].codes[0]
+    assert not torch.equal(codes, plain)
+
+
+def test_same_seed_same_output_different_seed_different_images(tiny):
+    model, processor = tiny
+    engine = GenerationEngine(model, processor)
+    prompt = processor.generation_prompt("a red circle")
+    run = lambda seed: torch.stack([r.codes[0] for r in engine.generate(
+        [Request(prompt, "image")] * 2, GenerationSettings(seed=seed, temperature=1.0))])
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # parallel images of one prompt differ
+    chat = processor.conversation([{"role": "user", "content": "hello"}])
+    text = lambda seed: engine.generate([Request(chat)], GenerationSettings(seed=seed, max_new_tokens=12))[0].token_ids
+    assert text(5) == text(5) and text(5) != text(6)
+
+
+def test_stream_events_add_up_to_the_results(tiny):
+    model, processor = tiny
+    engine = GenerationEngine(model, processor)
+    prompt = processor.generation_prompt("a red circle")
+    events = list(engine.stream([Request(prompt, "image")] * 2, GenerationSettings(seed=0, preview_every=4)))
+    n = processor.num_gen_tokens
+    progress = [e for e in events if isinstance(e, ImageProgress)]
+    assert len(progress) == 2 * n and progress[-1].done == n
+    assert sum(e.preview is not None for e in progress) == 2 * (n // 4 - 1)
+    done = [e for e in events if isinstance(e, ImageDone)]
+    assert [e.row for e in done] == [0, 1] and done[0].image.size == (16, 16) and done[0].codes.shape == (n,)
+    assert isinstance(events[-1], Done) and events[-1].results[1].images[0] is done[1].image
+
+    chat = processor.conversation([{"role": "user", "content": "hi"}])
+    events = list(engine.stream([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=20)))
+    streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert streamed == events[-1].results[0].text and streamed
+
+
+def test_stop_strings_and_token_budget(tiny):
+    model, processor = tiny
+    engine = GenerationEngine(model, processor)
+    chat = processor.conversation([{"role": "user", "content": "hello"}])
+    free = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30))[0]
+    assert free.finish_reason in ("length", "eos") and len(free.token_ids) <= 30
+    stop = free.text[4:6]
+    cut = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30, stop=[stop]))[0]
+    assert cut.finish_reason == "stop" and cut.text == free.text[:free.text.find(stop)]
+    short = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=3))[0]
+    assert short.token_ids == free.token_ids[:3] and short.finish_reason == "length"
+
+
+def test_kv_cache_holds_exactly_prompt_plus_generated_tokens(tiny):
+    model, processor = tiny
+    text = model.config.text_config
+    per_column = text.num_hidden_layers * 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 4
+    engine = GenerationEngine(model, processor)
+    prompt = processor.generation_prompt("a red circle")
+    engine.generate([Request(prompt, "image")] * 3, GenerationSettings(seed=0))
+    # 3 rows + 3 unconditional twins; prompt, then every code but the last is fed back
+    assert engine.kv_cache_bytes == 6 * (len(prompt) + processor.num_gen_tokens - 1) * per_column
+    chat = processor.conversation([{"role": "user", "content": "hello"}])
+    engine.generate([Request(chat)], GenerationSettings(max_new_tokens=10))
+    assert engine.kv_cache_bytes == (len(chat) + 10 - 1) * per_column
+    assert engine.cache is None  # freed after the call
+
+
+def test_sampling_filters():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    assert torch.equal(sample(logits, 0.0), logits.argmax(-1))
+    assert torch.equal(sample(logits, 1.0, top_k=1), logits.argmax(-1))
+    assert torch.equal(sample(logits, 1.0, top_p=1e-6), logits.argmax(-1))
+    kept = filter_top_k_top_p(logits, 5, None).isfinite().sum(-1)
+    assert (kept == 5).all()
+    probs = logits.softmax(-1)
+    nucleus = filter_top_k_top_p(logits, None, 0.5).isfinite()
+    mass = (probs * nucleus).sum(-1)
+    assert (mass >= 0.5).all() and (mass - (probs * nucleus).max(-1).values < 0.5 + 1e-6).all()
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample(torch.log(torch.tensor([[0.2, 0.8]])), 1.0, generator=g) for _ in range(2000)])
+    assert 0.75 < draws.float().mean() < 0.85
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(cfg_scale=-1.0),
+                                 dict(top_k=0), dict(max_new_tokens=0), dict(repetition_penalty=0.0),
+                                 dict(max_images=-1), dict(temperature=float("nan"))])
+def test_bad_settings_raise_a_settings_error(bad):
+    name = next(iter(bad))
+    with pytest.raises(SettingsError, match=name):
+        GenerationSettings(**bad)
+
+
+def test_num_images_cap_and_prompt_errors(tiny):
+    model, processor = tiny
+    for n in (0, MAX_IMAGES_PER_PROMPT + 1):
+        with pytest.raises(SettingsError, match=f"\\[1, {MAX_IMAGES_PER_PROMPT}\\]"):
+            check_num_images(n)
+    engine = GenerationEngine(model, processor)
+    too_long = processor.conversation([{"role": "user", "content": "x" * 1100}])
+    with pytest.raises(PromptError, match="context holds 1024"):
+        engine.generate([Request(too_long)], GenerationSettings())
+    with pytest.raises(PromptError):
+        engine.generate([], GenerationSettings())
+
+
+def test_repetition_penalty_changes_greedy_text():
+    model, processor = tiny_model(seed=1)
+    engine = GenerationEngine(model, processor)
+    chat = processor.conversation([{"role": "user", "content": "hello"}])
+    plain = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30))[0].token_ids
+    penal = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30,
+                                                                repetition_penalty=5.0))[0].token_ids
+    assert plain != penal
+    assert len(set(penal)) >= len(set(plain))
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_matches_eager_and_is_reused(tiny):
+    model, processor = tiny
+    prompt = processor.generation_prompt("a red circle")
+    settings = GenerationSettings(temperature=0, cfg_scale=5.0)
+    eager = GenerationEngine(model, processor).generate([Request(prompt, "image")] * 2, settings)
+    compiled = GenerationEngine(model, processor, compile=True)
+    for _ in range(2):  # the second call reuses the cache (and, on CUDA, the captured graph)
+        out = compiled.generate([Request(prompt, "image")] * 2, settings)
+        assert all(torch.equal(a.codes[0], b.codes[0]) for a, b in zip(eager, out))
+    seeded = GenerationSettings(temperature=1.0, cfg_scale=5.0, seed=3)
+    assert torch.equal(compiled.generate([Request(prompt, "image")] * 2, seeded)[1].codes[0],
+                       GenerationEngine(model, processor).generate([Request(prompt, "image")] * 2, seeded)[1].codes[0])
+    chat = processor.conversation([{"role": "user", "content": "hello"}])
+    text = GenerationSettings(temperature=0, max_new_tokens=10)
+    assert compiled.generate([Request(chat)], text)[0].token_ids == \
+        GenerationEngine(model, processor).generate([Request(chat)], text)[0].token_ids
+
+
+def test_a_drawing_row_and_a_chat_row_share_a_batch(tiny):
+    model, processor = tiny
+    engine = GenerationEngine(model, processor)
+    draw = Request(processor.generation_prompt("a red circle"), "image")
+    chat = Request(processor.conversation([{"role": "user", "content": "hello there, how are you?"}]))
+    settings = GenerationSettings(temperature=0, max_new_tokens=25, cfg_scale=3.0)
+    together = engine.generate([draw, chat], settings)
+    assert torch.equal(together[0].codes[0], engine.generate([draw], settings)[0].codes[0])
+    assert together[0].finish_reason == "image" and not together[1].codes
+    assert together[1].token_ids == engine.generate([chat], settings)[0].token_ids

@@ -1,0 +1,67 @@
+"""JanusLikePipeline (DESIGN.md §4): loading, the one-call API, and clear errors."""
+
+import pytest
+import torch
+from PIL import Image
+
+from janus_like import JanusLikePipeline, ModelNotAvailableError, PromptError, SettingsError
+from janus_like.generation import Done, ImageProgress
+from janus_like.testing import shape_image, write_image
+
+
+@pytest.fixture
+def saved(tiny, tmp_path):
+    model, processor = tiny
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_from_pretrained_without_a_path_says_the_default_model_is_not_shipped():
+    with pytest.raises(ModelNotAvailableError):
+        JanusLikePipeline.from_pretrained()
+
+
+def test_from_pretrained_generate_images_chat_interleave(saved, tmp_path):
+    pipe = JanusLikePipeline.from_pretrained(saved, device="cpu", dtype="float32")
+    images = pipe.generate_images("a red circle on the left", num_images=3, cfg_scale=5.0, seed=0)
+    assert len(images) == 3 and all(isinstance(im, Image.Image) and im.size == (16, 16) for im in images)
+    again = pipe.generate_images("a red circle on the left", num_images=3, cfg_scale=5.0, seed=0)
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in again]
+    path = write_image(tmp_path / "in.png", shape_image())
+    edited = pipe.generate_images("make the circle blue", images=[path], num_images=2, seed=0)
+    assert len(edited) == 2
+    answer = pipe.chat("What is in this image?", images=[path], max_new_tokens=8)
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(path)},
+                                             {"type": "text", "text": "What is in this image?"}]}]
+    assert pipe.chat(messages, max_new_tokens=8) == answer
+    parts = pipe.interleave("Draw a red circle, then describe it.", seed=0, max_new_tokens=8)
+    assert parts and all(isinstance(p, (str, Image.Image)) for p in parts)
+    events = list(pipe.stream("a red circle", mode="images", num_images=1, seed=0))
+    assert isinstance(events[-1], Done) and any(isinstance(e, ImageProgress) for e in events)
+
+
+def test_bfloat16_runs_on_cpu(saved):
+    pipe = JanusLikePipeline.from_pretrained(saved, device="cpu", dtype=torch.bfloat16)
+    assert pipe.model.dtype == torch.bfloat16
+    assert len(pipe.generate_images("a red circle", num_images=1, seed=0)) == 1
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda p: p.generate_images("x", num_images=0), SettingsError, "num_images"),
+    (lambda p: p.generate_images("x", num_images=10_000), SettingsError, "num_images"),
+    (lambda p: p.generate_images("x", cfg_scale=-1), SettingsError, "cfg_scale"),
+    (lambda p: p.generate_images("x", temperature=-1), SettingsError, "temperature"),
+    (lambda p: p.generate_images("x", top_p=1.5), SettingsError, "top_p"),
+    (lambda p: p.generate_images("   "), PromptError, "empty"),
+    (lambda p: p.chat(""), PromptError, "empty"),
+    (lambda p: p.chat([]), PromptError, "non-empty"),
+    (lambda p: p.chat("x" * 2000), PromptError, "context"),
+    (lambda p: p.generate_images("x" * 2000), PromptError, "context"),
+    (lambda p: p.stream("x", mode="video"), SettingsError, "mode"),
+])
+def test_bad_input_raises_a_clear_error(tiny, call, error, words):
+    pipe = JanusLikePipeline(*tiny)
+    with pytest.raises(error, match=words):
+        out = call(pipe)
+        list(out) if not isinstance(out, (list, str)) else out
