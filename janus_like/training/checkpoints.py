@@ -1,0 +1,93 @@
+"""Training checkpoints: written whole or not at all.
+
+Every process writes its part (accelerate's `save_state`: model as safetensors, optimizer,
+scheduler, per-process RNG states; FSDP/DeepSpeed shard as they do) into `.tmp-step-N/`; the main
+process then adds `trainer_state.json` (step, data position, counters, loss history) and renames
+the folder to `step-N/`. A rename is atomic, so a crash mid-write leaves only a `.tmp-` folder,
+which `latest` never picks and the next save of that step replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+STATE_FILE = "trainer_state.json"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def temp_dir(root: Path, step: int) -> Path:
+    return root / f".tmp-step-{step:08d}"
+
+
+def is_complete(path: Path) -> bool:
+    return STEP_DIR.match(path.name) is not None and (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: p.name)
+
+
+def latest(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def resolve_resume(root: Path, resume: str) -> Path:
+    """`--resume` (the latest complete checkpoint) or `--resume PATH`."""
+    if resume == "latest":
+        found = latest(root)
+        if found is None:
+            raise CheckpointError(f"--resume: no complete checkpoint in {root}")
+        return found
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"--resume {resume}: not a complete training checkpoint (no {STATE_FILE}); "
+                              f"complete ones in {root}: {[p.name for p in list_checkpoints(root)] or 'none'}")
+    return path
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict:
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path / STATE_FILE}: {e}") from e
+
+
+def save(accelerator, root: Path, step: int, state: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically on every process; prune to the newest `keep` (0: all)."""
+    tmp, final = temp_dir(root, step), checkpoint_dir(root, step)
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crashed save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep:
+            for old in list_checkpoints(root)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,269 @@
+"""The training config: a YAML file read into nested dataclasses, checked key by key.
+
+Every section is a dataclass whose fields are the accepted keys; an unknown key, a wrong type or
+a value out of range is a `SettingsError` that names the key (as `section.key`) and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import SettingsError
+from ..processor import TASKS
+
+
+@dataclass
+class ModelSettings:
+    """Where the model comes from: exactly one of `path`, `parts` or `tiny`."""
+
+    path: str | None = None  # a model directory (any layout of DESIGN.md §5)
+    parts: dict[str, str] | None = None  # {llm, vision, vq?}: JanusLikeForConditionalGeneration.from_parts
+    tiny: bool = False  # the tiny random model of janus_like.testing (smoke runs, tests)
+    tiny_seed: int = 0
+    dtype: str = "float32"  # weights dtype; mixed precision is `training.mixed_precision`
+    attn_implementation: str | None = None  # sdpa (default), flash_attention_2, eager, flex_attention
+
+    def check(self) -> None:
+        sources = [name for name, on in (("path", self.path), ("parts", self.parts), ("tiny", self.tiny)) if on]
+        if len(sources) != 1:
+            raise SettingsError(f"model: give exactly one of 'path', 'parts' or 'tiny: true', got {sources or 'none'}")
+        if self.parts is not None:
+            unknown = set(self.parts) - {"llm", "vision", "vq"}
+            if unknown or not {"llm", "vision"} <= set(self.parts):
+                raise SettingsError("model.parts needs 'llm' and 'vision' (and optionally 'vq'), "
+                                    f"got {sorted(self.parts)}")
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.attn_implementation is not None:
+            _choice("model.attn_implementation", self.attn_implementation,
+                    ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"))
+
+
+@dataclass
+class DataSettings:
+    """JSONL files of DESIGN.md §6, how tasks are mixed, and how samples become rows."""
+
+    files: list[str] = field(default_factory=list)  # paths or globs, relative to the config file
+    mix: dict[str, float] | None = None  # task -> weight; default: in proportion to the records
+    max_length: int = 2048  # longest row (packed) or sample (unpacked), in tokens
+    packing: bool = True
+    cfg_dropout: float = 0.1  # fraction of generation samples trained with the unconditional prompt
+    num_workers: int = 0
+
+    def check(self) -> None:
+        if not self.files:
+            raise SettingsError("data.files: give at least one JSONL file (a path or glob relative to the config)")
+        if self.mix is not None:
+            for task, weight in self.mix.items():
+                if task not in TASKS:
+                    raise SettingsError(f"data.mix: unknown task {task!r}; accepted: {', '.join(TASKS)}")
+                _range(f"data.mix.{task}", weight, 0.0, None)
+            if sum(self.mix.values()) <= 0:
+                raise SettingsError("data.mix: the weights must add up to more than 0")
+        _range("data.max_length", self.max_length, 8, None)
+        _range("data.cfg_dropout", self.cfg_dropout, 0.0, 1.0)
+        _range("data.num_workers", self.num_workers, 0, 64)
+
+
+@dataclass
+class EvalSettings:
+    """Held-out loss every `every` steps over the first `batches` micro-batches of `files`."""
+
+    files: list[str] = field(default_factory=list)
+    every: int = 0  # 0: no evaluation
+    batches: int = 8
+
+    def check(self) -> None:
+        _range("eval.every", self.every, 0, None)
+        _range("eval.batches", self.batches, 1, None)
+        if self.every and not self.files:
+            raise SettingsError("eval.files: give the held-out JSONL files when eval.every > 0")
+
+
+@dataclass
+class OptimizerSettings:
+    """AdamW (decoupled weight decay; biases and norms are not decayed)."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def check(self) -> None:
+        _range("optimizer.lr", self.lr, 0.0, 1.0, low_open=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise SettingsError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas}")
+        _range("optimizer.eps", self.eps, 0.0, 1.0, low_open=True)
+        _range("optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
+
+
+@dataclass
+class ScheduleSettings:
+    """Learning-rate schedule (transformers.get_scheduler) with linear warmup."""
+
+    name: str = "cosine"
+    warmup_steps: int = 0
+
+    def check(self) -> None:
+        _choice("schedule.name", self.name, ("constant", "constant_with_warmup", "linear", "cosine"))
+        _range("schedule.warmup_steps", self.warmup_steps, 0, None)
+
+
+@dataclass
+class TrainingSettings:
+    """The loop: sizes, precision, clipping, what to do with a non-finite loss."""
+
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # samples per process per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    mixed_precision: str | None = None  # no, bf16, fp16; none: the launcher's (accelerate config), else no
+    gradient_checkpointing: bool = False
+    nonfinite: str = "skip"  # skip the step, or stop the run
+    max_nonfinite: int = 10  # stop after this many skipped steps in a row
+
+    def check(self) -> None:
+        _range("training.max_steps", self.max_steps, 1, None)
+        _range("training.batch_size", self.batch_size, 1, None)
+        _range("training.grad_accum", self.grad_accum, 1, None)
+        _range("training.grad_clip", self.grad_clip, 0.0, None)
+        if self.mixed_precision is not None:
+            _choice("training.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _choice("training.nonfinite", self.nonfinite, ("skip", "stop"))
+        _range("training.max_nonfinite", self.max_nonfinite, 1, None)
+
+
+@dataclass
+class LoggingSettings:
+    every: int = 10  # steps between log lines / tracker points
+    tensorboard: bool = True
+    save_every: int = 500  # steps between checkpoints (and one at the end)
+    keep: int = 3  # checkpoints kept (oldest deleted); 0 keeps all
+
+    def check(self) -> None:
+        _range("logging.every", self.every, 1, None)
+        _range("logging.save_every", self.save_every, 1, None)
+        _range("logging.keep", self.keep, 0, None)
+
+
+@dataclass
+class TrainConfig:
+    """The whole YAML file."""
+
+    output_dir: str = "runs/janus_like"
+    seed: int = 0
+    stage: int | None = None  # Janus stage preset 1, 2 or 3 (see stages.py); none: train everything but the VQ
+    trainable: list[str] = field(default_factory=list)  # extra glob patterns of parameter names to train
+    frozen: list[str] = field(default_factory=list)  # glob patterns to freeze (applied last)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    base_dir: str = field(default=".", metadata={"internal": True})  # the config file's folder
+
+    def check(self) -> None:
+        if self.stage is not None:
+            _choice("stage", self.stage, (1, 2, 3))
+        for section in (self.model, self.data, self.eval, self.optimizer, self.schedule, self.training, self.logging):
+            section.check()
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else Path(os.path.normpath(Path(self.base_dir) / p))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("base_dir")
+        return out
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and check a training YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{path} is not valid YAML: {e}") from e
+    config = config_from_dict(raw)
+    config.base_dir = str(path.resolve().parent)
+    return config
+
+
+def config_from_dict(raw: Any) -> TrainConfig:
+    """A plain dict (parsed YAML) -> a checked TrainConfig."""
+    config = _build(TrainConfig, raw, "")
+    config.check()
+    return config
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where or 'the config'} must be a mapping of keys to values, got {raw!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    for key, value in raw.items():
+        name = f"{where}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {where}{close[0]}?)" if close else ""
+            raise SettingsError(f"unknown config key {name!r}{hint}; accepted here: {', '.join(fields)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            values[key] = _build(kind, value or {}, f"{name}.")
+        else:
+            values[key] = _coerce(value, kind, name)
+    return cls(**values)
+
+
+def _coerce(value: Any, kind, name: str):
+    """Check `value` against a field's type hint; ints are accepted where floats are."""
+    options = get_args(kind) if get_origin(kind) in (types.UnionType, typing.Union) else (kind,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = get_origin(option) or option
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is str and isinstance(value, str):
+            return value
+        if origin is list and isinstance(value, (list, str)):
+            items = [value] if isinstance(value, str) else value
+            (item_kind,) = get_args(option)
+            return [_coerce(v, item_kind, f"{name}[{i}]") for i, v in enumerate(items)]
+        if origin is dict and isinstance(value, dict):
+            _, value_kind = get_args(option)
+            return {str(k): _coerce(v, value_kind, f"{name}.{k}") for k, v in value.items()}
+    accepted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise SettingsError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _range(name: str, value, low, high, low_open: bool = False) -> None:
+    too_low = value <= low if low_open else value < low
+    if too_low or (high is not None and value > high):
+        bracket = "(" if low_open else "["
+        top = "∞" if high is None else high
+        raise SettingsError(f"{name} = {value} is out of range; accepted: {bracket}{low}, {top}]")
+
+
+def _choice(name: str, value, accepted: tuple) -> None:
+    if value not in accepted:
+        raise SettingsError(f"{name} = {value!r} is not accepted; choose one of {', '.join(map(str, accepted))}")

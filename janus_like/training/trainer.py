@@ -1,0 +1,336 @@
+"""The training loop on `accelerate`: one CPU, one GPU, or DDP/FSDP over many GPUs and nodes.
+
+Each optimizer step takes `grad_accum` micro-batches per process. The loss is a sum over target
+tokens divided by the target count of the whole step (all processes, all micro-batches), so
+n processes with batch b, or accumulation, give the same update as one process with batch n·b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, is_tensorboard_available, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..errors import DataError, JanusLikeError, SettingsError
+from ..processor import JanusLikeProcessor
+from . import checkpoints
+from .config import ModelSettings, TrainConfig
+from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
+from .plots import plot_losses
+from .stages import apply_stage
+
+MODEL_INPUTS = ("input_ids", "modality", "labels", "attention_mask", "position_ids", "pixel_values", "gen_pixel_values")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingError(JanusLikeError):
+    """Training cannot go on (for example the loss stayed non-finite)."""
+
+
+def build_model(settings: ModelSettings, base_dir: Path) -> tuple[torch.nn.Module, JanusLikeProcessor]:
+    """The model and processor the config names: a directory, parts to compose, or the tiny test model."""
+    from ..modeling import JanusLikeForConditionalGeneration
+
+    dtype = DTYPES[settings.dtype]
+    extra = {"attn_implementation": settings.attn_implementation} if settings.attn_implementation else {}
+    if settings.tiny:
+        from ..testing import tiny_model
+
+        model, processor = tiny_model(seed=settings.tiny_seed)
+        if settings.attn_implementation:
+            model.set_attn_implementation(settings.attn_implementation)
+        return model.to(dtype), processor
+    if settings.parts is not None:
+        parts = {k: str(_under(base_dir, v)) for k, v in settings.parts.items()}
+        return JanusLikeForConditionalGeneration.from_parts(**parts, dtype=dtype, return_processor=True)
+    path = _under(base_dir, settings.path)
+    model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra)
+    return model, JanusLikeProcessor.from_pretrained(path, model.config)
+
+
+def _under(base_dir: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or not (base_dir / p).exists() else base_dir / p
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records besides tensors: where the data stream is, counters, history."""
+
+    step: int = 0
+    global_micro_batch: int = 0  # samples per global micro-batch (processes × batch_size)
+    skipped_records: int = 0
+    nonfinite_steps: int = 0
+    real_tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+    eval_history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Build everything from a TrainConfig, then `fit()`."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None, skip_bad_records: bool = False):
+        self.config, self.skip_bad = config, skip_bad_records
+        self._consecutive_nonfinite = 0
+        cfg, tcfg = config, config.training
+        self.output_dir = cfg.resolve(cfg.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        # cheap checks first: a wrong path should not wait for a model to load
+        resume_from = checkpoints.resolve_resume(self.checkpoint_root, resume) if resume is not None else None
+        train_files = resolve_files(cfg.data.files, cfg.base_dir)
+        eval_files = resolve_files(cfg.eval.files, cfg.base_dir) if cfg.eval.every else []
+        use_tb = cfg.logging.tensorboard and is_tensorboard_available()
+        self.accelerator = acc = Accelerator(
+            cpu=not _has_accelerator(),  # without it accelerate treats torchrun on CPUs as one process
+            mixed_precision=tcfg.mixed_precision,
+            log_with="tensorboard" if use_tb else None,
+            project_dir=str(self.output_dir),
+            step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
+            # a micro-batch without generation samples leaves the gen head unused, and vice versa
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.train_index = DataIndex(train_files, skip_bad_records, progress=acc.is_main_process)
+        eval_index = DataIndex(eval_files) if eval_files else None
+        set_seed(cfg.seed)
+        self._build_model_and_optimizer()
+        self.train_data = self._micro_batches(self.train_index, cfg.data.mix)
+        self.eval_data = self._micro_batches(eval_index, None) if eval_index else None
+        self.state = TrainerState(global_micro_batch=acc.num_processes * tcfg.batch_size,
+                                  skipped_records=len(self.train_index.bad))
+        if resume_from is not None:
+            self._resume(resume_from)
+        if acc.is_main_process:
+            for message in self.train_index.bad:
+                tqdm.write(f"skipped bad record at {message}", file=sys.stderr)
+        if use_tb:
+            acc.init_trackers("tensorboard", config=_flat_hparams(cfg.to_dict()))
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _build_model_and_optimizer(self) -> None:
+        """Model with the stage's trainable set, AdamW (no decay on biases and norms), LR schedule; prepared."""
+        cfg, tcfg = self.config, self.config.training
+        model, self.processor = build_model(cfg.model, Path(cfg.base_dir))
+        limit = model.config.text_config.max_position_embeddings
+        if cfg.data.max_length > limit:
+            raise SettingsError(f"data.max_length = {cfg.data.max_length} is out of range; "
+                                f"the model's context holds {limit}")
+        self.trainable_names = apply_stage(model, cfg.stage, cfg.trainable, cfg.frozen)
+        if tcfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optimizer.weight_decay},
+             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+            lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+        scheduler = get_scheduler(cfg.schedule.name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps,
+                                  num_training_steps=tcfg.max_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self._set_train_mode()
+
+    def _micro_batches(self, index: DataIndex, mix) -> MicroBatches:
+        cfg, acc = self.config, self.accelerator
+        return MicroBatches(index, Mixture(index, mix, cfg.seed), self.processor, batch_size=cfg.training.batch_size,
+                            world_size=acc.num_processes, rank=acc.process_index, max_length=cfg.data.max_length,
+                            packing=cfg.data.packing, cfg_dropout=cfg.data.cfg_dropout, seed=cfg.seed)
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        self.accelerator.unwrap_model(self.model).vq.eval()  # always frozen; eval mode keeps its EMA codebook still
+
+    def _resume(self, path: Path) -> None:
+        saved = checkpoints.read_state(path)
+        if saved["global_micro_batch"] != self.state.global_micro_batch:
+            raise SettingsError(
+                f"--resume: the checkpoint was trained with {saved['global_micro_batch']} samples per global "
+                f"micro-batch (processes × training.batch_size), this run has {self.state.global_micro_batch}; "
+                "keep them equal to continue the same data stream")
+        self.accelerator.load_state(str(path))
+        self.state = TrainerState(**saved)
+        if self.accelerator.is_main_process:
+            tqdm.write(f"resumed from {path} at step {self.state.step}")
+
+    def _loader(self, dataset: MicroBatches, start: int, stop: int):
+        """Micro-batches start..stop-1, built in `data.num_workers` background processes."""
+        return iter(torch.utils.data.DataLoader(
+            dataset, batch_size=None, sampler=range(start, stop), collate_fn=identity,
+            # its own RNG: the global one stays exact on resume
+            num_workers=self.config.data.num_workers, generator=torch.Generator()))
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> TrainerState:
+        cfg, acc, state = self.config, self.accelerator, self.state
+        accum, max_steps = cfg.training.grad_accum, cfg.training.max_steps
+        batches = self._loader(self.train_data, state.step * accum, max_steps * accum)
+        bar = tqdm(total=max_steps, initial=state.step, desc="training", unit="step", disable=not acc.is_main_process)
+        while state.step < max_steps:
+            started = time.perf_counter()  # tokens/s counts data loading too, not eval or saving
+            window = [next(batches) for _ in range(accum)]
+            metrics = self.train_step(window)
+            real_tokens = metrics.pop("real_tokens")
+            metrics["tokens_per_s"] = real_tokens / (time.perf_counter() - started)
+            state.step += 1
+            state.real_tokens += real_tokens
+            state.history.append({"step": state.step, **metrics})
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            if state.step % cfg.logging.every == 0 or state.step == max_steps:
+                acc.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
+            if self.eval_data is not None and (state.step % cfg.eval.every == 0 or state.step == max_steps):
+                eval_loss = self.evaluate()
+                state.eval_history.append({"step": state.step, "loss": eval_loss})
+                acc.log({"eval_loss": eval_loss}, step=state.step)
+                bar.write(f"step {state.step}: eval loss {eval_loss:.4f}")
+            if state.step % cfg.logging.save_every == 0 or state.step == max_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.finish()
+        return state
+
+    def train_step(self, window: list[dict]) -> dict:
+        """One optimizer step over this process's micro-batches of the step."""
+        acc, tcfg = self.accelerator, self.config.training
+        self._handle_bad_records(window)
+        counts = torch.tensor([[b["targets"], b["real_tokens"], b["input_ids"].numel()] for b in window],
+                              dtype=torch.float64, device=acc.device).sum(0)
+        counts = acc.reduce(counts, "sum")
+        n_global = counts[0].clamp_min(1)
+        sums = torch.zeros(5, dtype=torch.float64, device=acc.device)  # loss, text, image sums; text, image counts
+        for i, batch in enumerate(window):
+            inputs = {k: v.to(acc.device) for k, v in batch.items() if k in MODEL_INPUTS}
+            sync = acc.no_sync(self.model) if i < len(window) - 1 else contextlib.nullcontext()
+            with sync:
+                out = self.model(**inputs)
+                n = out.text_tokens + out.image_tokens
+                local_sum = out.loss * n
+                # DDP averages gradients over processes: scale so that the sum over processes is the global mean
+                scaled = local_sum * acc.num_processes / n_global if n > 0 else out.last_hidden_state.sum() * 0.0
+                acc.backward(scaled.to(torch.float32))
+            sums += torch.stack([local_sum.detach(), out.text_loss.detach() * out.text_tokens,
+                                 out.image_loss.detach() * out.image_tokens,
+                                 out.text_tokens, out.image_tokens]).double()
+        sums = acc.reduce(sums, "sum")
+        loss = (sums[0] / n_global).item()
+        # all parameters, frozen ones included (no grad, no part in the norm): FSDP needs the model's own list
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip or math.inf)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        # fp16's loss scaler skips overflowing steps itself: there only the loss decides
+        finite = math.isfinite(loss) and (acc.mixed_precision == "fp16" or math.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self._consecutive_nonfinite = 0
+        else:
+            self._nonfinite(loss, grad_norm)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "loss": loss,
+            "text_loss": (sums[1] / sums[3]).item() if sums[3] > 0 else None,  # None: no such targets this step
+            "image_loss": (sums[2] / sums[4]).item() if sums[4] > 0 else None,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "padding_fraction": 1.0 - counts[1].item() / counts[2].item(),
+            "skipped_step": not finite,
+            "real_tokens": int(counts[1].item()),  # all processes
+        }
+
+    def _nonfinite(self, loss: float, grad_norm: float) -> None:
+        """Non-finite loss or gradients: skip this update, or stop, as `training.nonfinite` says."""
+        self.state.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        tcfg = self.config.training
+        what = f"step {self.state.step + 1}: non-finite loss {loss} / grad norm {grad_norm}"
+        last = checkpoints.latest(self.checkpoint_root)
+        where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+        if tcfg.nonfinite == "stop":
+            raise TrainingError(f"{what}; stopped (training.nonfinite = stop); {where}")
+        if self._consecutive_nonfinite >= tcfg.max_nonfinite:
+            raise TrainingError(f"{what}; {self._consecutive_nonfinite} steps in a row "
+                                f"(training.max_nonfinite = {tcfg.max_nonfinite}); stopped; {where}")
+        if self.accelerator.is_main_process:
+            tqdm.write(f"{what}; update skipped (training.nonfinite = skip)", file=sys.stderr)
+
+    def _handle_bad_records(self, window: list[dict]) -> None:
+        """Count and report bad records; without --skip-bad-records stop at the first, on every process."""
+        acc = self.accelerator
+        messages = [m for b in window for m in b["bad"]]
+        total = int(acc.reduce(torch.tensor(len(messages), device=acc.device), "sum").item())
+        if not total:
+            return
+        if not self.skip_bad:
+            first = messages[0] if messages else "another process met a bad record"
+            raise DataError(f"bad record at {first} (use --skip-bad-records to skip such records; "
+                            f"`janus-like train CONFIG --check-data` lists them all)")
+        self.state.skipped_records += total
+        for message in messages:
+            tqdm.write(f"skipped bad record at {message}", file=sys.stderr)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean target loss over the first `eval.batches` micro-batches of the eval files."""
+        acc = self.accelerator
+        self.model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=acc.device)
+        for batch in self._loader(self.eval_data, 0, self.config.eval.batches):
+            out = self.model(**{k: v.to(acc.device) for k, v in batch.items() if k in MODEL_INPUTS})
+            n = out.text_tokens + out.image_tokens
+            sums += torch.stack([out.loss * n, n]).double()
+        self._set_train_mode()
+        sums = acc.reduce(sums, "sum")
+        return (sums[0] / sums[1].clamp_min(1)).item()
+
+    # ------------------------------------------------------------------ outputs
+
+    def save_checkpoint(self) -> Path:
+        state = self.state.__dict__.copy()
+        return checkpoints.save(self.accelerator, self.checkpoint_root, self.state.step, state,
+                                self.config.logging.keep)
+
+    def finish(self) -> None:
+        """The trained model as a loadable directory (`final/`), metrics.json and loss_curve.png."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            final, tmp = self.output_dir / "final", self.output_dir / ".tmp-final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
+            self.processor.save_pretrained(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            checkpoints.write_json_atomic(self.output_dir / "metrics.json", {
+                "history": self.state.history, "eval_history": self.state.eval_history,
+                "skipped_records": self.state.skipped_records, "nonfinite_steps": self.state.nonfinite_steps,
+                "real_tokens": self.state.real_tokens})
+            plot_losses(self.state.history, self.state.eval_history, self.output_dir / "loss_curve.png")
+        acc.end_training()
+
+
+def _has_accelerator() -> bool:
+    """A GPU (or other torch accelerator) is present."""
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def _flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> flat scalars for TensorBoard's hparams (lists and None become strings)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_hparams(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

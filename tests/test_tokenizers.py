@@ -1,0 +1,95 @@
+"""The tokenizer workbench (top-level tokenizers/, not a package): VQ and text tokenizer training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from janus_like import JanusLikeProcessor, JanusLikeVQModel
+from janus_like.testing import BOS, EOS, IMAGE_TOKENS, PAD, tiny_config
+
+WORKBENCH = Path(__file__).resolve().parents[1] / "tokenizers"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"workbench_{name}", WORKBENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workbench_is_not_a_package_and_does_not_shadow_hf_tokenizers():
+    import tokenizers
+
+    assert not (WORKBENCH / "__init__.py").exists()
+    assert hasattr(tokenizers, "Tokenizer") and "site-packages" in tokenizers.__file__
+
+
+def test_train_vq_improves_reconstruction_and_saves_a_loadable_model(tmp_path, capsys):
+    train_vq = load_script("train_vq")
+    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "25", "--batch-size", "8",
+                                "--synthetic", "32", "--eval-images", "8", "--lr", "3e-3",
+                                "--dead-code-threshold", "1.0", "--out", str(tmp_path), "--device", "cpu"])
+    report = train_vq.train(args)
+    assert report["psnr"] > report["psnr_before"] + 5, report
+    assert 0 < report["codebook_usage"] <= 1
+    assert "PSNR" in capsys.readouterr().out
+    assert (tmp_path / "reconstructions.png").stat().st_size > 500
+    vq = JanusLikeVQModel.from_pretrained(tmp_path / "model")
+    assert vq.config.threshold_ema_dead_code == 1.0
+    codes = vq.encode(torch.zeros(1, 3, 16, 16))
+    assert codes.shape == (1, 16)
+
+
+def test_dead_codes_are_replaced():
+    """With the dead-code threshold on, unused codes are re-seeded from the batch, so usage rises."""
+    train_vq = load_script("train_vq")
+    images = train_vq.image_tensors(None, 16, 16, seed=0)
+    usage = {}
+    for threshold in (0.0, 2.0):
+        torch.manual_seed(0)
+        vq = JanusLikeVQModel(train_vq.JanusLikeVQConfig(**train_vq.TINY, threshold_ema_dead_code=threshold)).train()
+        with torch.no_grad():  # start collapsed: every code far from the data except one
+            vq.quantize._codebook.embed.copy_(-vq.quantize._codebook.embed.abs())
+        for _ in range(3):
+            vq(images)
+        usage[threshold] = train_vq.evaluate(vq, images, 16)["codebook_usage"]
+    assert usage[2.0] > usage[0.0], usage
+
+
+def test_adversarial_loss_runs(tmp_path):
+    train_vq = load_script("train_vq")
+    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "3", "--batch-size", "4",
+                                "--synthetic", "8", "--eval-images", "4", "--adversarial-weight", "0.1",
+                                "--out", str(tmp_path), "--device", "cpu"])
+    assert train_vq.train(args)["psnr"] > 0
+
+
+def test_train_text_tokenizer_with_the_special_tokens(tmp_path):
+    train_text = load_script("train_text")
+    corpus = tmp_path / "data.jsonl"
+    records = [{"task": "text", "text": f"the red circle is on the left, number {i}"} for i in range(50)]
+    records.append({"task": "generation", "prompt": "a blue square on the right", "image": "x.png"})
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "notes.txt").write_text("green squares and red circles\n" * 20)
+    out = tmp_path / "tok"
+    train_text.main(["--files", str(corpus), str(tmp_path / "notes.txt"), "--vocab-size", "400", "--out", str(out)])
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.bos_token == BOS and tok.eos_token == EOS and tok.pad_token == PAD
+    for special in (BOS, EOS, PAD, *IMAGE_TOKENS):
+        assert len(tok.encode(special, add_special_tokens=False)) == 1, special
+    text = "the red circle is on the left"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) < len(text) / 2  # merges were learned
+    assert tok.decode(ids) == text
+    unseen = "unseen ünïcode ✓"  # byte level: nothing is unknown
+    assert tok.decode(tok.encode(unseen, add_special_tokens=False)) == unseen
+    # a janus_like processor accepts it as is
+    processor = JanusLikeProcessor(tok, tiny_config(len(tok)))
+    seq = processor.record_to_sequence({"task": "text", "text": text})
+    assert seq.ids[0] == tok.bos_token_id and seq.ids[-1] == tok.eos_token_id

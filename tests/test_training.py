@@ -1,0 +1,408 @@
+"""Training (issue 5): config checks, loss falls, stage freezing, packing, checkpoints, bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState, GradientState, PartialState
+
+from janus_like import CheckpointError, DataError, SettingsError
+from janus_like.testing import shape_image, tiny_model
+from janus_like.training import checkpoints
+from janus_like.training.config import config_from_dict, load_config
+from janus_like.training.packing import collate_packed, collate_padded, first_fit_decreasing
+from janus_like.training.stages import apply_stage
+
+SHAPES = [(s, c, p) for s in ("circle", "square") for c in ("red", "blue", "green")
+          for p in ("left", "center", "right")]
+
+
+def write_dataset(root: Path, name: str = "train.jsonl") -> Path:
+    """A small mixed dataset: generation, understanding, interleaved and text records about coloured shapes."""
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (shape, color, pos) in enumerate(SHAPES):
+        image = f"imgs/{i}.png"
+        shape_image(shape, color, size=32, position=pos).save(root / image)
+        lines.append({"task": "generation", "prompt": f"a {color} {shape} on the {pos}", "image": image})
+        lines.append({"task": "understanding", "messages": [
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is this?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": f"A {color} {shape}."}]}]})
+        lines.append({"task": "text", "text": f"The {color} {shape} is on the {pos}."})
+        if i % 3 == 0:
+            lines.append({"task": "interleaved", "segments": [
+                {"type": "text", "text": f"A {color} {shape}:"}, {"type": "image", "image": image},
+                {"type": "text", "text": f"it is on the {pos}."}]})
+    path = root / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def base_config(**sections) -> dict:
+    config = {
+        "output_dir": "out", "seed": 0,
+        "model": {"tiny": True},
+        "data": {"files": ["train.jsonl"], "max_length": 256, "cfg_dropout": 0.1,
+                 "mix": {"generation": 0.35, "understanding": 0.35, "interleaved": 0.1, "text": 0.2}},
+        "optimizer": {"lr": 3e-3},
+        "schedule": {"name": "constant_with_warmup", "warmup_steps": 2},
+        "training": {"max_steps": 6, "batch_size": 4},
+        "logging": {"every": 2, "save_every": 3, "tensorboard": False},
+    }
+    for key, value in sections.items():
+        merge = isinstance(value, dict) and isinstance(config.get(key), dict)
+        config[key] = {**config[key], **value} if merge else value
+    return config
+
+
+def write_config(root: Path, **sections) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(**sections)))
+    return path
+
+
+def reset_accelerate() -> None:
+    """Each Trainer builds its own Accelerator; accelerate keeps process-wide singletons."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate()
+
+
+def run(root: Path, resume: str | None = None, skip_bad: bool = False, **sections):
+    from janus_like.training.trainer import Trainer
+
+    config = load_config(write_config(root, **sections))
+    trainer = Trainer(config, resume=resume, skip_bad_records=skip_bad)
+    return trainer, trainer.fit()
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trainig": {}}, "unknown config key 'trainig' (did you mean training?)"),
+    ({"training": {"batch_sise": 2}}, "training.batch_sise"),
+    ({"training": {"max_steps": 0}}, "training.max_steps = 0 is out of range"),
+    ({"optimizer": {"lr": "fast"}}, "optimizer.lr must be float"),
+    ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas"),
+    ({"data": {"mix": {"video": 1.0}}}, "unknown task 'video'"),
+    ({"data": {"cfg_dropout": 1.5}}, "data.cfg_dropout = 1.5 is out of range"),
+    ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
+    ({"stage": 4}, "stage = 4"),
+    ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),
+])
+def test_bad_config_names_the_key(change, message):
+    with pytest.raises(SettingsError, match=None) as err:
+        config_from_dict(base_config(**change))
+    assert message in str(err.value), str(err.value)
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path):
+    config = load_config(write_config(tmp_path))
+    assert config.resolve(config.output_dir) == tmp_path.resolve() / "out"
+    assert config.training.batch_size == 4 and config.optimizer.betas == [0.9, 0.95]
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_loss_falls_on_a_small_mixed_dataset(tmp_path):
+    write_dataset(tmp_path)
+    write_dataset(tmp_path, "eval.jsonl")
+    trainer, state = run(tmp_path, training={"max_steps": 40}, logging={"save_every": 40, "tensorboard": True},
+                         eval={"files": ["eval.jsonl"], "every": 20, "batches": 2})
+    losses = [h["loss"] for h in state.history]
+    assert len(losses) == 40 and all(map(torch.isfinite, torch.tensor(losses)))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    assert state.eval_history[-1]["loss"] < state.eval_history[0]["loss"]
+    assert all(h["tokens_per_s"] > 0 for h in state.history)
+    out = tmp_path / "out"
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["loss"] for h in metrics["history"]] == losses
+    # the final model loads as a normal model directory
+    from janus_like import JanusLikeForConditionalGeneration
+
+    reloaded = JanusLikeForConditionalGeneration.from_pretrained(out / "final")
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert torch.equal(reloaded.state_dict()["gen_head.vision_head.weight"], trained["gen_head.vision_head.weight"])
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
+    write_dataset(tmp_path)
+    _, big = run(tmp_path / "big", training={"batch_size": 4, "max_steps": 3},
+                 data={"files": [str(tmp_path / "train.jsonl")]})
+    _, accum = run(tmp_path / "accum", training={"batch_size": 2, "grad_accum": 2, "max_steps": 3},
+                   data={"files": [str(tmp_path / "train.jsonl")]})
+    # the same 4 samples per step (global sample numbers 0-3, 4-7, …), normalised by the step's target count
+    assert [h["loss"] for h in big.history] == pytest.approx([h["loss"] for h in accum.history], rel=1e-5)
+
+
+def test_stage_one_keeps_frozen_parameters_bit_identical(tmp_path):
+    write_dataset(tmp_path)
+    model, _ = tiny_model(seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer, _ = run(tmp_path, stage=1, training={"max_steps": 3})
+    after = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    trainable = set(trainer.trainable_names)
+    assert trainable and all(n.startswith(("aligner.", "gen_embed.", "gen_aligner.", "gen_head.")) for n in trainable)
+    for name, tensor in after.items():
+        if name in trainable:
+            assert not torch.equal(tensor, before[name]), f"{name} should have moved"
+        else:
+            assert torch.equal(tensor, before[name]), f"{name} should be frozen"
+
+
+def test_stage_presets_and_custom_patterns():
+    model, _ = tiny_model(seed=0)
+
+    def groups(names):
+        return {n.split(".")[0] for n in names}
+
+    assert groups(apply_stage(model, 1)) == {"aligner", "gen_embed", "gen_aligner", "gen_head"}
+    assert groups(apply_stage(model, 2)) == {"language_model", "aligner", "gen_embed", "gen_aligner", "gen_head"}
+    assert groups(apply_stage(model, 3)) == {"language_model", "vision_model", "aligner", "gen_embed", "gen_aligner",
+                                             "gen_head"}
+    # the VQ tokenizer stays frozen even when asked for; custom patterns add and remove
+    names = apply_stage(model, 1, trainable=["vq.*", "language_model.lm_head.*"], frozen=["gen_embed.*"])
+    assert groups(names) == {"aligner", "gen_aligner", "gen_head", "language_model"}
+    assert not any(p.requires_grad for p in model.vq.parameters())
+    with pytest.raises(SettingsError, match="matches no parameter"):
+        apply_stage(model, 2, trainable=["no_such_module.*"])
+
+
+def test_nonfinite_loss_is_skipped_or_stops(tmp_path):
+    from janus_like.training.trainer import Trainer, TrainingError
+
+    write_dataset(tmp_path)
+    config = load_config(write_config(tmp_path, training={"max_steps": 3, "max_nonfinite": 2}))
+    trainer = Trainer(config)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        model.language_model.model.norm.weight.fill_(float("nan"))
+    before = model.aligner.layers[0].weight.clone()
+    window = [trainer.train_data[0]]
+    metrics = trainer.train_step(window)
+    assert metrics["skipped_step"] and trainer.state.nonfinite_steps == 1
+    assert torch.equal(model.aligner.layers[0].weight, before)  # no update from NaN gradients
+    with pytest.raises(TrainingError, match="2 steps in a row"):
+        trainer.train_step(window)
+    trainer.config.training.nonfinite = "stop"
+    with pytest.raises(TrainingError, match="training.nonfinite = stop"):
+        trainer.train_step(window)
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+@pytest.fixture
+def variable_records(records):
+    texts = ["short", "a somewhat longer line of text for the packer", "mid length text"]
+    return records + [{"task": "text", "text": t} for t in texts] + [
+        {"task": "generation", "prompt": "a blue square on the left", "image": shape_image("square", "blue")}]
+
+
+def test_packed_and_padded_losses_agree(tiny, variable_records):
+    model, processor = tiny
+    seqs = [processor.record_to_sequence(r) for r in variable_records]
+    padded = collate_padded(processor, seqs)
+    packed = collate_packed(processor, seqs, max_length=160)
+    assert packed["input_ids"].shape[0] < len(seqs)  # several samples share a row
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    a, b = model(**padded), model(**packed)
+    assert (a.text_tokens, a.image_tokens) == (b.text_tokens, b.image_tokens)
+    assert torch.allclose(a.loss, b.loss, atol=1e-5), (a.loss, b.loss)
+    # without restarting positions the samples would see each other: the loss changes
+    leaky = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])}
+    assert not torch.allclose(model(**leaky).loss, a.loss, atol=1e-4)
+
+
+def test_packing_never_scores_the_next_samples_first_token(tiny):
+    _, processor = tiny
+    seqs = [processor.record_to_sequence({"task": "text", "text": t}) for t in ("one", "two", "three")]
+    for seq in seqs:  # even if a sample's first token were a target, packing must not score it
+        seq.trainable[0] = True
+    batch = collate_packed(processor, seqs, max_length=64)
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten()
+    assert len(starts) == 3
+    assert (batch["labels"][0, starts] == -100).all()
+
+
+def test_first_fit_decreasing_fills_rows():
+    rows = first_fit_decreasing([5, 3, 8, 2, 7, 1], capacity=10)
+    assert sorted(i for row in rows for i in row) == list(range(6))
+    assert len(rows) == 3 and all(sum([5, 3, 8, 2, 7, 1][i] for i in row) <= 10 for row in rows)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def test_interrupted_checkpoint_is_never_the_latest(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    write_dataset(tmp_path)
+    run(tmp_path, training={"max_steps": 3})
+    root = tmp_path / "out" / "checkpoints"
+    assert checkpoints.latest(root).name == "step-00000003"
+    good = (root / "step-00000003" / "model.safetensors").read_bytes()
+
+    real_save = Accelerator.save_state
+
+    def crash_mid_write(self, output_dir, **kwargs):
+        real_save(self, output_dir, **kwargs)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(Accelerator, "save_state", crash_mid_write)
+    reset_accelerate()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, resume="latest", training={"max_steps": 6})
+    assert (root / ".tmp-step-00000006").exists()  # the half-written one
+    assert [p.name for p in checkpoints.list_checkpoints(root)] == ["step-00000003"]
+    assert (root / "step-00000003" / "model.safetensors").read_bytes() == good
+    with pytest.raises(CheckpointError, match="not a complete training checkpoint"):
+        checkpoints.resolve_resume(root, str(root / ".tmp-step-00000006"))
+    monkeypatch.undo()
+    reset_accelerate()
+    _, state = run(tmp_path, resume="latest", training={"max_steps": 6})
+    assert state.step == 6 and not (root / ".tmp-step-00000006").exists()
+
+
+# ---------------------------------------------------------------------------- bad data
+
+
+def _bad_dataset(tmp_path: Path) -> dict[str, str]:
+    """The good dataset plus one bad record of each kind; returns kind -> expected `file:line` text."""
+    write_dataset(tmp_path)
+    (tmp_path / "imgs" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([
+        json.dumps({"task": "generation", "prompt": "a red circle", "image": "imgs/missing.png"}),
+        json.dumps({"task": "generation", "prompt": "a red circle", "image": "imgs/corrupt.png"}),
+        json.dumps({"task": "video", "clip": "x.mp4"}),
+    ]) + "\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    return {"missing": f"{bad}:1: image file not found", "corrupt": f"{bad}:2: cannot read image",
+            "unknown": f"{bad}:3: unknown task 'video'", "empty": f"{tmp_path / 'empty.jsonl'}:1: the file is empty"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "unknown", "empty"])
+def test_bad_record_stops_with_file_and_line(tmp_path, kind):
+    expected = _bad_dataset(tmp_path)
+    bad_file = {"missing": "bad.jsonl", "corrupt": "bad.jsonl", "unknown": "bad.jsonl", "empty": "empty.jsonl"}[kind]
+    if kind in ("missing", "corrupt"):  # keep only that line, so it is the first bad record met
+        lines = (tmp_path / "bad.jsonl").read_text().splitlines()
+        keep = {"missing": 0, "corrupt": 1}[kind]
+        (tmp_path / "bad.jsonl").write_text("".join(l + "\n" if i == keep else "\n" for i, l in enumerate(lines)))
+    with pytest.raises(DataError) as err:
+        run(tmp_path, data={"files": ["train.jsonl", bad_file], "mix": None}, training={"max_steps": 30})
+    assert expected[kind] in str(err.value), str(err.value)
+    assert "--skip-bad-records" in str(err.value)
+
+
+def test_bad_record_mid_run_leaves_checkpoints_intact(tmp_path):
+    _bad_dataset(tmp_path)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"task": "generation", "prompt": "x", "image": "imgs/missing.png"}))
+    data = {"files": ["train.jsonl", "bad.jsonl"], "mix": {"generation": 0.1, "text": 0.9}}
+    with pytest.raises(DataError, match="bad.jsonl:1: image file not found"):
+        run(tmp_path, data=data, training={"max_steps": 200, "batch_size": 1}, logging={"save_every": 1})
+    root = tmp_path / "out" / "checkpoints"
+    found = checkpoints.list_checkpoints(root)
+    assert found, "the bad record should be met after some steps"
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+    last_step = checkpoints.read_state(found[-1])["step"]
+    reset_accelerate()
+    _, state = run(tmp_path, resume="latest", skip_bad=True, data=data,
+                   training={"max_steps": last_step + 2, "batch_size": 1}, logging={"save_every": 1})
+    assert state.step == last_step + 2 and state.skipped_records == 1
+
+
+def test_skip_bad_records_continues_and_counts(tmp_path, capsys):
+    _bad_dataset(tmp_path)
+    _, state = run(tmp_path, skip_bad=True, data={"files": ["train.jsonl", "bad.jsonl", "empty.jsonl"], "mix": None},
+                   training={"max_steps": 20, "batch_size": 4})
+    # indexing skips the unknown task and the empty file; the image errors are met while training
+    assert state.step == 20 and state.skipped_records >= 2
+    err = capsys.readouterr().err
+    assert "unknown task 'video'" in err and "the file is empty" in err
+
+
+def test_check_data_lists_every_bad_record(tmp_path, capsys):
+    from janus_like.cli import main
+
+    expected = _bad_dataset(tmp_path)
+    config = write_config(tmp_path, data={"files": ["train.jsonl", "bad.jsonl", "empty.jsonl"], "mix": None})
+    assert main(["train", str(config), "--check-data"]) == 2
+    err = capsys.readouterr().err
+    for text in expected.values():
+        assert text in err, (text, err)
+    assert "4 bad records, 60 good" in err
+    write_config(tmp_path)
+    assert main(["train", str(config), "--check-data"]) == 0
+    assert "all 60 records are good" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- data stream
+
+
+def test_mixture_ratios_and_epochs(tmp_path):
+    from janus_like.training.data import DataIndex, Mixture
+
+    write_dataset(tmp_path)
+    index = DataIndex([tmp_path / "train.jsonl"])
+    mixture = Mixture(index, {"generation": 0.25, "understanding": 0.25, "text": 0.5}, seed=0)  # no interleaved
+    refs = [mixture[g] for g in range(1000)]
+    tasks = [index.read(r)["task"] for r in refs]
+    assert (tasks.count("generation"), tasks.count("understanding"), tasks.count("text")) == (250, 250, 500)
+    # within a task, each epoch visits every record once before any repeats
+    text_refs = [r for r, t in zip(refs, tasks) if t == "text"]
+    assert len(set(text_refs[:18])) == 18
+    assert [mixture[g] for g in range(1000)] == refs  # a pure function of the sample number
+    assert [Mixture(index, None, seed=1)[g] for g in range(50)] != [Mixture(index, None, seed=0)[g] for g in range(50)]
+
+
+def test_processes_split_each_global_micro_batch_and_share_cfg_dropout(tmp_path):
+    from janus_like.training.data import DataIndex, MicroBatches, Mixture
+
+    write_dataset(tmp_path)
+    _, processor = tiny_model()
+    index = DataIndex([tmp_path / "train.jsonl"])
+    mixture = Mixture(index, {"generation": 1.0}, seed=0)
+
+    def data(world, rank, batch, dropout):
+        return MicroBatches(index, mixture, processor, batch_size=batch, world_size=world, rank=rank,
+                            max_length=256, packing=False, cfg_dropout=dropout, seed=0)
+
+    one = data(1, 0, 4, 0.5)
+    two = [data(2, r, 2, 0.5) for r in (0, 1)]
+    assert list(one.samples(3)) == list(two[0].samples(3)) + list(two[1].samples(3))
+    for sample in one.samples(3):  # the same prompt dropout for a sample, whatever the layout
+        rank = 0 if sample in two[0].samples(3) else 1
+        assert one.sequence(sample).ids == two[rank].sequence(sample).ids
+    dropped = [s.ids[1] == processor.pad_id for s in map(data(1, 0, 1, 0.5).sequence, range(200))]
+    assert 60 < sum(dropped) < 140  # about half
+    assert not any(s.ids[1] == processor.pad_id for s in map(data(1, 0, 1, 0.0).sequence, range(50)))
+
+
+def test_resume_needs_a_checkpoint_and_the_same_global_batch(tmp_path):
+    write_dataset(tmp_path)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        run(tmp_path, resume="latest")
+    reset_accelerate()
+    run(tmp_path, training={"max_steps": 3})
+    reset_accelerate()
+    with pytest.raises(SettingsError, match="samples per global micro-batch"):
+        run(tmp_path, resume="latest", training={"max_steps": 6, "batch_size": 2})

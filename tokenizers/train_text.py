@@ -1,0 +1,88 @@
+"""Train a small byte-level BPE text tokenizer (Hugging Face `tokenizers`) for a composed model.
+
+The result is a transformers fast tokenizer directory with the special tokens janus_like needs
+(BOS, EOS, pad and the image tokens of janus_like.testing), so `AutoTokenizer.from_pretrained`
+and `JanusLikeProcessor` accept it directly.
+
+Text comes from plain .txt files (one document per line) and/or training JSONL of DESIGN.md §6
+(every text field: prompts, messages, interleaved text segments, text records).
+
+    python tokenizers/train_text.py --files data/*.jsonl notes.txt --vocab-size 8000 --out runs/text_tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from janus_like.testing import BOS, EOS, IMAGE_TOKENS, PAD
+
+SPECIAL_TOKENS = [BOS, EOS, PAD, *IMAGE_TOKENS]
+
+
+def record_texts(record) -> Iterator[str]:
+    """Every string under a `text` or `prompt` key of a JSONL record (nested lists and dicts too)."""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            if key in ("text", "prompt") and isinstance(value, str):
+                yield value
+            else:
+                yield from record_texts(value)
+    elif isinstance(record, list):
+        for item in record:
+            yield from record_texts(item)
+
+
+def read_texts(files: list[str]) -> Iterator[str]:
+    for name in files:
+        path = Path(name)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                if path.suffix == ".jsonl":
+                    yield from record_texts(json.loads(line))
+                else:
+                    yield line.rstrip("\n")
+
+
+def train_tokenizer(files: list[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (no unknown tokens: every byte is in the base alphabet) with the special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+    tok.train_from_iterator(read_texts(files), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   additional_special_tokens=list(IMAGE_TOKENS))
+
+
+def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", nargs="+", required=True, help=".txt (one document per line) or .jsonl (DESIGN.md §6)")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--out", default="runs/text_tokenizer")
+    args = p.parse_args(argv)
+    tokenizer = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
+    out = Path(args.out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    sample = next(read_texts(args.files), "")
+    print(f"vocabulary {len(tokenizer)} tokens; {len(sample)} characters of the first text -> "
+          f"{len(tokenizer.encode(sample, add_special_tokens=False))} tokens; wrote {out}")
+    return tokenizer
+
+
+if __name__ == "__main__":
+    main()

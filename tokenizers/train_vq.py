@@ -1,0 +1,189 @@
+"""Train the VQ image tokenizer (janus_like.JanusLikeVQModel) on a folder of images.
+
+Losses: pixel reconstruction (MSE) + the quantizer's commitment loss; the codebook itself is an
+EMA of the encoder outputs assigned to each code (vector_quantize_pytorch), and codes whose EMA
+cluster size falls below `--dead-code-threshold` are replaced by encoder outputs of the batch
+(the VQ config's `threshold_ema_dead_code`), which keeps the codebook in use. Optionally a
+PatchGAN hinge adversarial loss sharpens details (`--adversarial-weight`).
+
+Reports PSNR and codebook usage, writes a grid of originals over reconstructions as a PNG and the
+model as a `save_pretrained` directory (load it with `JanusLikeVQModel.from_pretrained`, or
+compose it with `JanusLikeForConditionalGeneration.from_parts(vq=...)`).
+
+    python tokenizers/train_vq.py --images DIR --out runs/vq                 # real data, Janus VQ-16 sizes
+    python tokenizers/train_vq.py --tiny --steps 50 --out /tmp/vq            # seconds on a CPU (shapes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from janus_like import JanusLikeVQConfig, JanusLikeVQModel
+from janus_like.images import generation_pixels, load_image, pixels_to_pil
+from janus_like.testing import shape_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+TINY = dict(base_channels=16, channel_multiplier=[1, 1, 2], num_res_blocks=1, norm_num_groups=8, z_channels=16,
+            codebook_size=64, codebook_dim=8)
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN (strided convs -> one logit per patch); not in diffusers, so written here."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        for i in range(1, layers):
+            c_in, c_out = channels * 2 ** (i - 1), channels * 2**i
+            blocks += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(8, c_out), nn.LeakyReLU(0.2)]
+        blocks.append(nn.Conv2d(channels * 2 ** (layers - 1), 1, 3, 1, 1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def synthetic_images(n: int, size: int, seed: int) -> list[Image.Image]:
+    """Coloured shapes at random places: a stand-in data set that needs no download."""
+    rng = np.random.default_rng(seed)
+    return [shape_image(str(rng.choice(["circle", "square"])),
+                        str(rng.choice(["red", "blue", "green", "orange", "purple", "black"])),
+                        size=3 * size, position=str(rng.choice(["left", "center", "right"]))) for _ in range(n)]
+
+
+def image_tensors(folder: str | None, size: int, n_synthetic: int, seed: int) -> torch.Tensor:
+    """All training images as VQ inputs (N, 3, size, size) in [-1, 1]."""
+    if folder is None:
+        images = synthetic_images(n_synthetic, size, seed)
+    else:
+        paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            sys.exit(f"train_vq: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+        images = [load_image(p) for p in tqdm(paths, desc="reading images")]
+    return torch.stack([generation_pixels(im, size) for im in images])
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB on [0, 1] pixels."""
+    mse = F.mse_loss((reconstruction.clamp(-1, 1) + 1) / 2, (target + 1) / 2).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def evaluate(model: JanusLikeVQModel, images: torch.Tensor, batch_size: int) -> dict:
+    """PSNR of encode -> decode, and the share of the codebook the images use."""
+    model.eval()
+    recons, used = [], torch.zeros(model.config.codebook_size, dtype=torch.bool)
+    for chunk in images.split(batch_size):
+        ids = model.encode(chunk)
+        used[ids.flatten().cpu()] = True
+        recons.append(model.decode(ids).float())
+    model.train()
+    recon = torch.cat(recons)
+    return {"psnr": psnr(recon, images.float()), "codebook_usage": used.float().mean().item(), "reconstruction": recon}
+
+
+def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, n: int = 8) -> None:
+    """Originals (top row) over reconstructions (bottom row), upscaled for viewing."""
+    tops, bottoms = pixels_to_pil(originals[:n]), pixels_to_pil(reconstructions[:n])
+    side = max(128, tops[0].width)
+    grid = Image.new("RGB", (side * len(tops), side * 2), "white")
+    for i, (a, b) in enumerate(zip(tops, bottoms)):
+        grid.paste(a.resize((side, side), Image.Resampling.NEAREST), (i * side, 0))
+        grid.paste(b.resize((side, side), Image.Resampling.NEAREST), (i * side, side))
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    grid.save(tmp)
+    os.replace(tmp, path)
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    sizes = TINY if args.tiny else {}
+    config = JanusLikeVQConfig(**sizes, threshold_ema_dead_code=args.dead_code_threshold,
+                               codebook_decay=args.codebook_decay)
+    if args.codebook_size:
+        config.codebook_size = args.codebook_size
+    image_size = args.image_size or (32 if args.tiny else 384)
+    images = image_tensors(args.images, image_size, args.synthetic, args.seed)
+    model = JanusLikeVQModel(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    disc = disc_opt = None
+    if args.adversarial_weight > 0:
+        disc = PatchDiscriminator(channels=16 if args.tiny else 64).to(device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
+
+    before = evaluate(model, images[: args.eval_images].to(device), args.batch_size)
+    generator = torch.Generator().manual_seed(args.seed)
+    bar = tqdm(range(args.steps), desc="training VQ", unit="step")
+    for step in bar:
+        batch = images[torch.randint(len(images), (args.batch_size,), generator=generator)].to(device)
+        out = model(batch)
+        loss = out["loss"]
+        use_adv = disc is not None and step >= args.adversarial_start
+        if use_adv:  # generator side of the hinge loss
+            loss = loss - args.adversarial_weight * disc(out["reconstruction"]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if use_adv:
+            real, fake = disc(batch), disc(out["reconstruction"].detach())
+            disc_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            disc_opt.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            disc_opt.step()
+        bar.set_postfix(recon=f"{out['recon_loss'].item():.4f}", usage=f"{out['codebook_usage'].item():.2f}")
+
+    after = evaluate(model, images[: args.eval_images].to(device), args.batch_size)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_grid(images[: args.eval_images], after["reconstruction"].cpu(), out_dir / "reconstructions.png")
+    tmp, final = out_dir / ".tmp-model", out_dir / "model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    report = {"psnr_before": before["psnr"], "psnr": after["psnr"], "codebook_usage_before": before["codebook_usage"],
+              "codebook_usage": after["codebook_usage"]}
+    print(f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB; codebook usage "
+          f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes; "
+          f"wrote {final} and {out_dir / 'reconstructions.png'}")
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", default=None, help="folder of images (default: synthetic shapes)")
+    p.add_argument("--out", default="runs/vq")
+    p.add_argument("--tiny", action="store_true", help="tiny model and 32px images: seconds on a CPU")
+    p.add_argument("--image-size", type=int, default=None, help="default 384 (32 with --tiny)")
+    p.add_argument("--codebook-size", type=int, default=None)
+    p.add_argument("--dead-code-threshold", type=float, default=2.0,
+                   help="replace codes whose EMA cluster size falls below this (0: never)")
+    p.add_argument("--codebook-decay", type=float, default=0.8, help="EMA decay of the codebook")
+    p.add_argument("--adversarial-weight", type=float, default=0.0, help="PatchGAN hinge loss weight (0: off)")
+    p.add_argument("--adversarial-start", type=int, default=0, help="step at which the adversarial loss starts")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--synthetic", type=int, default=256, help="synthetic images when --images is not given")
+    p.add_argument("--eval-images", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
