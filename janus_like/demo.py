@@ -1,0 +1,315 @@
+"""`janus-like demo`: a Gradio app on `JanusLikePipeline` (text -> image, chat, interleaved, image edit).
+
+Safe by default: it listens on 127.0.0.1, queues at most `QUEUE_SIZE` jobs and runs one at a time,
+caps uploads in bytes (Gradio) and pixels (`load_image`), and serves no files but Gradio's own
+uploads and outputs. The handlers are plain functions of the pipeline, so tests call them directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Iterator
+
+from PIL import Image
+
+from .errors import JanusLikeError
+from .generation import Done, ImageDone, ImageProgress, TextDelta
+from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
+from .images import load_image
+from .pipeline import JanusLikePipeline, check_prompt
+
+if TYPE_CHECKING:
+    import gradio
+
+MAX_FILE_SIZE = "20mb"  # per upload, refused by Gradio before any decoding; pixels are capped by load_image
+MAX_NEW_TOKENS = 2048  # slider cap (also bounded by the model's context)
+QUEUE_SIZE = 16  # waiting jobs; more are refused with "queue full"
+UPDATE_SECONDS = 0.25  # streamed UI updates at most this often (each one re-renders the output)
+PREVIEWS_PER_IMAGE = 4  # partial decodes shown while an image is drawn
+HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory stays bounded)
+THUMB_SIDE = 256  # chat images are shown this large
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _gradio():
+    """Import gradio, an optional extra, only when the demo is used."""
+    try:
+        import gradio
+    except ImportError as e:
+        raise JanusLikeError("the demo needs gradio, which is not installed: pip install 'janus_like[demo]'") from e
+    return gradio
+
+
+@contextmanager
+def _shown_in_ui():
+    """A user error becomes gr.Error so the page shows its message; other errors stay generic."""
+    try:
+        yield
+    except JanusLikeError as e:
+        raise _gradio().Error(str(e)) from e
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float = 5.0,
+                  temperature: float = 1.0, seed: int | None = None, image: str | None = None) -> Iterator[tuple]:
+    """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
+    gr = _gradio()
+    with _shown_in_ui():
+        images = [load_image(image)] if image else None
+        n, total = _int(num_images), pipe.processor.num_gen_tokens
+        events = pipe.stream(prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale,
+                             temperature=temperature, seed=_seed(seed),
+                             preview_every=max(1, total // PREVIEWS_PER_IMAGE))
+        start = last = time.monotonic()
+        previews: dict[int, Image.Image] = {}
+        for event in events:
+            if isinstance(event, ImageProgress):
+                if event.preview is not None:
+                    previews[event.row] = event.preview
+                fresh = event.preview is not None and event.row == n - 1 and len(previews) == n
+                if fresh or time.monotonic() - last >= UPDATE_SECONDS:
+                    last = time.monotonic()
+                    gallery = [previews[i] for i in range(n)] if fresh else gr.skip()
+                    yield gallery, f"drawing… {event.done}/{event.total} codes"
+            elif isinstance(event, Done):
+                results = [im for result in event.results for im in result.images]
+    yield results, f"{len(results)} image(s) in {time.monotonic() - start:.1f} s"
+
+
+def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
+               cfg_scale: float = 5.0, temperature: float = 1.0, seed: int | None = None) -> Iterator[tuple]:
+    """Input image + instruction -> (gallery images, status line)."""
+    if not image:
+        raise _gradio().Error("upload an image to edit first")
+    yield from text_to_image(pipe, instruction, num_images, cfg_scale, temperature, seed, image=image)
+
+
+def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_new_tokens: int = 256,
+         temperature: float = 0.0, seed: int | None = None) -> Iterator[tuple]:
+    """A question (+ uploaded images) after the earlier turns -> (chat display, turns, cleared input),
+    with the answer streamed. `turns` (server-side state) holds questions, checked images and answers."""
+    message = message or {}
+    with _shown_in_ui():
+        text = check_prompt(message.get("text") or "").strip()
+        images = [_fit(load_image(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
+        messages = _messages(turns) + [_user(text, images)]
+        events = pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens), temperature=temperature,
+                             seed=_seed(seed))
+        turns = turns + [{"text": text, "images": images, "answer": ""}]
+        last = time.monotonic()
+        for event in events:
+            if isinstance(event, TextDelta):
+                turns[-1]["answer"] += event.text
+                if time.monotonic() - last >= UPDATE_SECONDS:
+                    last = time.monotonic()
+                    yield _chat_display(turns), turns, None
+            elif isinstance(event, Done):
+                turns[-1]["answer"] = event.results[0].text.strip()
+    yield _chat_display(turns), turns, None
+
+
+def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, max_images: int = 2,
+               cfg_scale: float = 5.0, temperature: float = 1.0, seed: int | None = None) -> Iterator[list]:
+    """Prompt -> the model's text and images in the order it wrote them (a chat display), streamed."""
+    with _shown_in_ui():
+        total = pipe.processor.num_gen_tokens
+        events = pipe.stream(prompt, mode="interleave", max_new_tokens=_int(max_new_tokens),
+                             max_images=_int(max_images), cfg_scale=cfg_scale, temperature=temperature,
+                             seed=_seed(seed), preview_every=max(1, total // PREVIEWS_PER_IMAGE))
+        parts: list[str | Image.Image] = []
+        drawing, preview = None, None  # the image being drawn: its progress and latest preview
+        last = time.monotonic()
+        for event in events:
+            if isinstance(event, TextDelta):
+                if parts and isinstance(parts[-1], str):
+                    parts[-1] += event.text
+                else:
+                    parts.append(event.text)
+            elif isinstance(event, ImageProgress):
+                drawing, preview = event, preview if event.preview is None else event.preview
+            elif isinstance(event, ImageDone):
+                parts.append(event.image)
+                drawing, preview = None, None
+            elif isinstance(event, Done):
+                parts = event.results[0].parts
+            if time.monotonic() - last >= UPDATE_SECONDS:
+                last = time.monotonic()
+                yield _story(prompt, parts, drawing, preview)
+    yield _story(prompt, parts, None, None)
+
+
+# ---------------------------------------------------------------------- display helpers
+
+
+def _story(prompt: str, parts: list, drawing: ImageProgress | None, preview: Image.Image | None) -> list[dict]:
+    """Chatbot messages: the prompt, then each text and image part, then the image being drawn."""
+    gr = _gradio()
+    shown = [{"role": "user", "content": prompt}]
+    for part in parts:
+        if isinstance(part, Image.Image):
+            shown.append({"role": "assistant", "content": gr.Image(value=part, format="png")})
+        elif part.strip():
+            shown.append({"role": "assistant", "content": part.strip()})
+    if drawing is not None:
+        if preview is not None:
+            shown.append({"role": "assistant", "content": gr.Image(value=preview, format="png")})
+        shown.append({"role": "assistant", "content": f"*drawing image {drawing.index + 1}: "
+                                                      f"{drawing.done}/{drawing.total} codes*"})
+    return shown
+
+
+def _chat_display(turns: list[dict]) -> list[dict]:
+    """Chatbot messages: each question with thumbnails of its images, then the answer so far."""
+    gr = _gradio()
+    shown = []
+    for turn in turns:
+        thumbs = [gr.Image(value=_fit(im, THUMB_SIDE)) for im in turn["images"]]
+        shown.append({"role": "user", "content": thumbs + [turn["text"]]})
+        shown.append({"role": "assistant", "content": turn["answer"].strip() or "…"})
+    return shown
+
+
+def _messages(turns: list[dict]) -> list[dict]:
+    """Earlier turns as the pipeline's multimodal messages."""
+    messages = []
+    for turn in turns:
+        messages.append(_user(turn["text"], turn["images"]))
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["answer"]}]})
+    return messages
+
+
+def _user(text: str, images: list[Image.Image]) -> dict:
+    """A user message with images first, as DeepSeek's prompts put them."""
+    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    """A copy no larger than side x side (aspect kept)."""
+    image = image.copy()
+    image.thumbnail((side, side), Image.Resampling.BICUBIC)
+    return image
+
+
+def _path(file) -> str:
+    """MultimodalTextbox files are paths (or FileData-like dicts in older Gradio)."""
+    return file["path"] if isinstance(file, dict) else file
+
+
+def _int(x):
+    """Sliders send floats; a whole float becomes an int, anything else goes on to be refused."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _seed(seed):
+    """Empty seed box -> None (a random seed)."""
+    return None if seed is None or seed == "" else _int(seed)
+
+
+# ---------------------------------------------------------------------- app
+
+
+def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
+    """The Blocks app (queued: one job at a time, at most QUEUE_SIZE waiting); not launched."""
+    gr = _gradio()
+    context = pipe.processor.config.text_config.max_position_embeddings
+    max_tokens = min(MAX_NEW_TOKENS, context)
+
+    def seed_box():
+        return gr.Number(label="seed (empty: random)", value=0, precision=0, minimum=0, maximum=2**32 - 1)
+
+    def cfg_slider():
+        return gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG scale")
+
+    with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
+        with gr.Tab("Text → image"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    t2i_prompt = gr.Textbox(label="prompt", value="a red circle on the left", lines=2)
+                    t2i_n = gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=4, step=1, label="number of images")
+                    t2i_cfg = cfg_slider()
+                    t2i_temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0: greedy)")
+                    t2i_seed = seed_box()
+                    t2i_go = gr.Button("Generate", variant="primary")
+                with gr.Column(scale=2):
+                    t2i_out = gr.Gallery(label="images", columns=4, format="png")
+                    t2i_status = gr.Markdown()
+            t2i_go.click(partial(text_to_image, pipe), [t2i_prompt, t2i_n, t2i_cfg, t2i_temp, t2i_seed],
+                         [t2i_out, t2i_status], api_name="text_to_image")
+
+        with gr.Tab("Chat"):
+            turns = gr.State([])
+            chat_view = gr.Chatbot(label="conversation", height=420)
+            chat_box = gr.MultimodalTextbox(label="question", file_types=["image"], file_count="multiple",
+                                            sources=["upload"],
+                                            placeholder="Ask about an image (attach it with the clip)…")
+            with gr.Row():
+                chat_tokens = gr.Slider(1, max_tokens, value=min(256, max_tokens), step=1, label="max new tokens")
+                chat_temp = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0: greedy)")
+                chat_seed = seed_box()
+                chat_clear = gr.Button("Clear")
+            chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
+                            [chat_view, turns, chat_box], api_name="chat")
+            chat_clear.click(lambda: ([], [], None), None, [chat_view, turns, chat_box], queue=False)
+
+        with gr.Tab("Interleaved"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    il_prompt = gr.Textbox(label="prompt", value="Draw a red circle, then describe it.", lines=2)
+                    il_tokens = gr.Slider(1, max_tokens, value=min(512, max_tokens), step=1, label="max new tokens")
+                    il_images = gr.Slider(0, MAX_INTERLEAVED_IMAGES, value=2, step=1, label="max images")
+                    il_cfg = cfg_slider()
+                    il_temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0: greedy)")
+                    il_seed = seed_box()
+                    il_go = gr.Button("Write", variant="primary")
+                with gr.Column(scale=2):
+                    il_out = gr.Chatbot(label="text and images, in order", height=520)
+            il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
+                        [il_out], api_name="interleave")
+
+        with gr.Tab("Image edit"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    ed_image = gr.File(label="input image", file_types=["image"], type="filepath")
+                    ed_prompt = gr.Textbox(label="instruction", value="make the circle blue", lines=2)
+                    ed_n = gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=2, step=1, label="number of images")
+                    ed_cfg = cfg_slider()
+                    ed_temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0: greedy)")
+                    ed_seed = seed_box()
+                    ed_go = gr.Button("Edit", variant="primary")
+                with gr.Column(scale=2):
+                    ed_out = gr.Gallery(label="images", columns=4, format="png")
+                    ed_status = gr.Markdown()
+            ed_go.click(partial(image_edit, pipe), [ed_image, ed_prompt, ed_n, ed_cfg, ed_temp, ed_seed],
+                        [ed_out, ed_status], api_name="image_edit")
+    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+def serve(demo: "gradio.Blocks", host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
+    """Launch with the safe settings (upload cap, no extra served paths, no share link, no telemetry);
+    returns the local URL. `block=False` returns at once (the server runs in a thread)."""
+    gr = _gradio()
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])  # local fonts: the page fetches nothing
+    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
+                            allowed_paths=None, ssr_mode=False, show_error=False, prevent_thread_lock=not block,
+                            quiet=not block, theme=theme, footer_links=["gradio", "settings"])
+    return url
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """`janus-like demo`: load the model and serve the app until interrupted."""
+    _gradio()  # fail with the install hint before loading any weights
+    if args.host not in LOOPBACK:
+        print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
+              "the model (there is no authentication)", file=sys.stderr)
+    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    serve(build_demo(pipe), args.host, args.port)
+    return 0

@@ -1,0 +1,207 @@
+"""The Gradio demo (`janus-like demo`): handlers on a tiny model, user errors shown in the UI, and a
+launched server that answers on loopback, refuses arbitrary files and oversized uploads."""
+
+import socket
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import torch
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+
+from janus_like import JanusLikePipeline  # noqa: E402
+from janus_like import demo  # noqa: E402
+from janus_like.cli import main  # noqa: E402
+from janus_like.generation import ImageProgress  # noqa: E402
+from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES  # noqa: E402
+from janus_like.testing import shape_image, tiny_model, write_image  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small to split; one thread avoids waiting on busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    """The tiny model saved to a temp dir and loaded the way `janus-like demo --model DIR` loads it."""
+    path = tmp_path_factory.mktemp("model")
+    model, processor = tiny_model(seed=0)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return JanusLikePipeline.from_pretrained(path, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def app(pipe):
+    return demo.build_demo(pipe)
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    return str(write_image(tmp_path_factory.mktemp("img") / "in.png", shape_image()))
+
+
+def _labels(app, kind) -> dict:
+    return {c.label: c for c in app.blocks.values() if isinstance(c, kind)}
+
+
+def test_build_demo_has_four_tabs_bounded_sliders_and_a_bounded_queue(app, pipe):
+    assert list(_labels(app, gr.Tab)) == ["Text → image", "Chat", "Interleaved", "Image edit"]
+    sliders = [c for c in app.blocks.values() if isinstance(c, gr.Slider)]
+    context = pipe.processor.config.text_config.max_position_embeddings
+    assert {s.maximum for s in sliders if s.label == "number of images"} == {MAX_IMAGES_PER_PROMPT}
+    assert {s.maximum for s in sliders if s.label == "max images"} == {MAX_INTERLEAVED_IMAGES}
+    assert {s.maximum for s in sliders if s.label == "max new tokens"} == {min(demo.MAX_NEW_TOKENS, context)}
+    assert app._queue.max_size == demo.QUEUE_SIZE and app._queue.default_concurrency_limit == 1
+
+
+def test_text_to_image_streams_previews_and_returns_n_images(pipe):
+    updates = list(demo.text_to_image(pipe, "a red circle", 2.0, 5.0, 1.0, 0))  # sliders send floats
+    images, status = updates[-1]
+    assert len(images) == 2 and all(isinstance(im, Image.Image) for im in images)
+    assert "2 image(s)" in status
+    previews = [u[0] for u in updates[:-1] if isinstance(u[0], list)]
+    assert previews and all(len(p) == 2 for p in previews)  # partial decodes of both rows
+
+
+def test_image_edit_passes_image_and_settings_to_the_pipeline(pipe, picture):
+    images, _ = list(demo.image_edit(pipe, picture, "make the circle blue", 1.0, 3.0, 0.5, 7))[-1]
+    again = pipe.generate_images("make the circle blue", images=[picture], num_images=1, cfg_scale=3.0,
+                                 temperature=0.5, seed=7)
+    assert len(images) == 1 and images[0].tobytes() == again[0].tobytes()
+
+
+def test_chat_answers_and_keeps_a_multi_turn_history(pipe, picture):
+    view, turns, box = list(demo.chat(pipe, {"text": "What is this?", "files": [picture]}, [], 8, 0.0, 0))[-1]
+    assert turns[-1]["answer"] == pipe.chat("What is this?", images=[picture], max_new_tokens=8, seed=0)
+    assert box is None and [m["role"] for m in view] == ["user", "assistant"]
+    assert isinstance(view[0]["content"][0], gr.Image) and view[0]["content"][1] == "What is this?"
+    view, turns, _ = list(demo.chat(pipe, {"text": "And now?", "files": []}, turns, 8, 0.0, 0))[-1]
+    assert len(turns) == 2 and len(view) == 4 and view[2]["content"] == ["And now?"]
+
+
+def test_interleave_shows_the_prompt_then_the_parts_in_order(pipe, app):
+    prompt = "Draw a red circle, then describe it."
+    story = list(demo.interleave(pipe, prompt, 64.0, 1.0, 5.0, 1.0, 9))[-1]
+    parts = pipe.interleave(prompt, seed=9, max_new_tokens=64, max_images=1)
+    assert story[0] == {"role": "user", "content": prompt}
+    shown = [m["content"] for m in story[1:]]
+    expected = [p for p in parts if isinstance(p, Image.Image) or p.strip()]
+    assert len(shown) == len(expected)
+    for got, want in zip(shown, expected):
+        assert isinstance(got, gr.Image) if isinstance(want, Image.Image) else got == want.strip()
+
+
+def test_interleaved_display_serialises_text_images_and_the_image_being_drawn(app):
+    drawing = ImageProgress(row=0, index=1, done=8, total=16)
+    story = demo._story("p", ["A circle:", shape_image(), "  ", "and more"], drawing, shape_image("square"))
+    [view] = [c for c in app.blocks.values() if isinstance(c, gr.Chatbot) and c.label == "text and images, in order"]
+    shown = view.postprocess(story).model_dump()
+    kinds = [(m["role"], m["content"][0]["type"]) for m in shown]
+    assert kinds == [("user", "text"), ("assistant", "text"), ("assistant", "component"), ("assistant", "text"),
+                     ("assistant", "component"), ("assistant", "text")]
+    assert shown[-1]["content"][0]["text"] == "*drawing image 2: 8/16 codes*"
+    assert str(shown[2]["content"][0]["value"]["path"]).endswith(".png")
+
+
+def _corrupt(tmp_path):
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(shape_image().tobytes()[:100])
+    return str(path)
+
+
+def _too_large(tmp_path):
+    path = tmp_path / "huge.png"  # 81 M pixels (over the 64 M cap, under PIL's bomb limit): a few kB on disk
+    Image.new("1", (9000, 9000)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_file, words", [(_corrupt, "cannot read image"), (_too_large, "at most 64,000,000")])
+def test_bad_uploads_show_the_image_error_message(pipe, tmp_path, make_file, words):
+    path = make_file(tmp_path)
+    with pytest.raises(gr.Error, match=words):
+        list(demo.image_edit(pipe, path, "make it blue", 1, 5.0, 1.0, 0))
+    with pytest.raises(gr.Error, match=words):
+        list(demo.chat(pipe, {"text": "What is this?", "files": [path]}, [], 8, 0.0, 0))
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda p: demo.text_to_image(p, "x", 0), "num_images"),
+    (lambda p: demo.text_to_image(p, "x", MAX_IMAGES_PER_PROMPT + 1), "num_images"),
+    (lambda p: demo.text_to_image(p, "x", 2.5), "num_images"),
+    (lambda p: demo.text_to_image(p, "x", 1, 5.0, -1.0), "temperature"),
+    (lambda p: demo.text_to_image(p, "   ", 1), "empty"),
+    (lambda p: demo.image_edit(p, None, "x"), "upload an image"),
+    (lambda p: demo.chat(p, {"text": "", "files": []}, []), "empty"),
+    (lambda p: demo.chat(p, {"text": "x" * 2000, "files": []}, []), "context"),
+    (lambda p: demo.interleave(p, "x", 8, MAX_INTERLEAVED_IMAGES + 1), "max_images"),
+])
+def test_bad_settings_show_the_settings_error_message(pipe, call, words):
+    with pytest.raises(gr.Error, match=words):
+        list(call(pipe))
+
+
+def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _upload(url: str, size: int) -> int:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    return _get(url + "gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})[0]
+
+
+def test_served_demo_answers_on_loopback_and_serves_no_arbitrary_files(app, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = demo.serve(app, "127.0.0.1", port, block=False)
+    try:
+        assert url == f"http://127.0.0.1:{port}/" and app.server_name == "127.0.0.1"
+        status, page = _get(url)
+        assert status == 200 and b"<html" in page.lower()
+        for path in ("file=/etc/passwd", "gradio_api/file=/etc/passwd", "gradio_api/file=pyproject.toml",
+                     f"gradio_api/file={__file__}", "static/../../../../etc/passwd"):
+            status, body = _get(url + path)
+            assert status in (403, 404) and b"root:" not in body, path
+        assert _upload(url, 100) == 200
+        assert _upload(url, 21 * 1024 * 1024) == 413  # over MAX_FILE_SIZE
+        gradio_client = pytest.importorskip("gradio_client")
+        client = gradio_client.Client(url, verbose=False)
+        gallery, status = client.predict("a red circle", 1, 5.0, 1.0, 0, api_name="/text_to_image")
+        assert len(gallery) == 1 and "1 image(s)" in status
+        with pytest.raises(Exception, match="cannot read image"):  # the ImageError message reaches the page
+            client.predict(gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, 0, api_name="/image_edit")
+        with pytest.raises(Exception, match="maximum value 64"):  # sliders are bounded server-side too
+            client.predict("x", MAX_IMAGES_PER_PROMPT + 1, 5.0, 1.0, 0, api_name="/text_to_image")
+    finally:
+        app.close()
+
+
+def test_missing_gradio_gives_the_install_hint(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gradio(name, *args, **kwargs):
+        if name == "gradio":
+            raise ImportError("No module named 'gradio'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gradio)
+    assert main(["demo"]) == 2
+    assert "pip install 'janus_like[demo]'" in capsys.readouterr().err
