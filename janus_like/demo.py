@@ -227,6 +227,9 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
     def cfg_slider():
         return gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG scale")
 
+    def temperature_slider(value: float):
+        return gr.Slider(0.0, 2.0, value=value, step=0.05, label="temperature (0: greedy)")
+
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
         with gr.Tab("Text → image"):
@@ -235,7 +238,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     t2i_prompt = gr.Textbox(label="prompt", value="a red circle on the left", lines=2)
                     t2i_n = gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=4, step=1, label="number of images")
                     t2i_cfg = cfg_slider()
-                    t2i_temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0: greedy)")
+                    t2i_temp = temperature_slider(1.0)
                     t2i_seed = seed_box()
                     t2i_go = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
@@ -252,7 +255,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                                             placeholder="Ask about an image (attach it with the clip)…")
             with gr.Row():
                 chat_tokens = gr.Slider(1, max_tokens, value=min(256, max_tokens), step=1, label="max new tokens")
-                chat_temp = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0: greedy)")
+                chat_temp = temperature_slider(0.0)
                 chat_seed = seed_box()
                 chat_clear = gr.Button("Clear")
             chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
@@ -266,7 +269,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     il_tokens = gr.Slider(1, max_tokens, value=min(512, max_tokens), step=1, label="max new tokens")
                     il_images = gr.Slider(0, MAX_INTERLEAVED_IMAGES, value=2, step=1, label="max images")
                     il_cfg = cfg_slider()
-                    il_temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0: greedy)")
+                    il_temp = temperature_slider(1.0)
                     il_seed = seed_box()
                     il_go = gr.Button("Write", variant="primary")
                 with gr.Column(scale=2):
@@ -281,7 +284,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     ed_prompt = gr.Textbox(label="instruction", value="make the circle blue", lines=2)
                     ed_n = gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=2, step=1, label="number of images")
                     ed_cfg = cfg_slider()
-                    ed_temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0: greedy)")
+                    ed_temp = temperature_slider(1.0)
                     ed_seed = seed_box()
                     ed_go = gr.Button("Edit", variant="primary")
                 with gr.Column(scale=2):
