@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--image", action="append", default=[], help="input image for edits/variations (repeatable)")
     p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--cfg-scale", type=float, default=5.0)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-images", type=int, default=4)
-    p.add_argument("--cfg-scale", type=float, default=5.0)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--out", default="out")
 
@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluations")
     p.add_argument("suite", choices=["shapes"])
     _add_model(p)
+    p.add_argument("--num-scenes", type=int, default=None, help="first N scenes of the seeded order (default: all 45)")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/eval_shapes")
     return parser
 
 

@@ -68,6 +68,7 @@ class JanusLikeConfig(PreTrainedConfig):
     gen_aligner_depth: int = 2
     gen_head_hidden_size: int = 2048
     gen_image_size: int = 384
+    default_cfg_scale: float = 5.0  # guidance used when a call gives none (Janus: 5; the embedded model: 1.5)
 
     # special tokens, by name and by id
     image_start_token: str = "<begin_of_image>"

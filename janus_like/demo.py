@@ -56,7 +56,7 @@ def _shown_in_ui():
 # ---------------------------------------------------------------------- handlers
 
 
-def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float = 5.0,
+def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
                   temperature: float = 1.0, seed: int | None = None, image: str | None = None) -> Iterator[tuple]:
     """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
     gr = _gradio()
@@ -83,7 +83,7 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
 
 
 def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
-               cfg_scale: float = 5.0, temperature: float = 1.0, seed: int | None = None) -> Iterator[tuple]:
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Iterator[tuple]:
     """Input image + instruction -> (gallery images, status line)."""
     if not image:
         raise _gradio().Error("upload an image to edit first")
@@ -115,7 +115,7 @@ def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_n
 
 
 def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, max_images: int = 2,
-               cfg_scale: float = 5.0, temperature: float = 1.0, seed: int | None = None) -> Iterator[list]:
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Iterator[list]:
     """Prompt -> the model's text and images in the order it wrote them (a chat display), streamed."""
     with _shown_in_ui():
         total = pipe.processor.num_gen_tokens
@@ -224,8 +224,8 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
     def seed_box():
         return gr.Number(label="seed (empty: random)", value=0, precision=0, minimum=0, maximum=2**32 - 1)
 
-    def cfg_slider():
-        return gr.Slider(1.0, 10.0, value=5.0, step=0.5, label="CFG scale")
+    def cfg_slider():  # starts at the guidance the model was tuned for
+        return gr.Slider(1.0, 10.0, value=pipe.default_cfg_scale, step=0.5, label="CFG scale")
 
     def temperature_slider(value: float):
         return gr.Slider(0.0, 2.0, value=value, step=0.05, label="temperature (0: greedy)")

@@ -27,6 +27,7 @@ class JanusLikePipeline:
         self.model = model.eval()
         self.processor = processor
         self.engine = GenerationEngine(model, processor, compile=compile)
+        self.default_cfg_scale = model.config.default_cfg_scale  # the guidance the model was tuned for
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -41,10 +42,12 @@ class JanusLikePipeline:
 
     # ------------------------------------------------------------------ one-call API
 
-    def generate_images(self, prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0,
-                        top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                        images: Sequence[ImageLike] | None = None, preview_every: int = 0) -> list[Image.Image]:
-        """Text (+ input images, for edits and variations) -> `num_images` images."""
+    def generate_images(self, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
+                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                        seed: int | None = None, images: Sequence[ImageLike] | None = None,
+                        preview_every: int = 0) -> list[Image.Image]:
+        """Text (+ input images, for edits and variations) -> `num_images` images. `cfg_scale=None`:
+        the model config's `default_cfg_scale` (5.0 for Janus)."""
         done = _last(self.stream(prompt, mode="images", num_images=num_images, cfg_scale=cfg_scale,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, images=images,
                                  preview_every=preview_every))
@@ -62,8 +65,8 @@ class JanusLikePipeline:
         return done.results[0].text.strip()
 
     def interleave(self, prompt: str | list[dict], seed: int | None = None, max_new_tokens: int = 512,
-                   max_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None, images: Sequence[ImageLike] | None = None
+                   max_images: int = 4, cfg_scale: float | None = None, temperature: float = 1.0,
+                   top_k: int | None = None, top_p: float | None = None, images: Sequence[ImageLike] | None = None
                    ) -> list[str | Image.Image]:
         """Text (+ images) -> text and images in the order the model wrote them."""
         done = _last(self.stream(prompt, mode="interleave", seed=seed, max_new_tokens=max_new_tokens,
@@ -78,6 +81,7 @@ class JanusLikePipeline:
         if mode not in MODES:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
         settings = {k: v for k, v in settings.items() if v is not None}
+        settings.setdefault("cfg_scale", self.default_cfg_scale)
         if mode == "images":
             check_num_images(num_images)
             sequence = self.processor.generation_prompt(check_prompt(prompt), list(images or []))

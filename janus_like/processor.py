@@ -95,8 +95,10 @@ class JanusLikeProcessor:
         return token_id
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: JanusLikeConfig | None = None) -> "JanusLikeProcessor":
-        """Load the tokenizer and processor settings saved beside a model (any supported layout)."""
+    def from_pretrained(cls, path: str | os.PathLike | None = None, config: JanusLikeConfig | None = None
+                        ) -> "JanusLikeProcessor":
+        """Load the tokenizer and processor settings saved beside a model (any supported layout;
+        no path: the embedded default model's)."""
         from .checkpoint import load_processor  # the format detection lives with the checkpoint code
 
         return load_processor(path, config)

@@ -64,6 +64,7 @@ def test_user_errors_print_one_line_and_exit_2(saved, argv, words, capsys):
     assert len(ours) == 1 and words in ours[0] and "Traceback" not in err
 
 
-def test_no_model_exits_2_with_one_line(capsys):
+def test_missing_default_model_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("janus_like.checkpoint.DEFAULT_MODEL_DIR", tmp_path)
     assert main(["generate", "a cat"]) == 2
     assert "default model" in capsys.readouterr().err

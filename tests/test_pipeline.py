@@ -17,8 +17,9 @@ def saved(tiny, tmp_path):
     return tmp_path / "model"
 
 
-def test_from_pretrained_without_a_path_says_the_default_model_is_not_shipped():
-    with pytest.raises(ModelNotAvailableError):
+def test_from_pretrained_without_a_path_says_when_the_default_model_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr("janus_like.checkpoint.DEFAULT_MODEL_DIR", tmp_path)
+    with pytest.raises(ModelNotAvailableError, match="model.safetensors"):
         JanusLikePipeline.from_pretrained()
 
 

@@ -21,7 +21,10 @@ from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
 OWN = "janus_like"
 DEEPSEEK = "deepseek"
 HF_JANUS = "hf_janus"
-__all__ = ["detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path", "ForeignCheckpoint"]
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # built by apps/default_model/build.py
+DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json")
+__all__ = ["default_model_path", "detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path",
+           "ForeignCheckpoint"]
 
 
 def read_config_json(path: Path) -> dict:
@@ -85,12 +88,22 @@ def open_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
     return open_foreign(path, layout, read_config_json(path))
 
 
+def default_model_path() -> Path:
+    """The embedded default model's directory (janus_like/default_model/), checked to be complete."""
+    path = DEFAULT_MODEL_DIR
+    missing = [name for name in DEFAULT_MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise ModelNotAvailableError(f"no model path given and the embedded default model in {path} lacks "
+                                     f"{', '.join(missing)}; reinstall janus_like, rebuild it with "
+                                     "`python apps/default_model/build.py`, or pass a model directory")
+    return path
+
+
 def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, device_map=None,
                low_cpu_mem_usage: bool = True, **kwargs):
-    """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout."""
-    if path is None:
-        raise ModelNotAvailableError("no model path given and the embedded default model is not shipped yet")
-    path = resolve_path(path)
+    """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout
+    (no path: the embedded default model)."""
+    path = default_model_path() if path is None else resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:
         if device is not None:
@@ -107,11 +120,12 @@ def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, 
                               low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
 
 
-def load_processor(path: str | os.PathLike, config: JanusLikeConfig | None = None):
-    """`JanusLikeProcessor.from_pretrained`: the tokenizer and image settings beside a model."""
+def load_processor(path: str | os.PathLike | None, config: JanusLikeConfig | None = None):
+    """`JanusLikeProcessor.from_pretrained`: the tokenizer and image settings beside a model
+    (no path: the embedded default model's)."""
     from ..processor import JanusLikeProcessor
 
-    path = resolve_path(path)
+    path = default_model_path() if path is None else resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:
         return JanusLikeProcessor.from_dir(path, config or JanusLikeConfig.from_pretrained(path))

@@ -173,28 +173,28 @@ class Trainer:
         cfg, acc, state = self.config, self.accelerator, self.state
         accum, max_steps = cfg.training.grad_accum, cfg.training.max_steps
         batches = self._loader(self.train_data, state.step * accum, max_steps * accum)
-        bar = tqdm(total=max_steps, initial=state.step, desc="training", unit="step", disable=not acc.is_main_process)
-        while state.step < max_steps:
-            started = time.perf_counter()  # tokens/s counts data loading too, not eval or saving
-            window = [next(batches) for _ in range(accum)]
-            metrics = self.train_step(window)
-            real_tokens = metrics.pop("real_tokens")
-            metrics["tokens_per_s"] = real_tokens / (time.perf_counter() - started)
-            state.step += 1
-            state.real_tokens += real_tokens
-            state.history.append({"step": state.step, **metrics})
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            if state.step % cfg.logging.every == 0 or state.step == max_steps:
-                acc.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
-            if self.eval_data is not None and (state.step % cfg.eval.every == 0 or state.step == max_steps):
-                eval_loss = self.evaluate()
-                state.eval_history.append({"step": state.step, "loss": eval_loss})
-                acc.log({"eval_loss": eval_loss}, step=state.step)
-                bar.write(f"step {state.step}: eval loss {eval_loss:.4f}")
-            if state.step % cfg.logging.save_every == 0 or state.step == max_steps:
-                self.save_checkpoint()
-        bar.close()
+        with tqdm(total=max_steps, initial=state.step, desc="training", unit="step",
+                  disable=not acc.is_main_process) as bar:  # closed on errors too
+            while state.step < max_steps:
+                started = time.perf_counter()  # tokens/s counts data loading too, not eval or saving
+                window = [next(batches) for _ in range(accum)]
+                metrics = self.train_step(window)
+                real_tokens = metrics.pop("real_tokens")
+                metrics["tokens_per_s"] = real_tokens / (time.perf_counter() - started)
+                state.step += 1
+                state.real_tokens += real_tokens
+                state.history.append({"step": state.step, **metrics})
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                if state.step % cfg.logging.every == 0 or state.step == max_steps:
+                    acc.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
+                if self.eval_data is not None and (state.step % cfg.eval.every == 0 or state.step == max_steps):
+                    eval_loss = self.evaluate()
+                    state.eval_history.append({"step": state.step, "loss": eval_loss})
+                    acc.log({"eval_loss": eval_loss}, step=state.step)
+                    bar.write(f"step {state.step}: eval loss {eval_loss:.4f}")
+                if state.step % cfg.logging.save_every == 0 or state.step == max_steps:
+                    self.save_checkpoint()
         self.finish()
         return state
 

@@ -1,0 +1,148 @@
+"""Build the embedded default model (janus_like/default_model/) from nothing, on a CPU, seeded.
+
+1. write the shapes world as training JSONL (configs/shapes_data.py, every scene);
+2. train the VQ image tokenizer on its images (tokenizers/train_vq.py --tiny);
+3. compose a small Llama + tiny SigLIP + that VQ with a byte-level tokenizer (from_parts);
+4. train the whole model (VQ frozen) with `janus-like train` on the task mixture;
+5. copy the result into janus_like/default_model/ and run ShapesEval on it.
+
+    python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
+
+Sizes and step counts live in recipe.yaml; the numbers of the run go to build_report.json
+(in WORK and beside the installed weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+from janus_like import JanusLikeForConditionalGeneration
+from janus_like.testing import byte_level_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = ROOT / "janus_like" / "default_model"
+
+
+def run(cmd: list[str], log: Path) -> str:
+    """Run a step as its own process (stderr, the progress bars, goes to `log`); its stdout."""
+    print("$", " ".join(cmd), flush=True)
+    with log.open("w") as err:
+        out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+    print(out.stdout, end="", flush=True)
+    if out.returncode != 0:
+        sys.exit(f"build: step failed ({out.returncode}); see {log}")
+    return out.stdout
+
+
+def write_data(work: Path, recipe: dict) -> Path:
+    sys.path.insert(0, str(ROOT / "configs"))
+    from shapes_data import write_shapes
+
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    write_shapes(data, size=recipe["data"]["image_size"], seed=recipe["seed"],
+                 interleaved=recipe["data"]["interleaved"], holdout_every=0)
+    return data
+
+
+def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
+    vq = recipe["vq"]
+    out = run([sys.executable, "tokenizers/train_vq.py", "--tiny", "--images", str(images), "--out", str(work / "vq"),
+               "--image-size", str(recipe["data"]["image_size"]), "--codebook-size", str(vq["codebook_size"]),
+               "--steps", str(vq["steps"]), "--batch-size", str(vq["batch_size"]), "--eval-images", "1000",
+               "--seed", str(recipe["seed"]), "--device", "cpu"], work / "vq.log")
+    psnr = float(re.search(r"PSNR [-\d.]+ -> ([-\d.]+) dB", out).group(1))
+    return work / "vq" / "model", psnr
+
+
+def compose(work: Path, recipe: dict, vq: Path) -> Path:
+    """A fresh Llama and SigLIP saved as parts, joined with the trained VQ by from_parts."""
+    torch.manual_seed(recipe["seed"])
+    m = recipe["model"]
+    tokenizer = byte_level_tokenizer()
+    llm = LlamaForCausalLM(LlamaConfig(**m["text"], vocab_size=len(tokenizer), tie_word_embeddings=False,
+                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id))
+    llm.save_pretrained(work / "llm")
+    tokenizer.save_pretrained(work / "llm")
+    SiglipVisionModel(SiglipVisionConfig(**m["vision"], hidden_act="gelu", vision_use_head=False)).save_pretrained(
+        work / "vision")
+    model, processor = JanusLikeForConditionalGeneration.from_parts(
+        work / "llm", work / "vision", vq, return_processor=True, gen_image_size=recipe["data"]["image_size"],
+        gen_head_hidden_size=m["gen_head_hidden_size"], default_cfg_scale=m["default_cfg_scale"], system_prompt="")
+    init = work / "init"
+    model.save_pretrained(init)
+    processor.save_pretrained(init)
+    return init
+
+
+def train(work: Path, recipe: dict, init: Path, data: Path) -> dict:
+    config = dict(recipe["train"], output_dir=str(work / "train"), model={"path": str(init)},
+                  data=dict(recipe["train"]["data"], files=[str(data / "train.jsonl")]))
+    config_file = work / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.rmtree(work / "train", ignore_errors=True)
+    run([sys.executable, "-m", "janus_like.cli", "train", str(config_file)], work / "train.log")
+    history = json.loads((work / "train" / "metrics.json").read_text())["history"]
+    last = history[-50:]
+
+    def mean(key: str) -> float:
+        values = [h[key] for h in last if h.get(key) is not None]
+        return sum(values) / max(len(values), 1)
+
+    return {"loss": mean("loss"), "text_loss": mean("text_loss"), "image_loss": mean("image_loss")}
+
+
+def install(final: Path) -> float:
+    """Replace janus_like/default_model/ by the trained model (temp dir, then rename); its size in MB."""
+    tmp = TARGET.with_name(".tmp-default_model")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(final, tmp)
+    shutil.rmtree(TARGET, ignore_errors=True)
+    tmp.rename(TARGET)
+    return sum(f.stat().st_size for f in TARGET.iterdir()) / 1e6
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default=str(ROOT / "runs" / "default_model"), help="scratch folder for every step")
+    p.add_argument("--recipe", default=str(Path(__file__).with_name("recipe.yaml")))
+    p.add_argument("--no-install", action="store_true", help="leave janus_like/default_model/ as it is")
+    args = p.parse_args(argv)
+    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    data = write_data(work, recipe)
+    vq, psnr = train_vq(work, recipe, data / "imgs")
+    vq_seconds = time.perf_counter() - started
+    init = compose(work, recipe, vq)
+    losses = train(work, recipe, init, data)
+    report = {"vq_psnr_db": psnr, "vq_seconds": round(vq_seconds), "final_losses_last50": losses,
+              "total_seconds": round(time.perf_counter() - started)}
+    if not args.no_install:
+        report["size_mb"] = round(install(work / "train" / "final"), 2)
+        run([sys.executable, "-m", "janus_like.cli", "eval", "shapes", "--out", str(work / "eval_shapes")],
+            work / "eval.log")
+    text = json.dumps(report, indent=2) + "\n"
+    (work / "build_report.json").write_text(text)
+    if not args.no_install:
+        (TARGET / "build_report.json").write_text(text)  # provenance shipped beside the weights
+    print(text, end="")
+    return report
+
+
+if __name__ == "__main__":
+    main()
