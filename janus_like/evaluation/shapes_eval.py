@@ -9,10 +9,7 @@ match. Understanding: the model is asked "What is in this image?" about each ren
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..errors import SettingsError
+from ..fileio import save_image, write_json
 from ..pipeline import JanusLikePipeline
 from .shapes import Scene, all_scenes, answer_matches, classify, render
 
@@ -96,12 +94,7 @@ def save_grid(prompts: list[str], drawings: list[list[Image.Image]], path: Path,
         draw.text((6, r * cell + cell // 2 - 6), prompt, fill="black")
         for c, image in enumerate(row):
             grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (label + c * cell, r * cell))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return save_image(grid, path)
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -116,10 +109,7 @@ def eval_command(args: argparse.Namespace) -> int:
     result, drawings = evaluation.run()
     out = Path(args.out)
     grid = save_grid([s["prompt"] for s in result.samples], drawings, out / "grid.png")
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(result), f, indent=2)
-    os.replace(tmp, out / "results.json")
+    write_json(out / "results.json", asdict(result), indent=2)
     print(result.summary())
     print(f"wrote {grid} and {out / 'results.json'}")
     return 0

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
+from ..fileio import save_image, write_text
 from ..pipeline import JanusLikePipeline, check_prompt
 from .events import Done, ImageDone, ImageProgress, TextDelta
 from .settings import GenerationSettings, check_num_images
@@ -42,7 +41,7 @@ def generate(args: argparse.Namespace) -> int:
             elif isinstance(event, Done):
                 images = [im for r in event.results for im in r.images]
     for i, image in enumerate(images):
-        print(_save_image(image, out / f"image_{i}.png"))
+        print(save_image(image, out / f"image_{i}.png"))
     return 0
 
 
@@ -82,31 +81,14 @@ def write_interleaved(parts: list, out: Path) -> Path:
     for part in parts:
         if isinstance(part, Image.Image):
             name = f"image_{n}.png"
-            _save_image(part, out / name)
+            save_image(part, out / name)
             md.append(f"![image {n}]({name})")
             body.append(f'<p><img src="{name}" alt="image {n}"></p>')
             n += 1
         else:
             md.append(part.strip())
             body.append(f"<p>{html.escape(part.strip())}</p>")
-    _write_text(out / "index.md", "\n\n".join(md) + "\n")
-    _write_text(out / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
+    write_text(out / "index.md", "\n\n".join(md) + "\n")
+    write_text(out / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
                 + "\n".join(body) + "\n")
     return out / "index.md"
-
-
-def _save_image(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..fileio import write_json
 
 STATE_FILE = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -59,11 +60,6 @@ def resolve_resume(root: Path, resume: str) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
 
 def read_state(path: Path) -> dict:
     try:
@@ -82,7 +78,7 @@ def save(accelerator, root: Path, step: int, state: dict, keep: int) -> Path:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, state)
+        write_json(tmp / STATE_FILE, state)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

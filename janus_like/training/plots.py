@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ..fileio import atomic_path  # noqa: E402
 
 
 def plot_losses(history: list[dict], eval_history: list[dict], path: Path) -> None:
@@ -28,7 +29,6 @@ def plot_losses(history: list[dict], eval_history: list[dict], path: Path) -> No
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

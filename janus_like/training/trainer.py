@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..errors import DataError, JanusLikeError, SettingsError
+from ..fileio import write_json
 from ..processor import JanusLikeProcessor
 from . import checkpoints
 from .config import ModelSettings, TrainConfig
@@ -309,7 +310,7 @@ class Trainer:
             self.processor.save_pretrained(tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            checkpoints.write_json_atomic(self.output_dir / "metrics.json", {
+            write_json(self.output_dir / "metrics.json", {
                 "history": self.state.history, "eval_history": self.state.eval_history,
                 "skipped_records": self.state.skipped_records, "nonfinite_steps": self.state.nonfinite_steps,
                 "real_tokens": self.state.real_tokens})
