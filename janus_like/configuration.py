@@ -6,8 +6,12 @@ Both are `transformers` configs (dataclasses in transformers 5), so they save to
 
 from __future__ import annotations
 
+import torch
 from transformers import AutoConfig, PreTrainedConfig, SiglipVisionConfig
 from transformers.configuration_utils import SubConfigSpec
+
+# The weight dtypes the CLI, pipeline, trainer and converter accept by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # DeepSeek Janus's default system prompt for image understanding (their conversation template).
 JANUS_SYSTEM_PROMPT = (

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
+from .configuration import DTYPES
 from .errors import PromptError, SettingsError
 from .generation import Done, Event, GenerationEngine, GenerationSettings, Request
 from .generation.engine import IMAGE_MODE, TEXT_MODE
@@ -16,7 +17,6 @@ from .modeling import JanusLikeForConditionalGeneration
 from .processor import JanusLikeProcessor, TokenSequence
 
 ImageLike = str | os.PathLike | Image.Image
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("images", "chat", "interleave")
 
 

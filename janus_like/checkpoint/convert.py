@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
+from ..configuration import DTYPES
 from ..errors import CheckpointError
 from . import open_checkpoint
 from .files import ShardWriter
 from .loading import mapped_tensors
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None,

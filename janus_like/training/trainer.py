@@ -21,6 +21,7 @@ from accelerate.utils import DistributedDataParallelKwargs, is_tensorboard_avail
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..configuration import DTYPES
 from ..errors import DataError, JanusLikeError, SettingsError
 from ..fileio import write_json
 from ..processor import JanusLikeProcessor
@@ -31,7 +32,6 @@ from .plots import plot_losses
 from .stages import apply_stage
 
 MODEL_INPUTS = ("input_ids", "modality", "labels", "attention_mask", "position_ids", "pixel_values", "gen_pixel_values")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TrainingError(JanusLikeError):
