@@ -21,7 +21,6 @@ from .files import ShardWriter
 from .loading import mapped_tensors
 
 
-
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None,
             max_shard_bytes: int = 2 * 2**30) -> Path:
     """Write `src` (any foreign layout) to `dst` in this package's format; returns `dst`."""
