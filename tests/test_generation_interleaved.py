@@ -23,6 +23,10 @@ def trained():
     records = [{"task": "interleaved", "prompt": prompt, "segments": [
         {"type": "text", "text": before}, {"type": "image", "image": image}, {"type": "text", "text": after}]}
         for prompt, (before, image, after) in EXAMPLES.items()]
+    records.append({"task": "interleaved", "prompt": "two", "segments": [  # two images in one answer
+        {"type": "text", "text": " A:"}, {"type": "image", "image": shape_image("circle", "red")},
+        {"type": "text", "text": " B:"}, {"type": "image", "image": shape_image("square", "blue", position="right")},
+        {"type": "text", "text": " end"}]})
     batch = processor(records)
     ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"],
                                        batch.pop("gen_pixel_values"))
@@ -96,3 +100,40 @@ def test_max_images_zero_never_opens_an_image(trained):
     assert all(isinstance(part, str) for part in parts)
     assert trained.chat("red", max_new_tokens=20) == trained.chat([{"role": "user", "content": "red"}],
                                                                    max_new_tokens=20)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_every_token_of_a_two_image_answer_equals_cache_free_forwards(trained, scale):
+    """The cache holds the training layout (`<begin_of_image>` c1 … cN `<end_of_image>`, the last
+    code included) and each twin the unconditional prompt of its row so far: every greedy token,
+    text or code, equals the argmax of full forwards without any cache."""
+    p, n, model = trained.processor, trained.processor.num_gen_tokens, trained.model
+    prompt = _prompt(trained, "two")
+    settings = GenerationSettings(temperature=0, max_new_tokens=40, max_images=2, cfg_scale=scale)
+    result = trained.engine.generate([Request(prompt)], settings)[0]
+    assert len(result.codes) == 2 and result.finish_reason == "eos"
+    context = TokenSequence(list(prompt.ids), list(prompt.modality), list(prompt.trainable))
+    twin, code_index = None, 0
+    for token in result.token_ids:
+        in_image = 0 < code_index <= n
+        if in_image:
+            seqs = (context, twin) if scale != 1.0 else (context,)
+            with torch.no_grad():
+                logits = [model.image_logits(model(torch.tensor([s.ids]), torch.tensor([s.modality]))
+                                             .last_hidden_state[0, -1]) for s in seqs]
+            guided = guided_logits(*logits, scale) if scale != 1.0 else logits[0]
+            assert int(guided.argmax()) == token
+            for s in seqs:
+                s.add([token], GEN_IMAGE, False)
+            code_index += 1
+            continue
+        if code_index == n + 1:  # the forced <end_of_image>
+            assert token == p.image_end_id
+            code_index = 0
+        else:
+            with torch.no_grad():
+                hidden = model(torch.tensor([context.ids]), torch.tensor([context.modality])).last_hidden_state
+            assert int(model.text_logits(hidden[0, -1]).argmax()) == token
+        context.add([token], TEXT, False)
+        if token == p.image_start_id:
+            twin, code_index = p.unconditional(context), 1

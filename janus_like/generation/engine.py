@@ -4,6 +4,10 @@ Every request is a batch row with a small state machine:
 
     TEXT ──(samples <begin_of_image>, images allowed)──► IMAGE(k=0)
     IMAGE(k) ──(gen_head samples code k)──► IMAGE(k+1) … IMAGE(N) ──(forced <end_of_image>)──► TEXT
+
+The last code is fed like every other, and `<end_of_image>` is fed on the step after it in place
+of whatever was sampled there, so the cache holds exactly the training layout
+`<begin_of_image> c1 … cN <end_of_image>`.
     TEXT ──(<eos>, a stop string or the token budget)──► DONE
 
 Text-to-image rows start in IMAGE and are DONE after their image; chat rows may not open images.
@@ -56,6 +60,7 @@ class _Row:
     context: TokenSequence | None  # everything a text row has seen, for its twin's prompt
     result: RowResult = field(default_factory=RowResult)
     segment: list[int] = field(default_factory=list)  # text ids since the last image
+    forced: int | None = None  # a token fed next in place of the sampled one (<end_of_image>)
     emitted: int = 0  # characters of the segment already streamed
     codes: list[int] = field(default_factory=list)
     text_tokens: int = 0
@@ -105,7 +110,8 @@ class GenerationEngine:
         guided = settings.guided and may_draw  # then slots [batch, 2·batch) are the twins
 
         # sampled tokens per row -> fed-back tokens -> cache columns: prompt + what can be fed back
-        budgets = [n_codes if r.start == IMAGE_MODE else settings.max_new_tokens + settings.max_images * n_codes
+        # an interleaved image costs its codes and the forced <end_of_image> (its <begin_of_image> is text)
+        budgets = [n_codes if r.start == IMAGE_MODE else settings.max_new_tokens + settings.max_images * (n_codes + 1)
                    for r in requests]
         for r, budget in zip(requests, budgets):
             if len(r.prompt) == 0:
@@ -140,21 +146,20 @@ class GenerationEngine:
         for step in range(max(budgets) if any_text else 0):
             modes = {row.mode for row in rows}
             tokens = self._sample(hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen)
-            events, fed_host, mode_changed = self._advance(rows, tokens.tolist(), settings, column)
+            events, fed_host, code_host, changed = self._advance(rows, tokens.tolist(), settings, column)
             yield from events
             if all(row.mode == DONE_MODE for row in rows):
                 break
             fed, fed_is_code = tokens, image_rows
-            if mode_changed:
+            if changed:  # a mode changed or a token was forced: feed what the host decided
                 image_rows = torch.tensor([row.mode == IMAGE_MODE for row in rows], device=device)
                 boi_blocked = torch.tensor([len(row.result.codes) >= settings.max_images for row in rows],
                                            device=device)
-                fed_is_code = torch.tensor([row.mode == IMAGE_MODE and len(row.codes) > 0 for row in rows],
-                                           device=device)
-                fed = torch.where(fed_is_code, tokens, torch.tensor(fed_host, device=device))
+                fed_is_code = torch.tensor(code_host, device=device)
+                fed = torch.tensor(fed_host, device=device)
             if seen is not None:
                 seen[torch.arange(batch, device=device), torch.where(fed_is_code, 0, fed)] |= ~fed_is_code
-            embeds = self._embed_next(fed, fed_is_code, any(row.mode == IMAGE_MODE for row in rows))
+            embeds = self._embed_next(fed, fed_is_code, any(code_host) if changed else IMAGE_MODE in modes)
             if guided:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
             self.mask[:, column] = 0.0
@@ -333,13 +338,22 @@ class GenerationEngine:
     # ------------------------------------------------------------------ row state machine
 
     def _advance(self, rows: list[_Row], tokens: list[int], settings: GenerationSettings, column: int):
-        """Apply one step's tokens to every row's state; return the events, the ids to feed back
-        and whether any row changed mode."""
+        """Apply one step's tokens to every row's state; return the events, the ids to feed back,
+        which of them are image codes, and whether any row changed mode or was fed a forced token
+        (then the device must take the fed ids from the host)."""
         p, n_codes = self.processor, self.processor.num_gen_tokens
         events, fed, changed = [], list(tokens), False
+        is_code = [row.mode == IMAGE_MODE for row in rows]  # a sampled code is fed as a code, the last one too
         hold = max((len(s) for s in settings.stop), default=1) - 1  # a stop string may still be forming
         for i, (row, token) in enumerate(zip(rows, tokens)):
             if row.mode == DONE_MODE:
+                continue
+            if row.forced is not None:  # <end_of_image> after the last code: the sample is not used
+                fed[i], row.forced, changed = row.forced, None, True
+                row.result.token_ids.append(fed[i])
+                row.context.add([fed[i]], TEXT, False)
+                if row.text_tokens >= settings.max_new_tokens:
+                    row.mode, row.result.finish_reason = DONE_MODE, "length"
                 continue
             row.result.token_ids.append(token)
             if row.mode == IMAGE_MODE:
@@ -359,12 +373,7 @@ class GenerationEngine:
                     if row.draw_only:
                         row.mode, row.result.finish_reason = DONE_MODE, "image"
                         continue
-                    fed[i] = p.image_end_id  # forced
-                    row.result.token_ids.append(p.image_end_id)
-                    row.context.add([p.image_end_id], TEXT, False)
-                    row.mode = TEXT_MODE
-                    if row.text_tokens >= settings.max_new_tokens:
-                        row.mode, row.result.finish_reason = DONE_MODE, "length"
+                    row.mode, row.forced = TEXT_MODE, p.image_end_id  # the code is fed now, the end next
                 continue
             row.text_tokens += 1
             if token == p.eos_id and not settings.ignore_eos:
@@ -391,7 +400,7 @@ class GenerationEngine:
             elif not text.endswith("\ufffd") and len(text) - hold > row.emitted:
                 events.append(TextDelta(i, text[row.emitted:len(text) - hold]))
                 row.emitted = len(text) - hold
-        return events, fed, changed
+        return events, fed, is_code, changed
 
     def _close_text(self, i: int, row: _Row, text: str | None = None) -> list[Event]:
         """End the current text segment: stream what is left of it and add it to the parts."""
