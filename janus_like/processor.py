@@ -264,9 +264,9 @@ class JanusLikeProcessor:
             if not isinstance(prompt, str) or not prompt or image is None:
                 raise DataError("a generation record needs a non-empty 'prompt' string and an 'image' path")
             self._generation_prompt(b, prompt, [image_at(p) for p in record.get("input_images", [])])
-            if drop_prompt:  # the unconditional prompt: BOS, then pads up to <begin_of_image>
+            if drop_prompt:  # the engine's twin: BOS, input images kept, pads up to <begin_of_image>
                 b.flush()
-                b.seq = self.unconditional(b.seq)
+                b.seq = self.unconditional(b.seq, keep_images=True)
                 b.seq.ids[-1] = self.pad_id
             self.add_gen_image(b, image_at(image), train_start=False)
         elif task == "interleaved":

@@ -3,7 +3,7 @@
 import torch
 
 from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, UND_IMAGE
-from janus_like.testing import tiny_model
+from janus_like.testing import shape_image, tiny_model
 
 
 def loss_of(model, batch, **changes):
@@ -115,6 +115,16 @@ def test_cfg_prompt_dropout_gives_the_unconditional_prompt(tiny, records):
     assert ids[0] == processor.bos_id
     assert (ids[1:start] == processor.pad_id).all()
     assert torch.equal(uncond["labels"], cond["labels"])
+
+
+def test_cfg_prompt_dropout_of_an_edit_keeps_the_input_image_like_the_engines_twin(tiny):
+    _, processor = tiny
+    record = {"task": "generation", "prompt": "make it blue", "image": shape_image(color="blue"),
+              "input_images": [shape_image()]}
+    dropped = processor.record_to_sequence(record, drop_prompt=True)
+    twin = processor.unconditional(processor.generation_prompt("make it blue", [shape_image()]), keep_images=True)
+    assert dropped.ids[:len(twin)] == twin.ids and dropped.modality[:len(twin)] == twin.modality
+    assert len(dropped.und_pixels) == 1 and torch.equal(dropped.und_pixels[0], twin.und_pixels[0])
 
 
 def test_tiny_model_overfits_one_interleaved_example(records):
