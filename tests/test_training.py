@@ -406,3 +406,9 @@ def test_resume_needs_a_checkpoint_and_the_same_global_batch(tmp_path):
     reset_accelerate()
     with pytest.raises(SettingsError, match="samples per global micro-batch"):
         run(tmp_path, resume="latest", training={"max_steps": 6, "batch_size": 2})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_example_configs_are_valid(name):
+    config = load_config(Path(__file__).parents[1] / "configs" / name)
+    assert config.training.max_steps >= 1 and config.data.files

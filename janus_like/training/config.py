@@ -155,6 +155,24 @@ class LoggingSettings:
 
 
 @dataclass
+class LoraSettings:
+    """Low-rank adapters on the Linear layers whose names match `targets` (glob); r = 0: off.
+    The adapted weights stay frozen; `stage` / `trainable` choose what else trains (nothing by default)."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["language_model.*_proj"])  # every Llama projection
+
+    def check(self) -> None:
+        _range("lora.r", self.r, 0, 4096)
+        _range("lora.alpha", self.alpha, 0.0, None, low_open=True)
+        _range("lora.dropout", self.dropout, 0.0, 0.99)
+        if self.r and not self.targets:
+            raise SettingsError("lora.targets: give at least one glob pattern of Linear layer names")
+
+
+@dataclass
 class TrainConfig:
     """The whole YAML file."""
 
@@ -163,6 +181,7 @@ class TrainConfig:
     stage: int | None = None  # Janus stage preset 1, 2 or 3 (see stages.py); none: train everything but the VQ
     trainable: list[str] = field(default_factory=list)  # extra glob patterns of parameter names to train
     frozen: list[str] = field(default_factory=list)  # glob patterns to freeze (applied last)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -175,7 +194,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.stage is not None:
             _choice("stage", self.stage, (1, 2, 3))
-        for section in (self.model, self.data, self.eval, self.optimizer, self.schedule, self.training, self.logging):
+        for section in (self.model, self.data, self.eval, self.optimizer, self.schedule, self.training, self.logging,
+                        self.lora):
             section.check()
 
     def resolve(self, path: str) -> Path:

@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from ..errors import SettingsError
+from .lora import is_adapted_base, is_adapter
 
 STAGE_TRAINABLE = {
     1: ["aligner.*", "gen_embed.*", "gen_aligner.*", "gen_head.*"],
@@ -22,10 +23,13 @@ STAGE_FROZEN = {1: [], 2: ["vision_model.*"], 3: []}
 ALWAYS_FROZEN = ["vq.*"]  # the VQ tokenizer is trained on its own (tokenizers/train_vq.py)
 
 
-def apply_stage(model: nn.Module, stage: int | None, trainable: list[str] = (), frozen: list[str] = ()) -> list[str]:
+def apply_stage(model: nn.Module, stage: int | None, trainable: list[str] = (), frozen: list[str] = (),
+                adapters: bool = False) -> list[str]:
     """Set `requires_grad` by stage preset, then extra `trainable` patterns, then `frozen` ones,
-    then freeze the VQ tokenizer. Returns the names of the trainable parameters."""
-    preset_on = STAGE_TRAINABLE[stage] if stage is not None else ["*"]
+    then freeze the VQ tokenizer. With LoRA `adapters`, the adapters train, the weights they adapt
+    stay frozen, and without a stage nothing else trains unless `trainable` says so.
+    Returns the names of the trainable parameters."""
+    preset_on = STAGE_TRAINABLE[stage] if stage is not None else [] if adapters else ["*"]
     preset_off = STAGE_FROZEN[stage] if stage is not None else []
     names = [name for name, _ in model.named_parameters()]
     for pattern in list(trainable) + list(frozen):
@@ -36,6 +40,8 @@ def apply_stage(model: nn.Module, stage: int | None, trainable: list[str] = (), 
     for name, param in model.named_parameters():
         on = _matches(name, preset_on) and not _matches(name, preset_off)
         on = (on or _matches(name, trainable)) and not _matches(name, list(frozen) + ALWAYS_FROZEN)
+        if adapters:
+            on = is_adapter(name) or (on and not is_adapted_base(name))
         param.requires_grad_(on)
         if on:
             chosen.append(name)

@@ -25,7 +25,7 @@ from ..configuration import DTYPES
 from ..errors import DataError, JanusLikeError, SettingsError
 from ..fileio import write_json
 from ..processor import JanusLikeProcessor
-from . import checkpoints
+from . import checkpoints, lora
 from .config import ModelSettings, TrainConfig
 from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
 from .plots import plot_losses
@@ -126,7 +126,13 @@ class Trainer:
         if cfg.data.max_length > limit:
             raise SettingsError(f"data.max_length = {cfg.data.max_length} is out of range; "
                                 f"the model's context holds {limit}")
-        self.trainable_names = apply_stage(model, cfg.stage, cfg.trainable, cfg.frozen)
+        if cfg.lora.r:
+            lora.add_adapters(model, cfg.lora)
+        self.trainable_names = apply_stage(model, cfg.stage, cfg.trainable, cfg.frozen, adapters=bool(cfg.lora.r))
+        if self.accelerator.is_main_process:
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            n_all = sum(p.numel() for p in model.parameters())
+            tqdm.write(f"training {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M parameters ({n_train / n_all:.2%})")
         if tcfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]
@@ -304,6 +310,8 @@ class Trainer:
         acc.wait_for_everyone()
         state_dict = acc.get_state_dict(self.model)
         if acc.is_main_process:
+            if self.config.lora.r:  # plain weights: final/ loads without peft
+                state_dict = lora.merged_state_dict(state_dict, lora.scalings(acc.unwrap_model(self.model)))
             final, tmp = self.output_dir / "final", self.output_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
             acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
