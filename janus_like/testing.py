@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from .configuration import JanusLikeConfig
+from .evaluation.shapes import Scene, render
 from .modeling import JanusLikeForConditionalGeneration
 from .processor import JanusLikeProcessor
 
@@ -58,17 +59,8 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[JanusLikeForConditionalGener
 
 
 def shape_image(shape: str = "circle", color: str = "red", size: int = 64, position: str = "center") -> Image.Image:
-    """A simple coloured shape on white, for tests and the ShapesEval-style examples."""
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    third = size // 3
-    x0 = {"left": 0, "center": third, "right": 2 * third}[position]
-    box = (x0 + 2, third + 2, x0 + third - 2, 2 * third - 2)
-    if shape == "circle":
-        draw.ellipse(box, fill=color)
-    else:
-        draw.rectangle(box, fill=color)
-    return img
+    """A scene of the shapes world (janus_like.evaluation.shapes) as a `size`² image, for tests and examples."""
+    return render(Scene(shape, color, position), size)
 
 
 def write_image(path: Path, image: Image.Image | None = None) -> Path:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from janus_like import JanusLikeVQConfig, JanusLikeVQModel
 from janus_like.images import generation_pixels, load_image, pixels_to_pil
-from janus_like.testing import shape_image
+from janus_like.evaluation.shapes import all_scenes, render
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TINY = dict(base_channels=16, channel_multiplier=[1, 1, 2], num_res_blocks=1, norm_num_groups=8, z_channels=16,
@@ -56,11 +56,10 @@ class PatchDiscriminator(nn.Module):
 
 
 def synthetic_images(n: int, size: int, seed: int) -> list[Image.Image]:
-    """Coloured shapes at random places: a stand-in data set that needs no download."""
+    """Random scenes of the shapes world, drawn at 3× and downsampled: a data set that needs no download."""
     rng = np.random.default_rng(seed)
-    return [shape_image(str(rng.choice(["circle", "square"])),
-                        str(rng.choice(["red", "blue", "green", "orange", "purple", "black"])),
-                        size=3 * size, position=str(rng.choice(["left", "center", "right"]))) for _ in range(n)]
+    scenes = all_scenes()
+    return [render(scenes[i], 3 * size) for i in rng.integers(0, len(scenes), n)]
 
 
 def image_tensors(folder: str | None, size: int, n_synthetic: int, seed: int) -> torch.Tensor:
