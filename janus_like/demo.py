@@ -230,22 +230,23 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
     def temperature_slider(value: float):
         return gr.Slider(0.0, 2.0, value=value, step=0.05, label="temperature (0: greedy)")
 
-    with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
-        with gr.Tab("Text → image"):
+    def drawing_tab(name: str, make_inputs, num_images: int, button: str, fn) -> None:
+        """A tab that draws images: its own inputs, then number, guidance, temperature, seed; a gallery."""
+        with gr.Tab(name):
             with gr.Row():
                 with gr.Column(scale=1):
-                    t2i_prompt = gr.Textbox(label="prompt", value="a red circle on the left", lines=2)
-                    t2i_n = gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=4, step=1, label="number of images")
-                    t2i_cfg = cfg_slider()
-                    t2i_temp = temperature_slider(1.0)
-                    t2i_seed = seed_box()
-                    t2i_go = gr.Button("Generate", variant="primary")
+                    inputs = make_inputs() + [
+                        gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=num_images, step=1, label="number of images"),
+                        cfg_slider(), temperature_slider(1.0), seed_box()]
+                    go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
-                    t2i_out = gr.Gallery(label="images", columns=4, format="png")
-                    t2i_status = gr.Markdown()
-            t2i_go.click(partial(text_to_image, pipe), [t2i_prompt, t2i_n, t2i_cfg, t2i_temp, t2i_seed],
-                         [t2i_out, t2i_status], api_name="text_to_image")
+                    outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
+            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__)
+
+    with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
+        drawing_tab("Text → image", lambda: [gr.Textbox(label="prompt", value="a red circle on the left", lines=2)],
+                    4, "Generate", text_to_image)
 
         with gr.Tab("Chat"):
             turns = gr.State([])
@@ -265,7 +266,8 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
         with gr.Tab("Interleaved"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    il_prompt = gr.Textbox(label="prompt", value="Draw a red circle, then describe it.", lines=2)
+                    il_prompt = gr.Textbox(label="prompt", value="Draw a red circle on the left, then describe it.",
+                                           lines=2)
                     il_tokens = gr.Slider(1, max_tokens, value=min(512, max_tokens), step=1, label="max new tokens")
                     il_images = gr.Slider(0, MAX_INTERLEAVED_IMAGES, value=2, step=1, label="max images")
                     il_cfg = cfg_slider()
@@ -277,21 +279,9 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
             il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
                         [il_out], api_name="interleave")
 
-        with gr.Tab("Image edit"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    ed_image = gr.File(label="input image", file_types=["image"], type="filepath")
-                    ed_prompt = gr.Textbox(label="instruction", value="make the circle blue", lines=2)
-                    ed_n = gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=2, step=1, label="number of images")
-                    ed_cfg = cfg_slider()
-                    ed_temp = temperature_slider(1.0)
-                    ed_seed = seed_box()
-                    ed_go = gr.Button("Edit", variant="primary")
-                with gr.Column(scale=2):
-                    ed_out = gr.Gallery(label="images", columns=4, format="png")
-                    ed_status = gr.Markdown()
-            ed_go.click(partial(image_edit, pipe), [ed_image, ed_prompt, ed_n, ed_cfg, ed_temp, ed_seed],
-                        [ed_out, ed_status], api_name="image_edit")
+        drawing_tab("Image edit", lambda: [gr.File(label="input image", file_types=["image"], type="filepath"),
+                                           gr.Textbox(label="instruction", value="make it blue", lines=2)],
+                    2, "Edit", image_edit)
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
