@@ -1,12 +1,21 @@
-"""ShapesEval: the pixel classifier reads the rendered world perfectly; `janus-like eval shapes` runs."""
+"""ShapesEval: the pixel classifier reads the rendered world perfectly; `janus-like eval shapes` runs;
+the shapes data set's interleaved requests are the prompts the pipeline sends."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from janus_like import JanusLikePipeline
 from janus_like.cli import main
-from janus_like.evaluation.shapes import COLORS, SHAPES, Scene, all_scenes, answer_matches, classify, render
+from janus_like.evaluation.shapes import (COLORS, SHAPES, Scene, all_scenes, answer_matches, classify, draw_answer,
+                                          draw_request, edits, render)
+from janus_like.processor import GEN_IMAGE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
+from shapes_data import write_shapes  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [32, 64, 96])
@@ -39,12 +48,49 @@ def test_eval_shapes_on_a_subset_prints_accuracies(tmp_path, capsys):
     assert main(["eval", "shapes", "--num-scenes", "2", "--images-per-prompt", "2", "--out", str(out),
                  "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "generation: color" in printed and "chat:" in printed and "overall" in printed
+    assert "generation: color" in printed and "chat:" in printed and "interleave: image_count" in printed
     results = json.loads((out / "results.json").read_text())
     assert len(results["samples"]) == 2 and set(results["generation"]) == {"color", "position", "shape", "overall"}
+    assert set(results["interleave"]) == {"image_count", "images_right", "description", "overall"}
+    requests = [s["interleave"]["request"] for s in results["samples"]]
+    assert requests[0].endswith("then describe it.") and requests[1].count(" a ") == 2  # one scene, then two
+    assert set(results["edit"]) == {"color", "position", "shape", "overall"} and "edit:" in printed
+    edit = results["samples"][0]["edit"]
+    assert len(edit["readings"]) == 2 and edit["instruction"].startswith(("make it", "move it"))
     assert Image.open(out / "grid.png").size[1] == 2 * 96
 
 
 def test_eval_shapes_refuses_a_bad_subset(capsys):
     assert main(["eval", "shapes", "--num-scenes", "0"]) == 2
     assert "--num-scenes" in capsys.readouterr().err
+
+
+def test_draw_requests_and_answers():
+    red, blue = Scene("circle", "red", "left"), Scene("square", "blue", "center")
+    assert draw_request([red]) == "Draw a red circle on the left, then describe it."
+    assert draw_request([red, blue]) == "Draw a red circle on the left, then a blue square in the center."
+    assert draw_answer([red]) == [" Here it is:", red, "It shows a red circle on the left."]
+    assert [p for p in draw_answer([red, blue]) if isinstance(p, Scene)] == [red, blue]
+
+
+def test_shapes_data_interleaved_records_start_with_the_pipelines_prompt(tmp_path):
+    counts = write_shapes(tmp_path, interleaved=3, holdout_every=0)
+    records = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    interleaved = [r for r in records if r["task"] == "interleaved"]
+    assert counts == {"train": len(records), "eval": 0} and len(interleaved) == len(all_scenes()) + 3
+    pipe = JanusLikePipeline.from_pretrained()
+    for record in (interleaved[0], interleaved[-1]):
+        seq = pipe.processor.record_to_sequence(record, tmp_path)
+        prompt = pipe._conversation(record["prompt"], None, "")  # what pipe.interleave sends
+        assert seq.ids[:len(prompt)] == prompt.ids and not any(seq.trainable[:len(prompt)])
+        images = sum(part["type"] == "image" for part in record["segments"])
+        assert seq.modality.count(GEN_IMAGE) == images * pipe.processor.num_gen_tokens
+
+
+def test_edits_change_one_attribute():
+    scene = Scene("circle", "red", "left")
+    changed = {instruction: target for instruction, target in edits(scene)}
+    assert len(changed) == (len(COLORS) - 1) + 2 + (len(SHAPES) - 1)
+    assert changed["make it blue"] == Scene("circle", "blue", "left")
+    assert changed["move it to the center"] == Scene("circle", "red", "center")
+    assert changed["make it a triangle"] == Scene("triangle", "red", "left")

@@ -52,7 +52,8 @@ def write_data(work: Path, recipe: dict) -> Path:
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
     write_shapes(data, size=recipe["data"]["image_size"], seed=recipe["seed"],
-                 interleaved=recipe["data"]["interleaved"], holdout_every=0)
+                 interleaved=recipe["data"]["interleaved"], edits_per_scene=recipe["data"]["edits_per_scene"],
+                 holdout_every=0)
     return data
 
 

@@ -7,7 +7,8 @@ The embedded default model is trained on this world (apps/default_model/build.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
@@ -42,6 +43,33 @@ class Scene:
     def caption(self) -> str:
         """The understanding answer, e.g. "A red circle on the left."."""
         return self.prompt[0].upper() + self.prompt[1:] + "."
+
+
+def draw_request(scenes: Sequence[Scene]) -> str:
+    """An interleaved request: one scene is drawn then described, two are drawn in turn.
+    "Draw a red circle on the left, then describe it." / "Draw a red circle on the left, then a ..."."""
+    if len(scenes) == 1:
+        return f"Draw {scenes[0].prompt}, then describe it."
+    if len(scenes) == 2:
+        return f"Draw {scenes[0].prompt}, then {scenes[1].prompt}."
+    raise ValueError(f"a draw request names 1 or 2 scenes, got {len(scenes)}")
+
+
+def draw_answer(scenes: Sequence[Scene]) -> list[str | Scene]:
+    """The answer to `draw_request(scenes)` as text and scenes (the images) in order."""
+    if len(scenes) == 1:
+        return [" Here it is:", scenes[0], f"It shows {scenes[0].prompt}."]
+    return [f" Here is {scenes[0].prompt}:", scenes[0], f"And here is {scenes[1].prompt}:", scenes[1]]
+
+
+def edits(scene: Scene) -> list[tuple[str, Scene]]:
+    """Every single-attribute edit of a scene as (instruction, resulting scene):
+    "make it blue", "move it to the right", "make it a square"."""
+    out = [(f"make it {color}", replace(scene, color=color)) for color in COLORS if color != scene.color]
+    out += [(f"move it to the {position}", replace(scene, position=position))
+            for position in POSITIONS if position != scene.position]
+    out += [(f"make it a {shape}", replace(scene, shape=shape)) for shape in SHAPES if shape != scene.shape]
+    return out
 
 
 def all_scenes() -> list[Scene]:

@@ -4,6 +4,11 @@ Generation: for a fixed, seeded list of scenes the model draws each prompt; `cla
 drawing's colour, position and shape back, and an image counts as right overall when all three
 match. Understanding: the model is asked "What is in this image?" about each rendered scene
 (greedy), and the answer must name the scene's colour, shape and position and no other.
+Interleave: the model is asked to draw a scene and describe it, or to draw two scenes in turn
+(shapes.draw_request); a request is right when it gets exactly that many images, each image
+reads back as its scene, and a description names the scene. Edit: the model is given a rendered
+scene and one single-attribute instruction ("make it blue", "move it to the right", "make it a
+square"; shapes.edits) and each image it draws must read back as the edited scene.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import SettingsError
 from ..fileio import save_image, write_json
 from ..pipeline import JanusLikePipeline
-from .shapes import Scene, all_scenes, answer_matches, classify, render
+from .shapes import Scene, all_scenes, answer_matches, classify, draw_request, edits, render
 
 AXES = ("color", "position", "shape")
 QUESTION = "What is in this image?"
@@ -31,12 +36,14 @@ class ShapesResult:
 
     generation: dict[str, float]
     chat: dict[str, float]
+    interleave: dict[str, float]
+    edit: dict[str, float]
     samples: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
-        gen = " ".join(f"{k} {v:.1%}" for k, v in self.generation.items())
-        chat = " ".join(f"{k} {v:.1%}" for k, v in self.chat.items())
-        return f"generation: {gen}\nchat:       {chat}"
+        return "\n".join(f"{name + ':':<12}" + " ".join(f"{k} {v:.1%}" for k, v in scores.items())
+                         for name, scores in (("generation", self.generation), ("chat", self.chat),
+                                              ("interleave", self.interleave), ("edit", self.edit)))
 
 
 @dataclass
@@ -59,29 +66,62 @@ class ShapesEval:
     def run(self, progress: bool = True) -> tuple[ShapesResult, list[list[Image.Image]]]:
         """Scores and, per scene, the images drawn."""
         scenes = self.scenes()
+        partners, instructions = random.Random(self.seed + 1), random.Random(self.seed + 2)
         samples, drawings = [], []
-        gen_hits = dict.fromkeys(AXES + ("overall",), 0)
-        chat_hits = dict.fromkeys(AXES + ("overall",), 0)
         for i, scene in enumerate(tqdm(scenes, desc="ShapesEval", unit="scene", disable=not progress)):
-            images = self.pipe.generate_images(scene.prompt, num_images=self.images_per_prompt,
-                                               cfg_scale=self.cfg_scale, temperature=self.temperature,
-                                               seed=self.seed + i)
-            readings = [classify(im) for im in images]
-            for reading in readings:
-                right = {axis: getattr(reading, axis) == getattr(scene, axis) for axis in AXES}
-                for axis in AXES:
-                    gen_hits[axis] += right[axis]
-                gen_hits["overall"] += all(right.values())
-            answer = self.pipe.chat(QUESTION, images=[render(scene, self.image_size)], max_new_tokens=48)
-            named = answer_matches(answer, scene)
-            for axis in AXES:
-                chat_hits[axis] += named[axis]
-            chat_hits["overall"] += all(named.values())
+            seed, picture = self.seed + i, render(scene, self.image_size)
+            images = self._draw(scene.prompt, seed)
+            answer = self.pipe.chat(QUESTION, images=[picture], max_new_tokens=48)
+            # every other request draws two scenes: this one, then a random other one
+            request = [scene] if i % 2 == 0 else [scene, partners.choice([s for s in all_scenes() if s != scene])]
+            instruction, edited = instructions.choice(edits(scene))
             drawings.append(images)
-            samples.append({"prompt": scene.prompt, "readings": [asdict(r) for r in readings], "answer": answer})
-        n_images = len(scenes) * self.images_per_prompt
-        return ShapesResult({k: v / n_images for k, v in gen_hits.items()},
-                            {k: v / len(scenes) for k, v in chat_hits.items()}, samples), drawings
+            samples.append({"prompt": scene.prompt, "readings": [asdict(classify(im)) for im in images],
+                            "answer": answer, "named": answer_matches(answer, scene),
+                            "interleave": self.interleave(request, seed),
+                            "edit": {"instruction": instruction, "target": asdict(edited), "readings": [
+                                asdict(classify(im)) for im in self._draw(instruction, seed, picture)]}})
+        generation = [_axes_right(r, scene) for scene, s in zip(scenes, samples) for r in s["readings"]]
+        edit = [_axes_right(r, Scene(**s["edit"]["target"])) for s in samples for r in s["edit"]["readings"]]
+        return ShapesResult(_rates(generation), _rates([s["named"] for s in samples]),
+                            _rates([s["interleave"]["scores"] for s in samples]), _rates(edit), samples), drawings
+
+    def _draw(self, prompt: str, seed: int, image: Image.Image | None = None) -> list[Image.Image]:
+        return self.pipe.generate_images(prompt, images=None if image is None else [image],
+                                         num_images=self.images_per_prompt, cfg_scale=self.cfg_scale,
+                                         temperature=self.temperature, seed=seed)
+
+    def interleave(self, scenes: list[Scene], seed: int) -> dict:
+        """Ask for `draw_request(scenes)`: what came back and its scores (exactly len(scenes)
+        images; each reads back as its scene; for one scene, the text after it names the scene)."""
+        parts = self.pipe.interleave(draw_request(scenes), seed=seed, max_new_tokens=256, max_images=2,
+                                     cfg_scale=self.cfg_scale, temperature=self.temperature)
+        images = [p for p in parts if isinstance(p, Image.Image)]
+        readings = [asdict(classify(im)) for im in images]
+        scores = {"image_count": len(images) == len(scenes),
+                  "images_right": len(readings) >= len(scenes) and
+                  all(all(_axes_right(r, scene).values()) for r, scene in zip(readings, scenes))}
+        if len(scenes) == 1:
+            first_image = next((k for k, p in enumerate(parts) if isinstance(p, Image.Image)), len(parts))
+            described = "".join(p for p in parts[first_image:] if isinstance(p, str))
+            scores["description"] = all(answer_matches(described, scenes[0]).values())
+        scores["overall"] = all(scores.values())
+        return {"request": draw_request(scenes), "text": [p for p in parts if isinstance(p, str)],
+                "readings": readings, "scores": scores}
+
+
+def _axes_right(reading: dict, scene: Scene) -> dict[str, bool]:
+    return {axis: reading[axis] == getattr(scene, axis) for axis in AXES}
+
+
+def _rates(hits: list[dict[str, bool]]) -> dict[str, float]:
+    """Per key, the fraction of the dicts that hold True there (over the dicts that have the key);
+    "overall" (all keys True) is added when the dicts do not carry it."""
+    keys = list(dict.fromkeys(k for h in hits for k in h))
+    if "overall" not in keys:
+        hits = [dict(h, overall=all(h.values())) for h in hits]
+        keys.append("overall")
+    return {k: sum(h[k] for h in hits if k in h) / max(sum(k in h for h in hits), 1) for k in keys}
 
 
 def save_grid(prompts: list[str], drawings: list[list[Image.Image]], path: Path, cell: int = 96) -> Path:
