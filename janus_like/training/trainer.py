@@ -12,6 +12,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,7 +240,9 @@ class Trainer:
             self._consecutive_nonfinite = 0
         else:
             self._nonfinite(loss, grad_norm)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule follows steps, skipped ones too: torch's order warning is moot
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before", UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": loss,
