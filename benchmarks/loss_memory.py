@@ -5,8 +5,8 @@ masks afterwards: batch × seq × (vocab + codebook) fp32 logits plus their grad
 gathers the target positions first, runs each head only on its own targets, and chunks the
 cross-entropy so at most 2048 × vocab logits exist at a time.
 
-Each variant runs in a fresh process; a sampler thread records the resident-set peak during the
-step above the level just before it (CPU), or torch.cuda.max_memory_allocated (CUDA).
+Each variant runs in a fresh process; peak_memory.measure_peak records the step's peak above the
+level just before it (resident set on CPU, torch.cuda.max_memory_allocated on CUDA).
 
     python benchmarks/loss_memory.py [--vocab 32000] [--seq 1024] [--batch 4] [--device cpu]
 """
@@ -17,12 +17,11 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
-import time
+
+from peak_memory import measure_peak
 
 
 def run_variant(args: argparse.Namespace) -> dict:
-    import psutil
     import torch
     import torch.nn.functional as F
 
@@ -61,32 +60,14 @@ def run_variant(args: argparse.Namespace) -> dict:
         return model(input_ids=input_ids, modality=modality, labels=labels).loss
 
     step = {"naive": naive_loss, "ours": ours_loss}[args.variant]
-    process = psutil.Process()
-    peak, stop = [0], threading.Event()
 
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.0005)
+    def step_and_backward():
+        loss = step()
+        loss.backward()
+        return loss
 
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = process.memory_info().rss
-        threading.Thread(target=sample, daemon=True).start()
-    start = time.perf_counter()
-    loss = step()
-    loss.backward()
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
-    else:
-        stop.set()
-        extra = max(peak[0], process.memory_info().rss) - base
-    return {"variant": args.variant, "extra_mib": extra / 2**20, "seconds": time.perf_counter() - start,
-            "loss": float(loss)}
+    loss, extra, seconds = measure_peak(step_and_backward, args.device)
+    return {"variant": args.variant, "extra_mib": extra / 2**20, "seconds": seconds, "loss": float(loss)}
 
 
 def main() -> None:
