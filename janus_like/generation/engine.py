@@ -4,11 +4,11 @@ Every request is a batch row with a small state machine:
 
     TEXT ──(samples <begin_of_image>, images allowed)──► IMAGE(k=0)
     IMAGE(k) ──(gen_head samples code k)──► IMAGE(k+1) … IMAGE(N) ──(forced <end_of_image>)──► TEXT
+    TEXT ──(<eos>, a stop string or the token budget)──► DONE
 
 The last code is fed like every other, and `<end_of_image>` is fed on the step after it in place
 of whatever was sampled there, so the cache holds exactly the training layout
 `<begin_of_image> c1 … cN <end_of_image>`.
-    TEXT ──(<eos>, a stop string or the token budget)──► DONE
 
 Text-to-image rows start in IMAGE and are DONE after their image; chat rows may not open images.
 All rows advance one token per step in lockstep over a static KV cache, so rows in different
