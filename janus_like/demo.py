@@ -32,6 +32,7 @@ UPDATE_SECONDS = 0.25  # streamed UI updates at most this often (each one re-ren
 PREVIEWS_PER_IMAGE = 4  # partial decodes shown while an image is drawn
 HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory stays bounded)
 THUMB_SIDE = 256  # chat images are shown this large
+STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -153,12 +154,12 @@ def _story(prompt: str, parts: list, drawing: ImageProgress | None, preview: Ima
     shown = [{"role": "user", "content": prompt}]
     for part in parts:
         if isinstance(part, Image.Image):
-            shown.append({"role": "assistant", "content": gr.Image(value=part, format="png")})
+            shown.append({"role": "assistant", "content": gr.Image(value=_enlarged(part), format="png")})
         elif part.strip():
             shown.append({"role": "assistant", "content": part.strip()})
     if drawing is not None:
         if preview is not None:
-            shown.append({"role": "assistant", "content": gr.Image(value=preview, format="png")})
+            shown.append({"role": "assistant", "content": gr.Image(value=_enlarged(preview), format="png")})
         shown.append({"role": "assistant", "content": f"*drawing image {drawing.index + 1}: "
                                                       f"{drawing.done}/{drawing.total} codes*"})
     return shown
@@ -188,6 +189,13 @@ def _user(text: str, images: list[Image.Image]) -> dict:
     """A user message with images first, as DeepSeek's prompts put them."""
     content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": text}]
     return {"role": "user", "content": content}
+
+
+def _enlarged(image: Image.Image, side: int = STORY_SIDE) -> Image.Image:
+    """Small images (the default model draws 32 px) blown up by a whole factor, pixels kept sharp:
+    the chat view shows images at their own size."""
+    factor = max(1, side // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
 def _fit(image: Image.Image, side: int) -> Image.Image:

@@ -112,6 +112,14 @@ def test_interleaved_display_serialises_text_images_and_the_image_being_drawn(ap
     assert str(shown[2]["content"][0]["value"]["path"]).endswith(".png")
 
 
+def test_small_story_images_are_enlarged_with_sharp_pixels():
+    small = shape_image(size=32)
+    big = demo._enlarged(small)
+    assert big.size == (192, 192) and big.getpixel((0, 0)) == small.getpixel((0, 0))
+    assert big.resize((32, 32), Image.Resampling.NEAREST).tobytes() == small.tobytes()
+    assert demo._enlarged(shape_image(size=384)).size == (384, 384)
+
+
 def _corrupt(tmp_path):
     path = tmp_path / "corrupt.png"
     path.write_bytes(shape_image().tobytes()[:100])
