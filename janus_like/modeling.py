@@ -271,14 +271,14 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         vision: str | os.PathLike,
         vq: str | os.PathLike | None = None,
         *,
-        vq_config=None,
+        vq_config: "JanusLikeVQConfig | dict | None" = None,
         return_processor: bool = False,
         dtype: torch.dtype | None = None,
         **config_overrides,
     ):
         """Compose a new model from pretrained local parts: any causal LM (and its tokenizer), a
         SigLIP vision encoder (a SigLIP or SigLIP-vision checkpoint) and a VQ tokenizer (this
-        package's format; or `vq_config` for a fresh one). The image special tokens are added to the
+        package's format; or `vq_config`, a JanusLikeVQConfig or dict, for a fresh one). The image special tokens are added to the
         LM's tokenizer and its embeddings resized; aligners and the image head start random."""
         from transformers import AutoTokenizer
 
@@ -291,7 +291,9 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         if vq is not None:
             vq_model = JanusLikeVQModel.from_pretrained(vq, dtype=dtype)
         else:
-            vq_model = JanusLikeVQModel(vq_config if vq_config is not None else JanusLikeVQConfig())
+            if vq_config is None or isinstance(vq_config, dict):
+                vq_config = JanusLikeVQConfig(**(vq_config or {}))
+            vq_model = JanusLikeVQModel(vq_config)
         config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
                                  vq_config=vq_model.config, **config_overrides)
         new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
