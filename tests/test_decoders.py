@@ -1,5 +1,6 @@
 """Any transformers causal LM as the decoder (DESIGN.md §1): for each family the task-masked loss
-trains, and the engine's cached greedy text and guided image codes equal cache-free forwards."""
+trains, and the engine's cached greedy text and guided image codes equal cache-free forwards, also
+for sliding-window decoders run far past their window."""
 
 import pytest
 import torch
@@ -32,9 +33,28 @@ def test_decoder_family_trains_and_generates_like_cache_free_forwards(model_type
     out.loss.backward()
     assert out.text_tokens > 0 and out.image_tokens > 0 and model.gen_head.vision_head.weight.grad.abs().sum() > 0
     model.eval()
-    engine = GenerationEngine(model, processor)
+    _check_generation(model, processor, "hello")
 
-    chat = processor.conversation([{"role": "user", "content": "hello"}])
+
+@pytest.mark.parametrize("model_type, window", [
+    ("mistral", dict(sliding_window=8)),  # every layer slides
+    ("gemma2", dict(sliding_window=8)),  # sliding and full layers alternate
+    ("gemma3_text", dict(sliding_window=8)),
+    ("qwen2", dict(sliding_window=8, use_sliding_window=True, max_window_layers=1)),
+])
+def test_sliding_window_decoders_past_their_window(model_type, window):
+    """Prompt and output far longer than the window: the engine's masks cut each sliding layer's
+    view as transformers' own masks do, while its cache keeps every column."""
+    model, processor = tiny_model(seed=1, text_config=dict(model_type=model_type, head_dim=16, **window,
+                                                           **NO_SPECIAL_IDS))
+    assert "sliding_attention" in (getattr(model.config.text_config, "layer_types", None) or ["sliding_attention"])
+    _check_generation(model, processor, "hello there, a prompt much longer than the window")
+
+
+def _check_generation(model, processor, question: str) -> None:
+    """The engine's greedy text and CFG image codes equal argmaxes of cache-free forwards."""
+    engine = GenerationEngine(model, processor)
+    chat = processor.conversation([{"role": "user", "content": question}])
     text = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=6, ignore_eos=True,
                                                                max_images=0))[0].token_ids
     seq, mod = list(chat.ids), list(chat.modality)
@@ -81,3 +101,15 @@ def test_from_parts_composes_a_qwen2_decoder(tmp_path):
         ids, labels = m.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"], pixels)
         assert torch.isfinite(m(**dict(batch, input_ids=ids, labels=labels)).loss)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_other_attention_kinds_are_refused_with_a_clear_error():
+    from types import SimpleNamespace
+
+    from janus_like import SettingsError
+    from janus_like.generation.engine import _attention_layout
+
+    hybrid = SimpleNamespace(sliding_window=None, layer_types=["full_attention", "linear_attention"])
+    with pytest.raises(SettingsError, match="linear_attention layers; the generation engine supports full and"):
+        _attention_layout(hybrid)
+    assert _attention_layout(SimpleNamespace(sliding_window=8, layer_types=["full_attention"] * 2)) == (None, None)

@@ -25,6 +25,7 @@ exactly Janus's unconditional prompt.
 
 from __future__ import annotations
 
+import copy
 import secrets
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -80,6 +81,8 @@ class GenerationEngine:
         self.decode = decode
         self._body = model.decoder  # resolved once: the property walks the LM on every access
         self._cache_name = cache_kwarg(type(self._body))
+        self._window, self._layer_types = _attention_layout(model.config.text_config)
+        self._cache_config = _full_history_config(model.config.text_config, self._layer_types)
         self.cache: StaticCache | None = None
         # compiled: one CUDA graph per decoder step (any mode), and one that also holds the image
         # head, guidance, sampling and code embedding (text-to-image), so a drawing step is one replay
@@ -163,7 +166,7 @@ class GenerationEngine:
             if guided:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
             self.mask[:, column] = 0.0
-            hidden = self._step(embeds[:, None], self.positions[:, None], self.mask)
+            hidden = self._step(embeds[:, None], self.positions[:, None], self.mask, self._windowed(column))
             if self.compile:
                 hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             self.positions += 1
@@ -189,7 +192,7 @@ class GenerationEngine:
                 and cache.layers[0].keys.shape[0] == slots):
             cache.reset()
             return
-        self.cache = StaticCache(config=self.model.config.text_config, max_cache_len=cache_len)
+        self.cache = StaticCache(config=self._cache_config, max_cache_len=cache_len)
         self.cache.early_initialization(slots, keys.shape[1], keys.shape[-1], keys.dtype, keys.device)
 
     def _decoder(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache):
@@ -197,10 +200,31 @@ class GenerationEngine:
                          **{self._cache_name: cache})
         return out.last_hidden_state
 
-    def _decode_step(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _decode_step(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                     windowed: torch.Tensor | None = None) -> torch.Tensor:
         """One token for every slot: (slots, 1, H) -> last hidden state (slots, H). `mask` is the
-        (slots, cache columns) additive mask of what each slot may attend to."""
-        return self._decoder(embeds, positions, mask[:, None, None, :], self.cache)[:, -1]
+        (slots, cache columns) additive mask of what each slot may attend to; `windowed` the same
+        cut to the sliding window, for sliding-attention layers."""
+        masks = self._layer_masks(mask[:, None, None, :], None if windowed is None else windowed[:, None, None, :])
+        return self._decoder(embeds, positions, masks, self.cache)[:, -1]
+
+    def _layer_masks(self, full: torch.Tensor, windowed: torch.Tensor | None):
+        """The attention mask argument: one 4D mask, or one per layer type for decoders whose
+        layers mix full and sliding-window attention (transformers takes a dict then)."""
+        if self._window is None:
+            return full
+        if self._layer_types is None:  # every layer slides (Mistral)
+            return windowed
+        return {"full_attention": full, "sliding_attention": windowed}
+
+    def _windowed(self, column: int) -> torch.Tensor | None:
+        """The decode mask for a query at `column`, cut to the last `window` columns (each slot's
+        columns are contiguous, so columns count positions); None without sliding layers."""
+        if self._window is None:
+            return None
+        windowed = self.mask.clone()
+        windowed[:, :max(0, column - self._window + 1)] = torch.finfo(windowed.dtype).min
+        return windowed
 
     def _prefill(self, prompts: list[TokenSequence], length: int, cache_len: int) -> torch.Tensor:
         """Run each distinct prompt once (left-padded to `length`, with its understanding images),
@@ -224,8 +248,12 @@ class GenerationEngine:
         allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(length, dtype=torch.bool,
                                                                                           device=device)
         positions = (columns - (length - lengths)[:, None]).clamp_min(0)
-        temp = DynamicCache(config=self.model.config.text_config)
-        hidden = self._decoder(embeds, positions, _additive(allowed[:, None], embeds.dtype), temp)
+        temp = DynamicCache(config=self._cache_config)
+        windowed = None
+        if self._window is not None:
+            windowed = _additive((allowed & (columns[:, None] - columns[None, :] < self._window))[:, None], embeds.dtype)
+        hidden = self._decoder(embeds, positions, self._layer_masks(_additive(allowed[:, None], embeds.dtype), windowed),
+                               temp)
         self._new_cache(len(prompts), cache_len, temp)
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[:, :, :length] = dynamic.keys[index]
@@ -247,8 +275,8 @@ class GenerationEngine:
         modality = torch.tensor([twin.modality[:n]], device=device)
         pixels = torch.stack(twin.und_pixels).to(device) if twin.und_pixels else None
         embeds = self.model.embed_inputs(ids, modality, pixels)
-        temp = DynamicCache(config=self.model.config.text_config)
-        self._decoder(embeds, torch.arange(n, device=device)[None], None, temp)
+        temp = DynamicCache(config=self._cache_config)
+        self._decoder(embeds, torch.arange(n, device=device)[None], None, temp)  # the model's own causal masks
         slot, start = slots // 2 + row_index, column - n
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[slot, :, start:column] = dynamic.keys[0]
@@ -294,7 +322,8 @@ class GenerationEngine:
                 noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=self.generator)
             if k + 1 < n_codes:
                 self.mask[:, column + k] = 0.0
-                code, hidden = self._draw_step(hidden, noise, self.positions + k, self.mask, *picks)
+                code, hidden = self._draw_step(hidden, noise, self.positions + k, self.mask, self._windowed(column + k),
+                                               *picks)
                 if self.compile:
                     hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             else:
@@ -310,13 +339,13 @@ class GenerationEngine:
             logits = guided_logits(logits[:batch], logits[batch:], cfg_scale)
         return sample(logits, temperature, top_k, top_p, noise=noise)
 
-    def _image_step(self, hidden, noise, positions, mask, temperature, top_k, top_p, cfg_scale, batch):
+    def _image_step(self, hidden, noise, positions, mask, windowed, temperature, top_k, top_p, cfg_scale, batch):
         """Sample a code for every row and run the decoder on it: one drawing step."""
         code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, batch)
         embeds = self.model.gen_image_embeddings(code)
         if hidden.shape[0] > batch:
             embeds = embeds.repeat(2, 1)
-        return code, self._decode_step(embeds[:, None], positions[:, None], mask)
+        return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed)
 
     def _seen_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
         """(rows, vocab) mask of the text ids in each prompt, for the repetition penalty."""
@@ -445,6 +474,36 @@ class GenerationEngine:
         for chunk in codes.split(DECODE_CHUNK):
             images += pixels_to_pil(vq.decode(chunk.to(self.model.device)))
         return images
+
+
+def _attention_layout(config) -> tuple[int | None, list[str] | None]:
+    """(sliding window or None, per-layer attention types or None) of a decoder config. Full and
+    sliding-window attention are supported; other kinds (chunked, linear) are refused."""
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "use_sliding_window", True) is False:
+        window = None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        unknown = set(layer_types) - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise SettingsError(f"the decoder has {', '.join(sorted(unknown))} layers; the generation engine "
+                                "supports full and sliding-window attention layers")
+        if "sliding_attention" not in layer_types:
+            window = None
+    return window, (list(layer_types) if layer_types is not None and window is not None else None)
+
+
+def _full_history_config(config, layer_types: list[str] | None):
+    """The decoder config for the engine's caches: sliding layers keep their whole history too,
+    since the engine applies windows through its masks (transformers' sliding cache layers roll
+    a window-sized buffer, which the engine's column bookkeeping cannot follow)."""
+    if getattr(config, "sliding_window", None) is None:
+        return config
+    config = copy.copy(config)
+    config.sliding_window = None
+    if layer_types is not None:
+        config.layer_types = ["full_attention"] * len(layer_types)
+    return config
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
