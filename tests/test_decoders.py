@@ -113,3 +113,19 @@ def test_other_attention_kinds_are_refused_with_a_clear_error():
     with pytest.raises(SettingsError, match="linear_attention layers; the generation engine supports full and"):
         _attention_layout(hybrid)
     assert _attention_layout(SimpleNamespace(sliding_window=8, layer_types=["full_attention"] * 2)) == (None, None)
+
+
+@pytest.mark.slow
+def test_compiled_step_with_per_layer_type_masks_equals_eager():
+    model, processor = tiny_model(seed=1, text_config=dict(model_type="gemma2", head_dim=16, sliding_window=8,
+                                                           **NO_SPECIAL_IDS))
+    prompt = processor.generation_prompt("a red circle on the left, a prompt longer than the window")
+    draw = GenerationSettings(temperature=0, cfg_scale=3.0)
+    compiled = GenerationEngine(model, processor, compile=True)
+    eager = GenerationEngine(model, processor)
+    for a, b in zip(eager.generate([Request(prompt, "image")] * 2, draw),
+                    compiled.generate([Request(prompt, "image")] * 2, draw)):
+        assert torch.equal(a.codes[0], b.codes[0])
+    chat = processor.conversation([{"role": "user", "content": "hello there, a question longer than the window"}])
+    text = GenerationSettings(temperature=0, max_new_tokens=12, ignore_eos=True)
+    assert compiled.generate([Request(chat)], text)[0].token_ids == eager.generate([Request(chat)], text)[0].token_ids
