@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 from accelerate.state import AcceleratorState, GradientState, PartialState
 
-from janus_like import CheckpointError, DataError, SettingsError
+from janus_like import CheckpointError, DataError, JanusLikeForConditionalGeneration, SettingsError
 from janus_like.testing import shape_image, tiny_model
 from janus_like.training import checkpoints
 from janus_like.training.config import config_from_dict, load_config
@@ -412,3 +413,17 @@ def test_resume_needs_a_checkpoint_and_the_same_global_batch(tmp_path):
 def test_example_configs_are_valid(name):
     config = load_config(Path(__file__).parents[1] / "configs" / name)
     assert config.training.max_steps >= 1 and config.data.files
+
+
+def test_half_precision_model_trains_fp32_master_copies_and_saves_in_its_dtype(tmp_path):
+    write_dataset(tmp_path)
+    trainer, state = run(tmp_path, stage=1, model={"tiny": True, "dtype": "bfloat16"},
+                         training={"max_steps": 8, "mixed_precision": "bf16"})
+    params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+    assert params["gen_head.vision_head.weight"].dtype == torch.float32  # trains: fp32 master copy
+    assert params["language_model.model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16  # frozen: as loaded
+    assert all(math.isfinite(h["loss"]) for h in state.history)
+    final = JanusLikeForConditionalGeneration.from_pretrained(tmp_path / "out" / "final")
+    assert {p.dtype for p in final.parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(final.state_dict()["gen_head.vision_head.weight"],
+                               params["gen_head.vision_head.weight"].detach().to(torch.bfloat16))

@@ -130,6 +130,12 @@ class Trainer:
         if cfg.lora.r:
             lora.add_adapters(model, cfg.lora)
         self.trainable_names = apply_stage(model, cfg.stage, cfg.trainable, cfg.frozen, adapters=bool(cfg.lora.r))
+        if self.accelerator.mixed_precision in ("bf16", "fp16"):
+            # fp32 master copies of what trains on a half-precision model: AdamW steps on bf16 weights
+            # round away, and autocast runs the matmuls in half precision anyway
+            for param in model.parameters():
+                if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+                    param.data = param.data.float()
         if self.accelerator.is_main_process:
             n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
             n_all = sum(p.numel() for p in model.parameters())
@@ -315,6 +321,8 @@ class Trainer:
         if acc.is_main_process:
             if self.config.lora.r:  # plain weights: final/ loads without peft
                 state_dict = lora.merged_state_dict(state_dict, lora.scalings(acc.unwrap_model(self.model)))
+            dtype = DTYPES[self.config.model.dtype]  # fp32 master copies go back to the model's dtype
+            state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
             final, tmp = self.output_dir / "final", self.output_dir / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
             acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
