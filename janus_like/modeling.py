@@ -278,8 +278,9 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
     ):
         """Compose a new model from pretrained local parts: any causal LM (and its tokenizer), a
         SigLIP vision encoder (a SigLIP or SigLIP-vision checkpoint) and a VQ tokenizer (this
-        package's format; or `vq_config`, a JanusLikeVQConfig or dict, for a fresh one). The image special tokens are added to the
-        LM's tokenizer and its embeddings resized; aligners and the image head start random."""
+        package's format; or `vq_config`, a JanusLikeVQConfig or dict, for a fresh one). The image
+        special tokens are added to the LM's tokenizer and its embeddings resized; aligners and the
+        image head start random."""
         from transformers import AutoTokenizer
 
         from .configuration import JanusLikeVQConfig

@@ -16,8 +16,8 @@ FAMILIES = ["qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "olmo2
 NO_SPECIAL_IDS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)  # defaults lie outside a tiny vocab
 
 
-def _family_model(model_type: str):
-    return tiny_model(seed=1, text_config=dict(model_type=model_type, head_dim=16, **NO_SPECIAL_IDS))
+def _family_model(model_type: str, **text_config):
+    return tiny_model(seed=1, text_config=dict(model_type=model_type, head_dim=16, **text_config, **NO_SPECIAL_IDS))
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -45,8 +45,7 @@ def test_decoder_family_trains_and_generates_like_cache_free_forwards(model_type
 def test_sliding_window_decoders_past_their_window(model_type, window):
     """Prompt and output far longer than the window: the engine's masks cut each sliding layer's
     view as transformers' own masks do, while its cache keeps every column."""
-    model, processor = tiny_model(seed=1, text_config=dict(model_type=model_type, head_dim=16, **window,
-                                                           **NO_SPECIAL_IDS))
+    model, processor = _family_model(model_type, **window)
     assert "sliding_attention" in (getattr(model.config.text_config, "layer_types", None) or ["sliding_attention"])
     _check_generation(model, processor, "hello there, a prompt much longer than the window")
 
@@ -117,8 +116,7 @@ def test_other_attention_kinds_are_refused_with_a_clear_error():
 
 @pytest.mark.slow
 def test_compiled_step_with_per_layer_type_masks_equals_eager():
-    model, processor = tiny_model(seed=1, text_config=dict(model_type="gemma2", head_dim=16, sliding_window=8,
-                                                           **NO_SPECIAL_IDS))
+    model, processor = _family_model("gemma2", sliding_window=8)
     prompt = processor.generation_prompt("a red circle on the left, a prompt longer than the window")
     draw = GenerationSettings(temperature=0, cfg_scale=3.0)
     compiled = GenerationEngine(model, processor, compile=True)

@@ -81,8 +81,9 @@ class GenerationEngine:
         self.decode = decode
         self._body = model.decoder  # resolved once: the property walks the LM on every access
         self._cache_name = cache_kwarg(type(self._body))
-        self._window, self._layer_types = _attention_layout(model.config.text_config)
-        self._cache_config = _full_history_config(model.config.text_config, self._layer_types)
+        text = model.config.text_config
+        self._window, self._layer_types = _attention_layout(text)
+        self._cache_config = _full_history_config(text) if self._window is not None else text
         self.cache: StaticCache | None = None
         # compiled: one CUDA graph per decoder step (any mode), and one that also holds the image
         # head, guidance, sampling and code embedding (text-to-image), so a drawing step is one replay
@@ -250,10 +251,11 @@ class GenerationEngine:
         positions = (columns - (length - lengths)[:, None]).clamp_min(0)
         temp = DynamicCache(config=self._cache_config)
         windowed = None
-        if self._window is not None:
-            windowed = _additive((allowed & (columns[:, None] - columns[None, :] < self._window))[:, None], embeds.dtype)
-        hidden = self._decoder(embeds, positions, self._layer_masks(_additive(allowed[:, None], embeds.dtype), windowed),
-                               temp)
+        if self._window is not None:  # left padding shifts query and key alike: columns count positions
+            in_window = columns[:, None] - columns[None, :] < self._window
+            windowed = _additive((allowed & in_window)[:, None], embeds.dtype)
+        masks = self._layer_masks(_additive(allowed[:, None], embeds.dtype), windowed)
+        hidden = self._decoder(embeds, positions, masks, temp)
         self._new_cache(len(prompts), cache_len, temp)
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[:, :, :length] = dynamic.keys[index]
@@ -493,16 +495,14 @@ def _attention_layout(config) -> tuple[int | None, list[str] | None]:
     return window, (list(layer_types) if layer_types is not None and window is not None else None)
 
 
-def _full_history_config(config, layer_types: list[str] | None):
-    """The decoder config for the engine's caches: sliding layers keep their whole history too,
-    since the engine applies windows through its masks (transformers' sliding cache layers roll
-    a window-sized buffer, which the engine's column bookkeeping cannot follow)."""
-    if getattr(config, "sliding_window", None) is None:
-        return config
+def _full_history_config(config):
+    """A sliding-window decoder's config for the engine's caches: sliding layers keep their whole
+    history too, since the engine applies windows through its masks (transformers' sliding cache
+    layers roll a window-sized buffer, which the engine's column bookkeeping cannot follow)."""
     config = copy.copy(config)
     config.sliding_window = None
-    if layer_types is not None:
-        config.layer_types = ["full_attention"] * len(layer_types)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = ["full_attention"] * len(config.layer_types)
     return config
 
 
