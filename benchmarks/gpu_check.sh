@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one go, most important first: the Janus-Pro-1B generation
 # benchmark (issue 4's GPU target), the `gpu`-marked tests, then the memory benchmarks on CUDA.
-# Each step has a time limit, so that one stuck step leaves the rest their turn. Logs go to $OUT (or ./gpu-logs). A machine whose image lacks this project's dependencies needs
-# them first (transformers>=5.24, diffusers, vector-quantize-pytorch and its einx/torch-einops-utils/
+# Each step has a time limit, so that one stuck step leaves the rest their turn. Logs go to $OUT
+# (or ./gpu-logs). A machine whose image lacks this project's dependencies needs them first (transformers>=5.24, diffusers, vector-quantize-pytorch and its einx/torch-einops-utils/
 # loguru/frozendict, peft), e.g. as wheels installed with --no-deps into a folder on PYTHONPATH.
 set -o pipefail
 out=${OUT:-gpu-logs}
@@ -10,9 +10,9 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import janus_like from this checkout
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/gpu.txt"
-timeout 330 python benchmarks/generate.py --device cuda --sizes 1b 2>&1 | tee "$out/generate_1b.log"
-timeout 150 python -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
-timeout 45 python benchmarks/loss_memory.py --device cuda 2>&1 | tee "$out/loss_memory.log"
-timeout 45 python benchmarks/lora_memory.py --device cuda 2>&1 | tee "$out/lora_memory.log"
+timeout 330 python3 benchmarks/generate.py --device cuda --sizes 1b 2>&1 | tee "$out/generate_1b.log"
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
+timeout 45 python3 benchmarks/loss_memory.py --device cuda 2>&1 | tee "$out/loss_memory.log"
+timeout 45 python3 benchmarks/lora_memory.py --device cuda 2>&1 | tee "$out/lora_memory.log"
