@@ -13,6 +13,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/gpu.txt"
 timeout 330 python3 benchmarks/generate.py --device cuda --sizes 1b 2>&1 | tee "$out/generate_1b.log"
-timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_checkpoints.py 2>&1 | tee "$out/gpu_tests.log"
 timeout 45 python3 benchmarks/loss_memory.py --device cuda 2>&1 | tee "$out/loss_memory.log"
 timeout 45 python3 benchmarks/lora_memory.py --device cuda 2>&1 | tee "$out/lora_memory.log"
