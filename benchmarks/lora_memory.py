@@ -46,9 +46,10 @@ def run_variant(args: argparse.Namespace) -> dict:
     model.vq.eval()
     batch = processor([{"task": "generation", "prompt": "a red circle on the left", "image": shape_image()},
                        {"task": "text", "text": "plain text for language retention " * 8}] * args.batch)
+    batch = {k: v.to(args.device) for k, v in batch.items()}  # the VQ encodes the images on the model's device
     ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"],
                                        batch.pop("gen_pixel_values"))
-    batch = {k: v.to(args.device) for k, v in dict(batch, input_ids=ids, labels=labels).items()}
+    batch.update(input_ids=ids, labels=labels)
     params = [p for p in model.parameters() if p.requires_grad]
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -94,7 +95,10 @@ def main() -> None:
     for variant in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--rank", str(args.rank),
                "--batch", str(args.batch)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:  # show the variant's own error, not just its exit status
+            sys.exit(f"variant {variant} failed:\n{done.stderr}")
+        out = done.stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
     full = results["full"]
     total = {v: r["state_mib"] + r["activations_mib"] for v, r in results.items()}

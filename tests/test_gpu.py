@@ -60,9 +60,10 @@ def test_gpu_bf16_training_run_learns(tmp_path):
     try:
         trainer, state = run(tmp_path, training={"max_steps": 30, "batch_size": 8, "mixed_precision": "bf16"},
                              logging={"every": 5, "save_every": 30, "tensorboard": False})
+        device = trainer.accelerator.device  # read before the reset, which clears accelerate's state
     finally:
         reset_accelerate()
-    assert trainer.accelerator.device.type == "cuda"
+    assert device.type == "cuda" and next(trainer.model.parameters()).is_cuda
     losses = [h["loss"] for h in state.history]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert all(map(torch.isfinite, torch.tensor(losses))) and last < 0.7 * first, losses
