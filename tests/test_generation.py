@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from janus_like import PromptError, SettingsError
 from janus_like.generation import (Done, GenerationEngine, GenerationSettings, ImageDone, ImageProgress, Request,
                                    TextDelta)
+from janus_like.generation import engine as engine_module
 from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, sample
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
 from janus_like.processor import GEN_IMAGE
@@ -121,6 +123,38 @@ def test_kv_cache_holds_exactly_prompt_plus_generated_tokens(tiny):
     assert engine.cache is None  # freed after the call
 
 
+def _record_widths(engine):
+    """Wrap the engine's decoder call to record the cache width (and check the mask's) of each step."""
+    widths, decoder = [], engine._decoder
+
+    def recording(embeds, positions, masks, cache):
+        if isinstance(cache, StaticCache):  # decode steps (prefills use a DynamicCache)
+            widths.append(cache.layers[0].keys.shape[2])
+            assert masks.shape[-1] == widths[-1]
+        return decoder(embeds, positions, masks, cache)
+
+    engine._decoder = recording
+    return widths
+
+
+def test_attention_reads_only_the_filled_part_of_the_cache(tiny, monkeypatch):
+    model, processor = tiny
+    draw = Request(processor.generation_prompt("a red circle"), "image")
+    chat = Request(processor.conversation([{"role": "user", "content": "hello"}]))
+    settings = GenerationSettings(temperature=0, cfg_scale=3.0, max_new_tokens=40, max_images=1)
+    monkeypatch.setattr(engine_module, "WIDTH_STEP", 10**6)  # every step reads the whole cache
+    whole = GenerationEngine(model, processor).generate([draw, chat], settings)
+    monkeypatch.setattr(engine_module, "WIDTH_STEP", 8)
+    engine = GenerationEngine(model, processor)
+    widths = _record_widths(engine)
+    cut = engine.generate([draw, chat], settings)
+    assert [r.token_ids for r in cut] == [r.token_ids for r in whole]
+    length = len(processor.unconditional(draw.prompt))  # the longest prompt sets the first column
+    columns = length + 40 + processor.num_gen_tokens  # the chat row's budget: text and one image
+    expected = [min(columns, -(-(length + step + 1) // 8) * 8) for step in range(len(widths))]
+    assert widths == expected and widths[0] < columns
+
+
 def test_sampling_filters():
     torch.manual_seed(0)
     logits = torch.randn(4, 50)
@@ -188,6 +222,23 @@ def test_compiled_decode_step_matches_eager_and_is_reused(tiny):
     text = GenerationSettings(temperature=0, max_new_tokens=10)
     assert compiled.generate([Request(chat)], text)[0].token_ids == \
         GenerationEngine(model, processor).generate([Request(chat)], text)[0].token_ids
+
+
+@pytest.mark.slow
+def test_compiled_step_compiles_once_for_any_cache_length_and_width(tiny, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    model, processor = tiny
+    monkeypatch.setattr(engine_module, "WIDTH_STEP", 8)  # many widths within each call
+    compiled, eager = GenerationEngine(model, processor, compile=True), GenerationEngine(model, processor)
+    graphs = []
+    for text, budget in [("hello", 20), ("a much longer question about circles", 45)]:
+        requests = [Request(processor.conversation([{"role": "user", "content": text}]))] * 2
+        settings = GenerationSettings(temperature=0, max_new_tokens=budget, ignore_eos=True)
+        out = compiled.generate(requests, settings)
+        assert [r.token_ids for r in out] == [r.token_ids for r in eager.generate(requests, settings)]
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0]  # a new cache length and new widths: no recompilation
 
 
 def test_a_drawing_row_and_a_chat_row_share_a_batch(tiny):

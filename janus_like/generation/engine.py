@@ -43,6 +43,7 @@ from .settings import GenerationSettings
 
 TEXT_MODE, IMAGE_MODE, DONE_MODE = "text", "image", "done"
 DECODE_CHUNK = 8  # images decoded by the VQ decoder at once (bounds activation memory at 384²)
+WIDTH_STEP = 64  # a decode step attends to the cache's first columns in multiples of this
 
 
 @dataclass
@@ -73,8 +74,9 @@ class GenerationEngine:
 
     def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor,
                  compile: bool = False, decode: bool = True):
-        """`compile`: torch.compile the decode step (CUDA graphs on GPU; static shapes, hence the
-        static cache). `decode=False` returns codes only (images stay None), e.g. for benchmarks."""
+        """`compile`: torch.compile the decode step (CUDA graphs on GPU): one graph per batch size,
+        the attended width dynamic (see `_attend`). `decode=False` returns codes only (images stay
+        None), e.g. for benchmarks."""
         self.model = model.eval()
         self.processor = processor
         self.compile = compile
@@ -85,6 +87,7 @@ class GenerationEngine:
         self._window, self._layer_types = _attention_layout(text)
         self._cache_config = _full_history_config(text) if self._window is not None else text
         self.cache: StaticCache | None = None
+        self._views: dict[int, StaticCache] = {}  # the cache cut to each width a step has used
         # compiled: one CUDA graph per decoder step (any mode), and one that also holds the image
         # head, guidance, sampling and code embedding (text-to-image), so a drawing step is one replay
         compiled = lambda fn: torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
@@ -167,7 +170,7 @@ class GenerationEngine:
             if guided:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
             self.mask[:, column] = 0.0
-            hidden = self._step(embeds[:, None], self.positions[:, None], self.mask, self._windowed(column))
+            hidden = self._step(embeds[:, None], self.positions[:, None], *self._attend(column))
             if self.compile:
                 hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             self.positions += 1
@@ -177,7 +180,7 @@ class GenerationEngine:
                 yield from self._close_text(i, row)
                 row.result.finish_reason = "length"
         if not self.compile:
-            self.cache = None  # free the KV memory; a compiled engine keeps it for the next call
+            self.cache, self._views = None, {}  # free the KV memory; a compiled engine keeps it for the next call
         yield Done([row.result for row in rows])
 
     # ------------------------------------------------------------------ decoder calls
@@ -186,15 +189,40 @@ class GenerationEngine:
         """A static cache of exactly `cache_len` columns for `slots` rows, shaped like `like`.
         transformers' StaticCache rather than our own: it works with any transformers decoder and
         marks its tensors as static addresses for CUDA graphs. A compiled engine reuses it when the
-        shape repeats (no re-capture)."""
+        shape repeats (no re-capture), and allocates one spare column that is never attended: its
+        widest view (`_attend`) is then strided like the narrower ones, so the compiled step is not
+        specialised a second time for a contiguous cache."""
+        self._columns = cache_len
+        cache_len += int(self.compile)
         keys = like.layers[0].keys
         cache = self.cache
         if (self.compile and cache is not None and cache.get_max_length() == cache_len
                 and cache.layers[0].keys.shape[0] == slots):
             cache.reset()
             return
-        self.cache = StaticCache(config=self._cache_config, max_cache_len=cache_len)
+        self.cache, self._views = StaticCache(config=self._cache_config, max_cache_len=cache_len), {}
         self.cache.early_initialization(slots, keys.shape[1], keys.shape[-1], keys.dtype, keys.device)
+
+    def _attend(self, column: int) -> tuple[torch.Tensor, torch.Tensor | None, StaticCache]:
+        """What a query at `column` attends over: the mask, its sliding-window cut (None without
+        sliding layers) and the cache, all cut to the first `column + 1` columns rounded up to
+        WIDTH_STEP, so that attention reads the filled part of the static cache rather than all of
+        it (drawing at Janus-Pro-1B sizes read 1.8× the columns in use). A compiled step takes the
+        width as one dynamic size: one graph, one CUDA graph per width."""
+        width = min(self._columns, -(-(column + 1) // WIDTH_STEP) * WIDTH_STEP)
+        mask, windowed = self.mask[:, :width], None
+        if self._window is not None:  # each slot's columns are contiguous, so columns count positions
+            windowed = mask.clone()
+            windowed[:, :max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
+        if self.compile:  # the width: the one dynamic size of a compiled step
+            torch._dynamo.mark_dynamic(mask, 1)
+            if windowed is not None:
+                torch._dynamo.mark_dynamic(windowed, 1)
+        if width not in self._views:
+            view = copy.copy(self.cache)
+            view.layers = [_first_columns(layer, width, self.compile) for layer in self.cache.layers]
+            self._views[width] = view
+        return mask, windowed, self._views[width]
 
     def _decoder(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache):
         out = self._body(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
@@ -202,12 +230,12 @@ class GenerationEngine:
         return out.last_hidden_state
 
     def _decode_step(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                     windowed: torch.Tensor | None = None) -> torch.Tensor:
+                     windowed: torch.Tensor | None, cache: StaticCache) -> torch.Tensor:
         """One token for every slot: (slots, 1, H) -> last hidden state (slots, H). `mask` is the
-        (slots, cache columns) additive mask of what each slot may attend to; `windowed` the same
-        cut to the sliding window, for sliding-attention layers."""
+        (slots, columns) additive mask of what each slot may attend to in `cache`; `windowed` the
+        same cut to the sliding window, for sliding-attention layers (see `_attend`)."""
         masks = self._layer_masks(mask[:, None, None, :], None if windowed is None else windowed[:, None, None, :])
-        return self._decoder(embeds, positions, masks, self.cache)[:, -1]
+        return self._decoder(embeds, positions, masks, cache)[:, -1]
 
     def _layer_masks(self, full: torch.Tensor, windowed: torch.Tensor | None):
         """The attention mask argument: one 4D mask, or one per layer type for decoders whose
@@ -217,15 +245,6 @@ class GenerationEngine:
         if self._layer_types is None:  # every layer slides (Mistral)
             return windowed
         return {"full_attention": full, "sliding_attention": windowed}
-
-    def _windowed(self, column: int) -> torch.Tensor | None:
-        """The decode mask for a query at `column`, cut to the last `window` columns (each slot's
-        columns are contiguous, so columns count positions); None without sliding layers."""
-        if self._window is None:
-            return None
-        windowed = self.mask.clone()
-        windowed[:, :max(0, column - self._window + 1)] = torch.finfo(windowed.dtype).min
-        return windowed
 
     def _prefill(self, prompts: list[TokenSequence], length: int, cache_len: int) -> torch.Tensor:
         """Run each distinct prompt once (left-padded to `length`, with its understanding images),
@@ -261,8 +280,8 @@ class GenerationEngine:
             static.keys[:, :, :length] = dynamic.keys[index]
             static.values[:, :, :length] = dynamic.values[index]
             static.cumulative_length.fill_(length)
-        self.mask = torch.full((len(prompts), cache_len), torch.finfo(embeds.dtype).min, dtype=embeds.dtype,
-                               device=device)
+        self.mask = torch.full((len(prompts), self.cache.get_max_length()), torch.finfo(embeds.dtype).min,
+                               dtype=embeds.dtype, device=device)
         self.mask[:, :length].masked_fill_(real[index], 0.0)
         self.positions = lengths[index]
         return hidden[index, -1]
@@ -324,8 +343,7 @@ class GenerationEngine:
                 noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=self.generator)
             if k + 1 < n_codes:
                 self.mask[:, column + k] = 0.0
-                code, hidden = self._draw_step(hidden, noise, self.positions + k, self.mask, self._windowed(column + k),
-                                               *picks)
+                code, hidden = self._draw_step(hidden, noise, self.positions + k, *self._attend(column + k), *picks)
                 if self.compile:
                     hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             else:
@@ -341,13 +359,14 @@ class GenerationEngine:
             logits = guided_logits(logits[:batch], logits[batch:], cfg_scale)
         return sample(logits, temperature, top_k, top_p, noise=noise)
 
-    def _image_step(self, hidden, noise, positions, mask, windowed, temperature, top_k, top_p, cfg_scale, batch):
+    def _image_step(self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale,
+                    batch):
         """Sample a code for every row and run the decoder on it: one drawing step."""
         code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, batch)
         embeds = self.model.gen_image_embeddings(code)
         if hidden.shape[0] > batch:
             embeds = embeds.repeat(2, 1)
-        return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed)
+        return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed, cache)
 
     def _seen_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
         """(rows, vocab) mask of the text ids in each prompt, for the repetition penalty."""
@@ -504,6 +523,18 @@ def _full_history_config(config):
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = ["full_attention"] * len(config.layer_types)
     return config
+
+
+def _first_columns(layer, width: int, compiled: bool):
+    """A static cache layer over the first `width` columns of `layer`: the same storage and the
+    same write position (the shared `cumulative_length`), so writes through it land in `layer`."""
+    cut = copy.copy(layer)
+    cut.keys, cut.values, cut.max_cache_len = layer.keys[:, :, :width], layer.values[:, :, :width], width
+    if compiled:
+        for tensor in (cut.keys, cut.values):
+            torch._dynamo.mark_static_address(tensor)  # fixed storage: CUDA graphs use it in place
+            torch._dynamo.mark_dynamic(tensor, 2)
+    return cut
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
