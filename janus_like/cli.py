@@ -17,6 +17,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
+                        "for many or long generations")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs)")
     p.add_argument("--out", default="out")
 
     p = sub.add_parser("chat", help="text (+ images) -> text")

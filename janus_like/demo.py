@@ -311,6 +311,7 @@ def demo_command(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
               "the model (there is no authentication)", file=sys.stderr)
-    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                             compile=args.compile)
     serve(build_demo(pipe), args.host, args.port)
     return 0

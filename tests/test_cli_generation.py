@@ -28,6 +28,15 @@ def test_chat_prints_the_answer(saved, tmp_path, capsys):
     assert capsys.readouterr().out.endswith("\n")
 
 
+@pytest.mark.slow
+def test_chat_with_compile_answers_like_eager(saved, capsys):
+    argv = ["chat", "hello", "--model", saved, "--max-new-tokens", "12", "--device", "cpu"]
+    assert main(argv) == 0
+    eager = capsys.readouterr().out
+    assert main(argv + ["--compile"]) == 0
+    assert capsys.readouterr().out == eager
+
+
 def test_interleave_writes_index_md_and_html(saved, tmp_path):
     out = tmp_path / "story"
     assert main(["interleave", "Draw a red circle.", "--model", saved, "--seed", "0", "--max-new-tokens", "6",

@@ -143,7 +143,8 @@ def eval_command(args: argparse.Namespace) -> int:
         raise SettingsError(f"--num-scenes {args.num_scenes} is out of range; accepted: 1 to {len(all_scenes())}")
     if not 1 <= args.images_per_prompt <= 16:
         raise SettingsError(f"--images-per-prompt {args.images_per_prompt} is out of range; accepted: 1 to 16")
-    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                             compile=args.compile)
     evaluation = ShapesEval(pipe, num_scenes=args.num_scenes, images_per_prompt=args.images_per_prompt,
                             seed=args.seed, cfg_scale=args.cfg_scale, temperature=args.temperature)
     result, drawings = evaluation.run()

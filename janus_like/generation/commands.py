@@ -22,7 +22,7 @@ def _pipeline(args: argparse.Namespace, **settings) -> JanusLikePipeline:
     check_prompt(args.prompt)
     GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
     return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                             compile=getattr(args, "compile", False))
+                                             compile=args.compile)
 
 
 def generate(args: argparse.Namespace) -> int:
