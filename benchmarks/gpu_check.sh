@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one go, most important first: the Janus-Pro-1B generation
-# benchmark (issue 4's GPU target), the `gpu`-marked tests, then the memory benchmarks on CUDA.
+# benchmark (issue 4's GPU target), the `gpu`-marked tests, the memory benchmarks on CUDA, then where a
+# drawing step spends its time (attention kernels at decode shapes, the profile of a compiled drawing).
 # Each step has a time limit, so that one stuck step leaves the rest their turn. Logs go to $OUT
 # (or ./gpu-logs). A machine whose image lacks this project's dependencies needs them first (transformers>=5.24, diffusers, vector-quantize-pytorch and its einx/torch-einops-utils/
 # loguru/frozendict, peft), e.g. as wheels installed with --no-deps into a folder on PYTHONPATH.
@@ -16,3 +17,4 @@ timeout 330 python3 benchmarks/generate.py --device cuda --sizes 1b 2>&1 | tee "
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_checkpoints.py 2>&1 | tee "$out/gpu_tests.log"
 timeout 45 python3 benchmarks/loss_memory.py --device cuda 2>&1 | tee "$out/loss_memory.log"
 timeout 45 python3 benchmarks/lora_memory.py --device cuda 2>&1 | tee "$out/lora_memory.log"
+timeout 150 python3 benchmarks/decode_attention.py --profile-engine 2>&1 | tee "$out/decode_profile.log"
