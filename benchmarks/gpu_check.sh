@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one go, most important first: the Janus-Pro-1B generation
-# benchmark (issue 4's GPU target), the `gpu`-marked tests, the memory benchmarks on CUDA, then where a
-# drawing step spends its time (attention kernels at decode shapes, the profile of a compiled drawing).
-# Each step has a time limit, so that one stuck step leaves the rest their turn. Logs go to $OUT
-# (or ./gpu-logs). A machine whose image lacks this project's dependencies needs them first (transformers>=5.24, diffusers, vector-quantize-pytorch and its einx/torch-einops-utils/
-# loguru/frozendict, peft), e.g. as wheels installed with --no-deps into a folder on PYTHONPATH.
+# benchmark (issue 4's GPU target), the `gpu`-marked tests, the memory benchmarks on CUDA, then where
+# a drawing step spends its time (attention kernels at decode shapes, a profile of compiled drawing).
+# Each step has a time limit, so that one stuck step leaves the rest their turn; the whole takes
+# about 5 minutes on an H200. Logs go to $OUT (or ./gpu-logs). A machine whose image lacks this
+# project's dependencies needs them first (transformers>=5.24, diffusers, vector-quantize-pytorch and
+# its einx/torch-einops-utils/loguru/frozendict, peft), e.g. as wheels installed with --no-deps into
+# a folder on PYTHONPATH.
 set -o pipefail
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
