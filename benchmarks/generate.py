@@ -183,6 +183,14 @@ def bench_size(size: str, device: str, dtype: torch.dtype, cfg: float, repeat: i
     n_hf, n_ours = out_hf.shape[1] - len(chat), len(out_ours)
     print(f"text    transformers {n_hf / t_hf:.1f} tok/s | janus_like {n_ours / t_ours:.1f} tok/s | "
           f"speed-up {(n_ours / t_ours) / (n_hf / t_hf):.2f}x  ({n_ours} greedy tokens)")
+    if compiled is not None:
+        compiled_text = lambda: compiled.generate([Request(chat)], settings)[0].token_ids
+        start = time.perf_counter()
+        compiled_text()
+        print(f"compile + first compiled text run: {time.perf_counter() - start:.1f}s")
+        (t_comp,), (out_comp,) = timed([compiled_text], device, repeat)
+        print(f"text    janus_like compiled {len(out_comp) / t_comp:.1f} tok/s | speed-up vs transformers "
+              f"{(len(out_comp) / t_comp) / (n_hf / t_hf):.2f}x | same tokens as eager: {out_comp == out_ours}")
 
 
 def main() -> None:
