@@ -225,20 +225,32 @@ def test_compiled_decode_step_matches_eager_and_is_reused(tiny):
 
 
 @pytest.mark.slow
-def test_compiled_step_compiles_once_for_any_cache_length_and_width(tiny, monkeypatch):
+def test_compiled_steps_compile_once_for_any_batch_length_width_or_setting(tiny, monkeypatch):
     from torch._dynamo.utils import counters
 
     model, processor = tiny
     monkeypatch.setattr(engine_module, "WIDTH_STEP", 8)  # many widths within each call
     compiled, eager = GenerationEngine(model, processor, compile=True), GenerationEngine(model, processor)
-    graphs = []
-    for text, budget in [("hello", 20), ("a much longer question about circles", 45)]:
-        requests = [Request(processor.conversation([{"role": "user", "content": text}]))] * 2
+
+    def chat(text, rows, budget):
+        requests = [Request(processor.conversation([{"role": "user", "content": text}]))] * rows
         settings = GenerationSettings(temperature=0, max_new_tokens=budget, ignore_eos=True)
-        out = compiled.generate(requests, settings)
-        assert [r.token_ids for r in out] == [r.token_ids for r in eager.generate(requests, settings)]
-        graphs.append(counters["stats"]["unique_graphs"])
-    assert graphs[1] == graphs[0]  # a new cache length and new widths: no recompilation
+        assert [r.token_ids for r in compiled.generate(requests, settings)] == \
+            [r.token_ids for r in eager.generate(requests, settings)]
+
+    def draw(text, rows, cfg_scale, temperature, seed):
+        requests = [Request(processor.generation_prompt(text), "image")] * rows
+        settings = GenerationSettings(temperature=temperature, cfg_scale=cfg_scale, seed=seed)
+        assert all(torch.equal(a.codes[0], b.codes[0]) for a, b in
+                   zip(compiled.generate(requests, settings), eager.generate(requests, settings)))
+
+    chat("hello", 2, 20)
+    draw("a red circle", 2, 3.0, 1.0, 0)
+    graphs = counters["stats"]["unique_graphs"]
+    chat("a much longer question about circles", 3, 45)  # other rows, cache length and widths
+    draw("a blue square on the left of a circle", 3, 5.0, 0.7, 1)  # other rows, length, guidance, temperature
+    draw("a red circle", 4, 2.0, 1.3, 2)
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
 
 
 def test_a_drawing_row_and_a_chat_row_share_a_batch(tiny):

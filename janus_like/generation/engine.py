@@ -74,9 +74,9 @@ class GenerationEngine:
 
     def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor,
                  compile: bool = False, decode: bool = True):
-        """`compile`: torch.compile the decode step (CUDA graphs on GPU): one graph per batch size,
-        the attended width dynamic (see `_attend`). `decode=False` returns codes only (images stay
-        None), e.g. for benchmarks."""
+        """`compile`: torch.compile the decode step (CUDA graphs on GPU): the batch, the attended
+        width (see `_attend`), guidance and temperature are inputs, not constants of the graph, so
+        new settings need no new graph. `decode=False` returns codes only (images stay None)."""
         self.model = model.eval()
         self.processor = processor
         self.compile = compile
@@ -170,7 +170,9 @@ class GenerationEngine:
             if guided:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
             self.mask[:, column] = 0.0
-            hidden = self._step(embeds[:, None], self.positions[:, None], *self._attend(column))
+            embeds, positions = embeds[:, None], self.positions[:, None]
+            self._dynamic_rows(embeds, positions)
+            hidden = self._step(embeds, positions, *self._attend(column))
             if self.compile:
                 hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             self.positions += 1
@@ -214,10 +216,9 @@ class GenerationEngine:
         if self._window is not None:  # each slot's columns are contiguous, so columns count positions
             windowed = mask.clone()
             windowed[:, :max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
-        if self.compile:  # the width: the one dynamic size of a compiled step
-            torch._dynamo.mark_dynamic(mask, 1)
-            if windowed is not None:
-                torch._dynamo.mark_dynamic(windowed, 1)
+        if self.compile:  # the width and the row count: the dynamic sizes of a compiled step
+            for tensor in (mask, windowed) if windowed is not None else (mask,):
+                torch._dynamo.mark_dynamic(tensor, [0, 1])
         if width not in self._views:
             view = copy.copy(self.cache)
             view.layers = [_first_columns(layer, width, self.compile) for layer in self.cache.layers]
@@ -335,7 +336,11 @@ class GenerationEngine:
         """Text-to-image rows: N codes each, one (compiled) draw step per code, no host sync."""
         batch, n_codes = len(rows), self.processor.num_gen_tokens
         codebook = self.model.gen_embed.num_embeddings
-        picks = (settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, batch)
+        # the compiled step takes guidance and temperature as tensors (values, not graph constants),
+        # so that a new setting is no new graph; greedy (temperature 0) is a graph of its own
+        value = lambda x: torch.tensor(float(x), device=hidden.device)
+        picks = (value(settings.temperature) if settings.temperature > 0 else 0.0, settings.top_k, settings.top_p,
+                 value(settings.cfg_scale) if hidden.shape[0] > batch else None)
         codes = torch.zeros(batch, n_codes, dtype=torch.long, device=hidden.device)
         for k in range(n_codes):
             noise = None
@@ -343,7 +348,9 @@ class GenerationEngine:
                 noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=self.generator)
             if k + 1 < n_codes:
                 self.mask[:, column + k] = 0.0
-                code, hidden = self._draw_step(hidden, noise, self.positions + k, *self._attend(column + k), *picks)
+                positions = self.positions + k
+                self._dynamic_rows(hidden, noise, positions)
+                code, hidden = self._draw_step(hidden, noise, positions, *self._attend(column + k), *picks)
                 if self.compile:
                     hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             else:
@@ -352,21 +359,30 @@ class GenerationEngine:
             yield from self._image_progress(rows, k + 1, settings, codes)
         yield from self._finish_images(rows, codes)
 
-    def _pick_codes(self, hidden, noise, temperature, top_k, top_p, cfg_scale, batch) -> torch.Tensor:
-        """Image head on every slot, guidance when twins follow the rows, then a code per row."""
+    def _pick_codes(self, hidden, noise, temperature, top_k, top_p, cfg_scale) -> torch.Tensor:
+        """Image head on every slot, guidance when twins follow the rows (the second half of the
+        slots; `cfg_scale` None without), then a code per row."""
         logits = self.model.image_logits(hidden).float()
-        if hidden.shape[0] > batch:
-            logits = guided_logits(logits[:batch], logits[batch:], cfg_scale)
+        if cfg_scale is not None:
+            rows = hidden.shape[0] // 2
+            logits = guided_logits(logits[:rows], logits[rows:], cfg_scale)
         return sample(logits, temperature, top_k, top_p, noise=noise)
 
-    def _image_step(self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale,
-                    batch):
+    def _image_step(self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale):
         """Sample a code for every row and run the decoder on it: one drawing step."""
-        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, batch)
+        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale)
         embeds = self.model.gen_image_embeddings(code)
-        if hidden.shape[0] > batch:
+        if cfg_scale is not None:
             embeds = embeds.repeat(2, 1)
         return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed, cache)
+
+    def _dynamic_rows(self, *tensors: torch.Tensor | None) -> None:
+        """Compiled: the row count of these step inputs is a dynamic size, so that one graph serves
+        every batch (one CUDA graph per batch size)."""
+        if self.compile:
+            for tensor in tensors:
+                if tensor is not None:
+                    torch._dynamo.mark_dynamic(tensor, 0)
 
     def _seen_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
         """(rows, vocab) mask of the text ids in each prompt, for the repetition penalty."""
@@ -533,7 +549,7 @@ def _first_columns(layer, width: int, compiled: bool):
     if compiled:
         for tensor in (cut.keys, cut.values):
             torch._dynamo.mark_static_address(tensor)  # fixed storage: CUDA graphs use it in place
-            torch._dynamo.mark_dynamic(tensor, 2)
+            torch._dynamo.mark_dynamic(tensor, [0, 2])  # rows and width
     return cut
 
 

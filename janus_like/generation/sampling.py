@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 
-def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: `u + s·(c − u)` (one fused lerp)."""
     return torch.lerp(uncond, cond, scale)
 
@@ -36,7 +36,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
     return logits
 
 
-def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+def sample(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """(rows, vocab) logits -> (rows,) token ids; temperature 0 is argmax.
 
@@ -44,9 +44,11 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None, t
     gpt-fast does: the same distribution as `torch.multinomial`, with no host sync on CUDA.
     `noise` (the E draws) may be given, so that a compiled graph needs no generator."""
     logits = logits.float()
-    if temperature == 0:
+    if isinstance(temperature, torch.Tensor):  # a compiled step's temperature: a value, never 0
+        logits = logits / temperature
+    elif temperature == 0:
         return logits.argmax(dim=-1)
-    if temperature != 1:
+    elif temperature != 1:
         logits = logits / temperature
     probs = filter_top_k_top_p(logits, top_k, top_p).softmax(dim=-1)
     if noise is None:
