@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="input image for edits/variations (repeatable)")
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
+    p.add_argument("--image-cfg-scale", type=float, default=None,
+                   help="with --image: InstructPix2Pix's weight of the input images (default 1: no separate term)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-scenes", type=int, default=None, help="first N scenes of the seeded order (default: all 45)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
+    p.add_argument("--image-cfg-scale", type=float, default=None, help="image guidance of the edit section")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/eval_shapes")

@@ -58,14 +58,15 @@ def _shown_in_ui():
 
 
 def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
-                  temperature: float = 1.0, seed: int | None = None, image: str | None = None) -> Iterator[tuple]:
+                  temperature: float = 1.0, seed: int | None = None, image: str | None = None,
+                  image_cfg_scale: float = 1.0) -> Iterator[tuple]:
     """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
     gr = _gradio()
     with _shown_in_ui():
         images = [load_image(image)] if image else None
         n, total = _int(num_images), pipe.processor.num_gen_tokens
         events = pipe.stream(prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale,
-                             temperature=temperature, seed=_seed(seed),
+                             image_cfg_scale=image_cfg_scale, temperature=temperature, seed=_seed(seed),
                              preview_every=max(1, total // PREVIEWS_PER_IMAGE))
         start = last = time.monotonic()
         previews: dict[int, Image.Image] = {}
@@ -84,11 +85,13 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
 
 
 def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Iterator[tuple]:
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None,
+               image_cfg_scale: float = 1.0) -> Iterator[tuple]:
     """Input image + instruction -> (gallery images, status line)."""
     if not image:
         raise _gradio().Error("upload an image to edit first")
-    yield from text_to_image(pipe, instruction, num_images, cfg_scale, temperature, seed, image=image)
+    yield from text_to_image(pipe, instruction, num_images, cfg_scale, temperature, seed, image=image,
+                             image_cfg_scale=image_cfg_scale)
 
 
 def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_new_tokens: int = 256,
@@ -238,14 +241,15 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
     def temperature_slider(value: float):
         return gr.Slider(0.0, 2.0, value=value, step=0.05, label="temperature (0: greedy)")
 
-    def drawing_tab(name: str, make_inputs, num_images: int, button: str, fn) -> None:
-        """A tab that draws images: its own inputs, then number, guidance, temperature, seed; a gallery."""
+    def drawing_tab(name: str, make_inputs, num_images: int, button: str, fn, make_extra=list) -> None:
+        """A tab that draws images: its own inputs, then number, guidance, temperature, seed, its
+        own extra controls; a gallery."""
         with gr.Tab(name):
             with gr.Row():
                 with gr.Column(scale=1):
                     inputs = make_inputs() + [
                         gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=num_images, step=1, label="number of images"),
-                        cfg_slider(), temperature_slider(1.0), seed_box()]
+                        cfg_slider(), temperature_slider(1.0), seed_box()] + make_extra()
                     go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
@@ -289,7 +293,9 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
 
         drawing_tab("Image edit", lambda: [gr.File(label="input image", file_types=["image"], type="filepath"),
                                            gr.Textbox(label="instruction", value="make it blue", lines=2)],
-                    2, "Edit", image_edit)
+                    2, "Edit", image_edit,
+                    lambda: [gr.Slider(0.0, 5.0, value=1.0, step=0.1,
+                                       label="image guidance (InstructPix2Pix: above 1 keeps more of the input)")])
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 

@@ -45,12 +45,13 @@ class JanusLikePipeline:
     def generate_images(self, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
                         temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                         seed: int | None = None, images: Sequence[ImageLike] | None = None,
-                        preview_every: int = 0) -> list[Image.Image]:
+                        preview_every: int = 0, image_cfg_scale: float | None = None) -> list[Image.Image]:
         """Text (+ input images, for edits and variations) -> `num_images` images. `cfg_scale=None`:
-        the model config's `default_cfg_scale` (5.0 for Janus)."""
+        the model config's `default_cfg_scale` (5.0 for Janus). `image_cfg_scale` weighs the input
+        images apart (InstructPix2Pix; default 1: no separate term)."""
         done = _last(self.stream(prompt, mode="images", num_images=num_images, cfg_scale=cfg_scale,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, images=images,
-                                 preview_every=preview_every))
+                                 preview_every=preview_every, image_cfg_scale=image_cfg_scale))
         return [image for result in done.results for image in result.images]
 
     def chat(self, prompt: str | list[dict], images: Sequence[ImageLike] | None = None, max_new_tokens: int = 256,

@@ -73,9 +73,9 @@ def test_text_to_image_streams_previews_and_returns_n_images(pipe):
 
 
 def test_image_edit_passes_image_and_settings_to_the_pipeline(pipe, picture):
-    images, _ = list(demo.image_edit(pipe, picture, "make the circle blue", 1.0, 3.0, 0.5, 7))[-1]
+    images, _ = list(demo.image_edit(pipe, picture, "make the circle blue", 1.0, 3.0, 0.5, 7, 2.0))[-1]
     again = pipe.generate_images("make the circle blue", images=[picture], num_images=1, cfg_scale=3.0,
-                                 temperature=0.5, seed=7)
+                                 temperature=0.5, seed=7, image_cfg_scale=2.0)
     assert len(images) == 1 and images[0].tobytes() == again[0].tobytes()
 
 
@@ -193,7 +193,8 @@ def test_served_demo_answers_on_loopback_and_serves_no_arbitrary_files(app, tmp_
         gallery, status = client.predict("a red circle", 1, 5.0, 1.0, 0, api_name="/text_to_image")
         assert len(gallery) == 1 and "1 image(s)" in status
         with pytest.raises(Exception, match="cannot read image"):  # the ImageError message reaches the page
-            client.predict(gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, 0, api_name="/image_edit")
+            client.predict(gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, 0, 1.0,
+                           api_name="/image_edit")
         with pytest.raises(Exception, match="maximum value 64"):  # sliders are bounded server-side too
             client.predict("x", MAX_IMAGES_PER_PROMPT + 1, 5.0, 1.0, 0, api_name="/text_to_image")
     finally:

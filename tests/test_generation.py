@@ -8,7 +8,7 @@ from janus_like import PromptError, SettingsError
 from janus_like.generation import (Done, GenerationEngine, GenerationSettings, ImageDone, ImageProgress, Request,
                                    TextDelta)
 from janus_like.generation import engine as engine_module
-from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, sample
+from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, image_guided_logits, sample
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
 from janus_like.processor import GEN_IMAGE
 from janus_like.testing import shape_image, tiny_model
@@ -59,6 +59,45 @@ def test_image_conditioned_generation_keeps_the_input_image_in_the_twin(tiny):
     # the input image matters
     plain = engine.generate([Request(processor.generation_prompt("make it blue"), "image")], settings)[0].codes[0]
     assert not torch.equal(codes, plain)
+
+
+def test_image_guidance_follows_the_instruct_pix2pix_formula_computed_by_hand(tiny):
+    model, processor = tiny
+    with torch.no_grad():  # wider weights than the default init, so that codes vary and terms matter
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.2)
+    cond = processor.generation_prompt("make it blue", images=[shape_image()])
+    twin, bare = processor.unconditional(cond, keep_images=True), processor.unconditional(cond)
+    assert len(twin.und_pixels) == 1 and not bare.und_pixels
+    engine = GenerationEngine(model, processor)
+    settings = GenerationSettings(temperature=0, cfg_scale=2.0, image_cfg_scale=1.5)
+    codes = engine.generate([Request(cond, "image")] * 2, settings)[0].codes[0]
+    with torch.no_grad():
+        c, u_image, u_bare = [], [], []
+        for s, out in ((cond, c), (twin, u_image), (bare, u_bare)):
+            ids, modality = _with_codes(processor, s, codes[:-1].tolist())
+            pixels = torch.stack(s.und_pixels) if s.und_pixels else None
+            out.append(model.image_logits(model(ids, modality, pixel_values=pixels).last_hidden_state[0, len(s) - 1:]))
+    by_hand = u_bare[0] + 1.5 * (u_image[0] - u_bare[0]) + 2.0 * (c[0] - u_image[0])
+    assert torch.equal(by_hand.argmax(-1), codes)
+    assert torch.allclose(image_guided_logits(c[0], u_image[0], u_bare[0], 2.0, 1.0),
+                          guided_logits(c[0], u_image[0], 2.0))  # image scale 1: plain guidance
+    plain = engine.generate([Request(cond, "image")], GenerationSettings(temperature=0, cfg_scale=2.0))[0].codes[0]
+    assert not torch.equal(codes, plain)  # the image term matters
+
+
+def test_image_guidance_needs_input_images_and_drawing_rows(tiny):
+    model, processor = tiny
+    engine = GenerationEngine(model, processor)
+    text_only = Request(processor.generation_prompt("a red circle"), "image")
+    plain, imaged = (engine.generate([text_only], GenerationSettings(temperature=0, cfg_scale=2.0, image_cfg_scale=s))
+                     for s in (1.0, 3.0))
+    assert torch.equal(plain[0].codes[0], imaged[0].codes[0])  # no input images: u_I = u∅, nothing changes
+    edit = Request(processor.generation_prompt("make it blue", images=[shape_image()]), "image")
+    chat = Request(processor.conversation([{"role": "user", "content": "hello"}]))
+    with pytest.raises(SettingsError, match="image_cfg_scale"):
+        engine.generate([edit, chat], GenerationSettings(image_cfg_scale=2.0))
 
 
 def test_same_seed_same_output_different_seed_different_images(tiny):
@@ -174,7 +213,7 @@ def test_sampling_filters():
 
 @pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(cfg_scale=-1.0),
                                  dict(top_k=0), dict(max_new_tokens=0), dict(repetition_penalty=0.0),
-                                 dict(max_images=-1), dict(temperature=float("nan"))])
+                                 dict(max_images=-1), dict(temperature=float("nan")), dict(image_cfg_scale=-0.5)])
 def test_bad_settings_raise_a_settings_error(bad):
     name = next(iter(bad))
     with pytest.raises(SettingsError, match=name):
@@ -238,18 +277,22 @@ def test_compiled_steps_compile_once_for_any_batch_length_width_or_setting(tiny,
         assert [r.token_ids for r in compiled.generate(requests, settings)] == \
             [r.token_ids for r in eager.generate(requests, settings)]
 
-    def draw(text, rows, cfg_scale, temperature, seed):
-        requests = [Request(processor.generation_prompt(text), "image")] * rows
-        settings = GenerationSettings(temperature=temperature, cfg_scale=cfg_scale, seed=seed)
+    def draw(text, rows, cfg_scale, temperature, seed, image_cfg_scale=1.0):
+        images = [shape_image()] if image_cfg_scale != 1.0 else []  # an edit, with image guidance
+        requests = [Request(processor.generation_prompt(text, images), "image")] * rows
+        settings = GenerationSettings(temperature=temperature, cfg_scale=cfg_scale, seed=seed,
+                                      image_cfg_scale=image_cfg_scale)
         assert all(torch.equal(a.codes[0], b.codes[0]) for a, b in
                    zip(compiled.generate(requests, settings), eager.generate(requests, settings)))
 
     chat("hello", 2, 20)
     draw("a red circle", 2, 3.0, 1.0, 0)
+    draw("make it blue", 2, 3.0, 1.0, 0, image_cfg_scale=1.5)
     graphs = counters["stats"]["unique_graphs"]
     chat("a much longer question about circles", 3, 45)  # other rows, cache length and widths
     draw("a blue square on the left of a circle", 3, 5.0, 0.7, 1)  # other rows, length, guidance, temperature
     draw("a red circle", 4, 2.0, 1.3, 2)
+    draw("move it to the left", 3, 2.0, 0.8, 3, image_cfg_scale=2.5)
     assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
 
 

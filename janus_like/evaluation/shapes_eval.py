@@ -55,6 +55,7 @@ class ShapesEval:
     images_per_prompt: int = 4
     seed: int = 0
     cfg_scale: float | None = None  # None: the model's default guidance
+    image_cfg_scale: float | None = None  # the edit section's image guidance (None: 1, no separate term)
     temperature: float = 1.0
     image_size: int = 64  # side of the rendered images the model is asked about
 
@@ -89,7 +90,8 @@ class ShapesEval:
     def _draw(self, prompt: str, seed: int, image: Image.Image | None = None) -> list[Image.Image]:
         return self.pipe.generate_images(prompt, images=None if image is None else [image],
                                          num_images=self.images_per_prompt, cfg_scale=self.cfg_scale,
-                                         temperature=self.temperature, seed=seed)
+                                         image_cfg_scale=self.image_cfg_scale, temperature=self.temperature,
+                                         seed=seed)
 
     def interleave(self, scenes: list[Scene], seed: int) -> dict:
         """Ask for `draw_request(scenes)`: what came back and its scores (exactly len(scenes)
@@ -146,7 +148,8 @@ def eval_command(args: argparse.Namespace) -> int:
     pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
     evaluation = ShapesEval(pipe, num_scenes=args.num_scenes, images_per_prompt=args.images_per_prompt,
-                            seed=args.seed, cfg_scale=args.cfg_scale, temperature=args.temperature)
+                            seed=args.seed, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
+                            temperature=args.temperature)
     result, drawings = evaluation.run()
     out = Path(args.out)
     grid = save_grid([s["prompt"] for s in result.samples], drawings, out / "grid.png")

@@ -28,11 +28,11 @@ def _pipeline(args: argparse.Namespace, **settings) -> JanusLikePipeline:
 def generate(args: argparse.Namespace) -> int:
     """Text (+ --image) -> N images saved as DIR/image_{i}.png."""
     check_num_images(args.num_images)
-    pipe = _pipeline(args, cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, seed=args.seed)
+    pipe = _pipeline(args, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     events = pipe.stream(args.prompt, mode="images", images=args.image, num_images=args.num_images,
-                         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed)
+                         cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     out = Path(args.out)
     with tqdm(total=pipe.processor.num_gen_tokens, desc="drawing", unit="code", file=sys.stderr) as bar:
         for event in events:

@@ -20,7 +20,9 @@ into the twin's cache slot, and the twin follows the row's codes until `<end_of_
 Input images of text-to-image and interleaved prompts stay in the twin (only text is padded), so
 guidance pushes towards the instruction relative to "the same image, no instruction": the text
 term of InstructPix2Pix's two-scale guidance with image scale 1. Without input images this is
-exactly Janus's unconditional prompt.
+exactly Janus's unconditional prompt. With `image_cfg_scale` s_I ≠ 1, text-to-image rows with input
+images get a third slot group holding the prompt with neither text nor images (u∅), for the whole
+two-scale form `u∅ + s_I·(u_I − u∅) + s·(c − u_I)`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
 from ..processor import GEN_IMAGE, TEXT, JanusLikeProcessor, TokenSequence
 from ..errors import PromptError, SettingsError
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
-from .sampling import guided_logits, penalize_repetition, sample
+from .sampling import guided_logits, image_guided_logits, penalize_repetition, sample
 from .settings import GenerationSettings
 
 TEXT_MODE, IMAGE_MODE, DONE_MODE = "text", "image", "done"
@@ -114,7 +116,13 @@ class GenerationEngine:
         batch = len(requests)
         any_text = any(r.start == TEXT_MODE for r in requests)
         may_draw = any(r.start == IMAGE_MODE for r in requests) or settings.max_images > 0
-        guided = settings.guided and may_draw  # then slots [batch, 2·batch) are the twins
+        # image guidance needs a third slot group [2·batch, 3·batch): rows without their input images;
+        # with no input images that group would equal the twins, so it is left out
+        image_guided = settings.image_guided and any(r.start == IMAGE_MODE and r.prompt.und_pixels for r in requests)
+        if image_guided and any_text:
+            raise SettingsError(f"image_cfg_scale={settings.image_cfg_scale!r} applies to drawing from input images "
+                                "(text-to-image rows); text and interleaved rows need image_cfg_scale=1")
+        guided = (settings.guided or image_guided) and may_draw  # then slots [batch, 2·batch) are the twins
 
         # sampled tokens per row -> fed-back tokens -> cache columns: prompt + what can be fed back
         # an interleaved image costs its codes and the forced <end_of_image> (its <begin_of_image> is text)
@@ -132,6 +140,9 @@ class GenerationEngine:
                     twins[id(r.prompt)] = p.unconditional(r.prompt, keep_images=True)
             idle = _placeholder(p.pad_id)
             prompts += [twins[id(r.prompt)] if r.start == IMAGE_MODE else idle for r in requests]
+        if image_guided:  # Janus's unconditional prompt: the input images padded away too
+            bare = {id(r.prompt): p.unconditional(r.prompt) for r in requests}
+            prompts += [bare[id(r.prompt)] for r in requests]
         length = max(len(s) for s in prompts)
         cache_len = length + max(budgets) - 1
 
@@ -339,8 +350,10 @@ class GenerationEngine:
         # the compiled step takes guidance and temperature as tensors (values, not graph constants),
         # so that a new setting is no new graph; greedy (temperature 0) is a graph of its own
         value = lambda x: torch.tensor(float(x), device=hidden.device)
+        groups = hidden.shape[0] // batch  # rows, their twins, then rows without input images
         picks = (value(settings.temperature) if settings.temperature > 0 else 0.0, settings.top_k, settings.top_p,
-                 value(settings.cfg_scale) if hidden.shape[0] > batch else None)
+                 value(settings.cfg_scale) if groups > 1 else None,
+                 value(settings.image_cfg_scale) if groups > 2 else None)
         codes = torch.zeros(batch, n_codes, dtype=torch.long, device=hidden.device)
         for k in range(n_codes):
             noise = None
@@ -359,21 +372,24 @@ class GenerationEngine:
             yield from self._image_progress(rows, k + 1, settings, codes)
         yield from self._finish_images(rows, codes)
 
-    def _pick_codes(self, hidden, noise, temperature, top_k, top_p, cfg_scale) -> torch.Tensor:
-        """Image head on every slot, guidance when twins follow the rows (the second half of the
-        slots; `cfg_scale` None without), then a code per row."""
+    def _pick_codes(self, hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale) -> torch.Tensor:
+        """Image head on every slot, guidance when twins follow the rows (`cfg_scale` None
+        without; `image_cfg_scale` None without the third group), then a code per row."""
         logits = self.model.image_logits(hidden).float()
-        if cfg_scale is not None:
-            rows = hidden.shape[0] // 2
-            logits = guided_logits(logits[:rows], logits[rows:], cfg_scale)
+        if image_cfg_scale is not None:
+            cond, twin, bare = logits.chunk(3)
+            logits = image_guided_logits(cond, twin, bare, cfg_scale, image_cfg_scale)
+        elif cfg_scale is not None:
+            cond, twin = logits.chunk(2)
+            logits = guided_logits(cond, twin, cfg_scale)
         return sample(logits, temperature, top_k, top_p, noise=noise)
 
-    def _image_step(self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale):
+    def _image_step(self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale,
+                    image_cfg_scale):
         """Sample a code for every row and run the decoder on it: one drawing step."""
-        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale)
+        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale)
         embeds = self.model.gen_image_embeddings(code)
-        if cfg_scale is not None:
-            embeds = embeds.repeat(2, 1)
+        embeds = embeds.repeat(hidden.shape[0] // code.shape[0], 1)  # every group is fed the row's code
         return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed, cache)
 
     def _dynamic_rows(self, *tensors: torch.Tensor | None) -> None:

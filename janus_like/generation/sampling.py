@@ -13,6 +13,14 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch
     return torch.lerp(uncond, cond, scale)
 
 
+def image_guided_logits(cond: torch.Tensor, twin: torch.Tensor, bare: torch.Tensor, scale: float | torch.Tensor,
+                        image_scale: float | torch.Tensor) -> torch.Tensor:
+    """InstructPix2Pix's two-scale guidance for drawing from input images: `u∅ + s_I·(u_I − u∅)
+    + s·(c − u_I)`, with `twin` = u_I (input images, no text) and `bare` = u∅ (neither). With
+    s_I = 1 it is `guided_logits(cond, twin, scale)`."""
+    return torch.lerp(bare, twin, image_scale) + scale * (cond - twin)
+
+
 def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL-style penalty (as transformers): seen tokens' positive logits are divided by the
     penalty, negative ones multiplied. `seen` is a (rows, vocab) bool mask."""

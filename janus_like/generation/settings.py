@@ -18,6 +18,8 @@ class GenerationSettings:
     `temperature=0` is greedy (argmax) for text and image codes alike. `top_k`, `top_p` and the
     temperature apply to both heads; `repetition_penalty` and `stop` to text only. `cfg_scale` is
     the classifier-free guidance weight s of `u + s·(c − u)` for image codes (1 turns guidance off).
+    `image_cfg_scale` is InstructPix2Pix's image weight s_I for drawing from input images:
+    `u∅ + s_I·(u_I − u∅) + s·(c − u_I)` (1: the twin keeps the input images, u = u_I).
     `max_new_tokens` counts tokens the text head samples (image codes and the forced
     `<end_of_image>` come on top); `max_images` is how many images a text row may open; `preview_every` decodes a preview
     image every that many codes (0: never)."""
@@ -29,6 +31,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
     cfg_scale: float = 5.0
+    image_cfg_scale: float = 1.0
     max_images: int = 0
     seed: int | None = None
     preview_every: int = 0
@@ -53,6 +56,9 @@ class GenerationSettings:
             raise bad("repetition_penalty", self.repetition_penalty, "a number > 0 (1 means no penalty)")
         if not _finite(self.cfg_scale) or self.cfg_scale < 0:
             raise bad("cfg_scale", self.cfg_scale, "a number >= 0 (1 means no guidance)")
+        if not _finite(self.image_cfg_scale) or self.image_cfg_scale < 0:
+            raise bad("image_cfg_scale", self.image_cfg_scale, "a number >= 0 (1 means the input images are no "
+                      "separate guidance term)")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
         if not isinstance(self.max_images, int) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
@@ -68,6 +74,11 @@ class GenerationSettings:
     def guided(self) -> bool:
         """Whether image rows need an unconditional twin."""
         return self.cfg_scale != 1.0
+
+    @property
+    def image_guided(self) -> bool:
+        """Whether rows drawn from input images need a third slot without those images."""
+        return self.image_cfg_scale != 1.0
 
 
 def check_num_images(num_images: int) -> None:
