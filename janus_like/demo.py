@@ -8,7 +8,9 @@ uploads and outputs. The handlers are plain functions of the pipeline, so tests 
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 from PIL import Image
 
 from .errors import JanusLikeError
-from .generation import Done, ImageDone, ImageProgress, TextDelta
+from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
 from .images import load_image
 from .pipeline import JanusLikePipeline, check_prompt
@@ -34,6 +36,7 @@ HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory s
 THUMB_SIDE = 256  # chat images are shown this large
 STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
 
 
 def _gradio():
@@ -54,6 +57,70 @@ def _shown_in_ui():
         raise _gradio().Error(str(e)) from e
 
 
+class _GenerationThread:
+    """One daemon thread that runs the demo's generations, one after another (a daemon, so that
+    a generation nobody reads any more cannot keep the process from exiting)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="janus-like-generation", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+
+
+_generation_thread = _GenerationThread()
+
+
+def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
+    """Run a generation on the demo's one generation thread and hand its events over. Gradio may
+    resume a handler on any of its worker threads, and CUDA graphs (`--compile`) are recorded per
+    thread: one thread records them once. Closing this iterator (a client went away) stops it."""
+    handoff: queue.Queue = queue.Queue(maxsize=HANDOFF_EVENTS)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for event in events:
+                if not put((event, None)):
+                    return
+            put((None, None))
+        except BaseException as e:  # handed to the handler, which shows it
+            put((None, e))
+        finally:
+            events.close()
+
+    _generation_thread.submit(run)
+    try:
+        while True:
+            event, error = handoff.get()
+            if error is not None:
+                raise error
+            if event is None:
+                return
+            yield event
+    finally:
+        stop.set()
+
+
 # ---------------------------------------------------------------------- handlers
 
 
@@ -65,9 +132,9 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
     with _shown_in_ui():
         images = [load_image(image)] if image else None
         n, total = _int(num_images), pipe.processor.num_gen_tokens
-        events = pipe.stream(prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale,
-                             image_cfg_scale=image_cfg_scale, temperature=temperature, seed=_seed(seed),
-                             preview_every=max(1, total // PREVIEWS_PER_IMAGE))
+        events = _on_generation_thread(pipe.stream(
+            prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale,
+            temperature=temperature, seed=_seed(seed), preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
         start = last = time.monotonic()
         previews: dict[int, Image.Image] = {}
         for event in events:
@@ -103,8 +170,8 @@ def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_n
         text = check_prompt(message.get("text") or "").strip()
         images = [_fit(load_image(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
         messages = _messages(turns) + [_user(text, images)]
-        events = pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens), temperature=temperature,
-                             seed=_seed(seed))
+        events = _on_generation_thread(pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens),
+                                                   temperature=temperature, seed=_seed(seed)))
         turns = turns + [{"text": text, "images": images, "answer": ""}]
         last = time.monotonic()
         for event in events:
@@ -123,9 +190,10 @@ def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, 
     """Prompt -> the model's text and images in the order it wrote them (a chat display), streamed."""
     with _shown_in_ui():
         total = pipe.processor.num_gen_tokens
-        events = pipe.stream(prompt, mode="interleave", max_new_tokens=_int(max_new_tokens),
-                             max_images=_int(max_images), cfg_scale=cfg_scale, temperature=temperature,
-                             seed=_seed(seed), preview_every=max(1, total // PREVIEWS_PER_IMAGE))
+        events = _on_generation_thread(pipe.stream(
+            prompt, mode="interleave", max_new_tokens=_int(max_new_tokens), max_images=_int(max_images),
+            cfg_scale=cfg_scale, temperature=temperature, seed=_seed(seed),
+            preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
         parts: list[str | Image.Image] = []
         drawing, preview = None, None  # the image being drawn: its progress and latest preview
         last = time.monotonic()

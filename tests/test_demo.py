@@ -2,6 +2,7 @@
 launched server that answers on loopback, refuses arbitrary files and oversized uploads."""
 
 import socket
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -77,6 +78,44 @@ def test_image_edit_passes_image_and_settings_to_the_pipeline(pipe, picture):
     again = pipe.generate_images("make the circle blue", images=[picture], num_images=1, cfg_scale=3.0,
                                  temperature=0.5, seed=7, image_cfg_scale=2.0)
     assert len(images) == 1 and images[0].tobytes() == again[0].tobytes()
+
+
+def test_generations_run_on_the_one_generation_thread(pipe, monkeypatch):
+    threads, stream = set(), pipe.engine.stream
+
+    def recording(*args, **kwargs):
+        for event in stream(*args, **kwargs):
+            threads.add(threading.current_thread().name)
+            yield event
+
+    monkeypatch.setattr(pipe.engine, "stream", recording)
+    for _ in range(2):  # handlers called from two threads, as Gradio's workers do
+        caller = threading.Thread(target=lambda: list(demo.text_to_image(pipe, "a red circle", 1, 1.5, 1.0, 0)))
+        caller.start()
+        caller.join()
+    list(demo.chat(pipe, {"text": "hi", "files": []}, [], 4, 0.0, 0))
+    assert threads == {"janus-like-generation"}
+
+
+def test_a_generation_left_unread_stops_and_an_error_reaches_the_page(pipe, monkeypatch):
+    monkeypatch.setattr(demo, "HANDOFF_EVENTS", 1)  # the generation thread waits on the reader at once
+    updates = demo.text_to_image(pipe, "a red circle", 2, 1.5, 1.0, 0)
+    next(updates)
+    updates.close()  # the client went away mid-drawing
+    done = []  # the generation thread is free again: the next job runs (a stuck thread would hang it)
+    caller = threading.Thread(target=lambda: done.extend(demo.text_to_image(pipe, "a blue square", 1, 1.5, 1.0, 0)),
+                              daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert done and "1 image(s)" in done[-1][1]
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise demo.JanusLikeError("the model ran out of context")
+
+    monkeypatch.setattr(pipe.engine, "stream", failing)
+    with pytest.raises(gr.Error, match="ran out of context"):
+        list(demo.text_to_image(pipe, "a red circle", 1, 1.5, 1.0, 0))
 
 
 def test_chat_answers_and_keeps_a_multi_turn_history(pipe, picture):
