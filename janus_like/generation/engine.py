@@ -132,17 +132,7 @@ class GenerationEngine:
             if len(r.prompt) == 0:
                 raise PromptError("the prompt is empty; give some text")
             p.check_length(r.prompt, extra=budget)
-        prompts = [r.prompt for r in requests]
-        if guided:
-            twins = {}  # one unconditional prompt per distinct prompt (parallel images share theirs)
-            for r in requests:
-                if r.start == IMAGE_MODE and id(r.prompt) not in twins:
-                    twins[id(r.prompt)] = p.unconditional(r.prompt, keep_images=True)
-            idle = _placeholder(p.pad_id)
-            prompts += [twins[id(r.prompt)] if r.start == IMAGE_MODE else idle for r in requests]
-        if image_guided:  # Janus's unconditional prompt: the input images padded away too
-            bare = {id(r.prompt): p.unconditional(r.prompt) for r in requests}
-            prompts += [bare[id(r.prompt)] for r in requests]
+        prompts = self._slot_prompts(requests, guided, image_guided)
         length = max(len(s) for s in prompts)
         cache_len = length + max(budgets) - 1
 
@@ -196,6 +186,23 @@ class GenerationEngine:
             self.cache, self._views = None, {}  # free the KV memory; a compiled engine keeps it for the next call
         yield Done([row.result for row in rows])
 
+    def _slot_prompts(self, requests: Sequence[Request], guided: bool, image_guided: bool) -> list[TokenSequence]:
+        """The prompt of every cache slot: the rows; with guidance their twins (Janus's
+        unconditional prompt with the input images kept; an idle pad for a text row until it opens
+        an image); with image guidance, the rows with neither text nor input images. Parallel
+        images of one prompt share one twin prompt object, which the prefill runs once."""
+        p = self.processor
+        distinct = {id(r.prompt): r.prompt for r in requests}
+        prompts = [r.prompt for r in requests]
+        if guided:
+            twins = {key: p.unconditional(prompt, keep_images=True) for key, prompt in distinct.items()}
+            idle = _placeholder(p.pad_id)
+            prompts += [twins[id(r.prompt)] if r.start == IMAGE_MODE else idle for r in requests]
+        if image_guided:
+            bare = {key: p.unconditional(prompt) for key, prompt in distinct.items()}
+            prompts += [bare[id(r.prompt)] for r in requests]
+        return prompts
+
     # ------------------------------------------------------------------ decoder calls
 
     def _new_cache(self, slots: int, cache_len: int, like: DynamicCache) -> None:
@@ -221,7 +228,7 @@ class GenerationEngine:
         sliding layers) and the cache, all cut to the first `column + 1` columns rounded up to
         WIDTH_STEP, so that attention reads the filled part of the static cache rather than all of
         it (drawing at Janus-Pro-1B sizes read 1.8× the columns in use). A compiled step takes the
-        width as one dynamic size: one graph, one CUDA graph per width."""
+        width and the row count as dynamic sizes: one graph, a CUDA graph per shape."""
         width = min(self._columns, -(-(column + 1) // WIDTH_STEP) * WIDTH_STEP)
         mask, windowed = self.mask[:, :width], None
         if self._window is not None:  # each slot's columns are contiguous, so columns count positions
@@ -389,7 +396,8 @@ class GenerationEngine:
         """Sample a code for every row and run the decoder on it: one drawing step."""
         code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale)
         embeds = self.model.gen_image_embeddings(code)
-        embeds = embeds.repeat(hidden.shape[0] // code.shape[0], 1)  # every group is fed the row's code
+        groups = 1 + (cfg_scale is not None) + (image_cfg_scale is not None)
+        embeds = embeds.repeat(groups, 1)  # twins (and rows without input images) are fed the row's code
         return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed, cache)
 
     def _dynamic_rows(self, *tensors: torch.Tensor | None) -> None:
