@@ -5,7 +5,7 @@ prompt + 576 columns), a mask that allows each slot a contiguous range of column
 candidate's time per layer and the bandwidth it reaches over the whole cache ("flex all columns"
 attends every column, hence its error; "flex used columns" skips the unused blocks).
 
-    python benchmarks/decode_attention.py [--profile-engine]   # CUDA only
+    python benchmarks/decode_attention.py [--no-kernels] [--profile-engine]   # CUDA only
 """
 
 from __future__ import annotations
@@ -132,9 +132,12 @@ def profile_engine() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile-engine", action="store_true")
+    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the attention kernels at decode shapes")
+    parser.add_argument("--profile-engine", action="store_true", help="profile a compiled drawing of 16 images")
     args = parser.parse_args()
     with torch.inference_mode():
-        attention_table()
+        if args.kernels:
+            attention_table()
         if args.profile_engine:
             profile_engine()
