@@ -238,9 +238,12 @@ class JanusLikeProcessor:
 
     # ---------------------------------------------------------------- training records
 
-    def record_to_sequence(self, record: dict, base_dir: str | os.PathLike = ".", drop_prompt: bool = False) -> TokenSequence:
+    def record_to_sequence(self, record: dict, base_dir: str | os.PathLike = ".", drop_prompt: bool = False,
+                           drop_images: bool = False) -> TokenSequence:
         """A JSONL record of DESIGN.md §6 -> TokenSequence. `drop_prompt` replaces a generation
-        prompt by the unconditional one (CFG training)."""
+        prompt by the unconditional one (CFG training), keeping its input images like the engine's
+        twin; with `drop_images` too they go as well, like the engine's third slot for
+        `image_cfg_scale` (InstructPix2Pix)."""
         if not isinstance(record, dict):
             raise DataError(f"a record must be a JSON object, got {type(record).__name__}")
         task = record.get("task")
@@ -264,9 +267,9 @@ class JanusLikeProcessor:
             if not isinstance(prompt, str) or not prompt or image is None:
                 raise DataError("a generation record needs a non-empty 'prompt' string and an 'image' path")
             self._generation_prompt(b, prompt, [image_at(p) for p in record.get("input_images", [])])
-            if drop_prompt:  # the engine's twin: BOS, input images kept, pads up to <begin_of_image>
+            if drop_prompt:  # the engine's twin: BOS, input images kept (unless dropped), pads up to <begin_of_image>
                 b.flush()
-                b.seq = self.unconditional(b.seq, keep_images=True)
+                b.seq = self.unconditional(b.seq, keep_images=not drop_images)
                 b.seq.ids[-1] = self.pad_id
             self.add_gen_image(b, image_at(image), train_start=False)
         elif task == "interleaved":

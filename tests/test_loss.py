@@ -1,9 +1,11 @@
 """Task-masked cross-entropy (DESIGN.md §2): what is scored, by which head, and where gradients go."""
 
+import json
+
 import torch
 
 from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, UND_IMAGE
-from janus_like.testing import shape_image, tiny_model
+from janus_like.testing import shape_image, tiny_model, write_image
 
 
 def loss_of(model, batch, **changes):
@@ -125,6 +127,29 @@ def test_cfg_prompt_dropout_of_an_edit_keeps_the_input_image_like_the_engines_tw
     twin = processor.unconditional(processor.generation_prompt("make it blue", [shape_image()]), keep_images=True)
     assert dropped.ids[:len(twin)] == twin.ids and dropped.modality[:len(twin)] == twin.modality
     assert len(dropped.und_pixels) == 1 and torch.equal(dropped.und_pixels[0], twin.und_pixels[0])
+
+
+def test_cfg_image_dropout_of_an_edit_drops_the_image_too_like_the_engines_third_slot(tiny, tmp_path):
+    from janus_like.training.data import DataIndex, MicroBatches, Mixture
+
+    _, processor = tiny
+    record = {"task": "generation", "prompt": "make it blue", "image": "out.png", "input_images": ["in.png"]}
+    write_image(tmp_path / "in.png", shape_image())
+    write_image(tmp_path / "out.png", shape_image(color="blue"))
+    dropped = processor.record_to_sequence(record, tmp_path, drop_prompt=True, drop_images=True)
+    bare = processor.unconditional(processor.generation_prompt("make it blue", [shape_image()]))
+    assert dropped.ids[:len(bare)] == bare.ids and dropped.modality[:len(bare)] == bare.modality
+    assert not dropped.und_pixels
+    # in training data: of the dropped prompts, the share cfg_image_dropout loses the images too
+    (tmp_path / "edits.jsonl").write_text(json.dumps(record) + "\n")
+    index = DataIndex([tmp_path / "edits.jsonl"])
+    data = lambda share: MicroBatches(index, Mixture(index, None, seed=0), processor, batch_size=1, world_size=1,
+                                      rank=0, max_length=256, packing=False, cfg_dropout=0.5, seed=0,
+                                      cfg_image_dropout=share)
+    kept = lambda share: [len(data(share).sequence(i).und_pixels) for i in range(200)]
+    assert 0 not in kept(0.0)
+    assert 60 < kept(1.0).count(0) < 140  # every dropped prompt (about half) lost its image
+    assert kept(0.5).count(0) < kept(1.0).count(0)
 
 
 def test_tiny_model_overfits_one_interleaved_example(records):

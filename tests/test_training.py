@@ -99,6 +99,7 @@ def run(root: Path, resume: str | None = None, skip_bad: bool = False, **section
     ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas"),
     ({"data": {"mix": {"video": 1.0}}}, "unknown task 'video'"),
     ({"data": {"cfg_dropout": 1.5}}, "data.cfg_dropout = 1.5 is out of range"),
+    ({"data": {"cfg_image_dropout": -0.1}}, "data.cfg_image_dropout = -0.1 is out of range"),
     ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
     ({"stage": 4}, "stage = 4"),
     ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),

@@ -56,6 +56,7 @@ class DataSettings:
     max_length: int = 2048  # longest row (packed) or sample (unpacked), in tokens
     packing: bool = True
     cfg_dropout: float = 0.1  # fraction of generation samples trained with the unconditional prompt
+    cfg_image_dropout: float = 0.0  # of those, edits that lose their input images too (for image_cfg_scale)
     num_workers: int = 0
 
     def check(self) -> None:
@@ -70,6 +71,7 @@ class DataSettings:
                 raise SettingsError("data.mix: the weights must add up to more than 0")
         _range("data.max_length", self.max_length, 8, None)
         _range("data.cfg_dropout", self.cfg_dropout, 0.0, 1.0)
+        _range("data.cfg_image_dropout", self.cfg_image_dropout, 0.0, 1.0)
         _range("data.num_workers", self.num_workers, 0, 64)
 
 

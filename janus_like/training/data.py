@@ -162,10 +162,12 @@ class MicroBatches(torch.utils.data.Dataset):
     file and line, for the trainer to stop on or count; they are never trained on."""
 
     def __init__(self, index: DataIndex, mixture: Mixture, processor: JanusLikeProcessor, *, batch_size: int,
-                 world_size: int, rank: int, max_length: int, packing: bool, cfg_dropout: float, seed: int):
+                 world_size: int, rank: int, max_length: int, packing: bool, cfg_dropout: float, seed: int,
+                 cfg_image_dropout: float = 0.0):
         self.index, self.mixture, self.processor = index, mixture, processor
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.max_length, self.packing, self.cfg_dropout, self.seed = max_length, packing, cfg_dropout, seed
+        self.cfg_image_dropout = cfg_image_dropout
 
     def __len__(self) -> int:
         return 2**62
@@ -176,15 +178,18 @@ class MicroBatches(torch.utils.data.Dataset):
 
     def sequence(self, sample: int) -> TokenSequence:
         """Global sample number -> its token sequence, with this sample's CFG prompt dropout."""
-        return self.load(self.mixture[sample], sample_rng(self.seed, sample).random() < self.cfg_dropout)
+        rng = sample_rng(self.seed, sample)
+        drop_prompt = rng.random() < self.cfg_dropout
+        return self.load(self.mixture[sample], drop_prompt, drop_prompt and rng.random() < self.cfg_image_dropout)
 
-    def load(self, ref: RecordRef, drop_prompt: bool = False) -> TokenSequence:
+    def load(self, ref: RecordRef, drop_prompt: bool = False, drop_images: bool = False) -> TokenSequence:
         """One record as a token sequence; a DataError naming file and line if it is bad."""
         where = self.index.where(ref)
         try:
             record = self.index.read(ref)
             drop = drop_prompt and record.get("task") == "generation"
-            seq = self.processor.record_to_sequence(record, self.index.files[ref.file].parent, drop_prompt=drop)
+            seq = self.processor.record_to_sequence(record, self.index.files[ref.file].parent, drop_prompt=drop,
+                                                    drop_images=drop_images)
         except DataError as e:
             raise e if str(e).startswith(where) else DataError(f"{where}: {e}") from e
         except JanusLikeError as e:

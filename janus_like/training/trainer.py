@@ -156,7 +156,8 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         return MicroBatches(index, Mixture(index, mix, cfg.seed), self.processor, batch_size=cfg.training.batch_size,
                             world_size=acc.num_processes, rank=acc.process_index, max_length=cfg.data.max_length,
-                            packing=cfg.data.packing, cfg_dropout=cfg.data.cfg_dropout, seed=cfg.seed)
+                            packing=cfg.data.packing, cfg_dropout=cfg.data.cfg_dropout,
+                            cfg_image_dropout=cfg.data.cfg_image_dropout, seed=cfg.seed)
 
     def _set_train_mode(self) -> None:
         self.model.train()
