@@ -98,6 +98,9 @@ def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
         return False
 
     def run() -> None:
+        if stop.is_set():  # the handler went away while this job waited its turn
+            events.close()
+            return
         try:
             for event in events:
                 if not put((event, None)):
