@@ -37,6 +37,21 @@ def test_chat_with_compile_answers_like_eager(saved, capsys):
     assert capsys.readouterr().out == eager
 
 
+def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypatch):
+    from janus_like.generation import GenerationEngine
+
+    seen, stream = [], GenerationEngine.stream
+    def recording(self, requests, settings):
+        seen.append(settings.image_cfg_scale)
+        return stream(self, requests, settings)
+
+    monkeypatch.setattr(GenerationEngine, "stream", recording)
+    image = write_image(tmp_path / "in.png", shape_image())
+    assert main(["generate", "make it blue", "--model", saved, "--image", str(image), "--num-images", "1",
+                 "--image-cfg-scale", "2.5", "--out", str(tmp_path / "out")]) == 0
+    assert seen == [2.5] and (tmp_path / "out" / "image_0.png").is_file()
+
+
 def test_interleave_writes_index_md_and_html(saved, tmp_path):
     out = tmp_path / "story"
     assert main(["interleave", "Draw a red circle.", "--model", saved, "--seed", "0", "--max-new-tokens", "6",
@@ -61,6 +76,7 @@ def test_interleave_files_list_images_in_order(tmp_path):
     (["generate", "x", "--temperature", "-1"], "temperature"),
     (["generate", "x", "--num-images", "0"], "num_images"),
     (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
+    (["generate", "x", "--image-cfg-scale", "-2"], "image_cfg_scale"),
     (["generate", "x", "--top-p", "0"], "top_p"),
     (["generate", ""], "empty"),
     (["chat", "x" * 2000], "context"),
