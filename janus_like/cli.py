@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="text (+ images) -> images")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="+", help="one prompt, or several drawn in one batch")
     _add_model(p)
     p.add_argument("--image", action="append", default=[], help="input image for edits/variations (repeatable)")
     p.add_argument("--num-images", type=int, default=4)

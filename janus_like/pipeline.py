@@ -42,17 +42,23 @@ class JanusLikePipeline:
 
     # ------------------------------------------------------------------ one-call API
 
-    def generate_images(self, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
+    def generate_images(self, prompt: str | Sequence[str], num_images: int = 4, cfg_scale: float | None = None,
                         temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                         seed: int | None = None, images: Sequence[ImageLike] | None = None,
-                        preview_every: int = 0, image_cfg_scale: float | None = None) -> list[Image.Image]:
-        """Text (+ input images, for edits and variations) -> `num_images` images. `cfg_scale=None`:
-        the model config's `default_cfg_scale` (5.0 for Janus). `image_cfg_scale` weighs the input
-        images apart (InstructPix2Pix; default 1: no separate term)."""
+                        preview_every: int = 0, image_cfg_scale: float | None = None
+                        ) -> list[Image.Image] | list[list[Image.Image]]:
+        """Text (+ input images, for edits and variations) -> `num_images` images. A list of
+        prompts is drawn in one batch and gives a list of image lists, one per prompt (the input
+        images, if any, go with every prompt). `cfg_scale=None`: the model config's
+        `default_cfg_scale` (5.0 for Janus). `image_cfg_scale` weighs the input images apart
+        (InstructPix2Pix; default 1: no separate term)."""
         done = _last(self.stream(prompt, mode="images", num_images=num_images, cfg_scale=cfg_scale,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, images=images,
                                  preview_every=preview_every, image_cfg_scale=image_cfg_scale))
-        return [image for result in done.results for image in result.images]
+        drawn = [image for result in done.results for image in result.images]
+        if isinstance(prompt, str):
+            return drawn
+        return [drawn[i:i + num_images] for i in range(0, len(drawn), num_images)]
 
     def chat(self, prompt: str | list[dict], images: Sequence[ImageLike] | None = None, max_new_tokens: int = 256,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -77,16 +83,18 @@ class JanusLikePipeline:
 
     def stream(self, prompt: str | list[dict], mode: str = "chat", *, images: Sequence[ImageLike] | None = None,
                num_images: int = 1, system_prompt: str | None = None, **settings) -> Iterator[Event]:
-        """The engine's events (TextDelta, ImageProgress, ImageDone, Done) for one prompt.
-        `mode` is "images", "chat" or "interleave"; `settings` are GenerationSettings fields."""
+        """The engine's events (TextDelta, ImageProgress, ImageDone, Done) for one prompt (or, for
+        "images", a list of prompts: rows prompt after prompt, `num_images` each). `mode` is
+        "images", "chat" or "interleave"; `settings` are GenerationSettings fields."""
         if mode not in MODES:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
         settings = {k: v for k, v in settings.items() if v is not None}
         settings.setdefault("cfg_scale", self.default_cfg_scale)
         if mode == "images":
-            check_num_images(num_images)
-            sequence = self.processor.generation_prompt(check_prompt(prompt), list(images or []))
-            requests = [Request(sequence, IMAGE_MODE)] * num_images
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            check_num_images(num_images, len(prompts))
+            sequences = [self.processor.generation_prompt(check_prompt(p), list(images or [])) for p in prompts]
+            requests = [Request(sequence, IMAGE_MODE) for sequence in sequences for _ in range(num_images)]
         else:
             sequence = self._conversation(prompt, images, "" if mode == "interleave" else system_prompt)
             requests = [Request(sequence, TEXT_MODE)]

@@ -22,6 +22,14 @@ def test_generate_writes_pngs(saved, tmp_path, capsys):
     assert "image_0.png" in capsys.readouterr().out
 
 
+def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "a blue square", "--model", saved, "--num-images", "2", "--seed", "0",
+                 "--out", str(out)]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "prompt_0/image_0.png", "prompt_0/image_1.png", "prompt_1/image_0.png", "prompt_1/image_1.png"]
+
+
 def test_chat_prints_the_answer(saved, tmp_path, capsys):
     image = write_image(tmp_path / "in.png", shape_image())
     assert main(["chat", "What is this?", "--model", saved, "--image", str(image), "--max-new-tokens", "5"]) == 0

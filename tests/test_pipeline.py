@@ -42,6 +42,20 @@ def test_from_pretrained_generate_images_chat_interleave(saved, tmp_path):
     assert isinstance(events[-1], Done) and any(isinstance(e, ImageProgress) for e in events)
 
 
+def test_a_list_of_prompts_is_drawn_in_one_batch_like_each_alone(tiny):
+    model, processor = tiny
+    with torch.no_grad():  # wider weights than the default init, so that prompts draw different codes
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.2)
+    pipe = JanusLikePipeline(model, processor)
+    prompts = ["a red circle", "a blue square on the right of it"]  # different lengths: left padding
+    batch = pipe.generate_images(prompts, num_images=2, temperature=0, cfg_scale=3.0)
+    alone = [pipe.generate_images(p, num_images=2, temperature=0, cfg_scale=3.0) for p in prompts]
+    assert [[im.tobytes() for im in ims] for ims in batch] == [[im.tobytes() for im in ims] for ims in alone]
+    assert batch[0][0].tobytes() != batch[1][0].tobytes()
+
+
 def test_bfloat16_runs_on_cpu(saved):
     pipe = JanusLikePipeline.from_pretrained(saved, device="cpu", dtype=torch.bfloat16)
     assert pipe.model.dtype == torch.bfloat16
@@ -51,6 +65,9 @@ def test_bfloat16_runs_on_cpu(saved):
 @pytest.mark.parametrize("call, error, words", [
     (lambda p: p.generate_images("x", num_images=0), SettingsError, "num_images"),
     (lambda p: p.generate_images("x", num_images=10_000), SettingsError, "num_images"),
+    (lambda p: p.generate_images(["x"] * 40, num_images=2), SettingsError, r"\[1, 1\]"),
+    (lambda p: p.generate_images([]), SettingsError, "0 prompts"),
+    (lambda p: p.generate_images(["x", " "]), PromptError, "empty"),
     (lambda p: p.generate_images("x", cfg_scale=-1), SettingsError, "cfg_scale"),
     (lambda p: p.generate_images("x", temperature=-1), SettingsError, "temperature"),
     (lambda p: p.generate_images("x", top_p=1.5), SettingsError, "top_p"),

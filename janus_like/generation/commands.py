@@ -18,16 +18,18 @@ from .settings import GenerationSettings, check_num_images
 
 
 def _pipeline(args: argparse.Namespace, **settings) -> JanusLikePipeline:
-    """Check the prompt and settings (fast, before any weights are read), then load the model."""
-    check_prompt(args.prompt)
+    """Check the prompt(s) and settings (fast, before any weights are read), then load the model."""
+    for prompt in [args.prompt] if isinstance(args.prompt, str) else args.prompt:
+        check_prompt(prompt)
     GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
     return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
 
 
 def generate(args: argparse.Namespace) -> int:
-    """Text (+ --image) -> N images saved as DIR/image_{i}.png."""
-    check_num_images(args.num_images)
+    """Text (+ --image) -> N images saved as DIR/image_{i}.png; several prompts, drawn in one batch,
+    as DIR/prompt_{p}/image_{i}.png."""
+    check_num_images(args.num_images, len(args.prompt))
     pipe = _pipeline(args, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     events = pipe.stream(args.prompt, mode="images", images=args.image, num_images=args.num_images,
@@ -40,8 +42,9 @@ def generate(args: argparse.Namespace) -> int:
                 bar.update(event.done - bar.n)
             elif isinstance(event, Done):
                 images = [im for r in event.results for im in r.images]
-    for i, image in enumerate(images):
-        print(save_image(image, out / f"image_{i}.png"))
+    for k, image in enumerate(images):
+        p, i = divmod(k, args.num_images)
+        print(save_image(image, (out if len(args.prompt) == 1 else out / f"prompt_{p}") / f"image_{i}.png"))
     return 0
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SettingsError
 
-MAX_IMAGES_PER_PROMPT = 64  # parallel images of one prompt (each is a batch row, twice with CFG)
+MAX_IMAGES_PER_PROMPT = 64  # images of one call, all prompts together (each is a batch row, twice with CFG)
 MAX_INTERLEAVED_IMAGES = 16  # images one interleaved answer may open
 
 
@@ -81,10 +81,16 @@ class GenerationSettings:
         return self.image_cfg_scale != 1.0
 
 
-def check_num_images(num_images: int) -> None:
-    if not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES_PER_PROMPT:
-        raise SettingsError(f"num_images={num_images!r} is not accepted; num_images must be an integer in "
-                            f"[1, {MAX_IMAGES_PER_PROMPT}]")
+def check_num_images(num_images: int, prompts: int = 1) -> None:
+    """`num_images` per prompt for `prompts` prompts: at least one, at most MAX_IMAGES_PER_PROMPT in all."""
+    if not 1 <= prompts <= MAX_IMAGES_PER_PROMPT:
+        raise SettingsError(f"{prompts} prompts were given; give 1 to {MAX_IMAGES_PER_PROMPT} prompts per call "
+                            f"({MAX_IMAGES_PER_PROMPT} images per call in all)")
+    if not isinstance(num_images, int) or not 1 <= num_images * prompts <= MAX_IMAGES_PER_PROMPT:
+        limit = MAX_IMAGES_PER_PROMPT // prompts
+        each = "" if prompts == 1 else f" for {prompts} prompts ({MAX_IMAGES_PER_PROMPT} images per call in all)"
+        raise SettingsError(f"num_images={num_images!r} is not accepted{each}; num_images must be an integer in "
+                            f"[1, {limit}]")
 
 
 def _finite(x) -> bool:
