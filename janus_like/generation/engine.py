@@ -172,7 +172,7 @@ class GenerationEngine:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
             self.mask[:, column] = 0.0
             embeds, positions = embeds[:, None], self.positions[:, None]
-            self._dynamic_rows(embeds, positions)
+            self._dynamic([0], embeds, positions)
             hidden = self._step(embeds, positions, *self._attend(column))
             if self.compile:
                 hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
@@ -234,9 +234,7 @@ class GenerationEngine:
         if self._window is not None:  # each slot's columns are contiguous, so columns count positions
             windowed = mask.clone()
             windowed[:, :max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
-        if self.compile:  # the width and the row count: the dynamic sizes of a compiled step
-            for tensor in (mask, windowed) if windowed is not None else (mask,):
-                torch._dynamo.mark_dynamic(tensor, [0, 1])
+        self._dynamic([0, 1], mask, windowed)  # rows and width
         if width not in self._views:
             view = copy.copy(self.cache)
             view.layers = [_first_columns(layer, width, self.compile) for layer in self.cache.layers]
@@ -369,7 +367,7 @@ class GenerationEngine:
             if k + 1 < n_codes:
                 self.mask[:, column + k] = 0.0
                 positions = self.positions + k
-                self._dynamic_rows(hidden, noise, positions)
+                self._dynamic([0], hidden, noise, positions)
                 code, hidden = self._draw_step(hidden, noise, positions, *self._attend(column + k), *picks)
                 if self.compile:
                     hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
@@ -400,13 +398,13 @@ class GenerationEngine:
         embeds = embeds.repeat(groups, 1)  # twins (and rows without input images) are fed the row's code
         return code, self._decode_step(embeds[:, None], positions[:, None], mask, windowed, cache)
 
-    def _dynamic_rows(self, *tensors: torch.Tensor | None) -> None:
-        """Compiled: the row count of these step inputs is a dynamic size, so that one graph serves
-        every batch (one CUDA graph per batch size)."""
+    def _dynamic(self, dims: list[int], *tensors: torch.Tensor | None) -> None:
+        """Compiled: these dimensions of the step inputs (rows, width) are dynamic sizes, so that one
+        graph serves every batch and width (CUDA graphs are still one per shape)."""
         if self.compile:
             for tensor in tensors:
                 if tensor is not None:
-                    torch._dynamo.mark_dynamic(tensor, 0)
+                    torch._dynamo.mark_dynamic(tensor, dims)
 
     def _seen_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
         """(rows, vocab) mask of the text ids in each prompt, for the repetition penalty."""
