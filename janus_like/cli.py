@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="text (+ images) -> images")
-    p.add_argument("prompt", nargs="+", help="one prompt, or several drawn in one batch")
+    p.add_argument("prompt", nargs="*", help="one prompt, or several drawn in one batch")
     _add_model(p)
+    p.add_argument("--prompts-file", default=None,
+                   help="more prompts, one per line (drawn in batches of up to 64 images; seeds count up per batch)")
     p.add_argument("--image", action="append", default=[], help="input image for edits/variations (repeatable)")
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")

@@ -28,6 +28,25 @@ def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
                  "--out", str(out)]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
         "prompt_0/image_0.png", "prompt_0/image_1.png", "prompt_1/image_0.png", "prompt_1/image_1.png"]
+    assert (out / "prompts.txt").read_text() == "prompt_0\ta red circle\nprompt_1\ta blue square\n"
+
+
+def test_generate_draws_a_prompts_file_in_batches_of_at_most_64_images(saved, tmp_path, monkeypatch):
+    from janus_like.generation import GenerationEngine
+
+    rows, stream = [], GenerationEngine.stream
+
+    def recording(self, requests, settings):
+        rows.append(len(requests))
+        return stream(self, requests, settings)
+
+    monkeypatch.setattr(GenerationEngine, "stream", recording)
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt number {i}\n\n" for i in range(5)))
+    out = tmp_path / "out"
+    assert main(["generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model", saved, "--num-images", "30",
+                 "--out", str(out)]) == 0
+    assert rows == [60, 60, 30]  # 2 prompts x 30 images per batch, blank lines skipped
+    assert len(list(out.rglob("*.png"))) == 150 and (out / "prompt_4" / "image_29.png").is_file()
 
 
 def test_chat_prints_the_answer(saved, tmp_path, capsys):
@@ -87,6 +106,8 @@ def test_interleave_files_list_images_in_order(tmp_path):
     (["generate", "x", "--image-cfg-scale", "-2"], "image_cfg_scale"),
     (["generate", "x", "--top-p", "0"], "top_p"),
     (["generate", ""], "empty"),
+    (["generate"], "no prompt"),
+    (["generate", "--prompts-file", "/nonexistent/prompts.txt"], "cannot read"),
     (["chat", "x" * 2000], "context"),
     (["interleave", "x", "--max-images", "99"], "max_images"),
 ])

@@ -11,15 +11,16 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import PromptError
 from ..fileio import save_image, write_text
 from ..pipeline import JanusLikePipeline, check_prompt
 from .events import Done, ImageDone, ImageProgress, TextDelta
-from .settings import GenerationSettings, check_num_images
+from .settings import MAX_IMAGES_PER_PROMPT, GenerationSettings, check_num_images
 
 
-def _pipeline(args: argparse.Namespace, **settings) -> JanusLikePipeline:
+def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **settings) -> JanusLikePipeline:
     """Check the prompt(s) and settings (fast, before any weights are read), then load the model."""
-    for prompt in [args.prompt] if isinstance(args.prompt, str) else args.prompt:
+    for prompt in prompts or [args.prompt]:
         check_prompt(prompt)
     GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
     return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
@@ -27,25 +28,44 @@ def _pipeline(args: argparse.Namespace, **settings) -> JanusLikePipeline:
 
 
 def generate(args: argparse.Namespace) -> int:
-    """Text (+ --image) -> N images saved as DIR/image_{i}.png; several prompts, drawn in one batch,
-    as DIR/prompt_{p}/image_{i}.png."""
-    check_num_images(args.num_images, len(args.prompt))
-    pipe = _pipeline(args, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
+    """Text (+ --image) -> N images saved as DIR/image_{i}.png. Several prompts (arguments and
+    --prompts-file) are drawn in batches of up to MAX_IMAGES_PER_PROMPT images, as
+    DIR/prompt_{p}/image_{i}.png, with DIR/prompts.txt saying which prompt is which."""
+    prompts = list(args.prompt) + (_read_prompts(args.prompts_file) if args.prompts_file else [])
+    if not prompts:
+        raise PromptError("no prompt was given; give one as an argument or a file of them with --prompts-file")
+    check_num_images(args.num_images)
+    pipe = _pipeline(args, prompts, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    events = pipe.stream(args.prompt, mode="images", images=args.image, num_images=args.num_images,
-                         cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    out = Path(args.out)
-    with tqdm(total=pipe.processor.num_gen_tokens, desc="drawing", unit="code", file=sys.stderr) as bar:
-        for event in events:
-            if isinstance(event, ImageProgress) and event.row == 0:
-                bar.update(event.done - bar.n)
-            elif isinstance(event, Done):
-                images = [im for r in event.results for im in r.images]
+    per_batch = MAX_IMAGES_PER_PROMPT // args.num_images
+    batches = [prompts[i:i + per_batch] for i in range(0, len(prompts), per_batch)]
+    out, images = Path(args.out), []
+    codes = pipe.processor.num_gen_tokens
+    with tqdm(total=len(batches) * codes, desc="drawing", unit="code", file=sys.stderr) as bar:
+        for b, batch in enumerate(batches):
+            seed = None if args.seed is None else args.seed + b
+            for event in pipe.stream(batch, mode="images", images=args.image, num_images=args.num_images,
+                                     cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
+                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=seed):
+                if isinstance(event, ImageProgress) and event.row == 0:
+                    bar.update(b * codes + event.done - bar.n)
+                elif isinstance(event, Done):
+                    images += [im for r in event.results for im in r.images]
     for k, image in enumerate(images):
         p, i = divmod(k, args.num_images)
-        print(save_image(image, (out if len(args.prompt) == 1 else out / f"prompt_{p}") / f"image_{i}.png"))
+        print(save_image(image, (out if len(prompts) == 1 else out / f"prompt_{p}") / f"image_{i}.png"))
+    if len(prompts) > 1:
+        write_text(out / "prompts.txt", "".join(f"prompt_{p}\t{prompt}\n" for p, prompt in enumerate(prompts)))
     return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    """One prompt per line of a UTF-8 text file; blank lines are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptError(f"--prompts-file {path}: cannot read it as UTF-8 text ({e})") from e
+    return [line.strip() for line in lines if line.strip()]
 
 
 def chat(args: argparse.Namespace) -> int:
