@@ -58,6 +58,16 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[JanusLikeForConditionalGener
     return model, processor
 
 
+def widen_weights(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    """Redraw every weight matrix from N(0, std²): default inits give a tiny model nearly constant
+    outputs, which makes comparisons of its outputs weak."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, std)
+    return model
+
+
 def shape_image(shape: str = "circle", color: str = "red", size: int = 64, position: str = "center") -> Image.Image:
     """A scene of the shapes world (janus_like.evaluation.shapes) as a `size`² image, for tests and examples."""
     return render(Scene(shape, color, position), size)

@@ -11,7 +11,7 @@ from janus_like.generation import engine as engine_module
 from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, image_guided_logits, sample
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
 from janus_like.processor import GEN_IMAGE
-from janus_like.testing import shape_image, tiny_model
+from janus_like.testing import shape_image, tiny_model, widen_weights
 
 
 def _with_codes(processor, seq, codes):
@@ -63,10 +63,7 @@ def test_image_conditioned_generation_keeps_the_input_image_in_the_twin(tiny):
 
 def test_image_guidance_follows_the_instruct_pix2pix_formula_computed_by_hand(tiny):
     model, processor = tiny
-    with torch.no_grad():  # wider weights than the default init, so that codes vary and terms matter
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 0.2)
+    widen_weights(model)  # so that codes vary and each guidance term matters
     cond = processor.generation_prompt("make it blue", images=[shape_image()])
     twin, bare = processor.unconditional(cond, keep_images=True), processor.unconditional(cond)
     assert len(twin.und_pixels) == 1 and not bare.und_pixels

@@ -6,7 +6,7 @@ from PIL import Image
 
 from janus_like import JanusLikePipeline, ModelNotAvailableError, PromptError, SettingsError
 from janus_like.generation import Done, ImageProgress
-from janus_like.testing import shape_image, write_image
+from janus_like.testing import shape_image, widen_weights, write_image
 
 
 @pytest.fixture
@@ -44,11 +44,7 @@ def test_from_pretrained_generate_images_chat_interleave(saved, tmp_path):
 
 def test_a_list_of_prompts_is_drawn_in_one_batch_like_each_alone(tiny):
     model, processor = tiny
-    with torch.no_grad():  # wider weights than the default init, so that prompts draw different codes
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 0.2)
-    pipe = JanusLikePipeline(model, processor)
+    pipe = JanusLikePipeline(widen_weights(model), processor)  # so that prompts draw different codes
     prompts = ["a red circle", "a blue square on the right of it"]  # different lengths: left padding
     batch = pipe.generate_images(prompts, num_images=2, temperature=0, cfg_scale=3.0)
     alone = [pipe.generate_images(p, num_images=2, temperature=0, cfg_scale=3.0) for p in prompts]

@@ -11,6 +11,7 @@ from transformers import GenerationConfig, JanusConfig, JanusForConditionalGener
 from ..checkpoint.hf_janus import map_tensor, model_config
 from ..configuration import JanusLikeConfig
 from ..modeling import JanusLikeForConditionalGeneration
+from ..testing import widen_weights
 
 
 def hf_janus_config(config: JanusLikeConfig) -> JanusConfig:
@@ -44,10 +45,7 @@ def random_hf_janus(config: JanusLikeConfig, seed: int = 0, dtype: torch.dtype |
     torch.manual_seed(seed)
     hf = JanusForConditionalGeneration(hf_janus_config(config)).eval()
     if std is not None:
-        with torch.no_grad():
-            for param in hf.parameters():
-                if param.dim() >= 2:
-                    param.normal_(0.0, std)
+        widen_weights(hf, std)
     return hf.to(dtype) if dtype is not None else hf
 
 
