@@ -98,18 +98,11 @@ def profile_engine() -> None:
     import sys
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from generate import PROMPT as TEXT, SIZES
+    from generate import PROMPT as TEXT, config_for
     from janus_like.generation import GenerationEngine, GenerationSettings, Request
     from janus_like.modeling import JanusLikeForConditionalGeneration
-    from janus_like.processor import JanusLikeProcessor
-    from janus_like.testing import byte_level_tokenizer, tiny_config
 
-    text, vision, vq, size, n = SIZES["1b"]
-    tokenizer = byte_level_tokenizer()
-    config = tiny_config(len(tokenizer), text_config=text, vision_config=vision, vq_config=vq,
-                         gen_head_hidden_size=text["hidden_size"], gen_image_size=size)
-    processor = JanusLikeProcessor(tokenizer, config)
-    processor.fill_token_ids(config)
+    config, processor, n = config_for("1b")
     with torch.device("cuda"):
         model = JanusLikeForConditionalGeneration(config).to(torch.bfloat16).eval()
     engine = GenerationEngine(model, processor, compile=True, decode=False)

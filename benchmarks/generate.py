@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from janus_like.configuration import JanusLikeConfig
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
 from janus_like.generation.hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
 from janus_like.processor import JanusLikeProcessor
@@ -45,14 +46,19 @@ SIZES = {
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s (SXM parts)
 
 
-def build(size: str, device: str, dtype: torch.dtype):
+def config_for(size: str) -> tuple[JanusLikeConfig, JanusLikeProcessor, int]:
+    """The config of a benchmark size, its processor and how many images it draws."""
     text, vision, vq, gen_size, num_images = SIZES[size]
     tokenizer = byte_level_tokenizer()
-    hidden = text.get("hidden_size", 64)
     config = tiny_config(len(tokenizer), text_config=text, vision_config=vision, vq_config=vq,
-                         gen_head_hidden_size=hidden, gen_image_size=gen_size)
+                         gen_head_hidden_size=text.get("hidden_size", 64), gen_image_size=gen_size)
     processor = JanusLikeProcessor(tokenizer, config)
     processor.fill_token_ids(config)
+    return config, processor, num_images
+
+
+def build(size: str, device: str, dtype: torch.dtype):
+    config, processor, num_images = config_for(size)
     with torch.device(device):
         # tiny: wider weights, or the codes are nearly constant; larger: transformers' init (std 0.02)
         hf = random_hf_janus(config, seed=0, std=0.2 if size == "tiny" else None, dtype=dtype)
