@@ -84,6 +84,11 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
     return total
 
 
+def _unused(output: torch.Tensor) -> torch.Tensor:
+    """A 0 that depends on `output`: the part that made it runs and gets (zero) gradients."""
+    return output.sum() * 0.0
+
+
 @functools.lru_cache(maxsize=None)
 def cache_kwarg(decoder_class: type) -> str:
     """The decoder's KV-cache argument: `cache` in transformers >= 5.24, `past_key_values` before."""
@@ -160,9 +165,11 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         modality: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        run_all_parts: bool = False,
     ) -> torch.Tensor:
         """Mixed-modality embeddings: text ids through the LM table, understanding placeholders
-        replaced by SigLIP features (in order), generation positions by embedded VQ codes."""
+        replaced by SigLIP features (in order), generation positions by embedded VQ codes.
+        `run_all_parts`: see `forward`."""
         if modality is None:
             modality = torch.zeros_like(input_ids)
         text_ids = torch.where(modality == TEXT, input_ids, 0)
@@ -181,6 +188,12 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         if gen.any():
             gen_embeds = self.gen_image_embeddings(input_ids[gen].to(self.gen_embed.weight.device)).to(embeds.device, embeds.dtype)
             embeds = embeds.masked_scatter(gen.unsqueeze(-1), gen_embeds)
+        if run_all_parts and not und.any():
+            size = self.config.vision_config.image_size
+            blank = embeds.new_zeros(1, 3, size, size)
+            embeds = embeds + _unused(self.image_features(blank))
+        if run_all_parts and not gen.any():
+            embeds = embeds + _unused(self.gen_image_embeddings(input_ids.new_zeros(1)))
         return embeds
 
     def fill_gen_codes(self, input_ids: torch.Tensor, modality: torch.Tensor, labels: torch.Tensor | None,
@@ -207,18 +220,24 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         labels: torch.Tensor | None = None,
         cache=None,
         use_cache: bool = False,
+        run_all_parts: bool = False,
         **kwargs,
     ) -> JanusLikeOutput:
         """Run the decoder over a mixed batch; with `labels`, return the task-masked loss.
 
         Position t is scored against token t+1 only where `labels[t+1]` is a target; the head is
         chosen by the modality of t+1 (text -> lm_head, generation image -> gen_head), and each
-        head runs on the selected positions only, never on batch × seq × vocab."""
+        head runs on the selected positions only, never on batch × seq × vocab.
+
+        `run_all_parts`: also run the parts this batch does not need (the vision tower on a blank
+        image, the code embedding, a head without targets), each adding exactly 0. Sharded data
+        parallelism (FSDP, DeepSpeed ZeRO-3) gathers a part's weights when it runs and reduces its
+        gradients after, so every process must run the same parts, whatever its samples are."""
         if modality is None:
             modality = torch.zeros_like(input_ids)
         if gen_pixel_values is not None:
             input_ids, labels = self.fill_gen_codes(input_ids, modality, labels, gen_pixel_values)
-        embeds = self.embed_inputs(input_ids, modality, pixel_values)
+        embeds = self.embed_inputs(input_ids, modality, pixel_values, run_all_parts=run_all_parts)
         decoder = self.decoder
         cache_name = cache_kwarg(type(decoder))
         kwargs[cache_name] = cache
@@ -228,10 +247,10 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         result = JanusLikeOutput(last_hidden_state=hidden, cache=out.get(cache_name))
         if labels is None:
             return result
-        return self._task_masked_loss(hidden, labels, modality, result)
+        return self._task_masked_loss(hidden, labels, modality, result, run_all_parts)
 
     def _task_masked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor,
-                          result: JanusLikeOutput) -> JanusLikeOutput:
+                          result: JanusLikeOutput, run_all_parts: bool = False) -> JanusLikeOutput:
         targets, target_modality, states = labels[:, 1:], modality[:, 1:], hidden[:, :-1]
         is_target = targets != IGNORE_INDEX
         text_sel = is_target & (target_modality == TEXT)
@@ -240,8 +259,12 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         text_sum, image_sum = zero, zero
         if text_sel.any():
             text_sum = chunked_cross_entropy(self.text_logits, states[text_sel], targets[text_sel])
+        elif run_all_parts:
+            text_sum = _unused(self.text_logits(hidden[:1, 0]).float())
         if image_sel.any():
             image_sum = chunked_cross_entropy(self.image_logits, states[image_sel], targets[image_sel])
+        elif run_all_parts:
+            image_sum = _unused(self.image_logits(hidden[:1, 0]).float())
         n_text, n_image = text_sel.sum(), image_sel.sum()
         result.text_tokens, result.image_tokens = n_text, n_image
         result.text_loss = text_sum / n_text.clamp_min(1)

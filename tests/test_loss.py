@@ -107,6 +107,27 @@ def test_generation_batch_leaves_understanding_parts_and_lm_head_alone(records):
     assert not _untouched(grads["gen_embed.weight"])
 
 
+def test_run_all_parts_runs_every_part_for_sharded_training_and_adds_nothing(records):
+    """A text-only batch with `run_all_parts` (what FSDP needs): the same loss, and the vision tower,
+    the code embedding and the image head run and get gradients, all zero."""
+    model, processor = tiny_model(seed=0)
+    model.train()
+    batch = processor(records[3:])
+    plain = model(**batch)
+    plain.loss.backward()
+    untouched = {n for n, g in _grads(model).items() if g is None}
+    assert {"vision_model.embeddings.patch_embedding.weight", "gen_embed.weight",
+            "gen_head.vision_head.weight"} <= untouched
+    model.zero_grad(set_to_none=True)
+    every = model(**batch, run_all_parts=True)
+    assert torch.equal(every.loss, plain.loss) and every.image_tokens == 0
+    every.loss.backward()
+    grads = _grads(model)
+    for name in (n for n in untouched if not n.startswith("vq.")):  # the VQ tokenizer never trains
+        assert grads[name] is not None and grads[name].abs().sum() == 0, name
+    assert not _untouched(grads["language_model.lm_head.weight"])
+
+
 def test_cfg_prompt_dropout_gives_the_unconditional_prompt(tiny, records):
     _, processor = tiny
     cond = processor(records[1:2], cfg_dropout=0.0)

@@ -1,9 +1,10 @@
-"""Training across processes: SIGKILL then --resume, and two DDP processes under torchrun (gloo)."""
+"""Training across processes: SIGKILL then --resume, and two DDP or FSDP processes under torchrun (gloo)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,3 +102,95 @@ def test_two_ddp_processes_match_one_process_with_the_global_batch(tmp_path):
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5)
     assert single.state.eval_history[0]["loss"] == pytest.approx(
         json.loads((tmp_path / "ddp" / "out" / "metrics.json").read_text())["eval_history"][0]["loss"], rel=1e-5)
+
+
+FSDP_SCRIPT = """
+import sys
+import yaml
+import accelerate.accelerator
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from janus_like.cli import main
+
+shipped = yaml.safe_load(open(sys.argv[1]))["fsdp_config"]
+build = accelerate.accelerator.Accelerator.__init__
+
+
+def build_on_fsdp(self, *args, **kwargs):
+    build(self, *args, **kwargs)
+    self.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=shipped["fsdp_version"], auto_wrap_policy=shipped["fsdp_auto_wrap_policy"].lower(),
+        transformer_cls_names_to_wrap=shipped["fsdp_transformer_layer_cls_to_wrap"].split(","),
+        reshard_after_forward=shipped["fsdp_reshard_after_forward"],
+        state_dict_type=shipped["fsdp_state_dict_type"],
+        cpu_ram_efficient_loading=shipped["fsdp_cpu_ram_efficient_loading"])
+    if self.state.mixed_precision != "no":
+        self.state.fsdp_plugin.set_mixed_precision(self.state.mixed_precision)
+    self.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+accelerate.accelerator.Accelerator.__init__ = build_on_fsdp
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_two_fsdp_processes_match_one_process_and_resume_from_sharded_checkpoints(tmp_path):
+    """The trainer's FSDP2 path with the shipped configs/accelerate/fsdp.yaml settings, on two CPU
+    processes. accelerate turns FSDP on over accelerators only (on CPUs it falls back to DDP), while
+    torch's FSDP2 runs on CPUs with gloo, so the script switches accelerate's state to FSDP. Each
+    process sees different tasks, so this fails unless every process runs every sharded part."""
+    write_dataset(tmp_path)
+    (tmp_path / "train_fsdp.py").write_text(FSDP_SCRIPT)
+    data = str(tmp_path / "train.jsonl")
+    sections = dict(data={"files": [data]}, training={"max_steps": 6, "batch_size": 2},
+                    logging={"save_every": 3, "tensorboard": False}, eval={"files": [data], "every": 3, "batches": 2})
+    config = write_config(tmp_path / "fsdp", **sections)
+
+    def launch(*extra: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "train_fsdp.py"), str(REPO / "configs" / "accelerate" / "fsdp.yaml"),
+               "train", str(config), *extra]
+        result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    launch()
+    out = tmp_path / "fsdp" / "out"
+    assert (out / "checkpoints" / "step-00000003" / "pytorch_model_fsdp_0").is_dir()  # written shard-wise
+    fsdp_losses, fsdp_final = losses(tmp_path / "fsdp"), load_file(out / "final" / "model.safetensors")
+
+    reset_accelerate()
+    single, _ = run(tmp_path / "single", **{**sections, "training": {"max_steps": 6, "batch_size": 4}})
+    assert fsdp_losses == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+    one = load_file(tmp_path / "single" / "out" / "final" / "model.safetensors")
+    assert fsdp_final.keys() == one.keys()
+    for name, tensor in one.items():
+        assert torch.allclose(fsdp_final[name], tensor, atol=2e-5, rtol=1e-4), f"{name}: FSDP and one process differ"
+
+    shutil.rmtree(out / "checkpoints" / "step-00000006")
+    shutil.rmtree(out / "final")
+    launch("--resume")
+    assert losses(tmp_path / "fsdp") == fsdp_losses
+
+
+def test_fsdp_trains_lora_adapters_on_a_bf16_model(tmp_path):
+    """LoRA on a bfloat16 model under FSDP with bf16 mixed precision: fp32 adapters and bf16 frozen
+    weights share shard units; final/ holds merged bf16 weights, the frozen ones unchanged."""
+    write_dataset(tmp_path)
+    (tmp_path / "train_fsdp.py").write_text(FSDP_SCRIPT)
+    config = write_config(tmp_path / "lora", model={"tiny": True, "dtype": "bfloat16"}, stage=1,
+                          lora={"r": 4, "alpha": 8, "targets": ["language_model.*_proj"]},
+                          data={"files": [str(tmp_path / "train.jsonl")]},
+                          training={"max_steps": 4, "batch_size": 2, "mixed_precision": "bf16"},
+                          logging={"save_every": 4, "tensorboard": False})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "train_fsdp.py"), str(REPO / "configs" / "accelerate" / "fsdp.yaml"), "train", str(config)]
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = load_file(tmp_path / "lora" / "out" / "final" / "model.safetensors")
+    initial = tiny_model(seed=0)[0].to(torch.bfloat16).state_dict()
+    assert not any("lora" in name for name in final)
+    assert all(t.dtype == torch.bfloat16 for t in final.values() if t.is_floating_point())
+    adapted = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(final[adapted], initial[adapted])  # the adapters were merged in
+    for name in ("vision_model.embeddings.patch_embedding.weight", "language_model.model.embed_tokens.weight"):
+        assert torch.equal(final[name], initial[name]), name

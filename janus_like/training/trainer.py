@@ -98,7 +98,8 @@ class Trainer:
             log_with="tensorboard" if use_tb else None,
             project_dir=str(self.output_dir),
             step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
-            # a micro-batch without generation samples leaves the gen head unused, and vice versa
+            # every part of ours runs in every micro-batch (run_all_parts), but a mixture-of-experts decoder
+            # may leave an expert without tokens
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         self.train_index = DataIndex(train_files, skip_bad_records, progress=acc.is_main_process)
@@ -226,7 +227,10 @@ class Trainer:
             inputs = {k: v.to(acc.device) for k, v in batch.items() if k in MODEL_INPUTS}
             sync = acc.no_sync(self.model) if i < len(window) - 1 else contextlib.nullcontext()
             with sync:
-                out = self.model(**inputs)
+                # every part runs in every micro-batch (those without data add 0): FSDP needs it, since it gathers
+                # a part's weights as it runs, and one process, DDP and FSDP then step alike (a part without
+                # data this step gets a zero gradient, so AdamW moves it by its momentum, on every layout)
+                out = self.model(**inputs, run_all_parts=True)
                 n = out.text_tokens + out.image_tokens
                 local_sum = out.loss * n
                 # DDP averages gradients over processes: scale so that the sum over processes is the global mean
@@ -300,7 +304,8 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=acc.device)
         for batch in self._loader(self.eval_data, 0, self.config.eval.batches):
-            out = self.model(**{k: v.to(acc.device) for k, v in batch.items() if k in MODEL_INPUTS})
+            inputs = {k: v.to(acc.device) for k, v in batch.items() if k in MODEL_INPUTS}
+            out = self.model(**inputs, run_all_parts=True)
             n = out.text_tokens + out.image_tokens
             sums += torch.stack([out.loss * n, n]).double()
         self._set_train_mode()
