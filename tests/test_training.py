@@ -428,3 +428,17 @@ def test_half_precision_model_trains_fp32_master_copies_and_saves_in_its_dtype(t
     assert {p.dtype for p in final.parameters()} == {torch.bfloat16}
     torch.testing.assert_close(final.state_dict()["gen_head.vision_head.weight"],
                                params["gen_head.vision_head.weight"].detach().to(torch.bfloat16))
+
+
+def test_gradient_checkpointing_takes_the_same_steps(tmp_path):
+    """Recomputing activations in backward changes memory, not the maths: the same per-step losses."""
+    write_dataset(tmp_path)
+    sections = dict(data={"files": [str(tmp_path / "train.jsonl")]}, training={"max_steps": 4})
+    stored, _ = run(tmp_path / "stored", **sections)
+    reset_accelerate()
+    recomputed, _ = run(tmp_path / "recomputed", **{**sections, "training": {"max_steps": 4,
+                                                                           "gradient_checkpointing": True}})
+    decoder = recomputed.accelerator.unwrap_model(recomputed.model).decoder
+    assert decoder.gradient_checkpointing and not stored.accelerator.unwrap_model(stored.model).decoder.gradient_checkpointing
+    assert [h["loss"] for h in recomputed.state.history] == pytest.approx([h["loss"] for h in stored.state.history],
+                                                                         rel=1e-5)

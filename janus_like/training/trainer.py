@@ -142,7 +142,7 @@ class Trainer:
             n_all = sum(p.numel() for p in model.parameters())
             tqdm.write(f"training {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M parameters ({n_train / n_all:.2%})")
         if tcfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optimizer.weight_decay},
