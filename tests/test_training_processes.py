@@ -35,6 +35,13 @@ def losses(run_dir: Path) -> list[float]:
     return [h["loss"] for h in json.loads((run_dir / "out" / "metrics.json").read_text())["history"]]
 
 
+def two_processes(script: Path, *args: str) -> None:
+    """Run `script args` on two CPU processes under torchrun (gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_sigkill_and_resume_gives_the_uninterrupted_losses(tmp_path):
     write_dataset(tmp_path)
     sections = dict(data={"files": [str(tmp_path / "train.jsonl")], "num_workers": 1},
@@ -83,10 +90,7 @@ def test_two_ddp_processes_match_one_process_with_the_global_batch(tmp_path):
     sections = dict(data={"files": [data]}, training={"max_steps": 5, "batch_size": 2},
                     logging={"save_every": 5, "tensorboard": False}, eval={"files": [data], "every": 5, "batches": 2})
     config = write_config(tmp_path / "ddp", **sections)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "train_and_dump.py"), str(config), str(tmp_path / "ddp")]
-    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
+    two_processes(tmp_path / "train_and_dump.py", str(config), str(tmp_path / "ddp"))
     rank0, rank1 = (load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1))
 
     reset_accelerate()
@@ -104,6 +108,7 @@ def test_two_ddp_processes_match_one_process_with_the_global_batch(tmp_path):
         json.loads((tmp_path / "ddp" / "out" / "metrics.json").read_text())["eval_history"][0]["loss"], rel=1e-5)
 
 
+SHIPPED_FSDP = str(REPO / "configs" / "accelerate" / "fsdp.yaml")
 FSDP_SCRIPT = """
 import sys
 import yaml
@@ -145,15 +150,7 @@ def test_two_fsdp_processes_match_one_process_and_resume_from_sharded_checkpoint
     sections = dict(data={"files": [data]}, training={"max_steps": 6, "batch_size": 2},
                     logging={"save_every": 3, "tensorboard": False}, eval={"files": [data], "every": 3, "batches": 2})
     config = write_config(tmp_path / "fsdp", **sections)
-
-    def launch(*extra: str) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(tmp_path / "train_fsdp.py"), str(REPO / "configs" / "accelerate" / "fsdp.yaml"),
-               "train", str(config), *extra]
-        result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    launch()
+    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config))
     out = tmp_path / "fsdp" / "out"
     assert (out / "checkpoints" / "step-00000003" / "pytorch_model_fsdp_0").is_dir()  # written shard-wise
     fsdp_losses, fsdp_final = losses(tmp_path / "fsdp"), load_file(out / "final" / "model.safetensors")
@@ -168,7 +165,7 @@ def test_two_fsdp_processes_match_one_process_and_resume_from_sharded_checkpoint
 
     shutil.rmtree(out / "checkpoints" / "step-00000006")
     shutil.rmtree(out / "final")
-    launch("--resume")
+    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config), "--resume")
     assert losses(tmp_path / "fsdp") == fsdp_losses
 
 
@@ -182,10 +179,7 @@ def test_fsdp_trains_lora_adapters_on_a_bf16_model(tmp_path):
                           data={"files": [str(tmp_path / "train.jsonl")]},
                           training={"max_steps": 4, "batch_size": 2, "mixed_precision": "bf16"},
                           logging={"save_every": 4, "tensorboard": False})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "train_fsdp.py"), str(REPO / "configs" / "accelerate" / "fsdp.yaml"), "train", str(config)]
-    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
+    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config))
     final = load_file(tmp_path / "lora" / "out" / "final" / "model.safetensors")
     initial = tiny_model(seed=0)[0].to(torch.bfloat16).state_dict()
     assert not any("lora" in name for name in final)
