@@ -8,6 +8,7 @@ uploads and outputs. The handlers are plain functions of the pipeline, so tests 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from PIL import Image
 
-from .errors import JanusLikeError
+from .errors import ImageError, JanusLikeError, PromptError, SettingsError
 from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
 from .images import load_image
@@ -35,8 +36,10 @@ PREVIEWS_PER_IMAGE = 4  # partial decodes shown while an image is drawn
 HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory stays bounded)
 THUMB_SIDE = 256  # chat images are shown this large
 STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")
 HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
+# every generating event shares one slot: Gradio's concurrency limit is per event unless they share an id
+ONE_AT_A_TIME = {"concurrency_id": "generation", "concurrency_limit": 1}
 
 
 def _gradio():
@@ -133,7 +136,7 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
     """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
     gr = _gradio()
     with _shown_in_ui():
-        images = [load_image(image)] if image else None
+        images = [_load_upload(image)] if image else None
         n, total = _int(num_images), pipe.processor.num_gen_tokens
         events = _on_generation_thread(pipe.stream(
             prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale,
@@ -171,20 +174,25 @@ def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_n
     message = message or {}
     with _shown_in_ui():
         text = check_prompt(message.get("text") or "").strip()
-        images = [_fit(load_image(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
+        images = [_fit(_load_upload(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
         messages = _messages(turns) + [_user(text, images)]
         events = _on_generation_thread(pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens),
                                                    temperature=temperature, seed=_seed(seed)))
-        turns = turns + [{"text": text, "images": images, "answer": ""}]
+        earlier, turns = turns, turns + [{"text": text, "images": images, "answer": ""}]
         last = time.monotonic()
-        for event in events:
-            if isinstance(event, TextDelta):
-                turns[-1]["answer"] += event.text
-                if time.monotonic() - last >= UPDATE_SECONDS:
-                    last = time.monotonic()
-                    yield _chat_display(turns), turns, None
-            elif isinstance(event, Done):
-                turns[-1]["answer"] = event.results[0].text.strip()
+        try:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    turns[-1]["answer"] += event.text
+                    if time.monotonic() - last >= UPDATE_SECONDS:
+                        last = time.monotonic()
+                        yield _chat_display(turns), turns, None
+                elif isinstance(event, Done):
+                    turns[-1]["answer"] = event.results[0].text.strip()
+        except PromptError as e:
+            if earlier:
+                raise PromptError(f"{e} (the {len(earlier)} earlier turn(s) count too: press Clear to start over)") from e
+            raise
     yield _chat_display(turns), turns, None
 
 
@@ -279,6 +287,14 @@ def _fit(image: Image.Image, side: int) -> Image.Image:
     return image
 
 
+def _load_upload(path: str) -> Image.Image:
+    """An uploaded image; its errors name the file, not the server's upload folder."""
+    try:
+        return load_image(path)
+    except ImageError as e:
+        raise ImageError(str(e).replace(path, os.path.basename(path))) from e
+
+
 def _path(file) -> str:
     """MultimodalTextbox files are paths (or FileData-like dicts in older Gradio)."""
     return file["path"] if isinstance(file, dict) else file
@@ -300,8 +316,8 @@ def _seed(seed):
 def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
     """The Blocks app (queued: one job at a time, at most QUEUE_SIZE waiting); not launched."""
     gr = _gradio()
-    context = pipe.processor.config.text_config.max_position_embeddings
-    max_tokens = min(MAX_NEW_TOKENS, context)
+    shortest = pipe.processor.conversation([{"role": "user", "content": "?"}])  # the room a question leaves
+    max_tokens = min(MAX_NEW_TOKENS, pipe.processor.config.text_config.max_position_embeddings - len(shortest))
 
     def seed_box():
         return gr.Number(label="seed (empty: random)", value=0, precision=0, minimum=0, maximum=2**32 - 1)
@@ -324,7 +340,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
-            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__)
+            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, **ONE_AT_A_TIME)
 
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
@@ -343,7 +359,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 chat_seed = seed_box()
                 chat_clear = gr.Button("Clear")
             chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
-                            [chat_view, turns, chat_box], api_name="chat")
+                            [chat_view, turns, chat_box], api_name="chat", **ONE_AT_A_TIME)
             chat_clear.click(lambda: ([], [], None), None, [chat_view, turns, chat_box], queue=False)
 
         with gr.Tab("Interleaved"):
@@ -360,7 +376,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 with gr.Column(scale=2):
                     il_out = gr.Chatbot(label="text and images, in order", height=520)
             il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
-                        [il_out], api_name="interleave")
+                        [il_out], api_name="interleave", **ONE_AT_A_TIME)
 
         drawing_tab("Image edit", lambda: [gr.File(label="input image", file_types=["image"], type="filepath"),
                                            gr.Textbox(label="instruction", value="make it blue", lines=2)],
@@ -385,6 +401,9 @@ def serve(demo: "gradio.Blocks", host: str = "127.0.0.1", port: int = 7860, bloc
 def demo_command(args: argparse.Namespace) -> int:
     """`janus-like demo`: load the model and serve the app until interrupted."""
     _gradio()  # fail with the install hint before loading any weights
+    if not args.host or ":" in args.host:  # Gradio writes http://{host}:{port}, which breaks on IPv6 addresses
+        raise SettingsError(f"--host {args.host!r} is not accepted; give an IPv4 address or a host name "
+                            "(127.0.0.1, the default, or 0.0.0.0 for every interface)")
     if args.host not in LOOPBACK:
         print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
               "the model (there is no authentication)", file=sys.stderr)

@@ -18,6 +18,7 @@ from .processor import JanusLikeProcessor, TokenSequence
 
 ImageLike = str | os.PathLike | Image.Image
 MODES = ("images", "chat", "interleave")
+MAX_CHARS_PER_POSITION = 32  # far more characters than tokenizers pack into one token
 
 
 class JanusLikePipeline:
@@ -91,9 +92,10 @@ class JanusLikePipeline:
         settings = {k: v for k, v in settings.items() if v is not None}
         settings.setdefault("cfg_scale", self.default_cfg_scale)
         if mode == "images":
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
             check_num_images(num_images, len(prompts))
-            sequences = [self.processor.generation_prompt(check_prompt(p), list(images or [])) for p in prompts]
+            self._check_size([check_prompt(p) for p in prompts])
+            sequences = [self.processor.generation_prompt(p, list(images or [])) for p in prompts]
             requests = [Request(sequence, IMAGE_MODE) for sequence in sequences for _ in range(num_images)]
         else:
             sequence = self._conversation(prompt, images, "" if mode == "interleave" else system_prompt)
@@ -114,7 +116,27 @@ class JanusLikePipeline:
             messages = prompt
         else:
             raise PromptError(f"the prompt must be a non-empty string or a list of messages, got {type(prompt).__name__}")
+        self._check_size(_texts(messages) + [system_prompt or ""])
         return self.processor.conversation(messages, system_prompt=system_prompt)
+
+    def _check_size(self, texts: list[str]) -> None:
+        """Refuse text that cannot fit the context before tokenising it (tokenising megabytes takes
+        a minute: a cheap way to tie up a server)."""
+        context = self.processor.config.text_config.max_position_embeddings
+        size, limit = sum(len(t) for t in texts), context * MAX_CHARS_PER_POSITION
+        if size > limit:
+            raise PromptError(f"the prompt has {size:,} characters, more than the model's context of {context} "
+                              f"tokens can hold (at most {limit:,} characters); shorten it")
+
+
+def _texts(messages: list) -> list[str]:
+    """The text parts of HF-style messages (malformed ones are left for the processor to refuse)."""
+    texts = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+        texts += [p if isinstance(p, str) else p.get("text") for p in parts if isinstance(p, (str, dict))]
+    return [t for t in texts if isinstance(t, str)]
 
 
 def check_prompt(prompt) -> str:

@@ -15,6 +15,7 @@ gr = pytest.importorskip("gradio")
 
 from janus_like import JanusLikePipeline  # noqa: E402
 from janus_like import demo  # noqa: E402
+from janus_like.errors import PromptError  # noqa: E402
 from janus_like.cli import main  # noqa: E402
 from janus_like.generation import ImageProgress  # noqa: E402
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES  # noqa: E402
@@ -60,8 +61,17 @@ def test_build_demo_has_four_tabs_bounded_sliders_and_a_bounded_queue(app, pipe)
     context = pipe.processor.config.text_config.max_position_embeddings
     assert {s.maximum for s in sliders if s.label == "number of images"} == {MAX_IMAGES_PER_PROMPT}
     assert {s.maximum for s in sliders if s.label == "max images"} == {MAX_INTERLEAVED_IMAGES}
-    assert {s.maximum for s in sliders if s.label == "max new tokens"} == {min(demo.MAX_NEW_TOKENS, context)}
-    assert app._queue.max_size == demo.QUEUE_SIZE and app._queue.default_concurrency_limit == 1
+    (most,) = {s.maximum for s in sliders if s.label == "max new tokens"}
+    assert most <= min(demo.MAX_NEW_TOKENS, context)
+    # the slider's top leaves room for a question: a one-character chat fits it, one token more does not
+    next(iter(pipe.stream("?", mode="chat", max_new_tokens=int(most))))
+    with pytest.raises(PromptError, match="lower max_new_tokens"):
+        next(iter(pipe.stream("?", mode="chat", max_new_tokens=int(most) + 1)))
+    assert app._queue.max_size == demo.QUEUE_SIZE
+    # one job at a time across all tabs: Gradio's concurrency limit is per event unless they share an id
+    generating = [fn for fn in app.fns.values() if fn.api_name in ("text_to_image", "chat", "interleave", "image_edit")]
+    assert len(generating) == 4
+    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in generating} == {("generation", 1)}
 
 
 def test_text_to_image_streams_previews_and_returns_n_images(pipe):
@@ -174,10 +184,11 @@ def _too_large(tmp_path):
 @pytest.mark.parametrize("make_file, words", [(_corrupt, "cannot read image"), (_too_large, "at most 64,000,000")])
 def test_bad_uploads_show_the_image_error_message(pipe, tmp_path, make_file, words):
     path = make_file(tmp_path)
-    with pytest.raises(gr.Error, match=words):
-        list(demo.image_edit(pipe, path, "make it blue", 1, 5.0, 1.0, 0))
-    with pytest.raises(gr.Error, match=words):
-        list(demo.chat(pipe, {"text": "What is this?", "files": [path]}, [], 8, 0.0, 0))
+    for call in (lambda: demo.image_edit(pipe, path, "make it blue", 1, 5.0, 1.0, 0),
+                 lambda: demo.chat(pipe, {"text": "What is this?", "files": [path]}, [], 8, 0.0, 0)):
+        with pytest.raises(gr.Error, match=words) as error:
+            list(call())
+        assert str(tmp_path) not in str(error.value)  # the page names the file, not the server's upload folder
 
 
 @pytest.mark.parametrize("call, words", [
@@ -238,6 +249,13 @@ def test_served_demo_answers_on_loopback_and_serves_no_arbitrary_files(app, tmp_
             client.predict("x", MAX_IMAGES_PER_PROMPT + 1, 5.0, 1.0, 0, api_name="/text_to_image")
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("host", ["::1", "::", ""])
+def test_hosts_gradio_cannot_serve_are_refused_in_one_line(host, capsys):
+    assert main(["demo", "--host", host]) == 2  # Gradio writes http://::1:7860 and fails with a traceback
+    err = capsys.readouterr().err.strip()
+    assert "--host" in err and "IPv4" in err and len(err.splitlines()) == 1
 
 
 def test_missing_gradio_gives_the_install_hint(monkeypatch, capsys):

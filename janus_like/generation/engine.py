@@ -131,7 +131,7 @@ class GenerationEngine:
         for r, budget in zip(requests, budgets):
             if len(r.prompt) == 0:
                 raise PromptError("the prompt is empty; give some text")
-            p.check_length(r.prompt, extra=budget)
+            self._check_room(r, budget, settings)
         prompts = self._slot_prompts(requests, guided, image_guided)
         length = max(len(s) for s in prompts)
         cache_len = length + max(budgets) - 1
@@ -185,6 +185,23 @@ class GenerationEngine:
         if not self.compile:
             self.cache, self._views = None, {}  # free the KV memory; a compiled engine keeps it for the next call
         yield Done([row.result for row in rows])
+
+    def _check_room(self, request: Request, budget: int, settings: GenerationSettings) -> None:
+        """The prompt and the most a row may generate must fit the context; the message says what to cut."""
+        limit = self.model.config.text_config.max_position_embeddings
+        if len(request.prompt) + budget <= limit:
+            return
+        if request.start == IMAGE_MODE:
+            what, cut = f"an image's {budget} codes", "a shorter prompt or fewer input images"
+        else:
+            what, knobs = f"max_new_tokens={settings.max_new_tokens}", "max_new_tokens"
+            if settings.max_images:
+                what += f" and max_images={settings.max_images} × {self.processor.num_gen_tokens + 1} image tokens"
+                knobs += " or max_images"
+            cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
+        raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
+                          f"need {len(request.prompt) + budget} positions, but the model's context holds {limit}; "
+                          f"use {cut}")
 
     def _slot_prompts(self, requests: Sequence[Request], guided: bool, image_guided: bool) -> list[TokenSequence]:
         """The prompt of every cache slot: the rows; with guidance their twins (Janus's
