@@ -3,8 +3,8 @@
 from transformers import AutoConfig
 
 from .configuration import JanusLikeConfig, JanusLikeVQConfig
-from .errors import (CheckpointError, DataError, ImageError, JanusLikeError, ModelNotAvailableError, PromptError,
-                     SettingsError)
+from .errors import (CheckpointError, DataError, GenerationError, ImageError, JanusLikeError, ModelNotAvailableError,
+                     PromptError, SettingsError)
 from .modeling import JanusLikeForConditionalGeneration
 from .pipeline import JanusLikePipeline
 from .processor import JanusLikeProcessor
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "JanusLikeConfig", "JanusLikeVQConfig", "JanusLikeForConditionalGeneration", "JanusLikeProcessor",
     "JanusLikeVQModel", "JanusLikePipeline", "JanusLikeError", "ImageError", "DataError", "PromptError", "SettingsError",
-    "CheckpointError", "ModelNotAvailableError",
+    "CheckpointError", "GenerationError", "ModelNotAvailableError",
 ]

@@ -7,7 +7,10 @@ module only parses arguments and turns user errors into one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import traceback
 
 from .errors import JanusLikeError
@@ -22,10 +25,20 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                         "for many or long generations")
 
 
+OUT_HELP = "output folder (default: out); what an earlier run of this command wrote there is replaced"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the rule for every user error here)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="janus-like", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="janus-like", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("generate", help="text (+ images) -> images")
     p.add_argument("prompt", nargs="*", help="one prompt, or several drawn in one batch")
@@ -41,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default="out")
+    p.add_argument("--out", default="out", help=OUT_HELP)
 
     p = sub.add_parser("chat", help="text (+ images) -> text")
     p.add_argument("prompt")
@@ -61,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=4)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--out", default="out")
+    p.add_argument("--out", default="out", help=OUT_HELP)
 
     p = sub.add_parser("demo", help="Gradio demo")
     _add_model(p)
@@ -113,9 +126,13 @@ def _handler(command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return _handler(args.command)(args) or 0
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code
+    try:
+        with _sigterm_interrupts():
+            return _handler(args.command)(args) or 0
     except JanusLikeError as e:
         if args.debug:
             traceback.print_exc()
@@ -126,9 +143,32 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"janus-like {args.command}: not available in this installation ({e})", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the user named cannot be read or written (a full disk, permissions)
+        if args.debug:
+            traceback.print_exc()
+        print(f"janus-like {args.command}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"janus-like {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a job scheduler, torchrun stopping its workers) interrupts like Ctrl-C, so the
+    clean-ups that remove half-written output run; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

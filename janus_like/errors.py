@@ -21,6 +21,10 @@ class SettingsError(JanusLikeError):
     """A generation or training setting is outside its accepted range."""
 
 
+class GenerationError(JanusLikeError):
+    """A generation cannot go on (a later call on the same engine took over its state)."""
+
+
 class CheckpointError(JanusLikeError):
     """A checkpoint has an unknown layout, missing files or mismatched tensors."""
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from PIL import Image
+
+from .errors import SettingsError
 
 
 @contextlib.contextmanager
@@ -21,10 +24,53 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; the file gets a plain file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def output_set(out: str | os.PathLike, earlier: Sequence[str]) -> Iterator[Path]:
+    """Yield an empty temp folder beside `out` to write a command's whole output set into. On
+    success the set replaces what an earlier run left in `out` (the entries matching the glob
+    patterns `earlier`), so the folder never mixes two runs; on failure `out` is untouched."""
+    out = check_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for pattern in earlier:
+            for old in out.glob(pattern):
+                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for new in sorted(tmp.iterdir()):
+            os.replace(new, out / new.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_folder(out: str | os.PathLike) -> Path:
+    """An output folder that exists or can be made (checked before any long work starts)."""
+    out = Path(out)
+    for folder in [out, *out.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise SettingsError(f"--out {out}: {folder} is a file, not a folder; give a folder to write into")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise SettingsError(f"--out {out}: {folder} is not writable; give a folder you can write into")
+            return out
+    return out
+
+
+def _read_umask() -> int:
+    """The process umask (read once: setting it to read it is not thread-safe)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -35,7 +35,7 @@ class JanusLikePipeline:
                         dtype: torch.dtype | str | None = None, compile: bool = False) -> "JanusLikePipeline":
         """Load a model and its processor (any supported layout; no path: the embedded default).
         Defaults: CUDA when available in bfloat16, else CPU in float32."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = _device(device)
         dtype = _dtype(dtype, device)
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
@@ -89,11 +89,15 @@ class JanusLikePipeline:
         "images", "chat" or "interleave"; `settings` are GenerationSettings fields."""
         if mode not in MODES:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
+        if mode != "images" and num_images != 1:
+            raise SettingsError(f"num_images={num_images!r} applies to mode='images'; {mode} writes one answer")
+        if isinstance(images, (str, os.PathLike, Image.Image)):  # one image rather than a list of them
+            images = [images]
         settings = {k: v for k, v in settings.items() if v is not None}
         settings.setdefault("cfg_scale", self.default_cfg_scale)
         if mode == "images":
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
-            check_num_images(num_images, len(prompts))
+            num_images = check_num_images(num_images, len(prompts))
             self._check_size([check_prompt(p) for p in prompts])
             sequences = [self.processor.generation_prompt(p, list(images or [])) for p in prompts]
             requests = [Request(sequence, IMAGE_MODE) for sequence in sequences for _ in range(num_images)]
@@ -151,6 +155,16 @@ def _last(events: Iterator[Event]) -> Done:
         if isinstance(event, Done):
             return event
     raise RuntimeError("generation ended without a Done event")
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """The device asked for (default: CUDA when available); a name torch does not know is refused."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise SettingsError(f"device={device!r} is not a device name; give cpu, cuda or cuda:N") from e
 
 
 def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:

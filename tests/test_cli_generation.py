@@ -29,6 +29,30 @@ def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
         "prompt_0/image_0.png", "prompt_0/image_1.png", "prompt_1/image_0.png", "prompt_1/image_1.png"]
     assert (out / "prompts.txt").read_text() == "prompt_0\ta red circle\nprompt_1\ta blue square\n"
+    assert main(["generate", "a red circle", "a blue\tsquare\nbelow", "--model", saved, "--out", str(out)]) == 0
+    assert (out / "prompts.txt").read_text().splitlines()[1] == "prompt_1\ta blue\\tsquare\\nbelow"
+
+
+def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(saved, tmp_path):
+    out = tmp_path / "out"
+    (out / "keep").mkdir(parents=True)  # not ours: left alone
+    assert main(["generate", "a red circle", "a blue square", "--model", saved, "--num-images", "2",
+                 "--out", str(out)]) == 0
+    assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["image_0.png", "keep"]  # no prompt_*/ or prompts.txt left
+    assert (out / "image_0.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    assert main(["interleave", "Draw a red circle.", "--model", saved, "--max-new-tokens", "4",
+                 "--max-images", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "index.md", "keep"]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def test_generate_draws_a_prompts_file_in_batches_of_at_most_64_images(saved, tmp_path, monkeypatch):
@@ -110,12 +134,17 @@ def test_interleave_files_list_images_in_order(tmp_path):
     (["generate", "--prompts-file", "/nonexistent/prompts.txt"], "cannot read"),
     (["chat", "x" * 2000], "context"),
     (["interleave", "x", "--max-images", "99"], "max_images"),
+    (["generate", "x", "--seed", str(2**64)], "seed"),
+    (["generate", "x", "--num-images", "abc"], "invalid int value"),  # argparse's errors too: one line
+    (["generate", "x", "--out", __file__], "is a file, not a folder"),
+    (["interleave", "x", "--out", f"{__file__}/story"], "is a file, not a folder"),
+    (["generate", "x", "--device", "nonsense"], "not a device name"),
 ])
 def test_user_errors_print_one_line_and_exit_2(saved, argv, words, capsys):
     assert main(argv + ["--model", saved]) == 2
     err = capsys.readouterr().err
     ours = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("janus-like")]
-    assert len(ours) == 1 and words in ours[0] and "Traceback" not in err
+    assert len(ours) == 1 and words in ours[0] and "Traceback" not in err and "usage:" not in err
 
 
 def test_missing_default_model_exits_2_with_one_line(tmp_path, monkeypatch, capsys):

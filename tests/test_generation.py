@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import StaticCache
 
-from janus_like import PromptError, SettingsError
+from janus_like import GenerationError, PromptError, SettingsError
 from janus_like.generation import (Done, GenerationEngine, GenerationSettings, ImageDone, ImageProgress, Request,
                                    TextDelta)
 from janus_like.generation import engine as engine_module
@@ -210,11 +210,37 @@ def test_sampling_filters():
 
 @pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(cfg_scale=-1.0),
                                  dict(top_k=0), dict(max_new_tokens=0), dict(repetition_penalty=0.0),
-                                 dict(max_images=-1), dict(temperature=float("nan")), dict(image_cfg_scale=-0.5)])
+                                 dict(max_images=-1), dict(temperature=float("nan")), dict(image_cfg_scale=-0.5),
+                                 # past float32: logits / 1e-38 and u + 1e300·(c − u) overflow into NaN codes
+                                 dict(temperature=1e-38), dict(temperature=1e300), dict(cfg_scale=1e300),
+                                 dict(seed=2**64), dict(seed=-1), dict(seed=True), dict(top_k=True),
+                                 dict(max_new_tokens=True), dict(stop=5)])
 def test_bad_settings_raise_a_settings_error(bad):
     name = next(iter(bad))
     with pytest.raises(SettingsError, match=name):
         GenerationSettings(**bad)
+
+
+def test_numpy_scalars_are_numbers():
+    np = pytest.importorskip("numpy")
+    settings = GenerationSettings(temperature=np.float32(0.5), top_k=np.int64(3), max_new_tokens=np.int32(7),
+                                  seed=np.int64(3), cfg_scale=np.float64(2.0))
+    assert (settings.temperature, settings.top_k, settings.max_new_tokens, settings.seed) == (0.5, 3, 7, 3)
+    assert type(settings.seed) is int and check_num_images(np.int64(2)) == 2
+
+
+def test_a_new_call_takes_over_the_engine_and_the_interrupted_stream_says_so(tiny):
+    model, processor = tiny
+    engine = GenerationEngine(model, processor)
+    settings = GenerationSettings(temperature=0, max_new_tokens=12, ignore_eos=True)
+    first = Request(processor.conversation([{"role": "user", "content": "hello"}]))
+    second = Request(processor.conversation([{"role": "user", "content": "a longer question, about squares"}]))
+    alone = engine.generate([second], settings)[0].token_ids
+    interrupted = engine.stream([first], settings)
+    next(interrupted)
+    assert engine.generate([second], settings)[0].token_ids == alone  # the same as on a fresh engine
+    with pytest.raises(GenerationError, match="interrupted by a later call"):
+        list(interrupted)  # not the other call's tokens, not a crash deep inside
 
 
 def test_num_images_cap_and_prompt_errors(tiny):
@@ -291,6 +317,8 @@ def test_compiled_steps_compile_once_for_any_batch_length_width_or_setting(tiny,
     draw("a red circle", 4, 2.0, 1.3, 2)
     draw("move it to the left", 3, 2.0, 0.8, 3, image_cfg_scale=2.5)
     assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    draw("a red circle", 1, 3.0, 1.0, 4)  # one guided row: halves of one row, a graph of its own
+    chat("hello", 1, 10)
 
 
 def test_a_drawing_row_and_a_chat_row_share_a_batch(tiny):

@@ -12,10 +12,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import PromptError
-from ..fileio import save_image, write_text
+from ..fileio import check_output_folder, output_set, save_image, write_text
 from ..pipeline import JanusLikePipeline, check_prompt
 from .events import Done, ImageDone, ImageProgress, TextDelta
-from .settings import MAX_IMAGES_PER_PROMPT, GenerationSettings, check_num_images
+from .settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
+
+
+# what a run writes in its --out folder; a new run replaces these (and only these) from an earlier one
+GENERATE_OUTPUTS = ("image_*.png", "prompt_*", "prompts.txt")
+INTERLEAVE_OUTPUTS = ("image_*.png", "index.md", "index.html")
 
 
 def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **settings) -> JanusLikePipeline:
@@ -35,6 +40,7 @@ def generate(args: argparse.Namespace) -> int:
     if not prompts:
         raise PromptError("no prompt was given; give one as an argument or a file of them with --prompts-file")
     check_num_images(args.num_images)
+    check_output_folder(args.out)
     pipe = _pipeline(args, prompts, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     per_batch = MAX_IMAGES_PER_PROMPT // args.num_images
@@ -43,7 +49,7 @@ def generate(args: argparse.Namespace) -> int:
     codes = pipe.processor.num_gen_tokens
     with tqdm(total=len(batches) * codes, desc="drawing", unit="code", file=sys.stderr) as bar:
         for b, batch in enumerate(batches):
-            seed = None if args.seed is None else args.seed + b
+            seed = None if args.seed is None else (args.seed + b) % (MAX_SEED + 1)
             for event in pipe.stream(batch, mode="images", images=args.image, num_images=args.num_images,
                                      cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=seed):
@@ -51,12 +57,22 @@ def generate(args: argparse.Namespace) -> int:
                     bar.update(b * codes + event.done - bar.n)
                 elif isinstance(event, Done):
                     images += [im for r in event.results for im in r.images]
-    for k, image in enumerate(images):
+    with output_set(out, GENERATE_OUTPUTS) as tmp:
+        for k, image in enumerate(images):
+            p, i = divmod(k, args.num_images)
+            save_image(image, (tmp if len(prompts) == 1 else tmp / f"prompt_{p}") / f"image_{i}.png")
+        if len(prompts) > 1:
+            write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
+                                                    for p, prompt in enumerate(prompts)))
+    for k in range(len(images)):
         p, i = divmod(k, args.num_images)
-        print(save_image(image, (out if len(prompts) == 1 else out / f"prompt_{p}") / f"image_{i}.png"))
-    if len(prompts) > 1:
-        write_text(out / "prompts.txt", "".join(f"prompt_{p}\t{prompt}\n" for p, prompt in enumerate(prompts)))
+        print((out if len(prompts) == 1 else out / f"prompt_{p}") / f"image_{i}.png")
     return 0
+
+
+def _one_line(text: str) -> str:
+    """Backslash, tab and newline escaped (as in tab-separated files), so a prompt stays on its line."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -82,6 +98,7 @@ def chat(args: argparse.Namespace) -> int:
 
 def interleave(args: argparse.Namespace) -> int:
     """Text -> text and images, written as DIR/index.md and DIR/index.html with DIR/image_{i}.png."""
+    check_output_folder(args.out)
     pipe = _pipeline(args, seed=args.seed, max_new_tokens=args.max_new_tokens, max_images=args.max_images,
                      cfg_scale=args.cfg_scale, temperature=args.temperature)
     events = pipe.stream(args.prompt, mode="interleave", seed=args.seed, max_new_tokens=args.max_new_tokens,
@@ -99,19 +116,21 @@ def interleave(args: argparse.Namespace) -> int:
 
 
 def write_interleaved(parts: list, out: Path) -> Path:
-    """Save the images and an index.md / index.html showing text and images in order."""
+    """Save the images and an index.md / index.html showing text and images in order (replacing
+    an earlier run's in `out`)."""
     md, body, n = [], [], 0
-    for part in parts:
-        if isinstance(part, Image.Image):
-            name = f"image_{n}.png"
-            save_image(part, out / name)
-            md.append(f"![image {n}]({name})")
-            body.append(f'<p><img src="{name}" alt="image {n}"></p>')
-            n += 1
-        else:
-            md.append(part.strip())
-            body.append(f"<p>{html.escape(part.strip())}</p>")
-    write_text(out / "index.md", "\n\n".join(md) + "\n")
-    write_text(out / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
-                + "\n".join(body) + "\n")
+    with output_set(out, INTERLEAVE_OUTPUTS) as tmp:
+        for part in parts:
+            if isinstance(part, Image.Image):
+                name = f"image_{n}.png"
+                save_image(part, tmp / name)
+                md.append(f"![image {n}]({name})")
+                body.append(f'<p><img src="{name}" alt="image {n}"></p>')
+                n += 1
+            else:
+                md.append(part.strip())
+                body.append(f"<p>{html.escape(part.strip())}</p>")
+        write_text(tmp / "index.md", "\n\n".join(md) + "\n")
+        write_text(tmp / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
+                   + "\n".join(body) + "\n")
     return out / "index.md"

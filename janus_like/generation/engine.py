@@ -38,7 +38,7 @@ from transformers import DynamicCache, StaticCache
 from ..images import pixels_to_pil
 from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
 from ..processor import GEN_IMAGE, TEXT, JanusLikeProcessor, TokenSequence
-from ..errors import PromptError, SettingsError
+from ..errors import GenerationError, PromptError, SettingsError
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .sampling import guided_logits, image_guided_logits, penalize_repetition, sample
 from .settings import GenerationSettings
@@ -105,9 +105,20 @@ class GenerationEngine:
                 return event.results
         raise RuntimeError("the engine stopped without a Done event")
 
-    @torch.inference_mode()
     def stream(self, requests: Sequence[Request], settings: GenerationSettings) -> Iterator[Event]:
-        """Generate for all requests at once, yielding text deltas, image progress and images."""
+        """Generate for all requests at once, yielding text deltas, image progress and images.
+        The KV cache, masks and sampler belong to the engine, so its streams run one at a time: a
+        new call takes them over, and a stream it interrupted raises GenerationError if read on."""
+        owner = self._owner = object()
+        for event in self._stream(requests, settings):
+            yield event
+            if self._owner is not owner:
+                raise GenerationError("this generation was interrupted by a later call on the same engine or "
+                                      "pipeline, which took over its cache; read a stream to the end (or close "
+                                      "it) before the next call, or use one pipeline per concurrent stream")
+
+    @torch.inference_mode()
+    def _stream(self, requests: Sequence[Request], settings: GenerationSettings) -> Iterator[Event]:
         if not requests:
             raise PromptError("nothing to generate: no prompts were given")
         if any(r.start not in (TEXT_MODE, IMAGE_MODE) for r in requests):
@@ -417,11 +428,13 @@ class GenerationEngine:
 
     def _dynamic(self, dims: list[int], *tensors: torch.Tensor | None) -> None:
         """Compiled: these dimensions of the step inputs (rows, width) are dynamic sizes, so that one
-        graph serves every batch and width (CUDA graphs are still one per shape)."""
+        graph serves every batch and width (CUDA graphs are still one per shape). `maybe_`: one
+        guided row splits into halves of size 1, which torch.compile always specialises; that case
+        gets a graph of its own rather than an error."""
         if self.compile:
             for tensor in tensors:
                 if tensor is not None:
-                    torch._dynamo.mark_dynamic(tensor, dims)
+                    torch._dynamo.maybe_mark_dynamic(tensor, dims)
 
     def _seen_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
         """(rows, vocab) mask of the text ids in each prompt, for the repetition penalty."""
@@ -588,7 +601,7 @@ def _first_columns(layer, width: int, compiled: bool):
     if compiled:
         for tensor in (cut.keys, cut.values):
             torch._dynamo.mark_static_address(tensor)  # fixed storage: CUDA graphs use it in place
-            torch._dynamo.mark_dynamic(tensor, [0, 2])  # rows and width
+            torch._dynamo.maybe_mark_dynamic(tensor, [0, 2])  # rows and width (see GenerationEngine._dynamic)
     return cut
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from ..errors import SettingsError
 
 MAX_IMAGES_PER_PROMPT = 64  # images of one call, all prompts together (each is a batch row, twice with CFG)
 MAX_INTERLEAVED_IMAGES = 16  # images one interleaved answer may open
+# logits / temperature and u + s·(c − u) run in float32: beyond these they overflow (or the sampled
+# distribution is already a one-hot or uniform to float32 precision), so they are refused, not silently NaN
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0
+MAX_SCALE = 1000.0  # cfg_scale, image_cfg_scale, repetition_penalty
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 
 
 @dataclass
@@ -38,7 +44,12 @@ class GenerationSettings:
     ignore_eos: bool = False  # keep writing past <eos> (fixed-length runs for benchmarks)
 
     def __post_init__(self) -> None:
-        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        elif isinstance(self.stop, (list, tuple)) or self.stop is None:
+            self.stop = tuple(self.stop or ())
+        else:
+            raise SettingsError(f"stop={self.stop!r} is not accepted; stop must be a string or a list of strings")
         self.validate()
 
     def validate(self) -> None:
@@ -46,27 +57,33 @@ class GenerationSettings:
         def bad(name: str, value, accepted: str) -> SettingsError:
             return SettingsError(f"{name}={value!r} is not accepted; {name} must be {accepted}")
 
-        if not _finite(self.temperature) or self.temperature < 0:
-            raise bad("temperature", self.temperature, "a number >= 0 (0 means greedy)")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        # numpy and torch scalars are numbers too; booleans are not
+        for name in ("temperature", "top_p", "repetition_penalty", "cfg_scale", "image_cfg_scale"):
+            setattr(self, name, _real(getattr(self, name)))
+        for name in ("top_k", "max_new_tokens", "max_images", "preview_every", "seed"):
+            setattr(self, name, _integer(getattr(self, name)))
+        t = self.temperature
+        if not _finite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            raise bad("temperature", t, f"0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise bad("top_k", self.top_k, "None or an integer >= 1")
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
             raise bad("top_p", self.top_p, "None or a number in (0, 1]")
-        if not _finite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", self.repetition_penalty, "a number > 0 (1 means no penalty)")
-        if not _finite(self.cfg_scale) or self.cfg_scale < 0:
-            raise bad("cfg_scale", self.cfg_scale, "a number >= 0 (1 means no guidance)")
-        if not _finite(self.image_cfg_scale) or self.image_cfg_scale < 0:
-            raise bad("image_cfg_scale", self.image_cfg_scale, "a number >= 0 (1 means the input images are no "
-                      "separate guidance term)")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if not _finite(self.repetition_penalty) or not 0 < self.repetition_penalty <= MAX_SCALE:
+            raise bad("repetition_penalty", self.repetition_penalty, f"a number in (0, {MAX_SCALE:g}] (1 means no penalty)")
+        if not _finite(self.cfg_scale) or not 0 <= self.cfg_scale <= MAX_SCALE:
+            raise bad("cfg_scale", self.cfg_scale, f"a number in [0, {MAX_SCALE:g}] (1 means no guidance)")
+        if not _finite(self.image_cfg_scale) or not 0 <= self.image_cfg_scale <= MAX_SCALE:
+            raise bad("image_cfg_scale", self.image_cfg_scale, f"a number in [0, {MAX_SCALE:g}] (1 means the input "
+                      "images are no separate guidance term)")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        if not isinstance(self.max_images, int) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
+        if not _is_int(self.max_images) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
             raise bad("max_images", self.max_images, f"an integer in [0, {MAX_INTERLEAVED_IMAGES}]")
-        if not isinstance(self.preview_every, int) or self.preview_every < 0:
+        if not _is_int(self.preview_every) or self.preview_every < 0:
             raise bad("preview_every", self.preview_every, "an integer >= 0 (0 means no previews)")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad("seed", self.seed, "None or an integer")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise bad("seed", self.seed, "None (random) or an integer in [0, 2**63 - 1]")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", self.stop, "a list of non-empty strings")
 
@@ -81,16 +98,32 @@ class GenerationSettings:
         return self.image_cfg_scale != 1.0
 
 
-def check_num_images(num_images: int, prompts: int = 1) -> None:
+def check_num_images(num_images: int, prompts: int = 1) -> int:
     """`num_images` per prompt for `prompts` prompts: at least one, at most MAX_IMAGES_PER_PROMPT in all."""
+    num_images = _integer(num_images)
     if not 1 <= prompts <= MAX_IMAGES_PER_PROMPT:
         raise SettingsError(f"{prompts} prompts were given; give 1 to {MAX_IMAGES_PER_PROMPT} prompts per call "
                             f"({MAX_IMAGES_PER_PROMPT} images per call in all)")
-    if not isinstance(num_images, int) or not 1 <= num_images * prompts <= MAX_IMAGES_PER_PROMPT:
+    if not _is_int(num_images) or not 1 <= num_images * prompts <= MAX_IMAGES_PER_PROMPT:
         limit = MAX_IMAGES_PER_PROMPT // prompts
         each = "" if prompts == 1 else f" for {prompts} prompts ({MAX_IMAGES_PER_PROMPT} images per call in all)"
         raise SettingsError(f"num_images={num_images!r} is not accepted{each}; num_images must be an integer in "
                             f"[1, {limit}]")
+    return num_images
+
+
+def _integer(x):
+    """numpy/torch integer scalars -> int; anything else (booleans included) is left to be refused."""
+    return int(x) if isinstance(x, numbers.Integral) and not isinstance(x, bool) else x
+
+
+def _real(x):
+    """numpy/torch real scalars -> float; anything else (booleans included) is left to be refused."""
+    return float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else x
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x) -> bool:
