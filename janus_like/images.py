@@ -21,13 +21,11 @@ MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000: far above any model input, far bel
 
 def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open a path or check a PIL image; return a fully decoded 8-bit RGB image."""
-    name = getattr(image, "filename", None) or (str(image) if not isinstance(image, Image.Image) else "<PIL image>")
     if isinstance(image, Image.Image):
-        img = image
+        img, name = image, getattr(image, "filename", None) or "<PIL image>"
     else:
-        path = Path(image)
-        if not path.is_file():
-            raise ImageError(f"image file not found: {path}")
+        path = _image_path(image)
+        name = str(path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -48,12 +46,40 @@ def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMA
     return to_rgb(img, name)
 
 
+def _image_path(image) -> Path:
+    """An existing image file's path; other types (bytes, arrays, tensors, open files) are refused
+    by name, since PIL would read them differently than a user expects or not at all."""
+    if not isinstance(image, (str, os.PathLike)):
+        raise ImageError(f"an image must be a file path (str or os.PathLike) or a PIL.Image.Image, "
+                         f"got {type(image).__name__}")
+    if os.fspath(image) in ("", b""):
+        raise ImageError("the image path is empty; give a file path or a PIL.Image.Image")
+    path = Path(os.fsdecode(image))
+    if path.is_dir():
+        raise ImageError(f"image path {path} is a directory; give an image file")
+    if not path.exists():
+        raise ImageError(f"image file not found: {path}")
+    if not path.is_file():
+        raise ImageError(f"image path {path} is not a regular file; give an image file")
+    return path
+
+
+def _finite_range(arr: np.ndarray, name: str) -> np.ndarray:
+    """NaN/inf pixels (no-data in scientific TIFFs) become the lowest/highest finite value, so that
+    they do not turn the whole rescaled image black."""
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise ImageError(f"image {name} has no finite pixel values (all NaN or infinite); need at least one")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    return np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
+
+
 def to_rgb(img: Image.Image, name: str = "<PIL image>") -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited on white, 16-bit/float rescaled."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = _finite_range(np.asarray(img, dtype=np.float64), name)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")

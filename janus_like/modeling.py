@@ -284,8 +284,11 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
 
     @classmethod
     def _from_own_format(cls, path: str | os.PathLike, *args, **kwargs):
-        """transformers' loader for a `save_pretrained` directory of this class."""
-        return super().from_pretrained(path, *args, **kwargs)
+        """transformers' loader for a `save_pretrained` directory of this class, made strict: a
+        missing, unexpected or reshaped tensor or an unreadable file is a CheckpointError."""
+        from .checkpoint.own import load_own_format
+
+        return load_own_format(super().from_pretrained, path, *args, **kwargs)
 
     @classmethod
     def from_parts(

@@ -19,15 +19,16 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from .configuration import JanusLikeConfig
-from .errors import CheckpointError, DataError, PromptError
+from .errors import CheckpointError, DataError, JanusLikeError, PromptError
 from .images import generation_pixels, load_image, understanding_pixels
 
 TEXT, UND_IMAGE, GEN_IMAGE = 0, 1, 2
 IGNORE_INDEX = -100
 TASKS = ("understanding", "generation", "interleaved", "text")
+ROLES = ("system", "user", "assistant")
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 
 
@@ -114,17 +115,23 @@ class JanusLikeProcessor:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, config: JanusLikeConfig) -> "JanusLikeProcessor":
         """This package's own layout: tokenizer files + processor_config.json beside config.json."""
+        from .checkpoint.settings import load_tokenizer, read_json  # corrupt files -> CheckpointError by name
+
         path = Path(path)
         settings_file = path / PROCESSOR_CONFIG_NAME
-        settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(tokenizer, config, settings.get("image_mean", (0.5,) * 3), settings.get("image_std", (0.5,) * 3),
-                   settings.get("do_normalize", True))
+        settings = read_json(settings_file)
+        mean, std = settings.get("image_mean", (0.5,) * 3), settings.get("image_std", (0.5,) * 3)
+        for key, value in (("image_mean", mean), ("image_std", std)):
+            if not (isinstance(value, (list, tuple)) and len(value) == 3
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise CheckpointError(f"{settings_file}: {key} must be a list of 3 numbers, got {_short(value)}")
+        return cls(load_tokenizer(path), config, mean, std, bool(settings.get("do_normalize", True)))
 
     # ---------------------------------------------------------------- text pieces
 
     def encode_text(self, text: str) -> list[int]:
         """Tokenise without adding BOS/EOS; special-token strings inside `text` become their ids."""
+        check_unicode(text, PromptError)
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -156,73 +163,68 @@ class JanusLikeProcessor:
 
     # ---------------------------------------------------------------- chat template
 
-    def _add_content(self, b: "SequenceBuilder", content: Any, trainable: bool) -> None:
-        """Message content: a string, or a list of {"type": "text"|"image"} items. An image is
-        followed by a newline before the text, as in DeepSeek's `<image_placeholder>\\n{question}`."""
-        items = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    def _add_content(self, b: "SequenceBuilder", items: list[dict], trainable: bool) -> None:
+        """Checked content items (see `_content_items`). An image is followed by a newline before the
+        text, as in DeepSeek's `<image_placeholder>\\n{question}`."""
         for item in items:
-            kind = item.get("type") if isinstance(item, dict) else None
-            if kind == "text":
-                b.text(item.get("text", ""), trainable)
-            elif kind == "image":
-                image = item.get("image", item.get("path"))
-                if image is None:
-                    raise DataError("an image content item needs an 'image' field (a path or PIL image)")
-                self.add_und_image(b, image)
-                b.text("\n", trainable)
+            if item["type"] == "text":
+                b.text(item["text"], trainable)
             else:
-                raise DataError(f"unknown content item {item!r}; accepted: "
-                                "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}")
+                self.add_und_image(b, _image_of(item))
+                b.text("\n", trainable)
 
     def _conversation(self, b: "SequenceBuilder", messages: list[dict], system_prompt: str | None,
                       add_generation_prompt: bool) -> None:
         cfg = self.config
         system = cfg.system_prompt if system_prompt is None else system_prompt
+        if not isinstance(messages, (list, tuple)):
+            raise b.error(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {_short(messages)}")
         turns = []
         for message in messages:
-            role = message.get("role") if isinstance(message, dict) else None
+            role, items = _checked_message(message, b.error)
             if role == "system":
-                content = message.get("content", "")
-                system = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
-            elif role in ("user", "assistant"):
-                turns.append(message)
+                if any(item["type"] != "text" for item in items):
+                    raise b.error("a system message takes text only (a string or text items), not images")
+                system = "".join(item["text"] for item in items)
             else:
-                raise DataError(f"unknown message role {role!r}; accepted: system, user, assistant")
-        if not turns:
-            raise PromptError("a conversation needs at least one user message")
+                turns.append((role, items))
+        _check_turns(turns, add_generation_prompt, b.error)
         b.ids([self.bos_id], TEXT, False)
         if system:
             b.text(system + cfg.turn_separator, False)
-        for turn in turns:
-            if turn["role"] == "user":
+        for role, items in turns:
+            if role == "user":
                 b.text(f"{cfg.user_role}: ", False)
-                self._add_content(b, turn["content"], False)
+                self._add_content(b, items, False)
                 b.text(cfg.turn_separator, False)
             else:
                 b.text(f"{cfg.assistant_role}:", False)
-                self._add_content(b, _prefix_space(turn["content"]), True)
+                self._add_content(b, _prefix_space(items), True)
                 b.ids([self.eos_id], TEXT, True)
-        if add_generation_prompt and turns[-1]["role"] == "user":
+        if add_generation_prompt:
             b.text(f"{cfg.assistant_role}:", False)
 
     def conversation(self, messages: list[dict], system_prompt: str | None = None,
                      add_generation_prompt: bool = True) -> TokenSequence:
         """DeepSeek SFT format. Assistant turns are targets (` {answer}<eos>`); the rest is prompt.
-        With `add_generation_prompt` the sequence ends with `<|Assistant|>:` ready for the answer."""
-        b = SequenceBuilder(self)
+        With `add_generation_prompt` the last message must be the user's and the sequence ends with
+        `<|Assistant|>:` ready for the answer."""
+        b = SequenceBuilder(self, PromptError)
         self._conversation(b, messages, system_prompt, add_generation_prompt)
         return b.done()
 
     def generation_prompt(self, prompt: str, images: Sequence | None = None) -> TokenSequence:
         """Janus text-to-image prompt, no system prompt, ending in `<begin_of_image>`; input images
         (for edits and variations) go before the instruction like an understanding turn."""
-        b = SequenceBuilder(self)
-        self._generation_prompt(b, prompt, images)
+        if not isinstance(prompt, str):
+            raise PromptError(f"the prompt must be a string, got {_short(prompt)}")
+        b = SequenceBuilder(self, PromptError)
+        self._generation_prompt(b, prompt, _image_list(images, "images", PromptError))
         b.ids([self.image_start_id], TEXT, False)
         return b.done()
 
-    def _generation_prompt(self, b: "SequenceBuilder", prompt: str, images: Sequence | None) -> None:
-        content: list[dict] = [{"type": "image", "image": im} for im in (images or [])]
+    def _generation_prompt(self, b: "SequenceBuilder", prompt: str, images: list) -> None:
+        content: list[dict] = [{"type": "image", "image": im} for im in images]
         content.append({"type": "text", "text": prompt})
         self._conversation(b, [{"role": "user", "content": content}], "", True)
 
@@ -256,7 +258,7 @@ class JanusLikeProcessor:
                 raise DataError(f"an image must be a path string, got {value!r}")
             return base / value
 
-        b = SequenceBuilder(self)
+        b = SequenceBuilder(self, DataError)
         if task == "understanding":
             messages = record.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -266,7 +268,8 @@ class JanusLikeProcessor:
             prompt, image = record.get("prompt"), record.get("image")
             if not isinstance(prompt, str) or not prompt or image is None:
                 raise DataError("a generation record needs a non-empty 'prompt' string and an 'image' path")
-            self._generation_prompt(b, prompt, [image_at(p) for p in record.get("input_images", [])])
+            inputs = _image_list(record.get("input_images"), "'input_images'", DataError)
+            self._generation_prompt(b, prompt, [image_at(p) for p in inputs])
             if drop_prompt:  # the engine's twin: BOS, input images kept (unless dropped), pads up to <begin_of_image>
                 b.flush()
                 b.seq = self.unconditional(b.seq, keep_images=not drop_images)
@@ -277,6 +280,9 @@ class JanusLikeProcessor:
             if not isinstance(segments, list) or not segments:
                 raise DataError("an interleaved record needs a non-empty 'segments' list")
             prompt = record.get("prompt")
+            if prompt is not None and not isinstance(prompt, (str, list)):
+                raise DataError(f"an interleaved record's 'prompt' must be a string or a list of content items, "
+                                f"got {_short(prompt)}")
             if prompt is not None:
                 self._conversation(b, [{"role": "user", "content": prompt}], "", True)
             else:
@@ -284,7 +290,9 @@ class JanusLikeProcessor:
             for segment in segments:
                 kind = segment.get("type") if isinstance(segment, dict) else None
                 if kind == "text":
-                    b.text(segment.get("text", ""), True)
+                    if not isinstance(segment.get("text"), str):
+                        raise DataError(f"a text segment needs a 'text' string, got {_short(segment.get('text'))}")
+                    b.text(segment["text"], True)
                 elif kind == "image":
                     self.add_gen_image(b, image_at(segment.get("image")), train_start=True)
                 else:
@@ -348,8 +356,9 @@ class SequenceBuilder:
     """Accumulates text so that adjacent text with the same target flag is tokenised in one call
     (tokenising piece by piece would split BPE merges and differ from DeepSeek's prompts)."""
 
-    def __init__(self, processor: JanusLikeProcessor):
+    def __init__(self, processor: JanusLikeProcessor, error: type[JanusLikeError] = PromptError):
         self.processor = processor
+        self.error = error  # DataError while reading a training record, PromptError for a prompt
         self.seq = TokenSequence()
         self._text = ""
         self._trainable = False
@@ -357,6 +366,7 @@ class SequenceBuilder:
     def text(self, text: str, trainable: bool) -> None:
         if not text:
             return
+        check_unicode(text, self.error)
         if self._text and trainable != self._trainable:
             self.flush()
         self._text += text
@@ -376,25 +386,95 @@ class SequenceBuilder:
         return self.seq
 
 
-def _prefix_space(content: Any) -> Any:
+def check_unicode(text: str, error: type[JanusLikeError] = PromptError) -> None:
+    """Refuse lone surrogates (what undecodable bytes such as a non-UTF-8 command-line argument become):
+    the tokenizer cannot encode them and would fail with a bare TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        near = text[max(0, e.start - 20):e.start + 20]
+        raise error(f"text must be valid Unicode: the character at position {e.start} (from 0) of {near!a} is "
+                    f"U+{ord(text[e.start]):04X}, "
+                    "a lone surrogate (bytes that were not UTF-8?)") from None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value's type and a one-line, shortened repr for error messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= limit else text[:limit] + '...'}"
+
+
+def _image_of(item: dict) -> Any:
+    """The image of an image content item (HF messages name it 'image' or 'path')."""
+    return item.get("image", item.get("path"))
+
+
+def _image_list(images: Any, what: str, error: type[JanusLikeError]) -> list:
+    """A list of images; one bare path or image is refused rather than iterated character by character."""
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        raise error(f"{what} must be a list of images (paths or PIL images), got {_short(images)}; "
+                    "put a single image in a list")
+    return list(images)
+
+
+def _checked_message(message: Any, error: type[JanusLikeError]) -> tuple[str, list[dict]]:
+    """(role, content items) of one HF-style message, refusing a malformed one by name."""
+    if not isinstance(message, dict):
+        raise error(f"a message must be a dict with 'role' and 'content', got {_short(message)}")
+    role = message.get("role")
+    if role not in ROLES:
+        raise error(f"unknown message role {role!r}; accepted: {', '.join(ROLES)}")
+    if "content" not in message:
+        raise error(f"a {role} message needs 'content': a string or a list of content items")
+    return role, _content_items(message["content"], error, f"a {role} message")
+
+
+def _content_items(content: Any, error: type[JanusLikeError], where: str) -> list[dict]:
+    """Message content as checked {"type": "text"|"image"} items (a string is one text item)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, (list, tuple)):
+        raise error(f"{where}'s content must be a string or a list of content items, got {_short(content)}")
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text" and not isinstance(item.get("text"), str):
+            raise error(f"a text item in {where} needs a 'text' string, got {_short(item.get('text'))}")
+        if kind == "image" and _image_of(item) is None:
+            raise error(f"an image item in {where} needs an 'image' (or 'path') field: a file path or a PIL image")
+        if kind not in ("text", "image"):
+            raise error(f"unknown content item {_short(item)} in {where}; accepted: "
+                        "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}")
+    return list(content)
+
+
+def _check_turns(turns: list[tuple[str, list[dict]]], for_generation: bool, error: type[JanusLikeError]) -> None:
+    """Every user turn says something; a prompt to answer ends with the user's turn (after the
+    assistant's <eos> the model would write past the end of the conversation)."""
+    if not any(role == "user" for role, _ in turns):
+        raise error("a conversation needs at least one user message")
+    for role, items in turns:
+        if role == "user" and not any(item["type"] == "image" or item["text"].strip() for item in items):
+            raise error("a user message is empty; give it some text or an image")
+    if for_generation and turns[-1][0] != "user":
+        raise error(f"the last message must be the user's (the assistant answers it), not the {turns[-1][0]}'s; "
+                    "drop the trailing assistant message")
+
+
+def _prefix_space(items: list[dict]) -> list[dict]:
     """The answer follows `<|Assistant|>:` after one space, as DeepSeek's template writes it."""
-    if isinstance(content, str):
-        return " " + content
-    items = list(content)
-    if items and isinstance(items[0], dict) and items[0].get("type") == "text":
-        items[0] = {**items[0], "text": " " + items[0].get("text", "")}
-    else:
-        items.insert(0, {"type": "text", "text": " "})
-    return items
+    if items and items[0]["type"] == "text":
+        return [{**items[0], "text": " " + items[0]["text"]}, *items[1:]]
+    return [{"type": "text", "text": " "}, *items]
 
 
-def _resolve_images(message: dict, image_at) -> dict:
-    if not isinstance(message, dict) or "content" not in message:
-        raise DataError(f"a message needs 'role' and 'content', got {message!r}")
-    content = message["content"]
-    if isinstance(content, str):
+def _resolve_images(message: Any, image_at) -> Any:
+    """A record's message with image paths made relative to the JSONL file (shape checks come later)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
         return message
-    items = [{**c, "image": image_at(c.get("image"))} if isinstance(c, dict) and c.get("type") == "image" else c
+    items = [{**c, "image": image_at(_image_of(c))} if isinstance(c, dict) and c.get("type") == "image" else c
              for c in content]
     return {**message, "content": items}
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikeProcessor
-from janus_like.checkpoint import deepseek, detect_layout, hf_janus
+from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikeProcessor, SettingsError
+from janus_like.checkpoint import default_model_path, deepseek, detect_layout, hf_janus
 from janus_like.checkpoint.convert import convert
 from janus_like.cli import main as cli_main
 from janus_like.processor import GEN_IMAGE, TEXT
-from janus_like.testing import BOS, EOS, PAD, byte_level_tokenizer, random_image, shape_image
+from janus_like.testing import BOS, EOS, PAD, byte_level_tokenizer, random_image, shape_image, tiny_model
 
 import reference_janus as ref
 
@@ -516,6 +516,248 @@ def test_clear_errors(tmp_path, deepseek_dir):
         JanusLikeProcessor.from_pretrained(no_tags)
     with pytest.raises(CheckpointError, match="<begin_of_image>"):
         JanusLikeForConditionalGeneration.from_pretrained(no_tags)
+
+
+# --------------------------------------------------------------------------- malformed checkpoints, options
+
+
+@pytest.fixture(scope="module")
+def own_dir(tmp_path_factory):
+    """A tiny model in this package's format (save_pretrained)."""
+    model, processor = tiny_model(seed=0)
+    path = tmp_path_factory.mktemp("own") / "tiny"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def deepseek_st_dir(tmp_path_factory, tiny_tables):
+    """A DeepSeek checkpoint in two safetensors shards with an index."""
+    path = tmp_path_factory.mktemp("deepseek-st") / "Janus-Pro-tiny"
+    write_deepseek(path, weights="safetensors")
+    return path
+
+
+def one_line_error(error_class, match: str, load) -> str:
+    """`load()` raises `error_class` whose one-line message matches `match`; returns the message."""
+    with pytest.raises(error_class, match=match) as err:
+        load()
+    assert "\n" not in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def edit_safetensors(file: Path, edit) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(file)
+    edit(state)
+    save_file(state, file, metadata={"format": "pt"})
+
+
+def test_own_format_round_trips_clean_and_refuses_missing_unexpected_or_reshaped_tensors(tmp_path, own_dir):
+    model, info = JanusLikeForConditionalGeneration._from_own_format(own_dir, output_loading_info=True)
+    assert not any(info.values())  # tied weights and non-persistent buffers are no false alarm
+    assert not any(JanusLikeForConditionalGeneration._from_own_format(
+        default_model_path(), output_loading_info=True)[1].values())
+    model.save_pretrained(tmp_path / "again")
+    again = JanusLikeForConditionalGeneration.from_pretrained(tmp_path / "again").state_dict()
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+
+    bias = "gen_head.vision_head.bias"
+    missing = copy_checkpoint(own_dir, tmp_path / "missing")  # transformers would initialise it fresh
+    edit_safetensors(missing / "model.safetensors", lambda state: state.pop(bias))
+    one_line_error(CheckpointError, f"missing: {bias}",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(missing))
+    extra = copy_checkpoint(own_dir, tmp_path / "extra")
+    edit_safetensors(extra / "model.safetensors", lambda state: state.update({"mystery.weight": torch.zeros(2)}))
+    one_line_error(CheckpointError, "not in the model: mystery.weight",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(extra))
+    reshaped = copy_checkpoint(own_dir, tmp_path / "reshaped")
+    edit_safetensors(reshaped / "model.safetensors", lambda state: state.update({bias: torch.zeros(7)}))
+    one_line_error(CheckpointError, rf"{bias} \(checkpoint \(7,\), model \(64,\)\)",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(reshaped))
+    vocab = copy_checkpoint(own_dir, tmp_path / "vocab")
+    config = json.loads((vocab / "config.json").read_text())
+    rows = config["text_config"]["vocab_size"]
+    config["text_config"]["vocab_size"] = rows + 16
+    (vocab / "config.json").write_text(json.dumps(config))
+    one_line_error(CheckpointError, rf"embed_tokens.weight \(checkpoint \({rows}, 64\), model \({rows + 16}, 64\)\)",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(vocab))
+
+
+OWN_FIELDS = [  # edit of the own format's config.json, what the error names
+    pytest.param(lambda c: c["text_config"].update(hidden_size="64"), "config.json: .*'hidden_size' expected int",
+                 id="hidden_size-string"),
+    pytest.param(lambda c: c.update(vq_config=5), "config.json: .*vq_config", id="vq_config-number"),
+    pytest.param(lambda c: c["text_config"].update(vocab_size=-5), "text_config.vocab_size = -5",
+                 id="vocab_size-negative"),
+    pytest.param(lambda c: c.update(aligner_depth="x"), "aligner_depth = 'x'; accepted: an integer >= 1",
+                 id="aligner_depth-string"),
+]
+
+
+@pytest.mark.parametrize("edit,match", OWN_FIELDS)
+def test_own_format_config_fields_of_the_wrong_type(tmp_path, own_dir, edit, match):
+    path = copy_checkpoint(own_dir, tmp_path / "own")
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+    one_line_error(CheckpointError, match, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+
+
+def truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def split_own_weights(path: Path) -> None:
+    """model.safetensors -> two shards and an index; then remove the second shard."""
+    from safetensors.torch import load_file
+
+    state = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    write_shards(path, state, "safetensors")
+    (path / "model-00002-of-00002.safetensors").unlink()
+
+
+def evil_bin(path: Path) -> None:
+    from safetensors.torch import load_file
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {path / 'pwned'}",)
+
+    state = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    torch.save({**state, "extra": Evil()}, path / "pytorch_model.bin")
+
+
+OWN_DAMAGE = {  # what is done to the own-format directory -> what the error says
+    "weights deleted": (lambda p: (p / "model.safetensors").unlink(), "no weights in .*expected model.safetensors"),
+    "truncated": (lambda p: truncate(p / "model.safetensors"), "cannot read .*model.safetensors: SafetensorError"),
+    "garbage": (lambda p: (p / "model.safetensors").write_bytes(b"garbage" * 10), "cannot read .*model.safetensors"),
+    "empty": (lambda p: (p / "model.safetensors").write_bytes(b""), "cannot read .*model.safetensors"),
+    "shard missing": (split_own_weights, "missing .*model-00002-of-00002.safetensors"),
+    "index not json": (lambda p: (split_own_weights(p), (p / "model.safetensors.index.json").write_text("{bad")),
+                       "model.safetensors.index.json is not a valid shard index"),
+    "pickled code": (evil_bin, "refusing to load .*pytorch_model.bin"),
+}
+
+
+@pytest.mark.parametrize("damage", list(OWN_DAMAGE))
+def test_own_format_unreadable_files_name_the_file(tmp_path, own_dir, damage):
+    path = copy_checkpoint(own_dir, tmp_path / "own")
+    spoil, match = OWN_DAMAGE[damage]
+    spoil(path)
+    one_line_error(CheckpointError, match, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    assert not (path / "pwned").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_foreign_safetensors_damage_is_a_checkpoint_error_in_load_and_convert(tmp_path, deepseek_st_dir, damage):
+    path = copy_checkpoint(deepseek_st_dir, tmp_path / "ds")
+    shard = path / "model-00002-of-00002.safetensors"
+    {"truncated": truncate, "garbage": lambda f: f.write_bytes(b"garbage" * 10),
+     "empty": lambda f: f.write_bytes(b"")}[damage](shard)
+    match = "cannot read .*model-00002-of-00002.safetensors"
+    one_line_error(CheckpointError, match, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    one_line_error(CheckpointError, match, lambda: convert(path, tmp_path / "out"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("text", [b"[1, 2]", b"null", b"\xff\xfe\x00garbage"], ids=["list", "null", "not-utf8"])
+@pytest.mark.parametrize("name", ["config.json", "processor_config.json", "preprocessor_config.json"])
+def test_json_files_that_are_not_utf8_json_objects(tmp_path, deepseek_dir, name, text):
+    path = copy_checkpoint(deepseek_dir[0], tmp_path / "ds")
+    (path / name).write_bytes(text)
+    match = f"{name} (must hold a JSON object|is not valid UTF-8 JSON)"
+    one_line_error(CheckpointError, match, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    one_line_error(CheckpointError, match, lambda: JanusLikeProcessor.from_pretrained(path))
+
+
+DEEPSEEK_FIELDS = [  # file, edit of its JSON, what the error names
+    pytest.param("config.json", lambda c: c.update(gen_vision_config=None), "gen_vision_config = None",
+                 id="gen_vision_config-null"),
+    pytest.param("config.json", lambda c: c.update(gen_vision_config="VQ-16"), "gen_vision_config = 'VQ-16'",
+                 id="gen_vision_config-string"),
+    pytest.param("config.json", lambda c: c["vision_config"].update(params=[]), r"vision_config.params = \[\]",
+                 id="vision-params-list"),
+    pytest.param("config.json", lambda c: c["vision_config"]["params"].update(image_size="abc"),
+                 "vision_config.params.image_size = 'abc'; accepted: an integer", id="vision-image_size-string"),
+    pytest.param("config.json", lambda c: c["vision_config"]["params"].update(select_layer="x"),
+                 "vision_config.params.select_layer = 'x'; accepted: an integer", id="select_layer-string"),
+    pytest.param("config.json", lambda c: c["vision_config"]["params"].update(pixel_mean="abc"),
+                 "vision_config.params.pixel_mean = 'abc'; accepted: a list of 3 numbers", id="pixel_mean-string"),
+    pytest.param("config.json", lambda c: c["language_config"].update(hidden_size="64"),
+                 "config.json: .*'hidden_size' expected int", id="hidden_size-string"),
+    pytest.param("config.json", lambda c: c["language_config"].update(num_attention_heads=3),
+                 "config.json: .*not a multiple of the number of attention heads", id="heads-not-dividing"),
+    pytest.param("config.json", lambda c: c["language_config"].update(vocab_size=-5),
+                 "language_config.vocab_size = -5; accepted: an integer >= 1", id="vocab_size-negative"),
+    pytest.param("preprocessor_config.json", lambda c: c.update(image_mean="abc"),
+                 "image_mean = 'abc'; accepted: a list of 3", id="image_mean-string"),
+    pytest.param("preprocessor_config.json", lambda c: c.update(image_size="abc"), "image processor size = 'abc'",
+                 id="image_size-string"),
+    pytest.param("preprocessor_config.json", lambda c: c.update(image_std=[0.5, 0, 0.5]),
+                 "image_std .* 3 positive numbers", id="image_std-zero"),
+]
+
+
+@pytest.mark.parametrize("name,edit,match", DEEPSEEK_FIELDS)
+def test_deepseek_config_fields_of_the_wrong_type(tmp_path, deepseek_dir, name, edit, match):
+    path = copy_checkpoint(deepseek_dir[0], tmp_path / "ds")
+    config = json.loads((path / name).read_text())
+    edit(config)
+    (path / name).write_text(json.dumps(config))
+    one_line_error(CheckpointError, match, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+
+
+def test_transformers_config_errors_are_one_line():
+    one_line_error(CheckpointError, "not a valid transformers Janus config: .*'hidden_size' expected int",
+                   lambda: hf_janus.model_config({"vision_config": {"hidden_size": "x"}}))
+    one_line_error(CheckpointError, "text_config.vocab_size = -5",
+                   lambda: hf_janus.model_config({"text_config": {"model_type": "llama", "vocab_size": -5}}))
+
+
+@pytest.mark.parametrize("weight_map", [["a"], {"a": 5}, {"a": "../elsewhere.safetensors"}],
+                         ids=["list", "int-values", "outside-the-directory"])
+def test_shard_index_must_map_names_to_files_beside_it(tmp_path, deepseek_st_dir, weight_map):
+    path = copy_checkpoint(deepseek_st_dir, tmp_path / "ds")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    one_line_error(CheckpointError, "'weight_map' must map tensor names to shard file names",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+
+
+def test_tensor_the_mapping_cannot_take_apart(tmp_path, deepseek_dir):
+    path, reference = deepseek_dir
+    path = copy_checkpoint(path, tmp_path / "ds")
+    torch.save({**reference.state_dict(), "vision_model.vision_tower.pos_embed": torch.zeros(())},
+               path / "pytorch_model.bin")
+    one_line_error(CheckpointError, r"vision_model.vision_tower.pos_embed .*shape \(\)",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+
+
+@pytest.mark.parametrize("layout", ["own", "deepseek"])
+def test_dtype_and_device_options_are_the_same_for_every_layout(own_dir, deepseek_dir, layout):
+    path = own_dir if layout == "own" else deepseek_dir[0]
+    model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    load = JanusLikeForConditionalGeneration.from_pretrained
+    one_line_error(SettingsError, "dtype=torch.int8 .*accepted: .*'float32', 'bfloat16', 'float16'",
+                   lambda: load(path, dtype=torch.int8))
+    one_line_error(SettingsError, "dtype='fp8' .*accepted", lambda: load(path, dtype="fp8"))
+    one_line_error(SettingsError, "device='bogus' .*available: cpu", lambda: load(path, device="bogus"))
+    if not torch.cuda.is_available():
+        one_line_error(SettingsError, "device='cuda' .*available: cpu", lambda: load(path, device="cuda"))
+    one_line_error(SettingsError, "either device or device_map", lambda: load(path, device="cpu", device_map="auto"))
+
+
+def test_convert_into_a_path_below_a_file(tmp_path, deepseek_dir, capsys):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write .*afile/sub"):
+        convert(deepseek_dir[0], tmp_path / "afile" / "sub")
+    assert cli_main(["convert", str(deepseek_dir[0]), str(tmp_path / "afile" / "sub")]) == 2
+    assert "afile" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- real size, no memory

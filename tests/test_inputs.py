@@ -115,3 +115,134 @@ def test_records_from_jsonl_paths(tiny, tmp_path):
                       '"content": [{"type": "text", "text": "A circle."}]}]}')
     batch = processor([line], base_dir=tmp_path)
     assert batch["pixel_values"].shape == (1, 3, 32, 32)
+
+
+# ---------------------------------------------------------------- malformed messages, records and inputs
+
+BAD_MESSAGES = [  # (messages, what the message must say); the same for a prompt and a training record
+    ([{"role": "user"}], "user message needs 'content'"),
+    ([{"role": "user", "content": None}], "content must be a string or a list of content items, got NoneType"),
+    ([{"role": "user", "content": 5}], "content must be a string or a list of content items, got int 5"),
+    ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "needs a 'text' string, got int 5"),
+    ([{"role": "user", "content": [{"type": "text", "text": ["a"]}]}], "needs a 'text' string, got list"),
+    ([{"role": "user", "content": [{"type": "text"}]}], "needs a 'text' string, got NoneType"),
+    ([{"role": "user", "content": ["hi"]}], "unknown content item str 'hi'"),
+    ([{"role": "system", "content": None}, {"role": "user", "content": "hi"}], "system message's content must be"),
+    ([{"role": "system", "content": ["a"]}, {"role": "user", "content": "hi"}], "unknown content item str 'a'"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}], "assistant message's content"),
+    (["hello"], "a message must be a dict with 'role' and 'content'"),
+    ([{"role": "tool", "content": "hi"}], "unknown message role 'tool'; accepted: system, user, assistant"),
+    ([{"role": "assistant", "content": "A red"}], "needs at least one user message"),
+    ([{"role": "user", "content": "  "}], "user message is empty; give it some text or an image"),
+    ([{"role": "user", "content": []}], "user message is empty"),
+    ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "user message is empty"),
+]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from janus_like.testing import tiny_model
+    return tiny_model()[1]
+
+
+@pytest.mark.parametrize("messages, match", BAD_MESSAGES)
+def test_malformed_messages_name_the_problem(processor, messages, match):
+    with pytest.raises(PromptError, match=match):  # generation side: pipe.chat(messages)
+        processor.conversation(messages)
+    with pytest.raises(DataError, match=match):  # training side: reported with file:line
+        processor.record_to_sequence({"task": "understanding", "messages": messages})
+
+
+def test_a_prompt_to_answer_ends_with_the_users_turn(processor):
+    ended = [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "A red"}]
+    with pytest.raises(PromptError, match="last message must be the user's"):
+        processor.conversation(ended)
+    # a training record (and a conversation scored without a generation prompt) ends with the answer
+    seq = processor.record_to_sequence({"task": "understanding", "messages": ended})
+    assert seq.ids[-1] == processor.eos_id and seq.trainable[-1]
+    assert processor.conversation(ended, add_generation_prompt=False).ids == seq.ids
+    image_only = [{"role": "user", "content": [{"type": "image", "image": shape_image()}]}]
+    assert processor.conversation(image_only).und_pixels  # an image alone is something to answer
+
+
+@pytest.mark.parametrize("record, match", [
+    ({"task": "interleaved", "segments": [{"type": "text", "text": 5}]}, "text segment needs a 'text' string, got int"),
+    ({"task": "interleaved", "segments": [{"type": "text", "text": ["a"]}]}, "text segment needs a 'text' string"),
+    ({"task": "interleaved", "prompt": 5, "segments": [{"type": "text", "text": "a"}]},
+     "'prompt' must be a string or a list of content items, got int 5"),
+    ({"task": "generation", "prompt": "x", "image": "out.png", "input_images": "in.png"},
+     "'input_images' must be a list of images .*got str 'in.png'; put a single image in a list"),
+    ({"task": "generation", "prompt": "x", "image": "out.png", "input_images": 5}, "'input_images' must be a list"),
+])
+def test_malformed_record_fields_name_the_field(processor, record, match):
+    with pytest.raises(DataError, match=match):
+        processor.record_to_sequence(record)
+
+
+def test_null_input_images_means_none(processor):
+    record = {"task": "generation", "prompt": "x", "image": shape_image(), "input_images": None}
+    assert not processor.record_to_sequence(record).und_pixels
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda p, text: p.generation_prompt(text), PromptError),
+    (lambda p, text: p.conversation([{"role": "user", "content": text}]), PromptError),
+    (lambda p, text: p.record_to_sequence({"task": "text", "text": text}), DataError),
+])
+@pytest.mark.parametrize("text", ["a \ud800 circle", "a \udcff circle"])  # the second: a non-UTF-8 CLI argument
+def test_text_that_is_not_unicode_is_refused(processor, call, error, text):
+    with pytest.raises(error, match=r"valid Unicode: the character at position 2 \(from 0\).* U\+D"):
+        call(processor, text)
+
+
+def test_generation_prompt_refuses_a_bare_image_or_a_non_string(processor):
+    with pytest.raises(PromptError, match="images must be a list of images"):
+        processor.generation_prompt("make it blue", images="in.png")
+    with pytest.raises(PromptError, match="the prompt must be a string, got int"):
+        processor.generation_prompt(5)
+
+
+@pytest.mark.parametrize("image", [np.zeros((8, 8, 3), np.uint8), b"imgs/x.png", 3, torch.zeros(3, 8, 8), None],
+                         ids=["ndarray", "bytes", "int", "tensor", "None"])
+def test_load_image_names_the_accepted_types(image):
+    with pytest.raises(ImageError, match=r"file path \(str or os.PathLike\) or a PIL.Image.Image, got"):
+        load_image(image)
+
+
+def test_load_image_refuses_an_open_file_a_directory_and_an_empty_path(tmp_path):
+    shape_image().save(tmp_path / "x.png")
+    with open(tmp_path / "x.png", "rb") as f, pytest.raises(ImageError, match="got BufferedReader"):
+        load_image(f)
+    (tmp_path / "adir.png").mkdir()
+    with pytest.raises(ImageError, match="adir.png is a directory"):
+        load_image(tmp_path / "adir.png")
+    with pytest.raises(ImageError, match="the image path is empty"):
+        load_image("")
+
+
+def test_float_image_with_nan_and_inf_keeps_its_content(tmp_path):
+    arr = np.tile(np.linspace(0.0, 1.0, 16, dtype=np.float32), (16, 1))
+    arr[0, 0], arr[0, 1], arr[0, 2] = np.nan, np.inf, -np.inf
+    Image.fromarray(arr, "F").save(tmp_path / "f.tiff")
+    out = np.asarray(load_image(tmp_path / "f.tiff"))[..., 0]
+    assert out[1].min() == 0 and out[1].max() == 255  # the gradient survives (was all black)
+    assert out[0, :3].tolist() == [0, 255, 0]  # NaN and -inf as the lowest value, +inf as the highest
+    with pytest.raises(ImageError, match="no finite pixel values"):
+        load_image(Image.fromarray(np.full((4, 4), np.nan, np.float32), "F"))
+
+
+def test_own_format_processor_files_are_checked(processor, tmp_path):
+    from janus_like import CheckpointError, JanusLikeProcessor
+    processor.save_pretrained(tmp_path)
+    settings = tmp_path / "processor_config.json"
+    for text, match in [("{bad", "processor_config.json is not valid .*JSON"),
+                        ("[1]", "processor_config.json must hold a JSON object"),
+                        ('{"image_mean": "abc"}', "image_mean must be a list of 3 numbers, got str")]:
+        settings.write_text(text)
+        with pytest.raises(CheckpointError, match=match):
+            JanusLikeProcessor.from_dir(tmp_path, processor.config)
+    settings.unlink()
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="has no tokenizer"):
+        JanusLikeProcessor.from_dir(tmp_path, processor.config)

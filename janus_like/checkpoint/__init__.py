@@ -10,13 +10,14 @@ Foreign layouts load tensor by tensor into a model built on the meta device (`lo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..configuration import JanusLikeConfig
-from ..errors import CheckpointError, ModelNotAvailableError
+from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
+from .options import check_device, resolve_dtype
+from .settings import read_json_object
 
 OWN = "janus_like"
 DEEPSEEK = "deepseek"
@@ -32,10 +33,7 @@ def read_config_json(path: Path) -> dict:
     if not file.is_file():
         raise CheckpointError(f"{path} has no config.json; expected a model directory "
                               "(this package's save_pretrained output, DeepSeek Janus or transformers' Janus)")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    return read_json_object(file)
 
 
 def layout_of(config: dict) -> str | None:
@@ -103,17 +101,18 @@ def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, 
                low_cpu_mem_usage: bool = True, **kwargs):
     """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout
     (no path: the embedded default model)."""
+    dtype, device = resolve_dtype(dtype), check_device(device)
+    if device is not None and device_map is not None:
+        raise SettingsError("give either device or device_map, not both")
     path = default_model_path() if path is None else resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:
         if device is not None:
-            if device_map is not None:
-                raise CheckpointError("give either device or device_map, not both")
             device_map = {"": device}
         return cls._from_own_format(path, dtype=dtype, device_map=device_map, **kwargs)
     unknown = set(kwargs) - {"max_memory", "offload_folder"}
     if unknown:
-        raise CheckpointError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
+        raise SettingsError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
                               "accepted: dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage")
     checkpoint = open_foreign(path, layout, read_config_json(path))
     return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,

@@ -14,20 +14,21 @@ from pathlib import Path
 
 import torch
 
-from ..configuration import DTYPES
 from ..errors import CheckpointError
 from . import open_checkpoint
 from .files import ShardWriter
 from .loading import mapped_tensors
+from .options import resolve_dtype
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None,
+def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
             max_shard_bytes: int = 2 * 2**30) -> Path:
     """Write `src` (any foreign layout) to `dst` in this package's format; returns `dst`."""
     from accelerate import init_empty_weights
 
     from ..modeling import JanusLikeForConditionalGeneration
 
+    dtype = resolve_dtype(dtype)
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
@@ -54,7 +55,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype |
 
 
 def convert_command(args: argparse.Namespace) -> int:
-    dtype = DTYPES[args.dtype] if getattr(args, "dtype", None) else None
-    dst = convert(args.src, args.dst, dtype)
+    dst = convert(args.src, args.dst, getattr(args, "dtype", None))
     print(f"converted {args.src} -> {dst} (janus_like format)")
     return 0

@@ -18,7 +18,8 @@ from transformers import AutoConfig
 from ..configuration import JANUS_SYSTEM_PROMPT, JanusLikeConfig
 from ..errors import CheckpointError
 from .hf_janus import map_vq
-from .settings import ImageSettings, load_tokenizer, read_json, require, text_config_dict
+from .settings import (ImageSettings, config_errors, load_tokenizer, read_json, require, require_int, require_sizes,
+                       text_config_dict)
 
 PARTS = ("language_config", "vision_config", "aligner_config", "gen_vision_config", "gen_aligner_config",
          "gen_head_config")
@@ -89,11 +90,22 @@ def fallbacks(raw: dict) -> dict[str, str]:
     return {}
 
 
-def _params(raw: dict, part: str) -> dict:
+def _section(raw: dict, part: str) -> dict:
     section = raw.get(part)
     if not isinstance(section, dict):
-        raise CheckpointError(f"DeepSeek config.json: {part} must be an object, got {section!r}")
-    return section.get("params", {}) if part != "language_config" else section
+        raise CheckpointError(f"unsupported checkpoint config: {part} = {section!r:.60}; accepted: an object "
+                              "(as in DeepSeek's config.json)")
+    return section
+
+
+def _params(raw: dict, part: str) -> dict:
+    """A part's constructor arguments: `params` of a section (the language section is flat)."""
+    section = _section(raw, part)
+    if part == "language_config":
+        return section
+    params = section.get("params", {})
+    require(isinstance(params, dict), f"{part}.params", params, "an object of constructor arguments")
+    return params
 
 
 def _mlp_gelu(raw: dict, part: str, input_dim: int, hidden: int) -> int:
@@ -118,21 +130,23 @@ def model_config(raw: dict) -> JanusLikeConfig:
     model_type = language.pop("model_type", "llama")
     require(model_type == "llama", "language_config.model_type", model_type, "'llama'")
     text = AutoConfig.for_model("llama", **language)  # DeepSeek builds LlamaConfig(**language_config)
+    require_sizes(text, "language_config")
     hidden = text.hidden_size
 
     vision = _params(raw, "vision_config")
     name = vision.get("model_name")
     require(name in SIGLIP_VARIANTS, "vision_config.params.model_name", name, ", ".join(map(repr, SIGLIP_VARIANTS)))
     tower = SIGLIP_VARIANTS[name]
-    select_layer = int(vision.get("select_layer", -1))
+    select_layer = require_int(vision, "select_layer", -1, "vision_config.params.select_layer")
     # DeepSeek builds only the blocks up to select_layer, then the final norm (create_siglip_vit)
     layers = min(tower["layers"], tower["layers"] + select_layer + 1 if select_layer <= 0 else select_layer)
+    image_size = require_int(vision, "image_size", tower["image_size"], "vision_config.params.image_size", minimum=1)
     vision_config = dict(hidden_size=tower["width"], intermediate_size=int(tower["width"] * tower["mlp_ratio"]),
                          num_hidden_layers=layers, num_attention_heads=tower["heads"],
-                         image_size=int(vision.get("image_size", tower["image_size"])), patch_size=tower["patch_size"],
+                         image_size=image_size, patch_size=tower["patch_size"],
                          hidden_act="gelu", layer_norm_eps=1e-6, vision_use_head=False)
 
-    gen_vision = raw["gen_vision_config"]
+    gen_vision = _section(raw, "gen_vision_config")
     require(gen_vision.get("cls") in VQ_VARIANTS, "gen_vision_config.cls", gen_vision.get("cls"),
             ", ".join(map(repr, VQ_VARIANTS)))
     vq = dict(VQ_VARIANTS[gen_vision["cls"]])
@@ -145,11 +159,12 @@ def model_config(raw: dict) -> JanusLikeConfig:
     require(head.get("n_embed") == hidden, "gen_head_config.params.n_embed", head.get("n_embed"), str(hidden))
     require(head.get("image_token_size") == vq["codebook_size"], "gen_head_config.params.image_token_size",
             head.get("image_token_size"), str(vq["codebook_size"]))
+    head_hidden = require_int(head, "image_token_embed", hidden, "gen_head_config.params.image_token_embed", minimum=1)
     return JanusLikeConfig(
         text_config=text_config_dict(text), vision_config=vision_config, vq_config=vq,
         aligner_depth=_mlp_gelu(raw, "aligner_config", tower["width"], hidden),
         gen_aligner_depth=_mlp_gelu(raw, "gen_aligner_config", vq["codebook_dim"], hidden),
-        gen_head_hidden_size=head.get("image_token_embed", hidden), gen_image_size=gen_image_size,
+        gen_head_hidden_size=head_hidden, gen_image_size=gen_image_size,
         system_prompt=JANUS_SYSTEM_PROMPT,
     )
 
@@ -157,7 +172,8 @@ def model_config(raw: dict) -> JanusLikeConfig:
 def build_config(path: Path, raw: dict) -> tuple[JanusLikeConfig, object, ImageSettings]:
     """DeepSeek's config.json, processor_config.json and preprocessor_config.json -> JanusLikeConfig
     (with their chat settings), the tokenizer (with VLChatProcessor's runtime addition) and image settings."""
-    config = model_config(raw)
+    with config_errors(path / "config.json"):
+        config = model_config(raw)
     tokenizer = load_tokenizer(path)
     processor_config = read_json(path / "processor_config.json")
     sft_format = processor_config.get("sft_format", "deepseek")

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from .settings import one_line
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -30,11 +31,7 @@ def weight_files(path: Path) -> list[Path]:
     for name in INDEX_FILES:
         index = path / name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index} is not a valid shard index (needs a 'weight_map' object): {e}") from e
-            shards = sorted(set(weight_map.values()))
+            shards = sorted(set(_weight_map(index).values()))
             missing = [s for s in shards if not (path / s).is_file()]
             if missing:
                 raise CheckpointError(f"{index} lists {len(shards)} shards but {len(missing)} are missing from {path}: "
@@ -48,6 +45,20 @@ def weight_files(path: Path) -> list[Path]:
         return shards
     raise CheckpointError(f"no weights in {path}: expected {' or '.join(SINGLE_FILES)}, or shards with "
                           f"{' or '.join(INDEX_FILES)}")
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """An index json's tensor -> shard file map, each shard a file name beside the index."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index} is not a valid shard index (needs a 'weight_map' object): "
+                              f"{one_line(e)}") from e
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v and Path(v).name == v
+                                                   for v in weight_map.values()):
+        raise CheckpointError(f"{index} is not a valid shard index: 'weight_map' must map tensor names to shard "
+                              f"file names in the same directory, got {weight_map!r:.80}")
+    return weight_map
 
 
 def load_bin(file: Path) -> dict[str, torch.Tensor]:
@@ -66,7 +77,7 @@ def load_bin(file: Path) -> dict[str, torch.Tensor]:
                               f"code when unpickled (torch.load weights_only=True rejected it: {reason}). "
                               "Use a safetensors copy of the checkpoint") from e
     except Exception as e:
-        raise CheckpointError(f"cannot read {file}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot read {file}: {one_line(e)}") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{file} is not a state dict (a mapping of names to tensors)")
     return state
@@ -83,7 +94,7 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             except CheckpointError:
                 raise
             except Exception as e:
-                raise CheckpointError(f"cannot read {file}: {type(e).__name__}: {e}") from e
+                raise unreadable(file, e) from e
         else:
             state = load_bin(file)
             for name in list(state):
@@ -96,9 +107,23 @@ def count_tensors(files: list[Path]) -> int | None:
     for file in files:
         if file.suffix != ".safetensors":
             return None
-        with safe_open(file, framework="pt") as f:
-            total += len(f.keys())
+        total += len(safetensors_keys(file))
     return total
+
+
+def safetensors_keys(file: Path) -> list[str]:
+    """The tensor names in a safetensors header; a CheckpointError if the file is not complete safetensors."""
+    try:
+        with safe_open(file, framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own SafetensorError (header too large, file too short, …)
+        raise unreadable(file, e) from e
+
+
+def unreadable(file: Path, error: Exception) -> CheckpointError:
+    """The error for a safetensors file that is truncated, empty or not safetensors at all."""
+    return CheckpointError(f"cannot read {file}: {one_line(error)}; expected a complete safetensors file "
+                           "(download or save it again)")
 
 
 class ShardWriter:
@@ -110,8 +135,12 @@ class ShardWriter:
     def __init__(self, directory: Path, max_shard_bytes: int = 2 * 2**30):
         self.directory = directory
         self.max_shard_bytes = max_shard_bytes
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        except OSError as e:  # a parent is a file, or is not writable
+            raise CheckpointError(f"cannot write {directory}: {e.strerror} ({e.filename}); choose a destination "
+                                  "inside a writable directory") from e
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
         self.shards: list[list[str]] = []

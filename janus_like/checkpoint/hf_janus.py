@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from ..configuration import JANUS_SYSTEM_PROMPT, JanusLikeConfig
 from ..errors import CheckpointError
-from .settings import ImageSettings, load_tokenizer, read_json, require, text_config_dict
+from .settings import (ImageSettings, config_errors, load_tokenizer, one_line, read_json, require, require_sizes,
+                       text_config_dict)
 
 MODEL_TYPE = "janus"
 TIED_FALLBACKS = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
@@ -110,8 +111,9 @@ def model_config(raw: dict) -> JanusLikeConfig:
     try:
         hf = JanusConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
     except Exception as e:
-        raise CheckpointError(f"config.json is not a valid transformers Janus config: {e}") from e
+        raise CheckpointError(f"config.json is not a valid transformers Janus config: {one_line(e)}") from e
     text, vision, vq = hf.text_config, hf.vision_config, hf.vq_config
+    require_sizes(text, "text_config")
     hidden = text.hidden_size
     require(not vision.use_qk_norm, "vision_config.use_qk_norm", vision.use_qk_norm, "false (SigLIP has no qk-norm)")
     require(vision.attention_bias, "vision_config.attention_bias", vision.attention_bias, "true")
@@ -123,6 +125,7 @@ def model_config(raw: dict) -> JanusLikeConfig:
                          ("vq_config.projection_dim", vq.projection_dim)):
         require(value == hidden, field, value, f"the language model's hidden_size {hidden}")
     image_size, patch_size = _side(vision.image_size), _side(vision.patch_size)
+    require(patch_size >= 1, "vision_config.patch_size", vision.patch_size, "a positive integer")
     vision_config = dict(hidden_size=vision.hidden_size, intermediate_size=int(vision.hidden_size * vision.mlp_ratio),
                          num_hidden_layers=vision.num_hidden_layers, num_attention_heads=vision.num_attention_heads,
                          num_channels=vision.num_channels, image_size=image_size, patch_size=patch_size,
@@ -144,7 +147,8 @@ def model_config(raw: dict) -> JanusLikeConfig:
 def build_config(path: Path, raw: dict) -> tuple[JanusLikeConfig, object, ImageSettings]:
     """config.json plus the JanusProcessor files saved beside it -> JanusLikeConfig (with the chat
     settings of transformers' converted Janus), the tokenizer and the image settings."""
-    config = model_config(raw)
+    with config_errors(path / "config.json"):
+        config = model_config(raw)
     tokenizer = load_tokenizer(path)
     processor_config = read_json(path / "processor_config.json")
     settings = ImageSettings.from_preprocessor(

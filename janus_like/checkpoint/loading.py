@@ -17,7 +17,7 @@ from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError
 from . import deepseek, hf_janus
 from .files import count_tensors, iter_tensors, weight_files
-from .settings import ImageSettings
+from .settings import ImageSettings, one_line
 
 LAYOUTS: dict[str, ModuleType] = {"deepseek": deepseek, "hf_janus": hf_janus}
 
@@ -65,7 +65,7 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
     unexpected: list[str] = []
     for source, tensor in tqdm(iter_tensors(files), total=count_tensors(files), desc=desc, unit="tensor",
                                leave=False):
-        mapped = checkpoint.module.map_tensor(source, tensor)
+        mapped = _map(checkpoint, source, tensor)
         if mapped is None:
             unexpected.append(source)
             continue
@@ -95,6 +95,16 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
         raise CheckpointError(f"{len(missing)} model tensors are missing from {checkpoint.path}: {_some(missing)}")
 
 
+def _map(checkpoint: ForeignCheckpoint, source: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]] | None:
+    """The layout's mapping of one tensor; a CheckpointError when its shape is one the mapping cannot
+    take apart (a 0-d pos_embed, a fused qkv that is not a matrix)."""
+    try:
+        return checkpoint.module.map_tensor(source, tensor)
+    except (IndexError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot load {source} from {checkpoint.path}: its shape {tuple(tensor.shape)} is "
+                              f"not one the {checkpoint.layout} layout has ({one_line(e)})") from e
+
+
 def _some(names: list[str], n: int = 8) -> str:
     return ", ".join(names[:n]) + (" …" if len(names) > n else "")
 
@@ -116,8 +126,6 @@ def load_foreign_model(cls, checkpoint: ForeignCheckpoint, *, dtype: torch.dtype
     from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
 
-    if device is not None and device_map is not None:
-        raise CheckpointError("give either device or device_map, not both")
     config = checkpoint.config
     with init_empty_weights(include_buffers=False) if low_cpu_mem_usage else nullcontext():
         model = cls(config)

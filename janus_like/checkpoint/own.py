@@ -1,0 +1,75 @@
+"""This package's own format, read by transformers' `PreTrainedModel.from_pretrained`, made strict.
+
+transformers only logs a report when a tensor is missing (and initialises it fresh), unexpected or
+reshaped, and lets its file errors through raw; here each is a CheckpointError naming the file or tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+from safetensors import SafetensorError
+
+from ..configuration import JanusLikeConfig
+from ..errors import CheckpointError
+from .files import load_bin, safetensors_keys, weight_files
+from .settings import config_errors, one_line, require_sizes
+
+
+def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loading_info: bool = False,
+                    ignore_mismatched_sizes: bool = False, **kwargs):
+    """`load(path, …)` (transformers' from_pretrained) after checking the weight files, then refuse
+    whatever tensor it could not load as saved (reshaped ones only unless `ignore_mismatched_sizes`)."""
+    path = Path(path)
+    check_config(path)
+    check_weight_files(path)
+    try:
+        # mismatches come back in the loading info (transformers would raise without naming them)
+        model, info = load(path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, SafetensorError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"cannot load the weights in {path}: {one_line(e)}") from e
+    check_loading_info(path, info, ignore_mismatched_sizes)
+    return (model, info) if output_loading_info else model
+
+
+def check_config(path: Path) -> None:
+    """config.json makes a JanusLikeConfig with positive sizes (else transformers fails raw: a strict
+    dataclass error, or a bad tensor dimension when it builds the model)."""
+    with config_errors(path / "config.json"):
+        config = JanusLikeConfig.from_pretrained(path)
+    require_sizes(config.text_config, "text_config")
+    require_sizes(config, keys=("aligner_depth", "gen_aligner_depth", "gen_head_hidden_size", "gen_image_size"))
+
+
+def check_weight_files(path: Path) -> None:
+    """Each weight file is present and readable: safetensors headers complete, `.bin` files tensors only."""
+    for file in weight_files(path):
+        if file.suffix == ".safetensors":
+            safetensors_keys(file)
+        else:
+            load_bin(file)  # memory-mapped, weights_only: cheap, and refuses pickled code
+
+
+def check_loading_info(path: Path, info: dict, ignore_mismatched_sizes: bool = False) -> None:
+    """Raise a CheckpointError for tensors the model expects but `path` lacks, holds but the model
+    lacks, or holds in another shape."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing: {_some(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        problems.append(f"not in the model: {_some(info['unexpected_keys'])}")
+    if info["mismatched_keys"] and not ignore_mismatched_sizes:
+        shapes = [f"{key} (checkpoint {tuple(saved)}, model {tuple(model)})"
+                  for key, saved, model in sorted(info["mismatched_keys"])]
+        problems.append(f"shape differs: {_some(shapes)}")
+    if problems:
+        raise CheckpointError(f"the tensors in {path} do not match the model its config.json describes; "
+                              f"{'; '.join(problems)}. Accepted: the tensors save_pretrained writes for that config")
+
+
+def _some(names, n: int = 8) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" … ({len(names)} in all)" if len(names) > n else "")
