@@ -103,11 +103,32 @@ def run(root: Path, resume: str | None = None, skip_bad: bool = False, **section
     ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
     ({"stage": 4}, "stage = 4"),
     ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),
+    ({"seed": -1}, "seed = -1 is out of range; accepted: [0, 4294967295]"),
+    ({"seed": 2**40}, "seed = 1099511627776 is out of range"),
+    ({"model": {"tiny": True, "tiny_seed": -1}}, "model.tiny_seed = -1 is out of range"),
+    # NaN fails every comparison and infinity has no upper bound: both must be refused where a float is read
+    ({"optimizer": {"lr": float("nan")}}, "optimizer.lr = nan is not accepted; give a finite number"),
+    ({"training": {"grad_clip": float("nan")}}, "training.grad_clip = nan is not accepted"),
+    ({"data": {"mix": {"text": float("inf"), "generation": 1.0}}}, "data.mix.text = inf is not accepted"),
+    ({"data": {"mix": {"text": float("nan"), "generation": 1.0}}}, "data.mix.text = nan is not accepted"),
+    ({"optimizer": {"betas": [0.9, float("inf")]}}, "optimizer.betas[1] = inf is not accepted"),
+    ({"optimizer": {"lr": "1e-4"}}, "optimizer.lr must be float, got '1e-4'; write 1.0e-4"),
 ])
 def test_bad_config_names_the_key(change, message):
     with pytest.raises(SettingsError, match=None) as err:
         config_from_dict(base_config(**change))
     assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"model:\n  tiny: true\n\tdata: x\n", "config.yaml:3:1: not valid YAML: found character '\\t'"),
+    (b"\xff\xfe\x00model: 1", "config.yaml is not UTF-8 text"),
+])
+def test_unreadable_config_is_one_line(tmp_path, text, message):
+    (tmp_path / "config.yaml").write_bytes(text)
+    with pytest.raises(SettingsError) as err:
+        load_config(tmp_path / "config.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
 def test_config_paths_are_relative_to_the_config_file(tmp_path):
@@ -182,8 +203,10 @@ def test_stage_presets_and_custom_patterns():
     names = apply_stage(model, 1, trainable=["vq.*", "language_model.lm_head.*"], frozen=["gen_embed.*"])
     assert groups(names) == {"aligner", "gen_aligner", "gen_head", "language_model"}
     assert not any(p.requires_grad for p in model.vq.parameters())
-    with pytest.raises(SettingsError, match="matches no parameter"):
+    with pytest.raises(SettingsError, match="^trainable: the pattern 'no_such_module.*' matches no parameter"):
         apply_stage(model, 2, trainable=["no_such_module.*"])
+    with pytest.raises(SettingsError, match="^frozen: the pattern 'nope' matches no parameter"):
+        apply_stage(model, 2, frozen=["nope"])
 
 
 def test_nonfinite_loss_is_skipped_or_stops(tmp_path):
@@ -442,3 +465,171 @@ def test_gradient_checkpointing_takes_the_same_steps(tmp_path):
     assert decoder.gradient_checkpointing and not stored.accelerator.unwrap_model(stored.model).decoder.gradient_checkpointing
     assert [h["loss"] for h in recomputed.state.history] == pytest.approx([h["loss"] for h in stored.state.history],
                                                                          rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- refused early, named in one line
+
+
+def _model_must_not_load(monkeypatch):
+    """Make loading the model fail the test: the check under test must come first."""
+    import janus_like.training.trainer as trainer_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(trainer_module, "build_model", fail)
+
+
+def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    write_dataset(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    _model_must_not_load(monkeypatch)
+    with pytest.raises(SettingsError, match="output_dir = .*afile is a file, not a folder"):
+        run(tmp_path, output_dir="afile", training={"max_steps": 1})
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory) -> Path:
+    """A run of 2 steps with checkpoints step-1 and step-2 (copy it before changing it)."""
+    root = tmp_path_factory.mktemp("two_checkpoints")
+    write_dataset(root)
+    run(root, training={"max_steps": 2, "batch_size": 2}, logging={"save_every": 1})
+    reset_accelerate()
+    return root
+
+
+def _copy_run(source: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(source, root)
+    return root, root / "out" / "checkpoints" / "step-00000002"
+
+
+class _Unsafe:
+    """Pickles as a call of a non-allowlisted function: torch.load(weights_only=True) must refuse it."""
+
+    def __reduce__(self):
+        import os
+
+        return os.getcwd, ()
+
+
+def _edit_state(change):
+    def edit(ck: Path):
+        path = ck / checkpoints.STATE_FILE
+        state = json.loads(path.read_text())
+        path.write_text(json.dumps(change(state)))
+    return edit
+
+
+DAMAGE = {  # name -> (damage the checkpoint, the problem named, found before the model loads)
+    "truncated model": (lambda ck: (ck / "model.safetensors").write_bytes(b"\x00" * 999), "SafetensorError", False),
+    "no model": (lambda ck: (ck / "model.safetensors").unlink(), "FileNotFoundError", False),
+    "no optimizer": (lambda ck: (ck / "optimizer.bin").unlink(), "FileNotFoundError", False),
+    "unsafe optimizer": (lambda ck: torch.save({"x": _Unsafe()}, ck / "optimizer.bin"), "UnpicklingError", False),
+    "state not JSON": (lambda ck: (ck / checkpoints.STATE_FILE).write_text("{"), "JSONDecodeError", True),
+    "state a list": (lambda ck: (ck / checkpoints.STATE_FILE).write_text("[]"), "holds list", True),
+    "state lacks a key": (_edit_state(lambda s: {k: v for k, v in s.items() if k != "global_micro_batch"}),
+                          "lacks global_micro_batch", True),
+    "state extra key": (_edit_state(lambda s: {**s, "foo": 1}), "unknown keys foo", True),
+    "state wrong type": (_edit_state(lambda s: {**s, "step": "2"}), "step = '2' is not a count", True),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_checkpoint_names_itself_and_the_one_before(two_checkpoints, tmp_path, monkeypatch, damage):
+    root, ck = _copy_run(two_checkpoints, tmp_path)
+    spoil, problem, early = DAMAGE[damage]
+    spoil(ck)
+    if early:
+        _model_must_not_load(monkeypatch)
+    with pytest.raises(CheckpointError) as err:
+        run(root, resume="latest", training={"max_steps": 3, "batch_size": 2}, logging={"save_every": 1})
+    message = str(err.value)
+    assert f"--resume {ck} is damaged" in message and problem in message, message
+    assert f"the latest other complete checkpoint is {ck.parent / 'step-00000001'}" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("training, message", [
+    ({"max_steps": 1, "batch_size": 2}, "training.max_steps = 1 is below the checkpoint's step 2"),
+    ({"max_steps": 3, "batch_size": 1, "grad_accum": 2}, "samples per global micro-batch"),
+    ({"max_steps": 3, "batch_size": 2, "grad_accum": 2}, "training.grad_accum = 1, this run has 2"),
+])
+def test_resume_refuses_a_run_that_would_not_continue_the_checkpoint(two_checkpoints, tmp_path, monkeypatch,
+                                                                     training, message):
+    root, _ = _copy_run(two_checkpoints, tmp_path)
+    _model_must_not_load(monkeypatch)
+    with pytest.raises(SettingsError) as err:
+        run(root, resume="latest", training=training)
+    assert message in str(err.value), str(err.value)
+
+
+def test_resume_records_grad_accum_and_accepts_older_checkpoints_without_it(two_checkpoints, tmp_path):
+    root, ck = _copy_run(two_checkpoints, tmp_path)
+    assert checkpoints.read_state(ck)["grad_accum"] == 1
+    _edit_state(lambda s: {k: v for k, v in s.items() if k != "grad_accum"})(ck)  # as written before the field
+    _, state = run(root, resume="latest", training={"max_steps": 3, "batch_size": 2, "grad_accum": 2},
+                   logging={"save_every": 1})
+    assert state.step == 3
+    assert checkpoints.read_state(ck.parent / "step-00000003")["grad_accum"] == 2
+
+
+# ---------------------------------------------------------------------------- records that cannot train
+
+
+NO_TARGETS = {"task": "understanding", "messages": [{"role": "user", "content": "hi"}]}
+WRONG_TYPES = [
+    {"task": "interleaved", "segments": [{"type": "text", "text": 5}]},
+    {"task": "text", "text": 5},
+    {"task": "understanding", "messages": "hello"},
+    {"task": "understanding", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+    {"task": "generation", "prompt": "x", "image": "imgs/0.png", "input_images": 5},
+]
+
+
+def test_check_data_reports_records_without_targets_or_with_wrong_types(tmp_path, capsys):
+    from janus_like.cli import main
+
+    write_dataset(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in [NO_TARGETS, *WRONG_TYPES]))
+    config = write_config(tmp_path, data={"files": ["train.jsonl", "bad.jsonl"], "mix": None})
+    assert main(["train", str(config), "--check-data"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1: the understanding record has nothing to train" in err, err
+    for line in range(2, 2 + len(WRONG_TYPES)):
+        assert f"bad record at {bad}:{line}: " in err, (line, err)
+    assert f"{1 + len(WRONG_TYPES)} bad records, 60 good" in err
+
+
+def test_records_without_targets_are_bad_records_when_training(tmp_path):
+    write_dataset(tmp_path)
+    (tmp_path / "silent.jsonl").write_text(json.dumps(NO_TARGETS) + "\n")
+    with pytest.raises(DataError, match="silent.jsonl:1: the understanding record has nothing to train"):
+        run(tmp_path, data={"files": ["silent.jsonl"], "mix": None}, training={"max_steps": 1, "batch_size": 1})
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [NO_TARGETS, *WRONG_TYPES]))
+    reset_accelerate()
+    _, state = run(tmp_path, skip_bad=True, data={"files": ["train.jsonl", "bad.jsonl"], "mix": None},
+                   training={"max_steps": 3, "batch_size": 4})
+    assert state.step == 3 and state.skipped_records >= 1
+
+
+def test_check_data_finds_the_model_as_train_does_and_checks_its_context(tmp_path, monkeypatch, capsys):
+    """`model.path` relative to the working directory (not the config's folder) works for both."""
+    from janus_like.cli import main
+
+    model, processor = tiny_model()
+    model.save_pretrained(tmp_path / "cwd" / "model")
+    processor.save_pretrained(tmp_path / "cwd" / "model")
+    write_dataset(tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "cwd")
+    config = write_config(tmp_path / "run", model={"tiny": False, "path": "model"})
+    assert main(["train", str(config), "--check-data"]) == 0, capsys.readouterr().err
+    context = model.config.text_config.max_position_embeddings
+    assert f"fits the model's context of {context}" in capsys.readouterr().out
+    write_config(tmp_path / "run", model={"tiny": False, "path": "model"}, data={"max_length": 10**9})
+    assert main(["train", str(config), "--check-data"]) == 2
+    assert f"data.max_length = 1000000000 is out of range; the model's context holds {context}" in \
+        capsys.readouterr().err

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from ..errors import CheckpointError
 from ..fileio import write_json
 
 STATE_FILE = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+# what accelerate's load_state raises for missing, truncated, refused (weights_only) or mismatched files
+LOAD_ERRORS = (OSError, SafetensorError, pickle.UnpicklingError, RuntimeError, ValueError, KeyError)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
@@ -60,12 +65,26 @@ def resolve_resume(root: Path, resume: str) -> Path:
     return path
 
 
-
-def read_state(path: Path) -> dict:
+def read_state(path: Path):
+    """The parsed trainer_state.json (checked by the trainer)."""
     try:
         return json.loads((path / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path / STATE_FILE}: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path / STATE_FILE}: {one_line(e)}") from e
+
+
+def damaged(root: Path, path: Path, problem: str) -> CheckpointError:
+    """A checkpoint `--resume` cannot use, and the newest other complete one in `root` to try instead."""
+    others = [p for p in list_checkpoints(root) if p.resolve() != path.resolve()]
+    instead = f"the latest other complete checkpoint is {others[-1]} (--resume {others[-1]})" if others \
+        else f"no other complete checkpoint in {root}"
+    return CheckpointError(f"--resume {path} is damaged: {problem}; {instead}")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as `Type: first line` (torch and safetensors messages run over several lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def save(accelerator, root: Path, step: int, state: dict, keep: int) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..errors import DataError
 from .config import load_config
@@ -35,9 +34,11 @@ def check_data(config) -> int:
     from .trainer import build_model
 
     if config.model.path:  # the tokenizer and config suffice: no weights are loaded
-        processor = JanusLikeProcessor.from_pretrained(config.resolve(config.model.path))
+        processor = JanusLikeProcessor.from_pretrained(config.model_location(config.model.path))
     else:
-        _, processor = build_model(config.model, Path(config.base_dir))
+        _, processor = build_model(config)
+    context = processor.config.text_config.max_position_embeddings
+    config.check_context(context)
     good, problems = 0, []
     for files in (config.data.files, config.eval.files):
         if files:
@@ -48,5 +49,6 @@ def check_data(config) -> int:
         print(f"bad record at {problem}", file=sys.stderr)
     if problems:
         raise DataError(f"{len(problems)} bad records, {good} good; fix them or train with --skip-bad-records")
-    print(f"all {good} records are good")
+    print(f"all {good} records are good; data.max_length = {config.data.max_length} fits the model's context "
+          f"of {context}; stage/trainable/frozen/lora patterns and --resume are checked when training starts")
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import yaml
 
 from ..errors import SettingsError
 from ..processor import TASKS
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (accelerate.set_seed) takes no more
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ModelSettings:
             if unknown or not {"llm", "vision"} <= set(self.parts):
                 raise SettingsError("model.parts needs 'llm' and 'vision' (and optionally 'vq'), "
                                     f"got {sorted(self.parts)}")
+        _range("model.tiny_seed", self.tiny_seed, *SEED_RANGE)
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.attn_implementation is not None:
             _choice("model.attn_implementation", self.attn_implementation,
@@ -194,6 +199,7 @@ class TrainConfig:
     base_dir: str = field(default=".", metadata={"internal": True})  # the config file's folder
 
     def check(self) -> None:
+        _range("seed", self.seed, *SEED_RANGE)
         if self.stage is not None:
             _choice("stage", self.stage, (1, 2, 3))
         for section in (self.model, self.data, self.eval, self.optimizer, self.schedule, self.training, self.logging,
@@ -204,6 +210,18 @@ class TrainConfig:
         """A path from the config, relative to the config file's folder."""
         p = Path(os.path.expanduser(path))
         return p if p.is_absolute() else Path(os.path.normpath(Path(self.base_dir) / p))
+
+    def model_location(self, path: str) -> Path:
+        """`model.path` or a `model.parts` entry: under the config's folder if it is there, else as
+        given (relative to the working directory, or a hub id), for `train` and `--check-data` alike."""
+        under = self.resolve(path)
+        return under if under.exists() else Path(os.path.expanduser(path))
+
+    def check_context(self, context: int) -> None:
+        """Settings that must fit the model: `data.max_length` within its context (positions)."""
+        if self.data.max_length > context:
+            raise SettingsError(f"data.max_length = {self.data.max_length} is out of range; "
+                                f"the model's context holds {context}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -217,12 +235,24 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     if not path.is_file():
         raise SettingsError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8") from e
     except yaml.YAMLError as e:
-        raise SettingsError(f"{path} is not valid YAML: {e}") from e
+        raise SettingsError(_yaml_problem(path, e)) from e
     config = config_from_dict(raw)
     config.base_dir = str(path.resolve().parent)
     return config
+
+
+def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line that keeps the line and column."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    what = f"{problem} ({context})" if context else problem
+    return f"{where}: not valid YAML: {' '.join(what.split())}"
 
 
 def config_from_dict(raw: Any) -> TrainConfig:
@@ -260,6 +290,8 @@ def _coerce(value: Any, kind, name: str):
     for option in options:
         origin = get_origin(option) or option
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan / .inf would pass every range check below
+                raise SettingsError(f"{name} = {value} is not accepted; give a finite number")
             return float(value)
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -275,12 +307,28 @@ def _coerce(value: Any, kind, name: str):
             _, value_kind = get_args(option)
             return {str(k): _coerce(v, value_kind, f"{name}.{k}") for k, v in value.items()}
     accepted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise SettingsError(f"{name} must be {accepted}, got {value!r}")
+    hint = _float_hint(value) if float in options else ""
+    raise SettingsError(f"{name} must be {accepted}, got {value!r}{hint}")
+
+
+def _float_hint(value: Any) -> str:
+    """How to write a number that YAML read as a string (PyYAML takes `1e-4`, without a dot, as text)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    fixed = re.sub(r"^([+-]?\d+)([eE])", r"\1.0\2", value.strip())
+    return f"; write {fixed} (YAML reads an exponent without a dot as text)" if fixed != value.strip() \
+        else f"; write {fixed} without quotes"
 
 
 def _range(name: str, value, low, high, low_open: bool = False) -> None:
-    too_low = value <= low if low_open else value < low
-    if too_low or (high is not None and value > high):
+    above_low = value > low if low_open else value >= low
+    if not above_low or (high is not None and value > high):
         bracket = "(" if low_open else "["
         top = "∞" if high is None else high
         raise SettingsError(f"{name} = {value} is out of range; accepted: {bracket}{low}, {top}]")

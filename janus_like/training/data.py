@@ -119,6 +119,7 @@ class Mixture:
             raise SettingsError("the data files hold no usable records")
         self.index, self.seed = index, seed
         w = np.array([weights[t] for t in self.tasks], dtype=np.float64)
+        w = w / w.max()  # huge weights would overflow the sum
         exact = w / w.sum() * MIX_BLOCK
         counts = np.floor(exact).astype(int)
         counts[np.argsort(counts - exact)[: MIX_BLOCK - counts.sum()]] += 1  # largest remainders
@@ -196,6 +197,9 @@ class MicroBatches(torch.utils.data.Dataset):
             raise DataError(f"{where}: {e}") from e
         if len(seq) > self.max_length:
             raise DataError(f"{where}: the sample has {len(seq)} tokens, more than data.max_length = {self.max_length}")
+        if not any(seq.trainable[1:]):  # a row's first token is never scored
+            raise DataError(f"{where}: the {record['task']} record has nothing to train: no target tokens (an "
+                            "understanding record needs an assistant turn after the user's)")
         return seq
 
     def __getitem__(self, micro_batch: int) -> dict:

@@ -32,10 +32,12 @@ def apply_stage(model: nn.Module, stage: int | None, trainable: list[str] = (), 
     preset_on = STAGE_TRAINABLE[stage] if stage is not None else [] if adapters else ["*"]
     preset_off = STAGE_FROZEN[stage] if stage is not None else []
     names = [name for name, _ in model.named_parameters()]
-    for pattern in list(trainable) + list(frozen):
-        if not any(fnmatchcase(n, pattern) for n in names):
-            raise SettingsError(f"the freeze pattern {pattern!r} matches no parameter; names look like "
-                                f"{names[0]!r}, {names[-1]!r} (glob syntax, e.g. 'language_model.model.layers.0.*')")
+    for key, patterns in (("trainable", trainable), ("frozen", frozen)):
+        for pattern in patterns:
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise SettingsError(f"{key}: the pattern {pattern!r} matches no parameter; names look like "
+                                    f"{names[0]!r}, {names[-1]!r} "
+                                    "(glob syntax, e.g. 'language_model.model.layers.0.*')")
     chosen = []
     for name, param in model.named_parameters():
         on = _matches(name, preset_on) and not _matches(name, preset_off)

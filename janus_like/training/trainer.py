@@ -8,7 +8,9 @@ n processes with batch b, or accumulation, give the same update as one process w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import shutil
 import sys
 import time
@@ -23,11 +25,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..configuration import DTYPES
-from ..errors import DataError, JanusLikeError, SettingsError
+from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError
 from ..fileio import write_json
 from ..processor import JanusLikeProcessor
 from . import checkpoints, lora
-from .config import ModelSettings, TrainConfig
+from .config import TrainConfig
 from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
 from .plots import plot_losses
 from .stages import apply_stage
@@ -39,10 +41,11 @@ class TrainingError(JanusLikeError):
     """Training cannot go on (for example the loss stayed non-finite)."""
 
 
-def build_model(settings: ModelSettings, base_dir: Path) -> tuple[torch.nn.Module, JanusLikeProcessor]:
+def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcessor]:
     """The model and processor the config names: a directory, parts to compose, or the tiny test model."""
     from ..modeling import JanusLikeForConditionalGeneration
 
+    settings = config.model
     dtype = DTYPES[settings.dtype]
     extra = {"attn_implementation": settings.attn_implementation} if settings.attn_implementation else {}
     if settings.tiny:
@@ -53,16 +56,11 @@ def build_model(settings: ModelSettings, base_dir: Path) -> tuple[torch.nn.Modul
             model.set_attn_implementation(settings.attn_implementation)
         return model.to(dtype), processor
     if settings.parts is not None:
-        parts = {k: str(_under(base_dir, v)) for k, v in settings.parts.items()}
+        parts = {k: str(config.model_location(v)) for k, v in settings.parts.items()}
         return JanusLikeForConditionalGeneration.from_parts(**parts, dtype=dtype, return_processor=True)
-    path = _under(base_dir, settings.path)
+    path = config.model_location(settings.path)
     model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra)
     return model, JanusLikeProcessor.from_pretrained(path, model.config)
-
-
-def _under(base_dir: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or not (base_dir / p).exists() else base_dir / p
 
 
 @dataclass
@@ -76,6 +74,30 @@ class TrainerState:
     real_tokens: int = 0
     history: list[dict] = field(default_factory=list)
     eval_history: list[dict] = field(default_factory=list)
+    grad_accum: int | None = None  # micro-batches per step; None: a checkpoint from before it was recorded
+
+    @classmethod
+    def from_saved(cls, saved) -> "TrainerState":
+        """A checkpoint's trainer_state.json, checked field by field: a damaged one must not resume half-right."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{checkpoints.STATE_FILE} holds {type(saved).__name__}, expected a JSON object")
+        missing = [name for name in names if name not in saved and name != "grad_accum"]
+        unknown = [name for name in saved if name not in names]
+        if missing:
+            raise CheckpointError(f"{checkpoints.STATE_FILE} lacks {', '.join(missing)}")
+        if unknown:
+            raise CheckpointError(f"{checkpoints.STATE_FILE} has unknown keys {', '.join(unknown)}; "
+                                  f"accepted: {', '.join(names)}")
+        for name, value in saved.items():
+            if name.endswith("history"):
+                ok, wanted = isinstance(value, list) and all(isinstance(v, dict) for v in value), "a list of objects"
+            else:
+                count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                ok, wanted = count or (name == "grad_accum" and value is None), "a count (an integer ≥ 0)"
+            if not ok:
+                raise CheckpointError(f"{checkpoints.STATE_FILE}: {name} = {value!r} is not {wanted}")
+        return cls(**saved)
 
 
 class Trainer:
@@ -87,8 +109,10 @@ class Trainer:
         cfg, tcfg = config, config.training
         self.output_dir = cfg.resolve(cfg.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
-        # cheap checks first: a wrong path should not wait for a model to load
+        # cheap checks first: a wrong path or a damaged checkpoint should not wait for a model to load
+        _check_output_dir(self.output_dir, self.checkpoint_root)
         resume_from = checkpoints.resolve_resume(self.checkpoint_root, resume) if resume is not None else None
+        saved = self._read_checkpoint_state(resume_from) if resume_from is not None else None
         train_files = resolve_files(cfg.data.files, cfg.base_dir)
         eval_files = resolve_files(cfg.eval.files, cfg.base_dir) if cfg.eval.every else []
         use_tb = cfg.logging.tensorboard and is_tensorboard_available()
@@ -102,16 +126,18 @@ class Trainer:
             # may leave an expert without tokens
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        self.state = TrainerState(global_micro_batch=acc.num_processes * tcfg.batch_size, grad_accum=tcfg.grad_accum)
+        if saved is not None:
+            self._check_resumable(resume_from, saved)
         self.train_index = DataIndex(train_files, skip_bad_records, progress=acc.is_main_process)
         eval_index = DataIndex(eval_files) if eval_files else None
+        self.state.skipped_records = len(self.train_index.bad)
         set_seed(cfg.seed)
         self._build_model_and_optimizer()
         self.train_data = self._micro_batches(self.train_index, cfg.data.mix)
         self.eval_data = self._micro_batches(eval_index, None) if eval_index else None
-        self.state = TrainerState(global_micro_batch=acc.num_processes * tcfg.batch_size,
-                                  skipped_records=len(self.train_index.bad))
-        if resume_from is not None:
-            self._resume(resume_from)
+        if saved is not None:
+            self._resume(resume_from, saved)
         if acc.is_main_process:
             for message in self.train_index.bad:
                 tqdm.write(f"skipped bad record at {message}", file=sys.stderr)
@@ -123,11 +149,8 @@ class Trainer:
     def _build_model_and_optimizer(self) -> None:
         """Model with the stage's trainable set, AdamW (no decay on biases and norms), LR schedule; prepared."""
         cfg, tcfg = self.config, self.config.training
-        model, self.processor = build_model(cfg.model, Path(cfg.base_dir))
-        limit = model.config.text_config.max_position_embeddings
-        if cfg.data.max_length > limit:
-            raise SettingsError(f"data.max_length = {cfg.data.max_length} is out of range; "
-                                f"the model's context holds {limit}")
+        model, self.processor = build_model(cfg)
+        cfg.check_context(model.config.text_config.max_position_embeddings)
         if cfg.lora.r:
             lora.add_adapters(model, cfg.lora)
         self.trainable_names = apply_stage(model, cfg.stage, cfg.trainable, cfg.frozen, adapters=bool(cfg.lora.r))
@@ -164,15 +187,35 @@ class Trainer:
         self.model.train()
         self.accelerator.unwrap_model(self.model).vq.eval()  # always frozen; eval mode keeps its EMA codebook still
 
-    def _resume(self, path: Path) -> None:
-        saved = checkpoints.read_state(path)
-        if saved["global_micro_batch"] != self.state.global_micro_batch:
+    def _read_checkpoint_state(self, path: Path) -> TrainerState:
+        try:
+            return TrainerState.from_saved(checkpoints.read_state(path))
+        except CheckpointError as e:
+            raise checkpoints.damaged(self.checkpoint_root, path, str(e)) from e
+
+    def _check_resumable(self, path: Path, saved: TrainerState) -> None:
+        """The run must continue the checkpoint's data stream (same samples per step), and not end before it."""
+        tcfg, now = self.config.training, self.state
+        if saved.global_micro_batch != now.global_micro_batch:
             raise SettingsError(
-                f"--resume: the checkpoint was trained with {saved['global_micro_batch']} samples per global "
-                f"micro-batch (processes × training.batch_size), this run has {self.state.global_micro_batch}; "
+                f"--resume: the checkpoint was trained with {saved.global_micro_batch} samples per global "
+                f"micro-batch (processes × training.batch_size), this run has {now.global_micro_batch}; "
                 "keep them equal to continue the same data stream")
-        self.accelerator.load_state(str(path))
-        self.state = TrainerState(**saved)
+        if saved.grad_accum is not None and saved.grad_accum != now.grad_accum:
+            raise SettingsError(
+                f"--resume: the checkpoint was trained with training.grad_accum = {saved.grad_accum}, this run "
+                f"has {now.grad_accum}; keep them equal to continue the same data stream")
+        if tcfg.max_steps < saved.step:
+            raise SettingsError(f"training.max_steps = {tcfg.max_steps} is below the checkpoint's step {saved.step} "
+                                f"({path}); accepted: at least {saved.step}")
+
+    def _resume(self, path: Path, saved: TrainerState) -> None:
+        try:
+            self.accelerator.load_state(str(path))
+        except checkpoints.LOAD_ERRORS as e:
+            raise checkpoints.damaged(self.checkpoint_root, path, f"cannot load it ({checkpoints.one_line(e)})") from e
+        saved.grad_accum = self.state.grad_accum  # known from now on
+        self.state = saved
         if self.accelerator.is_main_process:
             tqdm.write(f"resumed from {path} at step {self.state.step}")
 
@@ -341,6 +384,16 @@ class Trainer:
                 "real_tokens": self.state.real_tokens})
             plot_losses(self.state.history, self.state.eval_history, self.output_dir / "loss_curve.png")
         acc.end_training()
+
+
+def _check_output_dir(output_dir: Path, checkpoint_root: Path) -> None:
+    """The folders a run writes must be folders (or creatable): found now, not at the first checkpoint save."""
+    existing = next(p for p in (checkpoint_root, *checkpoint_root.parents) if p.exists())
+    if not existing.is_dir():
+        what = "" if existing == output_dir else f": {existing}"
+        raise SettingsError(f"output_dir = {output_dir}{what} is a file, not a folder; give a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"output_dir = {output_dir}: {existing} is not writable; give a folder you can write to")
 
 
 def _has_accelerator() -> bool:
