@@ -1,6 +1,12 @@
 """Errors raised for bad input. Each message says what was wrong and what is accepted."""
 
 
+def one_line(error: BaseException) -> str:
+    """Another library's exception as `Type: message` on one line (torch, safetensors and
+    transformers messages often span several), to quote inside one of ours."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 class JanusLikeError(Exception):
     """Base class of every error this package raises for a user's input."""
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..configuration import JANUS_SYSTEM_PROMPT, JanusLikeConfig
-from ..errors import CheckpointError
-from .settings import (ImageSettings, config_errors, load_tokenizer, one_line, read_json, require, require_sizes,
+from ..errors import CheckpointError, one_line
+from .settings import (ImageSettings, config_errors, load_tokenizer, read_json, require, require_sizes,
                        text_config_dict)
 
 MODEL_TYPE = "janus"

@@ -14,10 +14,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..configuration import JanusLikeConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from . import deepseek, hf_janus
 from .files import count_tensors, iter_tensors, weight_files
-from .settings import ImageSettings, one_line
+from .settings import ImageSettings
 
 LAYOUTS: dict[str, ModuleType] = {"deepseek": deepseek, "hf_janus": hf_janus}
 

@@ -14,9 +14,9 @@ from typing import Callable
 from safetensors import SafetensorError
 
 from ..configuration import JanusLikeConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from .files import load_bin, safetensors_keys, weight_files
-from .settings import config_errors, one_line, require_sizes
+from .settings import config_errors, require_sizes
 
 
 def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loading_info: bool = False,

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from huggingface_hub.errors import StrictDataclassError
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 
 JANUS_MEAN = (0.5, 0.5, 0.5)
 
@@ -19,11 +19,6 @@ def require(ok: bool, field: str, value, accepted: str) -> None:
     """Raise a CheckpointError naming a config field whose value this package cannot load."""
     if not ok:
         raise CheckpointError(f"unsupported checkpoint config: {field} = {value!r}; accepted: {accepted}")
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as `Type: message` on one line (transformers' config validation spans several)."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def is_int(value) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from ..fileio import write_json
 
 STATE_FILE = "trainer_state.json"
@@ -79,12 +79,6 @@ def damaged(root: Path, path: Path, problem: str) -> CheckpointError:
     instead = f"the latest other complete checkpoint is {others[-1]} (--resume {others[-1]})" if others \
         else f"no other complete checkpoint in {root}"
     return CheckpointError(f"--resume {path} is damaged: {problem}; {instead}")
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as `Type: first line` (torch and safetensors messages run over several lines)."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def save(accelerator, root: Path, step: int, state: dict, keep: int) -> Path:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..configuration import DTYPES
-from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError
+from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, one_line
 from ..fileio import write_json
 from ..processor import JanusLikeProcessor
 from . import checkpoints, lora
@@ -213,7 +213,7 @@ class Trainer:
         try:
             self.accelerator.load_state(str(path))
         except checkpoints.LOAD_ERRORS as e:
-            raise checkpoints.damaged(self.checkpoint_root, path, f"cannot load it ({checkpoints.one_line(e)})") from e
+            raise checkpoints.damaged(self.checkpoint_root, path, f"cannot load it ({one_line(e)})") from e
         saved.grad_accum = self.state.grad_accum  # known from now on
         self.state = saved
         if self.accelerator.is_main_process:
