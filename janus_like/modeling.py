@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionMode
 from transformers.utils import ModelOutput
 
 from .configuration import JanusLikeConfig
+from .errors import CheckpointError, one_line
 from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
 
@@ -82,6 +83,20 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
     for h, t in zip(states.split(chunk), targets.split(chunk)):
         total = total + torch.utils.checkpoint.checkpoint(chunk_loss, h, t, use_reentrant=False)
     return total
+
+
+def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
+    """One pretrained part for `from_parts`, loaded strictly: transformers would build a folder of
+    another kind (an LLM given as the VQ) with fresh weights and only log what was missing."""
+    try:
+        model, info = load(path, dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{name}={path}: cannot load it as {kind} ({one_line(e)})") from e
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise CheckpointError(f"{name}={path} is not {kind}: {len(missing)} of its tensors are missing "
+                              f"(e.g. {', '.join(missing[:3])})")
+    return model
 
 
 def _unused(output: torch.Tensor) -> torch.Tensor:
@@ -312,11 +327,14 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         from .configuration import JanusLikeVQConfig
         from .processor import JanusLikeProcessor
 
-        tokenizer = AutoTokenizer.from_pretrained(llm)
-        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-        vision_model = SiglipVisionModel.from_pretrained(vision, dtype=dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(llm)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"llm={llm}: no tokenizer could be loaded from it ({one_line(e)})") from e
+        language_model = _load_part("llm", llm, AutoModelForCausalLM.from_pretrained, "a causal LM", dtype)
+        vision_model = _load_part("vision", vision, SiglipVisionModel.from_pretrained, "a SigLIP vision encoder", dtype)
         if vq is not None:
-            vq_model = JanusLikeVQModel.from_pretrained(vq, dtype=dtype)
+            vq_model = _load_part("vq", vq, JanusLikeVQModel.from_pretrained, "a janus_like VQ tokenizer", dtype)
         else:
             if vq_config is None or isinstance(vq_config, dict):
                 vq_config = JanusLikeVQConfig(**(vq_config or {}))

@@ -120,6 +120,9 @@ class JanusLikePipeline:
             messages = prompt
         else:
             raise PromptError(f"the prompt must be a non-empty string or a list of messages, got {type(prompt).__name__}")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise PromptError(f"system_prompt must be a string (or None for the model's own), got "
+                              f"{type(system_prompt).__name__}")
         self._check_size(_texts(messages) + [system_prompt or ""])
         return self.processor.conversation(messages, system_prompt=system_prompt)
 

@@ -1,10 +1,11 @@
 """Saving, loading, composing from parts, and the VQ tokenizer at Janus sizes."""
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from janus_like import (JanusLikeConfig, JanusLikeForConditionalGeneration, JanusLikeProcessor, JanusLikeVQConfig,
-                        JanusLikeVQModel)
+from janus_like import (CheckpointError, JanusLikeConfig, JanusLikeForConditionalGeneration, JanusLikeProcessor,
+                        JanusLikeVQConfig, JanusLikeVQModel)
 from janus_like.processor import UND_IMAGE
 from janus_like.testing import BOS, EOS, shape_image
 
@@ -96,3 +97,12 @@ def test_from_parts_composes_a_working_model(tmp_path):
     again = JanusLikeForConditionalGeneration.from_pretrained(tmp_path / "composed")
     assert isinstance(again.config, JanusLikeConfig)
     assert again.config.image_token_id == model.config.image_token_id
+
+    # a folder of another kind is refused, not built with fresh weights (transformers only logs it)
+    parts = dict(llm=tmp_path / "llm", vision=tmp_path / "siglip", vq=tmp_path / "vq")
+    for name, wrong, words in [("vq", "llm", "is not a janus_like VQ tokenizer"),
+                               ("vision", "llm", "is not a SigLIP vision encoder"),
+                               ("vq", "nowhere", "cannot load it as a janus_like VQ tokenizer"),
+                               ("llm", "siglip", "no tokenizer")]:
+        with pytest.raises(CheckpointError, match=words):
+            JanusLikeForConditionalGeneration.from_parts(**{**parts, name: tmp_path / wrong})

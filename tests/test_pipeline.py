@@ -70,6 +70,9 @@ def test_bfloat16_runs_on_cpu(saved):
     (lambda p: p.generate_images("   "), PromptError, "empty"),
     (lambda p: p.chat(""), PromptError, "empty"),
     (lambda p: p.chat([]), PromptError, "non-empty"),
+    (lambda p: p.chat("hello", system_prompt=5), PromptError, "system_prompt must be a string"),
+    (lambda p: p.generate_images(None), PromptError, "empty"),
+    (lambda p: p.generate_images("x" * 10**7), PromptError, "characters"),  # refused before tokenising
     (lambda p: p.chat("x" * 2000), PromptError, "context"),
     (lambda p: p.generate_images("x" * 2000), PromptError, "context"),
     (lambda p: p.stream("x", mode="video"), SettingsError, "mode"),

@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..errors import SettingsError
-from ..fileio import save_image, write_json
+from ..fileio import check_output_folder, save_image, write_json
+from ..generation.settings import MAX_SEED
 from ..pipeline import JanusLikePipeline
 from .shapes import Scene, all_scenes, answer_matches, classify, draw_request, edits, render
 
@@ -145,6 +146,10 @@ def eval_command(args: argparse.Namespace) -> int:
         raise SettingsError(f"--num-scenes {args.num_scenes} is out of range; accepted: 1 to {len(all_scenes())}")
     if not 1 <= args.images_per_prompt <= 16:
         raise SettingsError(f"--images-per-prompt {args.images_per_prompt} is out of range; accepted: 1 to 16")
+    last_seed = MAX_SEED - len(all_scenes()) - 2  # each scene draws with seed + its index
+    if not 0 <= args.seed <= last_seed:
+        raise SettingsError(f"--seed {args.seed} is out of range; accepted: 0 to {last_seed}")
+    check_output_folder(args.out)
     pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
     evaluation = ShapesEval(pipe, num_scenes=args.num_scenes, images_per_prompt=args.images_per_prompt,
