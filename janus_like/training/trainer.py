@@ -383,6 +383,9 @@ class Trainer:
                 "skipped_records": self.state.skipped_records, "nonfinite_steps": self.state.nonfinite_steps,
                 "real_tokens": self.state.real_tokens})
             plot_losses(self.state.history, self.state.eval_history, self.output_dir / "loss_curve.png")
+        # every process tears the process group down together: one leaving while another still
+        # writes closed gloo's connections under it (an abort at exit, seen under FSDP)
+        acc.wait_for_everyone()
         acc.end_training()
 
 
