@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionMode
 from transformers.utils import ModelOutput
 
 from .configuration import JanusLikeConfig
-from .errors import CheckpointError, one_line
+from .errors import CheckpointError, SettingsError, one_line
 from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
 
@@ -83,6 +83,10 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
     for h, t in zip(states.split(chunk), targets.split(chunk)):
         total = total + torch.utils.checkpoint.checkpoint(chunk_loss, h, t, use_reentrant=False)
     return total
+
+
+# JanusLikeConfig fields `from_parts` may set (the parts bring their own configs)
+COMPOSE_SETTINGS = set(JanusLikeConfig.__annotations__) - {"text_config", "vision_config", "vq_config"}
 
 
 def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
@@ -327,6 +331,10 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         from .configuration import JanusLikeVQConfig
         from .processor import JanusLikeProcessor
 
+        unknown = set(config_overrides) - COMPOSE_SETTINGS  # a config takes any keyword, silently
+        if unknown:
+            raise SettingsError(f"from_parts: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
+                                f"{', '.join(sorted(COMPOSE_SETTINGS))}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(llm)
         except (OSError, ValueError) as e:

@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from janus_like import (CheckpointError, JanusLikeConfig, JanusLikeForConditionalGeneration, JanusLikeProcessor,
-                        JanusLikeVQConfig, JanusLikeVQModel)
+                        JanusLikeVQConfig, JanusLikeVQModel, SettingsError)
 from janus_like.processor import UND_IMAGE
 from janus_like.testing import BOS, EOS, shape_image
 
@@ -106,3 +106,5 @@ def test_from_parts_composes_a_working_model(tmp_path):
                                ("llm", "siglip", "no tokenizer")]:
         with pytest.raises(CheckpointError, match=words):
             JanusLikeForConditionalGeneration.from_parts(**{**parts, name: tmp_path / wrong})
+    with pytest.raises(SettingsError, match="gen_image_sise"):  # a config would take it silently
+        JanusLikeForConditionalGeneration.from_parts(**parts, gen_image_sise=16)

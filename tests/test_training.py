@@ -103,6 +103,8 @@ def run(root: Path, resume: str | None = None, skip_bad: bool = False, **section
     ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
     ({"stage": 4}, "stage = 4"),
     ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),
+    ({"model": {"tiny": True, "compose": {"gen_image_size": 64}}}, "model.compose applies to model.parts"),
+    ({"model": {"tiny": False, "parts": {"llm": "a", "vision": "b"}, "compose": {"gen_image_sise": 64}}}, "gen_image_sise"),
     ({"seed": -1}, "seed = -1 is out of range; accepted: [0, 4294967295]"),
     ({"seed": 2**40}, "seed = 1099511627776 is out of range"),
     ({"model": {"tiny": True, "tiny_seed": -1}}, "model.tiny_seed = -1 is out of range"),

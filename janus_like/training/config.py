@@ -31,6 +31,7 @@ class ModelSettings:
 
     path: str | None = None  # a model directory (any layout of DESIGN.md §5)
     parts: dict[str, str] | None = None  # {llm, vision, vq?}: JanusLikeForConditionalGeneration.from_parts
+    compose: dict[str, int | float | str | bool] | None = None  # with parts: JanusLikeConfig settings, e.g. {gen_image_size: 256, gen_head_hidden_size: 1024}
     tiny: bool = False  # the tiny random model of janus_like.testing (smoke runs, tests)
     tiny_seed: int = 0
     dtype: str = "float32"  # weights dtype; mixed precision is `training.mixed_precision`
@@ -45,6 +46,15 @@ class ModelSettings:
             if unknown or not {"llm", "vision"} <= set(self.parts):
                 raise SettingsError("model.parts needs 'llm' and 'vision' (and optionally 'vq'), "
                                     f"got {sorted(self.parts)}")
+        if self.compose is not None:
+            from ..modeling import COMPOSE_SETTINGS
+
+            if self.parts is None:
+                raise SettingsError("model.compose applies to model.parts (a model directory has its own config)")
+            unknown = set(self.compose) - COMPOSE_SETTINGS
+            if unknown:
+                raise SettingsError(f"model.compose: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
+                                    f"{', '.join(sorted(COMPOSE_SETTINGS))}")
         _range("model.tiny_seed", self.tiny_seed, *SEED_RANGE)
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.attn_implementation is not None:

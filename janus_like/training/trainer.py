@@ -57,7 +57,11 @@ def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcesso
         return model.to(dtype), processor
     if settings.parts is not None:
         parts = {k: str(config.model_location(v)) for k, v in settings.parts.items()}
-        return JanusLikeForConditionalGeneration.from_parts(**parts, dtype=dtype, return_processor=True)
+        model, processor = JanusLikeForConditionalGeneration.from_parts(**parts, **(settings.compose or {}),
+                                                                        dtype=dtype, return_processor=True)
+        if settings.attn_implementation:
+            model.set_attn_implementation(settings.attn_implementation)
+        return model, processor
     path = config.model_location(settings.path)
     model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra)
     return model, JanusLikeProcessor.from_pretrained(path, model.config)
