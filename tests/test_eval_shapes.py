@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from janus_like import JanusLikePipeline
+from janus_like import JanusLikePipeline, SettingsError
 from janus_like.cli import main
+from janus_like.evaluation.shapes_eval import ShapesEval
 from janus_like.evaluation.shapes import (COLORS, SHAPES, Scene, all_scenes, answer_matches, classify, draw_answer,
                                           draw_request, edits, render)
 from janus_like.processor import GEN_IMAGE
@@ -62,7 +63,10 @@ def test_eval_shapes_on_a_subset_prints_accuracies(tmp_path, capsys):
 
 def test_eval_shapes_refuses_a_bad_subset(capsys):
     assert main(["eval", "shapes", "--num-scenes", "0"]) == 2
-    assert "--num-scenes" in capsys.readouterr().err
+    assert "num_scenes = 0 is out of range" in capsys.readouterr().err
+    for bad in (dict(num_scenes=-1), dict(num_scenes=0), dict(image_size=0)):  # the Python API too
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            ShapesEval(None, **bad)
 
 
 def test_draw_requests_and_answers():

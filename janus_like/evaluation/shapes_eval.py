@@ -60,6 +60,9 @@ class ShapesEval:
     temperature: float = 1.0
     image_size: int = 64  # side of the rendered images the model is asked about
 
+    def __post_init__(self) -> None:
+        check_settings(self.num_scenes, self.images_per_prompt, self.seed, self.image_size)
+
     def scenes(self) -> list[Scene]:
         scenes = all_scenes()
         random.Random(self.seed).shuffle(scenes)
@@ -140,15 +143,21 @@ def save_grid(prompts: list[str], drawings: list[list[Image.Image]], path: Path,
     return save_image(grid, path)
 
 
+def check_settings(num_scenes: int | None, images_per_prompt: int, seed: int, image_size: int = 64) -> None:
+    """The evaluation's settings in range (checked before any model loads)."""
+    last_seed = MAX_SEED - len(all_scenes()) - 2  # each scene draws with seed + its index
+    for name, value, low, high in (("num_scenes", num_scenes, 1, len(all_scenes())),
+                                   ("images_per_prompt", images_per_prompt, 1, 16), ("seed", seed, 0, last_seed),
+                                   ("image_size", image_size, 16, 1024)):
+        if value is None and name == "num_scenes":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise SettingsError(f"{name} = {value!r} is out of range; accepted: {low} to {high}")
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """`janus-like eval shapes`: print the accuracies, write OUT/grid.png and OUT/results.json."""
-    if args.num_scenes is not None and not 1 <= args.num_scenes <= len(all_scenes()):
-        raise SettingsError(f"--num-scenes {args.num_scenes} is out of range; accepted: 1 to {len(all_scenes())}")
-    if not 1 <= args.images_per_prompt <= 16:
-        raise SettingsError(f"--images-per-prompt {args.images_per_prompt} is out of range; accepted: 1 to 16")
-    last_seed = MAX_SEED - len(all_scenes()) - 2  # each scene draws with seed + its index
-    if not 0 <= args.seed <= last_seed:
-        raise SettingsError(f"--seed {args.seed} is out of range; accepted: 0 to {last_seed}")
+    check_settings(args.num_scenes, args.images_per_prompt, args.seed)
     check_output_folder(args.out)
     pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
