@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -93,3 +94,21 @@ def test_train_text_tokenizer_with_the_special_tokens(tmp_path):
     processor = JanusLikeProcessor(tok, tiny_config(len(tok)))
     seq = processor.record_to_sequence({"task": "text", "text": text})
     assert seq.ids[0] == tok.bos_token_id and seq.ids[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("script, argv, words", [
+    ("train_text", ["--files", "{tmp}/missing.txt"], "not a file"),
+    ("train_text", ["--files", "{tmp}/latin1.txt"], "not UTF-8 text"),
+    ("train_text", ["--files", "{tmp}/latin1.txt", "--vocab-size", "-5"], "--vocab-size must be at least"),
+    ("train_vq", ["--tiny", "--batch-size", "0"], "--batch-size"),
+    ("train_vq", ["--tiny", "--lr", "nan"], "--lr"),
+    ("train_vq", ["--tiny", "--out", "{tmp}/latin1.txt"], "is a file, not a folder"),
+])
+def test_workbench_scripts_refuse_bad_arguments(tmp_path, capsys, script, argv, words):
+    """Before any training, with exit status 2 and the problem named (not a traceback)."""
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    module = load_script(script)
+    args = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        module.main(args) if script == "train_text" else module.parse_args(args)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err

@@ -21,9 +21,12 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from janus_like import DataError, JanusLikeError
+from janus_like.fileio import check_output_folder
 from janus_like.testing import BOS, EOS, IMAGE_TOKENS, PAD
 
 SPECIAL_TOKENS = [BOS, EOS, PAD, *IMAGE_TOKENS]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet and the special tokens, before any merge
 
 
 def record_texts(record) -> Iterator[str]:
@@ -40,16 +43,24 @@ def record_texts(record) -> Iterator[str]:
 
 
 def read_texts(files: list[str]) -> Iterator[str]:
+    """The texts of .txt (a line each) and .jsonl files; a file that is not UTF-8 text or JSON
+    Lines is a DataError naming it (and the line)."""
     for name in files:
         path = Path(name)
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                if path.suffix == ".jsonl":
-                    yield from record_texts(json.loads(line))
-                else:
-                    yield line.rstrip("\n")
+        try:
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    if path.suffix == ".jsonl":
+                        try:
+                            yield from record_texts(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{path}:{number}: not JSON ({e})") from e
+                    else:
+                        yield line.rstrip("\n")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e})") from e
 
 
 def train_tokenizer(files: list[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -67,11 +78,21 @@ def train_tokenizer(files: list[str], vocab_size: int, min_frequency: int = 2) -
 def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", nargs="+", required=True, help=".txt (one document per line) or .jsonl (DESIGN.md §6)")
-    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--vocab-size", type=int, default=8000,
+                   help=f"at least {MIN_VOCAB} (the 256 bytes and the special tokens)")
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--out", default="runs/text_tokenizer")
     args = p.parse_args(argv)
-    tokenizer = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
+    if args.vocab_size < MIN_VOCAB or args.min_frequency < 0:
+        p.exit(2, f"train_text: --vocab-size must be at least {MIN_VOCAB} and --min-frequency at least 0\n")
+    bad = [f for f in args.files if not Path(f).is_file()]
+    if bad:
+        p.exit(2, f"train_text: not a file: {', '.join(bad)}\n")
+    try:
+        check_output_folder(args.out)
+        tokenizer = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
+    except (JanusLikeError, OSError) as e:
+        p.exit(2, f"train_text: {' '.join(str(e).split())}\n")
     out = Path(args.out)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)

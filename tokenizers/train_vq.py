@@ -30,7 +30,9 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from janus_like import JanusLikeVQConfig, JanusLikeVQModel
+from janus_like import JanusLikeError, JanusLikeVQConfig, JanusLikeVQModel
+from janus_like.checkpoint.options import check_device
+from janus_like.fileio import check_output_folder
 from janus_like.images import generation_pixels, load_image, pixels_to_pil
 from janus_like.evaluation.shapes import all_scenes, render
 
@@ -113,7 +115,7 @@ def train(args: argparse.Namespace) -> dict:
     sizes = TINY if args.tiny else {}
     config = JanusLikeVQConfig(**sizes, threshold_ema_dead_code=args.dead_code_threshold,
                                codebook_decay=args.codebook_decay)
-    if args.codebook_size:
+    if args.codebook_size is not None:
         config.codebook_size = args.codebook_size
     image_size = args.image_size or (32 if args.tiny else 384)
     images = image_tensors(args.images, image_size, args.synthetic, args.seed)
@@ -167,22 +169,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", default=None, help="folder of images (default: synthetic shapes)")
     p.add_argument("--out", default="runs/vq")
     p.add_argument("--tiny", action="store_true", help="tiny model and 32px images: seconds on a CPU")
-    p.add_argument("--image-size", type=int, default=None, help="default 384 (32 with --tiny)")
-    p.add_argument("--codebook-size", type=int, default=None)
-    p.add_argument("--dead-code-threshold", type=float, default=2.0,
+    p.add_argument("--image-size", type=whole(16), default=None,
+                   help="default 384 (32 with --tiny); a multiple of the VQ's downsampling")
+    p.add_argument("--codebook-size", type=whole(2), default=None)
+    p.add_argument("--dead-code-threshold", type=number(0), default=2.0,
                    help="replace codes whose EMA cluster size falls below this (0: never)")
-    p.add_argument("--codebook-decay", type=float, default=0.8, help="EMA decay of the codebook")
-    p.add_argument("--adversarial-weight", type=float, default=0.0, help="PatchGAN hinge loss weight (0: off)")
-    p.add_argument("--adversarial-start", type=int, default=0, help="step at which the adversarial loss starts")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--synthetic", type=int, default=256, help="synthetic images when --images is not given")
-    p.add_argument("--eval-images", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--codebook-decay", type=number(0, 1), default=0.8, help="EMA decay of the codebook")
+    p.add_argument("--adversarial-weight", type=number(0), default=0.0, help="PatchGAN hinge loss weight (0: off)")
+    p.add_argument("--adversarial-start", type=whole(0), default=0, help="step at which the adversarial loss starts")
+    p.add_argument("--steps", type=whole(1), default=1000)
+    p.add_argument("--batch-size", type=whole(1), default=16)
+    p.add_argument("--lr", type=number(0), default=1e-3)
+    p.add_argument("--synthetic", type=whole(1), default=256, help="synthetic images when --images is not given")
+    p.add_argument("--eval-images", type=whole(1), default=16)
+    p.add_argument("--seed", type=whole(0), default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        check_output_folder(args.out)
+        check_device(args.device)
+    except JanusLikeError as e:
+        p.exit(2, f"train_vq: {e}\n")
+    return args
+
+
+def whole(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def number(low: float, high: float = math.inf):
+    """An argparse type: a finite number in [low, high]."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError
+        return value
+    parse.__name__ = f"number in [{low}, {high}]" if math.isfinite(high) else f"finite number >= {low}"
+    return parse
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    try:
+        train(parse_args())
+    except JanusLikeError as e:  # e.g. an unreadable image under --images
+        sys.exit(f"train_vq: {e}")
