@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from janus_like.checkpoint.options import device_argument
 from janus_like.configuration import JanusLikeConfig
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
 from janus_like.generation.hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
@@ -201,7 +202,7 @@ def bench_size(size: str, device: str, dtype: torch.dtype, cfg: float, repeat: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_argument)
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,

@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 
+from janus_like.checkpoint.options import device_argument
 from peak_memory import measure_peak
 
 VARIANTS = ("full", "lora", "lora+glue")
@@ -83,7 +84,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_argument)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=2, help="generation + text sample pairs per batch")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)

@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 
+from janus_like.checkpoint.options import device_argument
 from peak_memory import measure_peak
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_argument)
     parser.add_argument("--variant", choices=["naive", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:

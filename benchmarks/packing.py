@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from janus_like.checkpoint.options import device_argument
 from janus_like.testing import shape_image, tiny_model
 from janus_like.training.packing import collate_packed, collate_padded
 
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024, help="packed row length (and longest sample)")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".png")))
     args = parser.parse_args()

@@ -3,6 +3,8 @@ device, checked here once so that a bad value is a SettingsError whatever the ch
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from ..configuration import DTYPES
@@ -35,6 +37,14 @@ def check_device(device: str | int | torch.device | None) -> str | int | torch.d
         raise SettingsError(f"device={device!r} is not a device of this machine; available: "
                             f"{', '.join(available_devices())}")
     return device
+
+
+def device_argument(text: str) -> str:
+    """An argparse type for scripts' --device: a device this machine has, checked before any work."""
+    try:
+        return check_device(text)
+    except SettingsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _present(device: str | int | torch.device) -> bool:
