@@ -50,16 +50,15 @@ def output_set(out: str | os.PathLike, earlier: Sequence[str]) -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output_folder(out: str | os.PathLike) -> Path:
-    """An output folder that exists or can be made (checked before any long work starts)."""
+def check_output_folder(out: str | os.PathLike, setting: str = "--out") -> Path:
+    """An output folder that exists or can be made (checked before any long work starts); errors
+    name it as `setting` (the flag or config key that gave it)."""
     out = Path(out)
-    for folder in [out, *out.parents]:
-        if folder.exists():
-            if not folder.is_dir():
-                raise SettingsError(f"--out {out}: {folder} is a file, not a folder; give a folder to write into")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise SettingsError(f"--out {out}: {folder} is not writable; give a folder you can write into")
-            return out
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir():
+        raise SettingsError(f"{setting} {out}: {existing} is a file, not a folder; give a folder to write into")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"{setting} {out}: {existing} is not writable; give a folder you can write into")
     return out
 
 

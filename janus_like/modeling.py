@@ -89,6 +89,14 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
 COMPOSE_SETTINGS = set(JanusLikeConfig.__annotations__) - {"text_config", "vision_config", "vq_config"}
 
 
+def check_compose_settings(settings, where: str) -> None:
+    """Only JanusLikeConfig's own fields: a transformers config takes any keyword, silently."""
+    unknown = set(settings) - COMPOSE_SETTINGS
+    if unknown:
+        raise SettingsError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
+                            f"{', '.join(sorted(COMPOSE_SETTINGS))}")
+
+
 def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
     """One pretrained part for `from_parts`, loaded strictly: transformers would build a folder of
     another kind (an LLM given as the VQ) with fresh weights and only log what was missing."""
@@ -331,10 +339,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         from .configuration import JanusLikeVQConfig
         from .processor import JanusLikeProcessor
 
-        unknown = set(config_overrides) - COMPOSE_SETTINGS  # a config takes any keyword, silently
-        if unknown:
-            raise SettingsError(f"from_parts: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
-                                f"{', '.join(sorted(COMPOSE_SETTINGS))}")
+        check_compose_settings(config_overrides, "from_parts")
         try:
             tokenizer = AutoTokenizer.from_pretrained(llm)
         except (OSError, ValueError) as e:

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
-from .configuration import DTYPES
+from .checkpoint.options import check_device, resolve_dtype
 from .errors import PromptError, SettingsError
 from .generation import Done, Event, GenerationEngine, GenerationSettings, Request
 from .generation.engine import IMAGE_MODE, TEXT_MODE
@@ -18,7 +18,6 @@ from .processor import JanusLikeProcessor, TokenSequence
 
 ImageLike = str | os.PathLike | Image.Image
 MODES = ("images", "chat", "interleave")
-MAX_CHARS_PER_POSITION = 32  # far more characters than tokenizers pack into one token
 
 
 class JanusLikePipeline:
@@ -98,8 +97,7 @@ class JanusLikePipeline:
         if mode == "images":
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
             num_images = check_num_images(num_images, len(prompts))
-            self._check_size([check_prompt(p) for p in prompts])
-            sequences = [self.processor.generation_prompt(p, list(images or [])) for p in prompts]
+            sequences = [self.processor.generation_prompt(check_prompt(p), list(images or [])) for p in prompts]
             requests = [Request(sequence, IMAGE_MODE) for sequence in sequences for _ in range(num_images)]
         else:
             sequence = self._conversation(prompt, images, "" if mode == "interleave" else system_prompt)
@@ -123,27 +121,7 @@ class JanusLikePipeline:
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise PromptError(f"system_prompt must be a string (or None for the model's own), got "
                               f"{type(system_prompt).__name__}")
-        self._check_size(_texts(messages) + [system_prompt or ""])
         return self.processor.conversation(messages, system_prompt=system_prompt)
-
-    def _check_size(self, texts: list[str]) -> None:
-        """Refuse text that cannot fit the context before tokenising it (tokenising megabytes takes
-        a minute: a cheap way to tie up a server)."""
-        context = self.processor.config.text_config.max_position_embeddings
-        size, limit = sum(len(t) for t in texts), context * MAX_CHARS_PER_POSITION
-        if size > limit:
-            raise PromptError(f"the prompt has {size:,} characters, more than the model's context of {context} "
-                              f"tokens can hold (at most {limit:,} characters); shorten it")
-
-
-def _texts(messages: list) -> list[str]:
-    """The text parts of HF-style messages (malformed ones are left for the processor to refuse)."""
-    texts = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
-        texts += [p if isinstance(p, str) else p.get("text") for p in parts if isinstance(p, (str, dict))]
-    return [t for t in texts if isinstance(t, str)]
 
 
 def check_prompt(prompt) -> str:
@@ -161,20 +139,14 @@ def _last(events: Iterator[Event]) -> Done:
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    """The device asked for (default: CUDA when available); a name torch does not know is refused."""
+    """The device asked for (default: CUDA when available), if this machine has it."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise SettingsError(f"device={device!r} is not a device name; give cpu, cuda or cuda:N") from e
+    return torch.device(check_device(device))
 
 
-def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype | None:
+    """The weights' dtype (default: bfloat16 on CUDA, float32 elsewhere), checked as every loader checks it."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise SettingsError(f"dtype={dtype!r} is not accepted; dtype must be one of {', '.join(DTYPES)}")
-        return DTYPES[dtype]
-    return dtype
+    return resolve_dtype(dtype)

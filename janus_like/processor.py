@@ -30,6 +30,7 @@ IGNORE_INDEX = -100
 TASKS = ("understanding", "generation", "interleaved", "text")
 ROLES = ("system", "user", "assistant")
 PROCESSOR_CONFIG_NAME = "processor_config.json"
+MAX_CHARS_PER_POSITION = 32  # far more characters than tokenizers pack into one token
 
 
 @dataclass
@@ -115,16 +116,12 @@ class JanusLikeProcessor:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, config: JanusLikeConfig) -> "JanusLikeProcessor":
         """This package's own layout: tokenizer files + processor_config.json beside config.json."""
-        from .checkpoint.settings import load_tokenizer, read_json  # corrupt files -> CheckpointError by name
+        from .checkpoint.settings import JANUS_MEAN, channels, load_tokenizer, read_json  # errors name the file
 
         path = Path(path)
-        settings_file = path / PROCESSOR_CONFIG_NAME
-        settings = read_json(settings_file)
-        mean, std = settings.get("image_mean", (0.5,) * 3), settings.get("image_std", (0.5,) * 3)
-        for key, value in (("image_mean", mean), ("image_std", std)):
-            if not (isinstance(value, (list, tuple)) and len(value) == 3
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise CheckpointError(f"{settings_file}: {key} must be a list of 3 numbers, got {_short(value)}")
+        settings = read_json(path / PROCESSOR_CONFIG_NAME)
+        mean = channels(settings.get("image_mean", JANUS_MEAN), f"{PROCESSOR_CONFIG_NAME} image_mean")
+        std = channels(settings.get("image_std", JANUS_MEAN), f"{PROCESSOR_CONFIG_NAME} image_std", positive=True)
         return cls(load_tokenizer(path), config, mean, std, bool(settings.get("do_normalize", True)))
 
     # ---------------------------------------------------------------- text pieces
@@ -362,15 +359,27 @@ class SequenceBuilder:
         self.seq = TokenSequence()
         self._text = ""
         self._trainable = False
+        self._characters = 0
 
     def text(self, text: str, trainable: bool) -> None:
         if not text:
             return
+        self._check_size(len(text))
         check_unicode(text, self.error)
         if self._text and trainable != self._trainable:
             self.flush()
         self._text += text
         self._trainable = trainable
+
+    def _check_size(self, more: int) -> None:
+        """Refuse text that cannot fit the context before it is tokenised (tokenising megabytes takes
+        a minute: a cheap way to tie up a server)."""
+        self._characters += more
+        context = self.processor.config.text_config.max_position_embeddings
+        limit = context * MAX_CHARS_PER_POSITION
+        if self._characters > limit:
+            raise self.error(f"the text has {self._characters:,} characters, more than the model's context of "
+                             f"{context} tokens can hold (at most {limit:,} characters); shorten it")
 
     def ids(self, ids: Sequence[int], modality: int, trainable: bool) -> None:
         self.flush()

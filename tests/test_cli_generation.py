@@ -138,7 +138,7 @@ def test_interleave_files_list_images_in_order(tmp_path):
     (["generate", "x", "--num-images", "abc"], "invalid int value"),  # argparse's errors too: one line
     (["generate", "x", "--out", __file__], "is a file, not a folder"),
     (["interleave", "x", "--out", f"{__file__}/story"], "is a file, not a folder"),
-    (["generate", "x", "--device", "nonsense"], "not a device name"),
+    (["generate", "x", "--device", "nonsense"], "is not a device of this machine"),
     (["eval", "shapes", "--out", __file__], "is a file, not a folder"),  # before any scene is drawn
     (["eval", "shapes", "--seed", str(2**63 - 1)], "seed = "),
 ])

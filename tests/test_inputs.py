@@ -237,7 +237,8 @@ def test_own_format_processor_files_are_checked(processor, tmp_path):
     settings = tmp_path / "processor_config.json"
     for text, match in [("{bad", "processor_config.json is not valid .*JSON"),
                         ("[1]", "processor_config.json must hold a JSON object"),
-                        ('{"image_mean": "abc"}', "image_mean must be a list of 3 numbers, got str")]:
+                        ('{"image_mean": "abc"}',
+                         "processor_config.json image_mean = 'abc'; accepted: a list of 3 numbers")]:
         settings.write_text(text)
         with pytest.raises(CheckpointError, match=match):
             JanusLikeProcessor.from_dir(tmp_path, processor.config)

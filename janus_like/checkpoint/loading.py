@@ -85,14 +85,14 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
             yield key, value
     if unexpected:
         raise CheckpointError(f"{len(unexpected)} tensors in {checkpoint.path} are not part of the model its "
-                              f"config.json describes: {_some(unexpected)}")
+                              f"config.json describes: {some_names(unexpected)}")
     for target, source in fallbacks.items():
         if target not in seen and source in kept:  # tied by transformers, so saved once
             seen.add(target)
             yield target, kept[source].clone()
     missing = sorted(set(expected) - seen)
     if missing:
-        raise CheckpointError(f"{len(missing)} model tensors are missing from {checkpoint.path}: {_some(missing)}")
+        raise CheckpointError(f"{len(missing)} model tensors are missing from {checkpoint.path}: {some_names(missing)}")
 
 
 def _map(checkpoint: ForeignCheckpoint, source: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]] | None:
@@ -105,8 +105,10 @@ def _map(checkpoint: ForeignCheckpoint, source: str, tensor: torch.Tensor) -> li
                               f"not one the {checkpoint.layout} layout has ({one_line(e)})") from e
 
 
-def _some(names: list[str], n: int = 8) -> str:
-    return ", ".join(names[:n]) + (" …" if len(names) > n else "")
+def some_names(names, n: int = 8) -> str:
+    """The first `n` of some tensor names, sorted, and how many there are in all, for an error message."""
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" … ({len(names)} in all)" if len(names) > n else "")
 
 
 def no_split_modules(model: nn.Module) -> list[str]:

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, one_line
 from .files import load_bin, safetensors_keys, weight_files
+from .loading import some_names
 from .settings import config_errors, require_sizes
 
 
@@ -58,18 +59,13 @@ def check_loading_info(path: Path, info: dict, ignore_mismatched_sizes: bool = F
     lacks, or holds in another shape."""
     problems = []
     if info["missing_keys"]:
-        problems.append(f"missing: {_some(info['missing_keys'])}")
+        problems.append(f"missing: {some_names(info['missing_keys'])}")
     if info["unexpected_keys"]:
-        problems.append(f"not in the model: {_some(info['unexpected_keys'])}")
+        problems.append(f"not in the model: {some_names(info['unexpected_keys'])}")
     if info["mismatched_keys"] and not ignore_mismatched_sizes:
         shapes = [f"{key} (checkpoint {tuple(saved)}, model {tuple(model)})"
                   for key, saved, model in sorted(info["mismatched_keys"])]
-        problems.append(f"shape differs: {_some(shapes)}")
+        problems.append(f"shape differs: {some_names(shapes)}")
     if problems:
         raise CheckpointError(f"the tensors in {path} do not match the model its config.json describes; "
                               f"{'; '.join(problems)}. Accepted: the tensors save_pretrained writes for that config")
-
-
-def _some(names, n: int = 8) -> str:
-    names = sorted(names)
-    return ", ".join(names[:n]) + (f" … ({len(names)} in all)" if len(names) > n else "")

@@ -74,13 +74,13 @@ class ImageSettings:
         size = _processor_size(pre)
         require(size is None or size == image_size, "image processor size", size,
                 f"{image_size} (the vision encoder's image_size)")
-        mean = _channels(pre.get("image_mean") or JANUS_MEAN, "image processor image_mean")
-        std = _channels(pre.get("image_std") or JANUS_MEAN, "image processor image_std", positive=True)
+        mean = channels(pre.get("image_mean") or JANUS_MEAN, "image processor image_mean")
+        std = channels(pre.get("image_std") or JANUS_MEAN, "image processor image_std", positive=True)
         do_normalize = bool(pre.get("do_normalize", True))
         if tower_mean is None and tower_std is None:
             return cls(mean, std, do_normalize)
-        tower_mean = _channels(tower_mean or (0.0,) * 3, "vision_config.params.pixel_mean")
-        tower_std = _channels(tower_std or (1.0,) * 3, "vision_config.params.pixel_std", positive=True)
+        tower_mean = channels(tower_mean or (0.0,) * 3, "vision_config.params.pixel_mean")
+        tower_std = channels(tower_std or (1.0,) * 3, "vision_config.params.pixel_std", positive=True)
         # the padding colour comes from the processor's image_mean; one normalisation must use the same mean
         require(not do_normalize and tower_mean == mean, "vision_config.params.pixel_mean",
                 tower_mean, f"only with do_normalize=false and image_mean {mean} (the padding colour's mean)")
@@ -98,7 +98,7 @@ def _processor_size(pre: dict) -> int | None:
     return size
 
 
-def _channels(value, field: str, positive: bool = False) -> tuple[float, ...]:
+def channels(value, field: str, positive: bool = False) -> tuple[float, ...]:
     """A per-channel setting (one number, or one per RGB channel) as 3 floats, or a CheckpointError."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value] * 3

@@ -57,16 +57,17 @@ def generate(args: argparse.Namespace) -> int:
                     bar.update(b * codes + event.done - bar.n)
                 elif isinstance(event, Done):
                     images += [im for r in event.results for im in r.images]
+    n = args.num_images  # each image's file within --out: one folder per prompt when there are several
+    names = [Path(f"image_{k % n}.png") if len(prompts) == 1 else Path(f"prompt_{k // n}", f"image_{k % n}.png")
+             for k in range(len(images))]
     with output_set(out, GENERATE_OUTPUTS) as tmp:
-        for k, image in enumerate(images):
-            p, i = divmod(k, args.num_images)
-            save_image(image, (tmp if len(prompts) == 1 else tmp / f"prompt_{p}") / f"image_{i}.png")
+        for name, image in zip(names, images):
+            save_image(image, tmp / name)
         if len(prompts) > 1:
             write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
                                                     for p, prompt in enumerate(prompts)))
-    for k in range(len(images)):
-        p, i = divmod(k, args.num_images)
-        print((out if len(prompts) == 1 else out / f"prompt_{p}") / f"image_{i}.png")
+    for name in names:
+        print(out / name)
     return 0
 
 

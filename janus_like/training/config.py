@@ -47,14 +47,11 @@ class ModelSettings:
                 raise SettingsError("model.parts needs 'llm' and 'vision' (and optionally 'vq'), "
                                     f"got {sorted(self.parts)}")
         if self.compose is not None:
-            from ..modeling import COMPOSE_SETTINGS
+            from ..modeling import check_compose_settings
 
             if self.parts is None:
                 raise SettingsError("model.compose applies to model.parts (a model directory has its own config)")
-            unknown = set(self.compose) - COMPOSE_SETTINGS
-            if unknown:
-                raise SettingsError(f"model.compose: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
-                                    f"{', '.join(sorted(COMPOSE_SETTINGS))}")
+            check_compose_settings(self.compose, "model.compose")
         _range("model.tiny_seed", self.tiny_seed, *SEED_RANGE)
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.attn_implementation is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import sys
 import time
@@ -26,7 +25,7 @@ from transformers import get_scheduler
 
 from ..configuration import DTYPES
 from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, one_line
-from ..fileio import write_json
+from ..fileio import check_output_folder, write_json
 from ..processor import JanusLikeProcessor
 from . import checkpoints, lora
 from .config import TrainConfig
@@ -47,24 +46,22 @@ def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcesso
 
     settings = config.model
     dtype = DTYPES[settings.dtype]
-    extra = {"attn_implementation": settings.attn_implementation} if settings.attn_implementation else {}
     if settings.tiny:
         from ..testing import tiny_model
 
         model, processor = tiny_model(seed=settings.tiny_seed)
-        if settings.attn_implementation:
-            model.set_attn_implementation(settings.attn_implementation)
-        return model.to(dtype), processor
-    if settings.parts is not None:
+        model = model.to(dtype)
+    elif settings.parts is not None:
         parts = {k: str(config.model_location(v)) for k, v in settings.parts.items()}
         model, processor = JanusLikeForConditionalGeneration.from_parts(**parts, **(settings.compose or {}),
                                                                         dtype=dtype, return_processor=True)
-        if settings.attn_implementation:
-            model.set_attn_implementation(settings.attn_implementation)
-        return model, processor
-    path = config.model_location(settings.path)
-    model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra)
-    return model, JanusLikeProcessor.from_pretrained(path, model.config)
+    else:
+        path = config.model_location(settings.path)
+        model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        processor = JanusLikeProcessor.from_pretrained(path, model.config)
+    if settings.attn_implementation:  # after loading: every layout and composed parts take it alike
+        model.set_attn_implementation(settings.attn_implementation)
+    return model, processor
 
 
 @dataclass
@@ -114,7 +111,7 @@ class Trainer:
         self.output_dir = cfg.resolve(cfg.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
         # cheap checks first: a wrong path or a damaged checkpoint should not wait for a model to load
-        _check_output_dir(self.output_dir, self.checkpoint_root)
+        check_output_folder(self.checkpoint_root, "output_dir =")  # found now, not at the first checkpoint save
         resume_from = checkpoints.resolve_resume(self.checkpoint_root, resume) if resume is not None else None
         saved = self._read_checkpoint_state(resume_from) if resume_from is not None else None
         train_files = resolve_files(cfg.data.files, cfg.base_dir)
@@ -391,16 +388,6 @@ class Trainer:
         # writes closed gloo's connections under it (an abort at exit, seen under FSDP)
         acc.wait_for_everyone()
         acc.end_training()
-
-
-def _check_output_dir(output_dir: Path, checkpoint_root: Path) -> None:
-    """The folders a run writes must be folders (or creatable): found now, not at the first checkpoint save."""
-    existing = next(p for p in (checkpoint_root, *checkpoint_root.parents) if p.exists())
-    if not existing.is_dir():
-        what = "" if existing == output_dir else f": {existing}"
-        raise SettingsError(f"output_dir = {output_dir}{what} is a file, not a folder; give a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SettingsError(f"output_dir = {output_dir}: {existing} is not writable; give a folder you can write to")
 
 
 def _has_accelerator() -> bool:
