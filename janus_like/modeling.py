@@ -100,8 +100,11 @@ def check_compose_settings(settings, where: str) -> None:
 def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
     """One pretrained part for `from_parts`, loaded strictly: transformers would build a folder of
     another kind (an LLM given as the VQ) with fresh weights and only log what was missing."""
+    from .checkpoint.own import without_load_report
+
     try:
-        model, info = load(path, dtype=dtype, output_loading_info=True)
+        with without_load_report():
+            model, info = load(path, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{name}={path}: cannot load it as {kind} ({one_line(e)})") from e
     missing = sorted(info["missing_keys"])
@@ -109,6 +112,19 @@ def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> P
         raise CheckpointError(f"{name}={path} is not {kind}: {len(missing)} of its tensors are missing "
                               f"(e.g. {', '.join(missing[:3])})")
     return model
+
+
+@torch.no_grad()
+def _require_causal(model: PreTrainedModel, path) -> None:
+    """The LM must be a causal decoder: training and generation pass it no mask and rely on a position
+    never seeing later ones. Asked of the model itself (a config does not say it: BERT loads as a
+    causal LM and attends both ways): change the second of two tokens, the first one's logits stay."""
+    ids = torch.tensor([[0, 1], [0, 2]], device=model.device)
+    logits = model(input_ids=ids).logits.float()
+    scale = logits.abs().max().item() + 1e-6
+    if not torch.allclose(logits[0, 0], logits[1, 0], rtol=0, atol=1e-3 * scale):
+        raise CheckpointError(f"llm={path}: {type(model).__name__} lets a token see the tokens after it; "
+                              "from_parts needs a causal decoder LM (Llama, Qwen2, Gemma, Mistral, …)")
 
 
 def _unused(output: torch.Tensor) -> torch.Tensor:
@@ -345,6 +361,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         except (OSError, ValueError) as e:
             raise CheckpointError(f"llm={llm}: no tokenizer could be loaded from it ({one_line(e)})") from e
         language_model = _load_part("llm", llm, AutoModelForCausalLM.from_pretrained, "a causal LM", dtype)
+        _require_causal(language_model, llm)
         vision_model = _load_part("vision", vision, SiglipVisionModel.from_pretrained, "a SigLIP vision encoder", dtype)
         if vq is not None:
             vq_model = _load_part("vq", vq, JanusLikeVQModel.from_pretrained, "a janus_like VQ tokenizer", dtype)

@@ -6,6 +6,7 @@ is its own JanusForConditionalGeneration. Everything is tiny, random and built h
 """
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -584,6 +585,26 @@ def test_own_format_round_trips_clean_and_refuses_missing_unexpected_or_reshaped
     (vocab / "config.json").write_text(json.dumps(config))
     one_line_error(CheckpointError, rf"embed_tokens.weight \(checkpoint \({rows}, 64\), model \({rows + 16}, 64\)\)",
                    lambda: JanusLikeForConditionalGeneration.from_pretrained(vocab))
+
+
+def test_own_format_errors_come_without_transformers_load_report(tmp_path, own_dir):
+    reports = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)  # the suite runs with TRANSFORMERS_VERBOSITY=error
+    try:
+        reshaped = copy_checkpoint(own_dir, tmp_path / "reshaped")
+        edit_safetensors(reshaped / "model.safetensors",
+                         lambda state: state.update({"gen_head.vision_head.bias": torch.zeros(7)}))
+        one_line_error(CheckpointError, "shape differs", lambda: JanusLikeForConditionalGeneration.from_pretrained(reshaped))
+        assert not any("LOAD REPORT" in r for r in reports)  # the one-line error is the whole message
+        JanusLikeForConditionalGeneration.from_pretrained(reshaped, ignore_mismatched_sizes=True)
+        assert any("LOAD REPORT" in r for r in reports)  # asked to reshape: the table says what was
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
 
 
 OWN_FIELDS = [  # edit of the own format's config.json, what the error names

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (BertConfig, BertLMHeadModel, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig,
+                          SiglipVisionModel)
 
 from janus_like import (CheckpointError, JanusLikeConfig, JanusLikeForConditionalGeneration, JanusLikeProcessor,
                         JanusLikeVQConfig, JanusLikeVQModel, SettingsError)
@@ -108,3 +109,9 @@ def test_from_parts_composes_a_working_model(tmp_path):
             JanusLikeForConditionalGeneration.from_parts(**{**parts, name: tmp_path / wrong})
     with pytest.raises(SettingsError, match="gen_image_sise"):  # a config would take it silently
         JanusLikeForConditionalGeneration.from_parts(**parts, gen_image_sise=16)
+    # an encoder LM loads as "a causal LM" (BertLMHeadModel) but attends both ways: refused
+    BertLMHeadModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               vocab_size=len(tokenizer))).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    with pytest.raises(CheckpointError, match="BertLMHeadModel lets a token see the tokens after it"):
+        JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "bert"})

@@ -6,8 +6,10 @@ reshaped, and lets its file errors through raw; here each is a CheckpointError n
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -29,11 +31,27 @@ def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loadi
     check_weight_files(path)
     try:
         # mismatches come back in the loading info (transformers would raise without naming them)
-        model, info = load(path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        with without_load_report(unless=ignore_mismatched_sizes):
+            model, info = load(path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     except (OSError, SafetensorError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"cannot load the weights in {path}: {one_line(e)}") from e
     check_loading_info(path, info, ignore_mismatched_sizes)
     return (model, info) if output_loading_info else model
+
+
+@contextmanager
+def without_load_report(unless: bool = False):
+    """Drop transformers' LOAD REPORT table (missing, unexpected, reshaped tensors) while loading:
+    the strict checks raise a one-line CheckpointError naming them instead. `unless`: keep it (a
+    caller that accepts reshaped tensors still learns which)."""
+    log = logging.getLogger("transformers.modeling_utils")
+    drop = lambda record: "LOAD REPORT" not in record.getMessage()
+    if not unless:
+        log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def check_config(path: Path) -> None:
