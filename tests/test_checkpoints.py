@@ -771,6 +771,15 @@ def test_dtype_and_device_options_are_the_same_for_every_layout(own_dir, deepsee
     if not torch.cuda.is_available():
         one_line_error(SettingsError, "device='cuda' .*available: cpu", lambda: load(path, device="cuda"))
     one_line_error(SettingsError, "either device or device_map", lambda: load(path, device="cpu", device_map="auto"))
+    one_line_error(SettingsError, "device_map='autoo' is neither a placement strategy nor a device of this machine; "
+                                  "accepted: None, 'auto'",
+                   lambda: load(path, device_map="autoo"))
+    one_line_error(SettingsError, r"device_map\['vq'\]='cuda:7' is not a device of this machine",
+                   lambda: load(path, device_map={"": "cpu", "vq": "cuda:7"}))
+    one_line_error(SettingsError, r"device_map=\['cpu'\] is not a device map", lambda: load(path, device_map=["cpu"]))
+    for device_map in ({"": "cpu"}, "cpu"):
+        placed = load(path, device_map=device_map)
+        assert {p.device.type for p in placed.parameters()} == {"cpu"}
 
 
 def test_convert_into_a_path_below_a_file(tmp_path, deepseek_dir, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
-from .options import check_device, resolve_dtype
+from .options import DEVICE_MAP_STRATEGIES, check_device, check_device_map, resolve_dtype
 from .settings import read_json_object
 
 OWN = "janus_like"
@@ -101,9 +101,11 @@ def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, 
                low_cpu_mem_usage: bool = True, **kwargs):
     """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout
     (no path: the embedded default model)."""
-    dtype, device = resolve_dtype(dtype), check_device(device)
+    dtype, device, device_map = resolve_dtype(dtype), check_device(device), check_device_map(device_map)
     if device is not None and device_map is not None:
         raise SettingsError("give either device or device_map, not both")
+    if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAP_STRATEGIES:
+        device, device_map = device_map, None  # transformers' device_map="cuda:0": the whole model there
     path = default_model_path() if path is None else resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:

@@ -39,6 +39,32 @@ def check_device(device: str | int | torch.device | None) -> str | int | torch.d
     return device
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
+
+
+def check_device_map(device_map: str | dict | None) -> str | dict | None:
+    """`device_map` unchanged if it is one of accelerate's strategies, a device this machine has, or a
+    {module prefix: device} dict whose devices it has ("disk" offloads); otherwise a SettingsError."""
+    if device_map is None or device_map in DEVICE_MAP_STRATEGIES:
+        return device_map
+    accepted = (f"accepted: None, {', '.join(map(repr, DEVICE_MAP_STRATEGIES))}, a device "
+                f"({', '.join(available_devices())}) or a dict {{module prefix: device or 'disk'}}")
+    if isinstance(device_map, (str, int, torch.device)):
+        if not _present(device_map):
+            raise SettingsError(f"device_map={device_map!r} is neither a placement strategy nor a device of this "
+                                f"machine; {accepted}")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise SettingsError(f"device_map={device_map!r} is not a device map; {accepted}")
+    for prefix, target in device_map.items():
+        if not isinstance(prefix, str):
+            raise SettingsError(f"device_map key {prefix!r} is not a module prefix (a string; '' is the whole model)")
+        if target != "disk" and not _present(target):
+            raise SettingsError(f"device_map[{prefix!r}]={target!r} is not a device of this machine; available: "
+                                f"{', '.join(available_devices())} or 'disk'")
+    return device_map
+
+
 def device_argument(text: str) -> str:
     """An argparse type for scripts' --device: a device this machine has, checked before any work."""
     try:
