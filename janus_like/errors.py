@@ -7,6 +7,16 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
+def is_int(value) -> bool:
+    """An integer setting: True and False are ints in Python, but never a count, size or seed."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A numeric setting: an int or a float, a bool not."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class JanusLikeError(Exception):
     """Base class of every error this package raises for a user's input."""
 

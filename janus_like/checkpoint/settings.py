@@ -10,7 +10,7 @@ from typing import Sequence
 
 from huggingface_hub.errors import StrictDataclassError
 
-from ..errors import CheckpointError, one_line
+from ..errors import CheckpointError, is_int, is_number, one_line
 
 JANUS_MEAN = (0.5, 0.5, 0.5)
 
@@ -19,10 +19,6 @@ def require(ok: bool, field: str, value, accepted: str) -> None:
     """Raise a CheckpointError naming a config field whose value this package cannot load."""
     if not ok:
         raise CheckpointError(f"unsupported checkpoint config: {field} = {value!r}; accepted: {accepted}")
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def require_int(section: dict, key: str, default: int | None, field: str, minimum: int | None = None) -> int:
@@ -100,10 +96,10 @@ def _processor_size(pre: dict) -> int | None:
 
 def channels(value, field: str, positive: bool = False) -> tuple[float, ...]:
     """A per-channel setting (one number, or one per RGB channel) as 3 floats, or a CheckpointError."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         value = [value] * 3
     ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value))
+          and all(is_number(v) and (v > 0 or not positive) for v in value))
     require(ok, field, value, f"a list of 3 {'positive ' if positive else ''}numbers (one per RGB channel)")
     return tuple(float(v) for v in value)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..errors import SettingsError
+from ..errors import SettingsError, is_int
 from ..fileio import check_output_folder, save_image, write_json
 from ..generation.settings import MAX_SEED
 from ..pipeline import JanusLikePipeline
@@ -151,7 +151,7 @@ def check_settings(num_scenes: int | None, images_per_prompt: int, seed: int, im
                                    ("image_size", image_size, 16, 1024)):
         if value is None and name == "num_scenes":
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        if not is_int(value) or not low <= value <= high:
             raise SettingsError(f"{name} = {value!r} is out of range; accepted: {low} to {high}")
 
 

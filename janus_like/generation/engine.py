@@ -123,7 +123,7 @@ class GenerationEngine:
             raise PromptError("nothing to generate: no prompts were given")
         if any(r.start not in (TEXT_MODE, IMAGE_MODE) for r in requests):
             raise SettingsError(f"a request starts in {TEXT_MODE!r} or {IMAGE_MODE!r}")
-        p, n_codes = self.processor, self.processor.num_gen_tokens
+        n_codes = self.processor.num_gen_tokens
         batch = len(requests)
         any_text = any(r.start == TEXT_MODE for r in requests)
         may_draw = any(r.start == IMAGE_MODE for r in requests) or settings.max_images > 0

@@ -6,7 +6,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from ..errors import SettingsError
+from ..errors import SettingsError, is_int, is_number
 
 MAX_IMAGES_PER_PROMPT = 64  # images of one call, all prompts together (each is a batch row, twice with CFG)
 MAX_INTERLEAVED_IMAGES = 16  # images one interleaved answer may open
@@ -65,7 +65,7 @@ class GenerationSettings:
         t = self.temperature
         if not _finite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
             raise bad("temperature", t, f"0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
             raise bad("top_k", self.top_k, "None or an integer >= 1")
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
             raise bad("top_p", self.top_p, "None or a number in (0, 1]")
@@ -76,13 +76,13 @@ class GenerationSettings:
         if not _finite(self.image_cfg_scale) or not 0 <= self.image_cfg_scale <= MAX_SCALE:
             raise bad("image_cfg_scale", self.image_cfg_scale, f"a number in [0, {MAX_SCALE:g}] (1 means the input "
                       "images are no separate guidance term)")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        if not _is_int(self.max_images) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
+        if not is_int(self.max_images) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
             raise bad("max_images", self.max_images, f"an integer in [0, {MAX_INTERLEAVED_IMAGES}]")
-        if not _is_int(self.preview_every) or self.preview_every < 0:
+        if not is_int(self.preview_every) or self.preview_every < 0:
             raise bad("preview_every", self.preview_every, "an integer >= 0 (0 means no previews)")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise bad("seed", self.seed, "None (random) or an integer in [0, 2**63 - 1]")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", self.stop, "a list of non-empty strings")
@@ -104,7 +104,7 @@ def check_num_images(num_images: int, prompts: int = 1) -> int:
     if not 1 <= prompts <= MAX_IMAGES_PER_PROMPT:
         raise SettingsError(f"{prompts} prompts were given; give 1 to {MAX_IMAGES_PER_PROMPT} prompts per call "
                             f"({MAX_IMAGES_PER_PROMPT} images per call in all)")
-    if not _is_int(num_images) or not 1 <= num_images * prompts <= MAX_IMAGES_PER_PROMPT:
+    if not is_int(num_images) or not 1 <= num_images * prompts <= MAX_IMAGES_PER_PROMPT:
         limit = MAX_IMAGES_PER_PROMPT // prompts
         each = "" if prompts == 1 else f" for {prompts} prompts ({MAX_IMAGES_PER_PROMPT} images per call in all)"
         raise SettingsError(f"num_images={num_images!r} is not accepted{each}; num_images must be an integer in "
@@ -122,9 +122,5 @@ def _real(x):
     return float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else x
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return is_number(x) and math.isfinite(x)

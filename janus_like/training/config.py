@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..errors import SettingsError
+from ..errors import SettingsError, is_int, is_number
 from ..processor import TASKS
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (accelerate.set_seed) takes no more
@@ -296,11 +296,11 @@ def _coerce(value: Any, kind, name: str):
         return None
     for option in options:
         origin = get_origin(option) or option
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if origin is float and is_number(value):
             if not math.isfinite(value):  # YAML's .nan / .inf would pass every range check below
                 raise SettingsError(f"{name} = {value} is not accepted; give a finite number")
             return float(value)
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+        if origin is int and is_int(value):
             return value
         if origin is bool and isinstance(value, bool):
             return value

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..configuration import DTYPES
-from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, one_line
+from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, is_int, one_line
 from ..fileio import check_output_folder, write_json
 from ..processor import JanusLikeProcessor
 from . import checkpoints, lora
@@ -94,7 +94,7 @@ class TrainerState:
             if name.endswith("history"):
                 ok, wanted = isinstance(value, list) and all(isinstance(v, dict) for v in value), "a list of objects"
             else:
-                count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                count = is_int(value) and value >= 0
                 ok, wanted = count or (name == "grad_accum" and value is None), "a count (an integer ≥ 0)"
             if not ok:
                 raise CheckpointError(f"{checkpoints.STATE_FILE}: {name} = {value!r} is not {wanted}")
