@@ -242,14 +242,16 @@ class GenerationEngine:
         specialised a second time for a contiguous cache."""
         self._columns = cache_len
         cache_len += int(self.compile)
-        keys = like.layers[0].keys
         cache = self.cache
         if (self.compile and cache is not None and cache.get_max_length() == cache_len
                 and cache.layers[0].keys.shape[0] == slots):
             cache.reset()
             return
         self.cache, self._views = StaticCache(config=self._cache_config, max_cache_len=cache_len), {}
-        self.cache.early_initialization(slots, keys.shape[1], keys.shape[-1], keys.dtype, keys.device)
+        for static, dynamic in zip(self.cache.layers, like.layers):
+            # every layer on the device of its prefill keys: a decoder split over GPUs (device_map) works too
+            empty = lambda t: t.new_zeros(slots, t.shape[1], 0, t.shape[-1])
+            static.lazy_initialization(empty(dynamic.keys), empty(dynamic.values))
 
     def _attend(self, column: int) -> tuple[torch.Tensor, torch.Tensor | None, StaticCache]:
         """What a query at `column` attends over: the mask, its sliding-window cut (None without
