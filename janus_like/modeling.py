@@ -168,6 +168,14 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         self.gen_head = GenHead(hidden, config.gen_head_hidden_size, vq_cfg.codebook_size)
         self.post_init()
 
+    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs) -> None:
+        """A name ("sdpa", "eager", "flex_attention", …) sets the decoder's and the vision tower's
+        attention; the VQ tokenizer keeps its own (transformers would hand it the name too, and it
+        refuses sdpa and flex, failing the whole call). A dict is transformers' per-sub-config form."""
+        if isinstance(attn_implementation, str):
+            attn_implementation = {key: attn_implementation for key in ("", "text_config", "vision_config")}
+        super().set_attn_implementation(attn_implementation, **kwargs)
+
     # ------------------------------------------------------------------ parts
 
     def get_input_embeddings(self) -> nn.Module:

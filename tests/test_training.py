@@ -176,6 +176,42 @@ def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
     assert [h["loss"] for h in big.history] == pytest.approx([h["loss"] for h in accum.history], rel=1e-5)
 
 
+def test_logged_learning_rate_is_the_one_each_step_used(tmp_path):
+    write_dataset(tmp_path)
+    _, state = run(tmp_path, schedule={"name": "linear", "warmup_steps": 2}, optimizer={"lr": 4e-3},
+                   training={"max_steps": 4}, logging={"every": 1, "save_every": 4, "tensorboard": False})
+    # linear warmup over 2 steps then linear decay to 0 at step 4: steps 1-4 train at 0, 2e-3, 4e-3, 2e-3
+    assert [h["lr"] for h in state.history] == pytest.approx([0.0, 2e-3, 4e-3, 2e-3])
+
+
+def test_accelerate_gradient_accumulation_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # what `accelerate launch --gradient_…` sets
+    write_dataset(tmp_path)
+    with pytest.raises(SettingsError, match="gradient_accumulation_steps = 4 .*set training.grad_accum"):
+        run(tmp_path)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flex_attention"])
+def test_attention_implementation_sets_decoder_and_vision_and_leaves_the_vq(implementation):
+    from janus_like.training.trainer import build_model
+
+    model, _ = build_model(config_from_dict(base_config(model={"tiny": True, "attn_implementation": implementation})))
+    assert model.language_model.config._attn_implementation == implementation
+    assert model.vision_model.config._attn_implementation == implementation
+    assert model.vq.config._attn_implementation == "eager"  # transformers refuses sdpa and flex for it
+
+
+def test_attention_implementation_that_cannot_load_is_a_settings_error():
+    from transformers.utils import is_flash_attn_2_available
+
+    from janus_like.training.trainer import build_model
+
+    if is_flash_attn_2_available():
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(SettingsError, match="model.attn_implementation = 'flash_attention_2' cannot be used here"):
+        build_model(config_from_dict(base_config(model={"tiny": True, "attn_implementation": "flash_attention_2"})))
+
+
 def test_stage_one_keeps_frozen_parameters_bit_identical(tmp_path):
     write_dataset(tmp_path)
     model, _ = tiny_model(seed=0)

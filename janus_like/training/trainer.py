@@ -60,7 +60,11 @@ def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcesso
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
     if settings.attn_implementation:  # after loading: every layout and composed parts take it alike
-        model.set_attn_implementation(settings.attn_implementation)
+        try:
+            model.set_attn_implementation(settings.attn_implementation)
+        except (ImportError, ValueError) as e:  # flash-attn not installed, or a part that lacks the kernel
+            raise SettingsError(f"model.attn_implementation = {settings.attn_implementation!r} cannot be used here: "
+                                f"{one_line(e)}") from e
     return model, processor
 
 
@@ -127,6 +131,12 @@ class Trainer:
             # may leave an expert without tokens
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        if acc.gradient_accumulation_steps != 1:  # `accelerate launch --gradient_accumulation_steps K` sets it
+            # the trainer accumulates itself (normalised by the step's target count); accelerate's would divide
+            # every gradient by K once more and accumulate nothing
+            raise SettingsError(f"accelerate's gradient_accumulation_steps = {acc.gradient_accumulation_steps} is not "
+                                "used by janus-like train; set training.grad_accum in the config instead and launch "
+                                "without --gradient_accumulation_steps")
         self.state = TrainerState(global_micro_batch=acc.num_processes * tcfg.batch_size, grad_accum=tcfg.grad_accum)
         if saved is not None:
             self._check_resumable(resume_from, saved)
@@ -290,6 +300,7 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         # fp16's loss scaler skips overflowing steps itself: there only the loss decides
         finite = math.isfinite(loss) and (acc.mixed_precision == "fp16" or math.isfinite(grad_norm))
+        lr = self.scheduler.get_last_lr()[0]  # this step's: read before the scheduler moves to the next
         if finite:
             self.optimizer.step()
             self._consecutive_nonfinite = 0
@@ -303,7 +314,7 @@ class Trainer:
             "loss": loss,
             "text_loss": (sums[1] / sums[3]).item() if sums[3] > 0 else None,  # None: no such targets this step
             "image_loss": (sums[2] / sums[4]).item() if sums[4] > 0 else None,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
             "grad_norm": grad_norm,
             "padding_fraction": 1.0 - counts[1].item() / counts[2].item(),
             "skipped_step": not finite,
