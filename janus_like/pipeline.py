@@ -18,6 +18,10 @@ from .processor import JanusLikeProcessor, TokenSequence
 
 ImageLike = str | os.PathLike | Image.Image
 MODES = ("images", "chat", "interleave")
+# what `chat` and `interleave` default to and `stream(mode=…)` too, so that streaming a mode behaves like
+# its one-call method (GenerationSettings' own defaults would sample chat answers and never open an image)
+MODE_DEFAULTS = {"chat": {"temperature": 0.0, "max_new_tokens": 256},
+                 "interleave": {"max_new_tokens": 512, "max_images": 4}}
 
 
 class JanusLikePipeline:
@@ -93,7 +97,7 @@ class JanusLikePipeline:
         if isinstance(images, (str, os.PathLike, Image.Image)):  # one image rather than a list of them
             images = [images]
         settings = {k: v for k, v in settings.items() if v is not None}
-        settings.setdefault("cfg_scale", self.default_cfg_scale)
+        settings = {"cfg_scale": self.default_cfg_scale, **MODE_DEFAULTS.get(mode, {}), **settings}
         if mode == "images":
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
             num_images = check_num_images(num_images, len(prompts))

@@ -190,6 +190,7 @@ class JanusLikeProcessor:
         if system:
             b.text(system + cfg.turn_separator, False)
         for role, items in turns:
+            items = _stripped(items)
             if role == "user":
                 b.text(f"{cfg.user_role}: ", False)
                 self._add_content(b, items, False)
@@ -469,6 +470,17 @@ def _check_turns(turns: list[tuple[str, list[dict]]], for_generation: bool, erro
     if for_generation and turns[-1][0] != "user":
         raise error(f"the last message must be the user's (the assistant answers it), not the {turns[-1][0]}'s; "
                     "drop the trailing assistant message")
+
+
+def _stripped(items: list[dict]) -> list[dict]:
+    """A message's content without whitespace at its two ends, as DeepSeek's template strips every
+    message: a stray space or newline from a text box would otherwise change the prompt's tokens."""
+    items = list(items)
+    if items and items[0]["type"] == "text":
+        items[0] = {**items[0], "text": items[0]["text"].lstrip()}
+    if items and items[-1]["type"] == "text":
+        items[-1] = {**items[-1], "text": items[-1]["text"].rstrip()}
+    return items
 
 
 def _prefix_space(items: list[dict]) -> list[dict]:

@@ -185,6 +185,8 @@ def test_deepseek_layout_matches_reference(deepseek_dir):
     assert prompt.endswith("\n\n<|User|>: <image_placeholder>\nDescribe it.\n\n<|Assistant|>:")
     ref_ids = ref.process_one(tokenizer, prompt, ids, 16)
     assert seq.ids == ref_ids
+    # DeepSeek strips each message: whitespace around a question (a text box's newline) changes nothing
+    assert understanding_batch(processor, "Describe it. \n", image)[0].ids == ref_ids
 
     # understanding logits
     pixels = batch["pixel_values"]
@@ -221,6 +223,10 @@ def test_deepseek_layout_matches_reference(deepseek_dir):
     assert gen_prompt == "<|User|>: a red circle\n\n<|Assistant|>:<begin_of_image>"
     gen_ids = [ids["bos"]] + tokenizer.encode(gen_prompt, add_special_tokens=False).ids
     assert processor.generation_prompt("a red circle").ids == gen_ids
+    stray = ref.sft_prompt([{"role": "<|User|>", "content": "\n a red circle  "},
+                            {"role": "<|Assistant|>", "content": ""}], "") + "<begin_of_image>"
+    assert processor.generation_prompt("\n a red circle  ").ids == [ids["bos"]] + tokenizer.encode(
+        stray, add_special_tokens=False).ids == gen_ids
     ref_img = ref.greedy_image_codes(reference, gen_ids, vocab[PAD], cfg_weight=5.0, steps=16)
     assert our_greedy_codes(model, processor, "a red circle", 5.0, 16) == ref_img.tolist()
 

@@ -2,6 +2,7 @@
 world so that the pixel classifier reads the prompt back, names what it sees, writes interleaved
 answers (draw two scenes in turn; draw one and describe it) and edits an input image."""
 
+import inspect
 import re
 
 import pytest
@@ -71,6 +72,24 @@ def test_interleave_draws_then_describes(pipe):
     parts = pipe.interleave(draw_request([scene]), seed=0)
     assert [type(p).__name__ for p in parts] == ["str", "Image", "str"], parts
     assert _reads(parts[1]) == scene and all(answer_matches(parts[2], scene).values()), parts[2]
+
+
+def test_streaming_a_mode_behaves_like_its_one_call_method(pipe):
+    from janus_like.generation import Done, ImageDone
+    from janus_like.pipeline import MODE_DEFAULTS
+
+    request = draw_request([Scene("triangle", "green", "right")])
+    events = list(pipe.stream(request, mode="interleave", seed=0))  # no max_images: interleave's default
+    assert sum(isinstance(e, ImageDone) for e in events) == 1
+    streamed = events[-1].results[0].parts
+    assert isinstance(events[-1], Done) and [p for p in streamed if isinstance(p, str)] == [
+        p for p in pipe.interleave(request, seed=0) if isinstance(p, str)]
+    question = [{"role": "user", "content": [{"type": "image", "image": render(Scene("circle", "red", "left"), 64)},
+                                             {"type": "text", "text": "What is in this image?"}]}]
+    assert "".join(e.text for e in pipe.stream(question, seed=3) if hasattr(e, "text")).strip() == pipe.chat(question)
+    for mode, method in (("chat", pipe.chat), ("interleave", pipe.interleave)):  # one set of defaults
+        signature = inspect.signature(method).parameters
+        assert {k: signature[k].default for k in MODE_DEFAULTS[mode]} == MODE_DEFAULTS[mode]
 
 
 def test_edit_changes_the_asked_attribute_only(pipe):
