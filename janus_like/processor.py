@@ -161,14 +161,12 @@ class JanusLikeProcessor:
     # ---------------------------------------------------------------- chat template
 
     def _add_content(self, b: "SequenceBuilder", items: list[dict], trainable: bool) -> None:
-        """Checked content items (see `_content_items`). An image is followed by a newline before the
-        text, as in DeepSeek's `<image_placeholder>\\n{question}`."""
+        """Content items laid out by `_joined`: text as is, images as understanding spans."""
         for item in items:
             if item["type"] == "text":
                 b.text(item["text"], trainable)
             else:
                 self.add_und_image(b, _image_of(item))
-                b.text("\n", trainable)
 
     def _conversation(self, b: "SequenceBuilder", messages: list[dict], system_prompt: str | None,
                       add_generation_prompt: bool) -> None:
@@ -190,7 +188,7 @@ class JanusLikeProcessor:
         if system:
             b.text(system + cfg.turn_separator, False)
         for role, items in turns:
-            items = _stripped(items)
+            items = _joined(items)
             if role == "user":
                 b.text(f"{cfg.user_role}: ", False)
                 self._add_content(b, items, False)
@@ -472,15 +470,22 @@ def _check_turns(turns: list[tuple[str, list[dict]]], for_generation: bool, erro
                     "drop the trailing assistant message")
 
 
-def _stripped(items: list[dict]) -> list[dict]:
-    """A message's content without whitespace at its two ends, as DeepSeek's template strips every
-    message: a stray space or newline from a text box would otherwise change the prompt's tokens."""
-    items = list(items)
-    if items and items[0]["type"] == "text":
-        items[0] = {**items[0], "text": items[0]["text"].lstrip()}
-    if items and items[-1]["type"] == "text":
-        items[-1] = {**items[-1], "text": items[-1]["text"].rstrip()}
-    return items
+def _joined(items: list[dict]) -> list[dict]:
+    """Checked content items (see `_content_items`) laid out as transformers' Janus chat template
+    does, which reproduces DeepSeek's stripped `<image_placeholder>\n{question}` messages: the
+    content's two ends stripped of whitespace (a stray newline from a text box changes nothing),
+    a newline between an image and each neighbour, a space between two texts."""
+    out, last = [], len(items) - 1
+    newline = {"type": "text", "text": "\n"}
+    for i, item in enumerate(items):
+        if item["type"] == "image":
+            out += [newline] * (i > 0) + [item] + [newline] * (i < last)
+            continue
+        text = item["text"]
+        text = text.lstrip() if i == 0 else text
+        text = text.rstrip() if i == last else text
+        out.append({**item, "text": " " + text if i > 0 and items[i - 1]["type"] == "text" else text})
+    return out
 
 
 def _prefix_space(items: list[dict]) -> list[dict]:

@@ -231,6 +231,29 @@ def test_deepseek_layout_matches_reference(deepseek_dir):
     assert our_greedy_codes(model, processor, "a red circle", 5.0, 16) == ref_img.tolist()
 
 
+MESSAGE_LAYOUTS = [  # content items -> the user turn transformers' Janus chat template writes ([img]: one image span)
+    pytest.param(["img", "What is this?"], "[img]\nWhat is this?", id="image-text"),  # DeepSeek's own form
+    pytest.param(["What is this?", "img"], "What is this?\n[img]", id="text-image"),
+    pytest.param(["img", "img", "Compare."], "[img]\n\n[img]\nCompare.", id="image-image-text"),
+    pytest.param(["  a red", "circle \n"], "a red circle", id="texts-stripped-and-joined"),
+    pytest.param(["img"], "[img]", id="image-only"),
+]
+
+
+@pytest.mark.parametrize("items, turn", MESSAGE_LAYOUTS)
+def test_message_content_is_laid_out_like_the_janus_chat_template(deepseek_dir, items, turn):
+    processor = JanusLikeProcessor.from_pretrained(deepseek_dir[0])
+    content = [{"type": "image", "image": shape_image()} if item == "img" else {"type": "text", "text": item}
+               for item in items]
+    for role, written in (("user", f"<|User|>: {turn}\n\n<|Assistant|>:"),
+                          ("assistant", f"<|User|>: hi\n\n<|Assistant|>: {turn}<eos>")):
+        messages = [{"role": "user", "content": "hi"}] * (role == "assistant") + [{"role": role, "content": content}]
+        seq = processor.conversation(messages, system_prompt="", add_generation_prompt=role == "user")
+        text = processor.decode(seq.ids, skip_special_tokens=False).replace(EOS, "<eos>").removeprefix(BOS)
+        span = "<begin_of_image>" + "<image_placeholder>" * processor.num_image_tokens + "<end_of_image>"
+        assert text.replace(span, "[img]") == written
+
+
 @pytest.mark.parametrize("weights", ["bin-sharded", "safetensors"])
 def test_deepseek_shard_layouts_load_the_same(tmp_path, deepseek_dir, weights):
     path, reference = deepseek_dir
