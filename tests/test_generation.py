@@ -331,3 +331,22 @@ def test_a_drawing_row_and_a_chat_row_share_a_batch(tiny):
     assert torch.equal(together[0].codes[0], engine.generate([draw], settings)[0].codes[0])
     assert together[0].finish_reason == "image" and not together[1].codes
     assert together[1].token_ids == engine.generate([chat], settings)[0].token_ids
+
+
+@pytest.mark.parametrize("stop, text, reason", [((), "A red circle.", "eos"),
+                                                (("<image_placeholder>",), "A red", "stop")])
+def test_special_tokens_the_text_head_samples_are_left_out_of_the_text(tiny, monkeypatch, stop, text, reason):
+    """Pad or image tags sampled as text are not words: left out as skip_special_tokens does (DeepSeek,
+    transformers), while stop strings still see them (a special token can be the stop)."""
+    model, processor = tiny
+    encode = lambda words: processor.tokenizer.encode(words, add_special_tokens=False)
+    script = iter(encode("A red") + [processor.pad_id, processor.image_token_id] + encode(" circle.")
+                  + [processor.eos_id])
+    monkeypatch.setattr(engine_module, "sample", lambda logits, *args, **kwargs: torch.tensor([next(script)]))
+    prompt = processor.conversation([{"role": "user", "content": "hi"}])
+    events = list(GenerationEngine(model, processor).stream([Request(prompt)],
+                                                            GenerationSettings(max_new_tokens=32, stop=stop)))
+    result = events[-1].results[0]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == result.text == text
+    assert result.finish_reason == reason
+    assert processor.pad_id in result.token_ids  # the ids stay as sampled

@@ -84,6 +84,7 @@ class GenerationEngine:
         self.compile = compile
         self.decode = decode
         self._body = model.decoder  # resolved once: the property walks the LM on every access
+        self._special_ids = _special_ids(processor)
         self._cache_name = cache_kwarg(type(self._body))
         text = model.config.text_config
         self._window, self._layer_types = _attention_layout(text)
@@ -509,23 +510,37 @@ class GenerationEngine:
                 continue
             row.segment.append(token)
             row.context.add([token], TEXT, False)
-            text = p.decode(row.segment, skip_special_tokens=False)  # stop strings may be special tokens
+            text, hidden = self._segment_text(row.segment)
             hit = min((text.find(s) for s in settings.stop if s in text), default=-1)
             if hit >= 0:
-                events += self._close_text(i, row, text[:hit])
+                events += self._close_text(i, row, _shown(text, hidden, hit))
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "stop", True
             elif row.text_tokens >= settings.max_new_tokens:
-                events += self._close_text(i, row, text)
+                events += self._close_text(i, row, _shown(text, hidden))
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "length", True
-            elif not text.endswith("\ufffd") and len(text) - hold > row.emitted:
-                events.append(TextDelta(i, text[row.emitted:len(text) - hold]))
-                row.emitted = len(text) - hold
+            else:  # a stop string forms in `text`; what it would cut of the shown text is at most `hold` long
+                shown = _shown(text, hidden)
+                if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
+                    events.append(TextDelta(i, shown[row.emitted:len(shown) - hold]))
+                    row.emitted = len(shown) - hold
         return events, fed, is_code, changed
+
+    def _segment_text(self, segment: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """A text segment decoded with its special tokens (stop strings may be special tokens, such as
+        a chat's next `<|User|>`), and the character spans of those tokens, which the text handed back
+        leaves out as DeepSeek's and transformers' `skip_special_tokens=True` decoding does."""
+        decode = lambda ids: self.processor.decode(ids, skip_special_tokens=False)
+        text, spans = decode(segment), []
+        for j, token in enumerate(segment):
+            if token in self._special_ids:  # rare: decoding the prefix is cheap enough
+                start = len(decode(segment[:j]))
+                spans.append((start, start + len(decode([token]))))
+        return text, spans
 
     def _close_text(self, i: int, row: _Row, text: str | None = None) -> list[Event]:
         """End the current text segment: stream what is left of it and add it to the parts."""
         if text is None:
-            text = self.processor.decode(row.segment, skip_special_tokens=False)
+            text = _shown(*self._segment_text(row.segment))
         events = [TextDelta(i, text[row.emitted:])] if len(text) > row.emitted else []
         if text:
             row.result.parts.append(text)
@@ -610,6 +625,26 @@ def _first_columns(layer, width: int, compiled: bool):
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool 'may attend' -> additive mask (works for SDPA and eager attention alike)."""
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+def _shown(text: str, hidden: list[tuple[int, int]], end: int | None = None) -> str:
+    """`text[:end]` without the character spans in `hidden` (sorted, not overlapping)."""
+    end = len(text) if end is None else end
+    parts, position = [], 0
+    for start, stop in hidden:
+        if start >= end:
+            break
+        parts.append(text[position:start])
+        position = stop
+    parts.append(text[position:end])
+    return "".join(parts)
+
+
+def _special_ids(processor: JanusLikeProcessor) -> frozenset[int]:
+    """Ids that `skip_special_tokens=True` leaves out of decoded text (pad, image tags, …)."""
+    tokenizer = processor.tokenizer
+    candidates = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    return frozenset(i for i in candidates if processor.decode([i], skip_special_tokens=True) == "")
 
 
 def _placeholder(pad_id: int) -> TokenSequence:
