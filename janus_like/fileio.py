@@ -62,6 +62,14 @@ def check_output_folder(out: str | os.PathLike, setting: str = "--out") -> Path:
     return out
 
 
+def plain_modes(folder: Path) -> None:
+    """Give `folder` and what it holds the modes plain mkdir and open would: mkdtemp makes folders
+    owner-only and safetensors writes 0600 files, which others sharing a model could not read."""
+    folder.chmod(0o777 & ~_UMASK)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
 def _read_umask() -> int:
     """The process umask (read once: setting it to read it is not thread-safe)."""
     mask = os.umask(0o22)

@@ -164,6 +164,7 @@ def test_loss_falls_on_a_small_mixed_dataset(tmp_path):
     reloaded = JanusLikeForConditionalGeneration.from_pretrained(out / "final")
     trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
     assert torch.equal(reloaded.state_dict()["gen_head.vision_head.weight"], trained["gen_head.vision_head.weight"])
+    assert (out / "final" / "model.safetensors").stat().st_mode & 0o044  # readable by others (safetensors: 0600)
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):

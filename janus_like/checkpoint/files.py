@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError, one_line
+from ..fileio import plain_modes
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -183,4 +184,5 @@ class ShardWriter:
                 self.abort()
                 raise CheckpointError(f"{self.directory} exists and is not empty; choose a new destination")
             self.directory.rmdir()
+        plain_modes(self.tmp)
         os.replace(self.tmp, self.directory)

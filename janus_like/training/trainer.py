@@ -25,7 +25,7 @@ from transformers import get_scheduler
 
 from ..configuration import DTYPES
 from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, is_int, one_line
-from ..fileio import check_output_folder, write_json
+from ..fileio import check_output_folder, plain_modes, write_json
 from ..processor import JanusLikeProcessor
 from . import checkpoints, lora
 from .config import TrainConfig
@@ -388,6 +388,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
             self.processor.save_pretrained(tmp)
+            plain_modes(tmp)  # a model to share: safetensors writes owner-only files
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             write_json(self.output_dir / "metrics.json", {
