@@ -132,8 +132,10 @@ def main() -> None:
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     gib = 2**30
     print(f"checkpoint: {total / gib:.2f} GiB bf16 (Janus-Pro-1B shapes, DeepSeek layout, 2 .bin shards)")
+    what = {"naive": "to load only", "streaming": "to convert and write"}
     for variant, r in results.items():
-        print(f"{variant:>10}: peak anonymous memory {r['peak_bytes'] / gib:6.2f} GiB   {r['seconds']:6.1f} s")
+        print(f"{variant:>10}: peak anonymous memory {r['peak_bytes'] / gib:6.2f} GiB   {r['seconds']:6.1f} s "
+              f"{what[variant]}")
     ratio = results["naive"]["peak_bytes"] / max(results["streaming"]["peak_bytes"], 1)
     print(f"streaming uses {ratio:.1f}x less memory than loading the whole checkpoint")
     if not args.keep:

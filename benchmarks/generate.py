@@ -200,11 +200,19 @@ def bench_size(size: str, device: str, dtype: torch.dtype, cfg: float, repeat: i
               f"{(len(out_comp) / t_comp) / (n_hf / t_hf):.2f}x | same tokens as eager: {out_comp == out_ours}")
 
 
+def guidance_scale(text: str) -> float:
+    value = float(text)
+    if not 1 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; accepted: above 1 up to 1000 (both sides guide)")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", type=device_argument)
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
+    parser.add_argument("--cfg-scale", type=guidance_scale, default=5.0,
+                        help="above 1 (transformers' guidance processor refuses 1 and below)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU; float32 on CUDA makes the greedy checks exact")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per side (best is kept)")

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from PIL import Image
 
@@ -31,23 +31,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
+MANIFEST = ".janus-like-outputs"  # in an --out folder: the names the last run wrote, one per line
+
+
 @contextlib.contextmanager
-def output_set(out: str | os.PathLike, earlier: Sequence[str]) -> Iterator[Path]:
-    """Yield an empty temp folder beside `out` to write a command's whole output set into. On
-    success the set replaces what an earlier run left in `out` (the entries matching the glob
-    patterns `earlier`), so the folder never mixes two runs; on failure `out` is untouched."""
+def output_set(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder inside `out` to write a command's whole output set into. On
+    success the set replaces what the previous run wrote there (the names its manifest lists, so
+    a folder never mixes two runs) and its own names are recorded; nothing else in `out` is
+    touched. On failure `out` is left as it was."""
     out = check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".janus-like-", suffix=".tmp"))
     try:
         yield tmp
-        for pattern in earlier:
-            for old in out.glob(pattern):
-                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-        for new in sorted(tmp.iterdir()):
-            os.replace(new, out / new.name)
+        for name in _last_outputs(out):
+            old = out / name
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
+        names = sorted(entry.name for entry in tmp.iterdir())
+        for name in names:
+            os.replace(tmp / name, out / name)
+        write_text(out / MANIFEST, "".join(f"{name}\n" for name in names))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _last_outputs(out: Path) -> list[str]:
+    """The names the manifest in `out` lists: plain names only (never a path that leaves `out`)."""
+    try:
+        lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [name for name in lines if name and name not in (".", "..", MANIFEST) and "/" not in name
+            and os.sep not in name]
 
 
 def check_output_folder(out: str | os.PathLike, setting: str = "--out") -> Path:

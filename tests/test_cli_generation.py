@@ -1,8 +1,11 @@
 """`janus-like generate | chat | interleave`: files written, one-line errors with exit status 2."""
 
+import json
+
 import pytest
 
 from janus_like.cli import main
+from janus_like.fileio import MANIFEST
 from janus_like.testing import shape_image, write_image
 
 
@@ -18,8 +21,24 @@ def test_generate_writes_pngs(saved, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--seed", "0",
                  "--out", str(out), "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["image_0.png", "image_1.png"]
+    assert visible(out) == ["image_0.png", "image_1.png", "settings.json"]
     assert "image_0.png" in capsys.readouterr().out
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seed"] == 0 and settings["prompts"] == ["a red circle"] and settings["num_images"] == 2
+
+
+def test_a_run_without_seed_records_the_one_it_drew_and_repeats_from_it(saved, tmp_path):
+    assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--out", str(tmp_path / "a")]) == 0
+    seed = json.loads((tmp_path / "a" / "settings.json").read_text())["seed"]
+    assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--seed", str(seed),
+                 "--out", str(tmp_path / "b")]) == 0
+    for name in ("image_0.png", "image_1.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def visible(folder) -> list[str]:
+    """What a user sees in a folder (the run manifest is a dotfile)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
@@ -35,16 +54,23 @@ def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
 
 def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(saved, tmp_path):
     out = tmp_path / "out"
-    (out / "keep").mkdir(parents=True)  # not ours: left alone
+    (out / "keep").mkdir(parents=True)  # not ours: left alone, as are files that only look like ours
+    (out / "prompt_archive").mkdir()
+    (out / "prompt_archive" / "old.txt").write_text("mine")
+    (out / "image_2023_holiday.png").write_bytes(b"mine")
+    mine = ["image_2023_holiday.png", "keep", "prompt_archive"]
     assert main(["generate", "a red circle", "a blue square", "--model", saved, "--num-images", "2",
                  "--out", str(out)]) == 0
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["image_0.png", "keep"]  # no prompt_*/ or prompts.txt left
+    assert visible(out) == sorted(["image_0.png", "settings.json", *mine])  # no prompt_*/ or prompts.txt left
     assert (out / "image_0.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    assert visible(out) == sorted(p.name for p in out.iterdir() if p.name != MANIFEST)  # no temp folder left
     assert main(["interleave", "Draw a red circle.", "--model", saved, "--max-new-tokens", "4",
                  "--max-images", "0", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "index.md", "keep"]
+    assert visible(out) == sorted(["index.html", "index.md", "settings.json", *mine])
+    assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
+    assert visible(out) == sorted(["image_0.png", "settings.json", *mine])  # no stale index.* from interleave
+    assert (out / "prompt_archive" / "old.txt").read_text() == "mine"
 
 
 def _umask() -> int:
@@ -115,11 +141,16 @@ def test_interleave_files_list_images_in_order(tmp_path):
 
     from janus_like.generation.commands import write_interleaved
 
-    parts = ["first <b>", shape_image("circle"), "then", shape_image("square"), "end"]
+    parts = ["first <b>", shape_image("circle"), "then\nnext line ![fake](image_0.png)", shape_image("square"),
+             "  \n", "end <img src=x onerror=alert(1)>"]
     write_interleaved(parts, tmp_path)
     md = (tmp_path / "index.md").read_text()
     assert md.index("first") < md.index("image_0.png") < md.index("then") < md.index("image_1.png") < md.index("end")
-    assert "&lt;b&gt;" in (tmp_path / "index.html").read_text()
+    assert md.count("![") == 2 and "![fake]" not in md  # the model's text cannot add an image of its own
+    assert "<img" not in md and "&lt;img src=x" in md and "<b>" not in md
+    page = (tmp_path / "index.html").read_text()
+    assert "&lt;b&gt;" in page and page.count("<img ") == 2 and "white-space: pre-wrap" in page
+    assert "<p></p>" not in page  # whitespace-only text is no paragraph
     assert Image.open(tmp_path / "image_1.png").size == (64, 64)
 
 

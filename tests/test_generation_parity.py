@@ -47,3 +47,21 @@ def test_decoded_pixels_equal_transformers_janus(pair):
         reference = hf.decode_image_tokens(codes).permute(0, 3, 1, 2)
     assert ours.shape == reference.shape
     assert torch.allclose(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_the_benchmarks_sampling_reference_filters_like_ours(pair, monkeypatch):
+    """benchmarks/generate.py times transformers' sampling against ours: both sample from every code
+    (GenerationConfig's default top_k=50 would make the reference draw from another distribution)."""
+    hf, _, processor = pair
+    used = []
+    build = type(hf)._get_logits_processor
+
+    def recording(self, *args, **kwargs):
+        processors = build(self, *args, **kwargs)
+        used.extend(type(p).__name__ for p in processors)
+        return processors
+
+    monkeypatch.setattr(type(hf), "_get_logits_processor", recording)
+    prompt = processor.generation_prompt("a red circle")
+    hf_generate_images(hf, torch.tensor([prompt.ids]), processor, 2, 5.0, do_sample=True)
+    assert used == ["ClassifierFreeGuidanceLogitsProcessor"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import html
+import re
+import secrets
 import sys
 from pathlib import Path
 
@@ -12,15 +14,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import PromptError
-from ..fileio import check_output_folder, output_set, save_image, write_text
+from ..fileio import check_output_folder, output_set, save_image, write_json, write_text
 from ..pipeline import JanusLikePipeline, check_prompt
 from .events import Done, ImageDone, ImageProgress, TextDelta
 from .settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
-
-
-# what a run writes in its --out folder; a new run replaces these (and only these) from an earlier one
-GENERATE_OUTPUTS = ("image_*.png", "prompt_*", "prompts.txt")
-INTERLEAVE_OUTPUTS = ("image_*.png", "index.md", "index.html")
 
 
 def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **settings) -> JanusLikePipeline:
@@ -35,7 +32,8 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
 def generate(args: argparse.Namespace) -> int:
     """Text (+ --image) -> N images saved as DIR/image_{i}.png. Several prompts (arguments and
     --prompts-file) are drawn in batches of up to MAX_IMAGES_PER_PROMPT images, as
-    DIR/prompt_{p}/image_{i}.png, with DIR/prompts.txt saying which prompt is which."""
+    DIR/prompt_{p}/image_{i}.png, with DIR/prompts.txt saying which prompt is which.
+    DIR/settings.json records the prompts and settings, the seed included (drawn when not given)."""
     prompts = list(args.prompt) + (_read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise PromptError("no prompt was given; give one as an argument or a file of them with --prompts-file")
@@ -43,16 +41,17 @@ def generate(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     pipe = _pipeline(args, prompts, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    seed = _seed(args)
     per_batch = MAX_IMAGES_PER_PROMPT // args.num_images
     batches = [prompts[i:i + per_batch] for i in range(0, len(prompts), per_batch)]
     out, images = Path(args.out), []
     codes = pipe.processor.num_gen_tokens
     with tqdm(total=len(batches) * codes, desc="drawing", unit="code", file=sys.stderr) as bar:
         for b, batch in enumerate(batches):
-            seed = None if args.seed is None else (args.seed + b) % (MAX_SEED + 1)
             for event in pipe.stream(batch, mode="images", images=args.image, num_images=args.num_images,
                                      cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
-                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=seed):
+                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                     seed=(seed + b) % (MAX_SEED + 1)):
                 if isinstance(event, ImageProgress) and event.row == 0:
                     bar.update(b * codes + event.done - bar.n)
                 elif isinstance(event, Done):
@@ -60,15 +59,32 @@ def generate(args: argparse.Namespace) -> int:
     n = args.num_images  # each image's file within --out: one folder per prompt when there are several
     names = [Path(f"image_{k % n}.png") if len(prompts) == 1 else Path(f"prompt_{k // n}", f"image_{k % n}.png")
              for k in range(len(images))]
-    with output_set(out, GENERATE_OUTPUTS) as tmp:
+    with output_set(out) as tmp:
         for name, image in zip(names, images):
             save_image(image, tmp / name)
         if len(prompts) > 1:
             write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
                                                     for p, prompt in enumerate(prompts)))
+        _write_settings(tmp, args, pipe, seed, prompts=prompts, images=[str(i) for i in args.image],
+                        num_images=args.num_images, image_cfg_scale=args.image_cfg_scale, top_k=args.top_k,
+                        top_p=args.top_p, seeds="seed + batch number, batches of up to "
+                                                f"{MAX_IMAGES_PER_PROMPT // args.num_images} prompts")
     for name in names:
         print(out / name)
     return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    """--seed, or one drawn now: every run can be repeated from its settings.json."""
+    return args.seed if args.seed is not None else secrets.randbelow(MAX_SEED + 1)
+
+
+def _write_settings(folder: Path, args: argparse.Namespace, pipe: JanusLikePipeline, seed: int, **more) -> None:
+    """settings.json: what it takes to repeat the run (the guidance resolved to the model's default)."""
+    cfg_scale = args.cfg_scale if args.cfg_scale is not None else pipe.default_cfg_scale
+    write_json(folder / "settings.json", {"model": args.model or "(embedded default model)", "seed": seed,
+                                          "cfg_scale": cfg_scale, "temperature": args.temperature, **more},
+               indent=2)
 
 
 def _one_line(text: str) -> str:
@@ -86,23 +102,30 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def chat(args: argparse.Namespace) -> int:
-    """Text (+ --image) -> the answer, streamed to stdout."""
+    """Text (+ --image) -> the answer, streamed to stdout with its ends stripped like `pipe.chat`'s."""
     pipe = _pipeline(args, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed)
+    pending, started = "", False
     for event in pipe.stream(args.prompt, mode="chat", images=args.image, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed):
         if isinstance(event, TextDelta):
-            print(event.text, end="", flush=True)
+            pending = pending + event.text if started else event.text.lstrip()
+            started = started or bool(pending)
+            shown = pending.rstrip()  # trailing whitespace waits: it is printed only if more text follows
+            print(shown, end="", flush=True)
+            pending = pending[len(shown):]
     print()
     return 0
 
 
 def interleave(args: argparse.Namespace) -> int:
-    """Text -> text and images, written as DIR/index.md and DIR/index.html with DIR/image_{i}.png."""
+    """Text -> text and images, written as DIR/index.md and DIR/index.html with DIR/image_{i}.png,
+    and DIR/settings.json (the seed included, drawn when not given)."""
     check_output_folder(args.out)
     pipe = _pipeline(args, seed=args.seed, max_new_tokens=args.max_new_tokens, max_images=args.max_images,
                      cfg_scale=args.cfg_scale, temperature=args.temperature)
-    events = pipe.stream(args.prompt, mode="interleave", seed=args.seed, max_new_tokens=args.max_new_tokens,
+    seed = _seed(args)
+    events = pipe.stream(args.prompt, mode="interleave", seed=seed, max_new_tokens=args.max_new_tokens,
                          max_images=args.max_images, cfg_scale=args.cfg_scale, temperature=args.temperature)
     with tqdm(desc="writing", unit="tok", file=sys.stderr) as bar:
         for event in events:
@@ -112,26 +135,34 @@ def interleave(args: argparse.Namespace) -> int:
                 bar.set_postfix(images=event.index + 1)
             elif isinstance(event, Done):
                 parts = event.results[0].parts
-    print(write_interleaved(parts, Path(args.out)))
+    with output_set(args.out) as tmp:
+        write_interleaved(parts, tmp)
+        _write_settings(tmp, args, pipe, seed, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                        max_images=args.max_images)
+    print(Path(args.out) / "index.md")
     return 0
 
 
-def write_interleaved(parts: list, out: Path) -> Path:
-    """Save the images and an index.md / index.html showing text and images in order (replacing
-    an earlier run's in `out`)."""
+def write_interleaved(parts: list, folder: Path) -> None:
+    """Save the images and an index.md / index.html showing text and images in order. The model's
+    text is shown, never run: HTML escaped in both, link and image brackets escaped in markdown."""
     md, body, n = [], [], 0
-    with output_set(out, INTERLEAVE_OUTPUTS) as tmp:
-        for part in parts:
-            if isinstance(part, Image.Image):
-                name = f"image_{n}.png"
-                save_image(part, tmp / name)
-                md.append(f"![image {n}]({name})")
-                body.append(f'<p><img src="{name}" alt="image {n}"></p>')
-                n += 1
-            else:
-                md.append(part.strip())
-                body.append(f"<p>{html.escape(part.strip())}</p>")
-        write_text(tmp / "index.md", "\n\n".join(md) + "\n")
-        write_text(tmp / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
-                   + "\n".join(body) + "\n")
-    return out / "index.md"
+    for part in parts:
+        if isinstance(part, Image.Image):
+            name = f"image_{n}.png"
+            save_image(part, folder / name)
+            md.append(f"![image {n}]({name})")
+            body.append(f'<p><img src="{name}" alt="image {n}"></p>')
+            n += 1
+        elif part.strip():
+            md.append(_markdown_text(part.strip()))
+            body.append(f"<p>{html.escape(part.strip())}</p>")
+    write_text(folder / "index.md", "\n\n".join(md) + "\n")
+    write_text(folder / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
+               "<style>p { white-space: pre-wrap }</style>\n" + "\n".join(body) + "\n")
+
+
+def _markdown_text(text: str) -> str:
+    """Model text for index.md: markdown formatting kept, but no raw HTML (escaped as entities) and
+    no links or images of its own (brackets escaped), so it cannot fetch, run or fake an image."""
+    return re.sub(r"([\\\[\]])", r"\\\1", html.escape(text, quote=False))

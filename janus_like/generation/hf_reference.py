@@ -73,7 +73,9 @@ def hf_generate_images(hf: JanusForConditionalGeneration, input_ids: torch.Tenso
                        cfg_scale: float, do_sample: bool) -> torch.Tensor:
     """transformers' image mode: (num_images, codes) for one prompt."""
     input_ids = input_ids.repeat(num_images, 1)  # rows rather than num_return_sequences: greedy allows 1 only
-    config = GenerationConfig(do_sample=do_sample, guidance_scale=cfg_scale, pad_token_id=processor.pad_id,
+    # top_k=0 (off): transformers would otherwise fill in its default 50 and sample from the top 50 codes only,
+    # where ours samples from all of them
+    config = GenerationConfig(do_sample=do_sample, top_k=0, guidance_scale=cfg_scale, pad_token_id=processor.pad_id,
                               bos_token_id=processor.bos_id, generation_kwargs={"boi_token_id": processor.image_start_id})
     return hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_mode="image",
                        generation_config=config)
