@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -28,6 +29,18 @@ def test_classifier_reads_every_rendered_scene(size):
 
 def test_classifier_finds_nothing_on_a_blank_image():
     assert classify(Image.new("RGB", (32, 32), "white")).color is None
+
+
+def test_classifier_reads_noise_smears_and_two_objects_as_nothing():
+    """Otherwise any blob reads as some colour's triangle, and a wrong drawing can score as right."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    two = render(Scene("circle", "red", "left"))
+    two.paste(render(Scene("square", "blue", "right")).crop((16, 0, 32, 32)), (16, 0))
+    same_colour = render(Scene("circle", "red", "left"))
+    same_colour.paste(render(Scene("square", "red", "right")).crop((16, 0, 32, 32)), (16, 0))
+    for image in (noise, two, same_colour):
+        reading = classify(image)
+        assert (reading.color, reading.position, reading.shape) == (None, None, None), reading
 
 
 def test_world_and_prompts():
@@ -55,7 +68,9 @@ def test_eval_shapes_on_a_subset_prints_accuracies(tmp_path, capsys):
     assert set(results["interleave"]) == {"image_count", "images_right", "description", "overall"}
     requests = [s["interleave"]["request"] for s in results["samples"]]
     assert requests[0].endswith("then describe it.") and requests[1].count(" a ") == 2  # one scene, then two
-    assert set(results["edit"]) == {"color", "position", "shape", "overall"} and "edit:" in printed
+    kinds = {next(axis for axis in ("color", "position", "shape") if s["edit"]["target"][axis] not in s["prompt"])
+             for s in results["samples"]}
+    assert set(results["edit"]) == kinds | {"overall"} and "edit:" in printed  # scored per kind of edit
     edit = results["samples"][0]["edit"]
     assert len(edit["readings"]) == 2 and edit["instruction"].startswith(("make it", "move it"))
     assert Image.open(out / "grid.png").size[1] == 2 * 96
@@ -98,3 +113,21 @@ def test_edits_change_one_attribute():
     assert changed["make it blue"] == Scene("circle", "blue", "left")
     assert changed["move it to the center"] == Scene("circle", "red", "center")
     assert changed["make it a triangle"] == Scene("triangle", "red", "left")
+
+
+def test_an_editor_that_changes_nothing_scores_zero_in_every_kind_of_edit():
+    class Unchanged:
+        """Draws its input image back: every attribute an edit leaves alone is right, the edited one not."""
+
+        def generate_images(self, prompt, images=None, num_images=4, **settings):
+            return [images[0] if images else render(Scene("circle", "red", "left"))] * num_images
+
+        def chat(self, question, **settings):
+            return "a red circle on the left"
+
+        def interleave(self, request, **settings):
+            return []
+
+    result, _ = ShapesEval(Unchanged(), images_per_prompt=1).run(progress=False)  # all 45 scenes: every kind
+    assert set(result.edit) == {"color", "position", "shape", "overall"}
+    assert all(rate == 0 for rate in result.edit.values())

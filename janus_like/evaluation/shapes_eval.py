@@ -8,7 +8,8 @@ Interleave: the model is asked to draw a scene and describe it, or to draw two s
 (shapes.draw_request); a request is right when it gets exactly that many images, each image
 reads back as its scene, and a description names the scene. Edit: the model is given a rendered
 scene and one single-attribute instruction ("make it blue", "move it to the right", "make it a
-square"; shapes.edits) and each image it draws must read back as the edited scene.
+square"; shapes.edits) and each image it draws must read back as the edited scene; scored per kind
+of edit (an image that repeats its input scores 0 in every kind) and overall.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ class ShapesEval:
                             "edit": {"instruction": instruction, "target": asdict(edited), "readings": [
                                 asdict(classify(im)) for im in self._draw(instruction, seed, picture)]}})
         generation = [_axes_right(r, scene) for scene, s in zip(scenes, samples) for r in s["readings"]]
-        edit = [_axes_right(r, Scene(**s["edit"]["target"])) for s in samples for r in s["edit"]["readings"]]
+        # per kind of edit (colour, position, shape), the images that read back as the edited scene: scoring
+        # each axis of every edit would mostly count the two attributes an edit leaves alone
+        edit = [{_edited_axis(scene, target): all(_axes_right(r, target).values())}
+                for scene, s in zip(scenes, samples) for target in [Scene(**s["edit"]["target"])]
+                for r in s["edit"]["readings"]]
         return ShapesResult(_rates(generation), _rates([s["named"] for s in samples]),
                             _rates([s["interleave"]["scores"] for s in samples]), _rates(edit), samples), drawings
 
@@ -114,6 +119,11 @@ class ShapesEval:
         scores["overall"] = all(scores.values())
         return {"request": draw_request(scenes), "text": [p for p in parts if isinstance(p, str)],
                 "readings": readings, "scores": scores}
+
+
+def _edited_axis(scene: Scene, target: Scene) -> str:
+    """The one attribute an edit changes."""
+    return next(axis for axis in AXES if getattr(scene, axis) != getattr(target, axis))
 
 
 def _axes_right(reading: dict, scene: Scene) -> dict[str, bool]:
