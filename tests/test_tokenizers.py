@@ -46,6 +46,27 @@ def test_train_vq_improves_reconstruction_and_saves_a_loadable_model(tmp_path, c
     assert codes.shape == (1, 16)
 
 
+def test_train_vq_holdout_never_trains_on_the_evaluation_images(tmp_path, capsys, monkeypatch):
+    train_vq = load_script("train_vq")
+    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "4", "--batch-size", "4", "--synthetic",
+                                "12", "--holdout", "4", "--codebook-size", "512", "--out", str(tmp_path),
+                                "--device", "cpu"])
+    images = train_vq.image_tensors(None, 16, 12, 0)
+    held_out = {tuple(x.flatten().tolist()) for x in images[-4:]}
+    trained_on, forward = [], train_vq.JanusLikeVQModel.forward
+
+    def recording(self, pixels, *rest, **kwargs):
+        if self.training:
+            trained_on.extend(tuple(x.flatten().tolist()) for x in pixels)
+        return forward(self, pixels, *rest, **kwargs)
+
+    monkeypatch.setattr(train_vq.JanusLikeVQModel, "forward", recording)
+    train_vq.train(args)
+    assert trained_on and not held_out & set(trained_on)
+    # 4 images x 16 codes cannot show more than 64 of 512 codes: the report says so
+    assert "at most 12.5% with 4 images (on 4 held-out images)" in capsys.readouterr().out
+
+
 def test_dead_codes_are_replaced():
     """With the dead-code threshold on, unused codes are re-seeded from the batch, so usage rises."""
     train_vq = load_script("train_vq")

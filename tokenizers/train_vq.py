@@ -93,7 +93,8 @@ def evaluate(model: JanusLikeVQModel, images: torch.Tensor, batch_size: int) -> 
         recons.append(model.decode(ids).float())
     model.train()
     recon = torch.cat(recons)
-    return {"psnr": psnr(recon, images.float()), "codebook_usage": used.float().mean().item(), "reconstruction": recon}
+    return {"psnr": psnr(recon, images.float()), "codebook_usage": used.float().mean().item(), "reconstruction": recon,
+            "codes_per_image": ids[0].numel()}
 
 
 def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, n: int = 8) -> None:
@@ -119,6 +120,12 @@ def train(args: argparse.Namespace) -> dict:
         config.codebook_size = args.codebook_size
     image_size = args.image_size or (32 if args.tiny else 384)
     images = image_tensors(args.images, image_size, args.synthetic, args.seed)
+    if args.holdout:  # the last images never train: PSNR and usage measure generalisation
+        if args.holdout >= len(images):
+            sys.exit(f"train_vq: --holdout {args.holdout} leaves no training images (there are {len(images)})")
+        images, eval_images = images[:-args.holdout], images[-args.holdout:]
+    else:
+        eval_images = images[: args.eval_images]
     model = JanusLikeVQModel(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
     disc = disc_opt = None
@@ -126,7 +133,7 @@ def train(args: argparse.Namespace) -> dict:
         disc = PatchDiscriminator(channels=16 if args.tiny else 64).to(device)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
 
-    before = evaluate(model, images[: args.eval_images].to(device), args.batch_size)
+    before = evaluate(model, eval_images.to(device), args.batch_size)
     generator = torch.Generator().manual_seed(args.seed)
     bar = tqdm(range(args.steps), desc="training VQ", unit="step")
     for step in bar:
@@ -147,10 +154,10 @@ def train(args: argparse.Namespace) -> dict:
             disc_opt.step()
         bar.set_postfix(recon=f"{out['recon_loss'].item():.4f}", usage=f"{out['codebook_usage'].item():.2f}")
 
-    after = evaluate(model, images[: args.eval_images].to(device), args.batch_size)
+    after = evaluate(model, eval_images.to(device), args.batch_size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(images[: args.eval_images], after["reconstruction"].cpu(), out_dir / "reconstructions.png")
+    save_grid(eval_images, after["reconstruction"].cpu(), out_dir / "reconstructions.png")
     tmp, final = out_dir / ".tmp-model", out_dir / "model"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -158,8 +165,11 @@ def train(args: argparse.Namespace) -> dict:
     tmp.rename(final)
     report = {"psnr_before": before["psnr"], "psnr": after["psnr"], "codebook_usage_before": before["codebook_usage"],
               "codebook_usage": after["codebook_usage"]}
+    codes = len(eval_images) * after["codes_per_image"]  # usage cannot exceed what the images hold
+    cap = f", at most {codes / config.codebook_size:.1%} with {len(eval_images)} images" if codes < config.codebook_size else ""
     print(f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB; codebook usage "
-          f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes; "
+          f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes{cap} "
+          f"(on {len(eval_images)} {'held-out' if args.holdout else 'training'} images); "
           f"wrote {final} and {out_dir / 'reconstructions.png'}")
     return report
 
@@ -181,7 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=whole(1), default=16)
     p.add_argument("--lr", type=number(0), default=1e-3)
     p.add_argument("--synthetic", type=whole(1), default=256, help="synthetic images when --images is not given")
-    p.add_argument("--eval-images", type=whole(1), default=16)
+    p.add_argument("--eval-images", type=whole(1), default=16,
+                   help="evaluate on the first N training images (without --holdout)")
+    p.add_argument("--holdout", type=whole(0), default=0,
+                   help="keep the last N images out of training and evaluate on them (0: evaluate on training images)")
     p.add_argument("--seed", type=whole(0), default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
