@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionModel
 from transformers.utils import ModelOutput
 
-from .configuration import JanusLikeConfig
+from .configuration import JanusLikeConfig, JanusLikeVQConfig
 from .errors import CheckpointError, SettingsError, one_line
 from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
@@ -348,7 +348,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         vision: str | os.PathLike,
         vq: str | os.PathLike | None = None,
         *,
-        vq_config: "JanusLikeVQConfig | dict | None" = None,
+        vq_config: JanusLikeVQConfig | dict | None = None,
         return_processor: bool = False,
         dtype: torch.dtype | None = None,
         **config_overrides,
@@ -360,7 +360,6 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         image head start random."""
         from transformers import AutoTokenizer
 
-        from .configuration import JanusLikeVQConfig
         from .processor import JanusLikeProcessor
 
         check_compose_settings(config_overrides, "from_parts")

@@ -384,8 +384,9 @@ class GenerationEngine:
         batch, n_codes = len(rows), self.processor.num_gen_tokens
         codebook = self.model.gen_embed.num_embeddings
         # the compiled step takes guidance and temperature as tensors (values, not graph constants),
-        # so that a new setting is no new graph; greedy (temperature 0) is a graph of its own
-        value = lambda x: torch.tensor(float(x), device=hidden.device)
+        # so that a new setting is no new graph; greedy (temperature 0) is a graph of its own. Eager
+        # steps take plain numbers: no tensor arithmetic for a temperature of 1
+        value = (lambda x: torch.tensor(float(x), device=hidden.device)) if self.compile else float
         groups = hidden.shape[0] // batch  # rows, their twins, then rows without input images
         picks = (value(settings.temperature) if settings.temperature > 0 else 0.0, settings.top_k, settings.top_p,
                  value(settings.cfg_scale) if groups > 1 else None,
