@@ -66,7 +66,8 @@ def generate(args: argparse.Namespace) -> int:
             write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
                                                     for p, prompt in enumerate(prompts)))
         _write_settings(tmp, args, pipe, seed, prompts=prompts, images=[str(i) for i in args.image],
-                        num_images=args.num_images, image_cfg_scale=args.image_cfg_scale, top_k=args.top_k,
+                        num_images=args.num_images, top_k=args.top_k,
+                        image_cfg_scale=1.0 if args.image_cfg_scale is None else args.image_cfg_scale,
                         top_p=args.top_p, seeds="seed + batch number, batches of up to "
                                                 f"{MAX_IMAGES_PER_PROMPT // args.num_images} prompts")
     for name in names:
