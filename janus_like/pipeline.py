@@ -18,6 +18,7 @@ from .processor import JanusLikeProcessor, TokenSequence
 
 ImageLike = str | os.PathLike | Image.Image
 MODES = ("images", "chat", "interleave")
+IMAGES_PER_PROMPT = 4  # generate_images' and stream(mode="images")'s default
 # what `chat` and `interleave` default to and `stream(mode=…)` too, so that streaming a mode behaves like
 # its one-call method (GenerationSettings' own defaults would sample chat answers and never open an image)
 MODE_DEFAULTS = {"chat": {"temperature": 0.0, "max_new_tokens": 256},
@@ -46,7 +47,8 @@ class JanusLikePipeline:
 
     # ------------------------------------------------------------------ one-call API
 
-    def generate_images(self, prompt: str | Sequence[str], num_images: int = 4, cfg_scale: float | None = None,
+    def generate_images(self, prompt: str | Sequence[str], num_images: int = IMAGES_PER_PROMPT,
+                        cfg_scale: float | None = None,
                         temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                         seed: int | None = None, images: Sequence[ImageLike] | None = None,
                         preview_every: int = 0, image_cfg_scale: float | None = None
@@ -86,13 +88,13 @@ class JanusLikePipeline:
         return done.results[0].parts
 
     def stream(self, prompt: str | list[dict], mode: str = "chat", *, images: Sequence[ImageLike] | None = None,
-               num_images: int = 1, system_prompt: str | None = None, **settings) -> Iterator[Event]:
+               num_images: int | None = None, system_prompt: str | None = None, **settings) -> Iterator[Event]:
         """The engine's events (TextDelta, ImageProgress, ImageDone, Done) for one prompt (or, for
         "images", a list of prompts: rows prompt after prompt, `num_images` each). `mode` is
         "images", "chat" or "interleave"; `settings` are GenerationSettings fields."""
         if mode not in MODES:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
-        if mode != "images" and num_images != 1:
+        if mode != "images" and num_images not in (None, 1):
             raise SettingsError(f"num_images={num_images!r} applies to mode='images'; {mode} writes one answer")
         if isinstance(images, (str, os.PathLike, Image.Image)):  # one image rather than a list of them
             images = [images]
@@ -100,7 +102,7 @@ class JanusLikePipeline:
         settings = {"cfg_scale": self.default_cfg_scale, **MODE_DEFAULTS.get(mode, {}), **settings}
         if mode == "images":
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
-            num_images = check_num_images(num_images, len(prompts))
+            num_images = check_num_images(IMAGES_PER_PROMPT if num_images is None else num_images, len(prompts))
             sequences = [self.processor.generation_prompt(check_prompt(p), list(images or [])) for p in prompts]
             requests = [Request(sequence, IMAGE_MODE) for sequence in sequences for _ in range(num_images)]
         else:

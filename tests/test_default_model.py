@@ -90,6 +90,8 @@ def test_streaming_a_mode_behaves_like_its_one_call_method(pipe):
     for mode, method in (("chat", pipe.chat), ("interleave", pipe.interleave)):  # one set of defaults
         signature = inspect.signature(method).parameters
         assert {k: signature[k].default for k in MODE_DEFAULTS[mode]} == MODE_DEFAULTS[mode]
+    drawn = sum(isinstance(e, ImageDone) for e in pipe.stream("a red circle on the left", mode="images", seed=0))
+    assert drawn == inspect.signature(pipe.generate_images).parameters["num_images"].default == 4
 
 
 def test_edit_changes_the_asked_attribute_only(pipe):

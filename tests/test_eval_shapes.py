@@ -64,6 +64,9 @@ def test_eval_shapes_on_a_subset_prints_accuracies(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "generation: color" in printed and "chat:" in printed and "interleave: image_count" in printed
     results = json.loads((out / "results.json").read_text())
+    assert results["settings"] == {"model": "(embedded default model)", "num_scenes": 2, "images_per_prompt": 2,
+                                   "seed": 0, "cfg_scale": 1.5, "image_cfg_scale": 1.0, "temperature": 1.0}
+    assert (out / ".janus-like-outputs").read_text() == "grid.png\nresults.json\n"  # a later run replaces these
     assert len(results["samples"]) == 2 and set(results["generation"]) == {"color", "position", "shape", "overall"}
     assert set(results["interleave"]) == {"image_count", "images_right", "description", "overall"}
     requests = [s["interleave"]["request"] for s in results["samples"]]
