@@ -249,9 +249,9 @@ class GenerationEngine:
             cache.reset()
             return
         self.cache, self._views = StaticCache(config=self._cache_config, max_cache_len=cache_len), {}
+        empty = lambda t: t.new_zeros(slots, t.shape[1], 0, t.shape[-1])  # shape, dtype and device, no data
         for static, dynamic in zip(self.cache.layers, like.layers):
             # every layer on the device of its prefill keys: a decoder split over GPUs (device_map) works too
-            empty = lambda t: t.new_zeros(slots, t.shape[1], 0, t.shape[-1])
             static.lazy_initialization(empty(dynamic.keys), empty(dynamic.values))
 
     def _attend(self, column: int) -> tuple[torch.Tensor, torch.Tensor | None, StaticCache]:
@@ -511,16 +511,16 @@ class GenerationEngine:
                 continue
             row.segment.append(token)
             row.context.add([token], TEXT, False)
-            text, hidden = self._segment_text(row.segment)
+            text, specials = self._segment_text(row.segment)
             hit = min((text.find(s) for s in settings.stop if s in text), default=-1)
             if hit >= 0:
-                events += self._close_text(i, row, _shown(text, hidden, hit))
+                events += self._close_text(i, row, _shown(text, specials, hit))
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "stop", True
             elif row.text_tokens >= settings.max_new_tokens:
-                events += self._close_text(i, row, _shown(text, hidden))
+                events += self._close_text(i, row, _shown(text, specials))
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "length", True
             else:  # a stop string forms in `text`; what it would cut of the shown text is at most `hold` long
-                shown = _shown(text, hidden)
+                shown = _shown(text, specials)
                 if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
                     events.append(TextDelta(i, shown[row.emitted:len(shown) - hold]))
                     row.emitted = len(shown) - hold
@@ -628,11 +628,11 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
-def _shown(text: str, hidden: list[tuple[int, int]], end: int | None = None) -> str:
-    """`text[:end]` without the character spans in `hidden` (sorted, not overlapping)."""
+def _shown(text: str, specials: list[tuple[int, int]], end: int | None = None) -> str:
+    """`text[:end]` without the character spans in `specials` (sorted, not overlapping)."""
     end = len(text) if end is None else end
     parts, position = [], 0
-    for start, stop in hidden:
+    for start, stop in specials:
         if start >= end:
             break
         parts.append(text[position:start])
