@@ -31,39 +31,48 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
-MANIFEST = ".janus-like-outputs"  # in an --out folder: the names the last run wrote, one per line
+MANIFEST = ".janus-like-outputs"  # in an --out folder: the files the last run wrote, one relative path a line
 
 
 @contextlib.contextmanager
 def output_set(out: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp folder inside `out` to write a command's whole output set into. On
-    success the set replaces what the previous run wrote there (the names its manifest lists, so
-    a folder never mixes two runs) and its own names are recorded; nothing else in `out` is
-    touched. On failure `out` is left as it was."""
+    success the set replaces the files the previous run wrote there (its manifest lists them, so a
+    folder never mixes two runs; folders they leave empty go too) and its own files are recorded.
+    Nothing else is deleted; a file of the same name as a new one is replaced. If the block fails,
+    `out` is untouched; if the moves fail, the manifest still lists every file of both runs."""
     out = check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".janus-like-", suffix=".tmp"))
     try:
         yield tmp
-        for name in _last_outputs(out):
-            old = out / name
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
-        names = sorted(entry.name for entry in tmp.iterdir())
-        for name in names:
+        new = sorted(str(path.relative_to(tmp)) for path in tmp.rglob("*") if not path.is_dir())
+        old = _last_outputs(out)
+        write_text(out / MANIFEST, "".join(f"{name}\n" for name in sorted(set(old) | set(new))))
+        for name in set(old) - set(new):
+            if (out / name).is_file():
+                (out / name).unlink()
+        for name in new:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / name, out / name)
-        write_text(out / MANIFEST, "".join(f"{name}\n" for name in names))
+        for folder in sorted({(out / name).parent for name in old}, key=lambda f: -len(f.parts)):
+            if folder != out and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        write_text(out / MANIFEST, "".join(f"{name}\n" for name in new))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _last_outputs(out: Path) -> list[str]:
-    """The names the manifest in `out` lists: plain names only (never a path that leaves `out`)."""
+    """The files the manifest in `out` lists, those that would lie inside `out` (a tampered or stale
+    line never reaches outside it, through `..` or a symlinked folder)."""
     try:
         lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return []
-    return [name for name in lines if name and name not in (".", "..", MANIFEST) and "/" not in name
-            and os.sep not in name]
+    root = out.resolve()
+    return [name for name in lines if name and name != MANIFEST and not Path(name).is_absolute()
+            and ".." not in Path(name).parts and (out / name).parent.resolve().is_relative_to(root)]
 
 
 def check_output_folder(out: str | os.PathLike, setting: str = "--out") -> Path:

@@ -99,18 +99,22 @@ def check_compose_settings(settings, where: str) -> None:
 
 def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
     """One pretrained part for `from_parts`, loaded strictly: transformers would build a folder of
-    another kind (an LLM given as the VQ) with fresh weights and only log what was missing."""
-    from .checkpoint.own import without_load_report
+    another kind (an LLM given as the VQ) with fresh weights and only log what was missing. Its
+    LOAD REPORT goes into our one-line error, or is shown as usual when the part loads."""
+    from .checkpoint.own import held_load_report, load_report_rows, show_load_report
 
-    try:
-        with without_load_report():
+    with held_load_report() as held:
+        try:
             model, info = load(path, dtype=dtype, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{name}={path}: cannot load it as {kind} ({one_line(e)})") from e
+        except (OSError, ValueError, RuntimeError, TypeError) as e:
+            rows = load_report_rows(held)
+            raise CheckpointError(f"{name}={path}: cannot load it as {kind} ({one_line(e)})"
+                                  + (f"; the tensors: {rows}" if rows else "")) from e
     missing = sorted(info["missing_keys"])
     if missing:
         raise CheckpointError(f"{name}={path} is not {kind}: {len(missing)} of its tensors are missing "
                               f"(e.g. {', '.join(missing[:3])})")
+    show_load_report(held)  # e.g. unexpected tensors a part does not use (a full SigLIP as the vision tower)
     return model
 
 

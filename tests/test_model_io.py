@@ -1,5 +1,7 @@
 """Saving, loading, composing from parts, and the VQ tokenizer at Janus sizes."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import (BertConfig, BertLMHeadModel, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig,
@@ -109,6 +111,15 @@ def test_from_parts_composes_a_working_model(tmp_path):
             JanusLikeForConditionalGeneration.from_parts(**{**parts, name: tmp_path / wrong})
     with pytest.raises(SettingsError, match="gen_image_sise"):  # a config would take it silently
         JanusLikeForConditionalGeneration.from_parts(**parts, gen_image_sise=16)
+    # a reshaped tensor: transformers points at its LOAD REPORT table; the error carries its rows instead
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tmp_path / "llm", tmp_path / "reshaped")
+    state = load_file(tmp_path / "reshaped" / "model.safetensors")
+    state["model.layers.0.mlp.up_proj.weight"] = torch.zeros(72, 32)
+    save_file(state, tmp_path / "reshaped" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"the tensors: model.layers.0.mlp.up_proj.weight MISMATCH .*\[72, 32\]"):
+        JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "reshaped"})
     # an encoder LM loads as "a causal LM" (BertLMHeadModel) but attends both ways: refused
     BertLMHeadModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                vocab_size=len(tokenizer))).save_pretrained(tmp_path / "bert")

@@ -47,11 +47,17 @@ def test_train_vq_improves_reconstruction_and_saves_a_loadable_model(tmp_path, c
 
 
 def test_train_vq_holdout_never_trains_on_the_evaluation_images(tmp_path, capsys, monkeypatch):
+    from janus_like.testing import random_image
+
     train_vq = load_script("train_vq")
-    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "4", "--batch-size", "4", "--synthetic",
-                                "12", "--holdout", "4", "--codebook-size", "512", "--out", str(tmp_path),
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        random_image(16, seed=i).save(folder / f"{i:02d}.png")
+    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "4", "--batch-size", "4", "--images",
+                                str(folder), "--holdout", "4", "--codebook-size", "512", "--out", str(tmp_path / "out"),
                                 "--device", "cpu"])
-    images = train_vq.image_tensors(None, 16, 12, 0)
+    images = train_vq.image_tensors(str(folder), 16, 0, 0)
     held_out = {tuple(x.flatten().tolist()) for x in images[-4:]}
     trained_on, forward = [], train_vq.JanusLikeVQModel.forward
 
@@ -65,6 +71,10 @@ def test_train_vq_holdout_never_trains_on_the_evaluation_images(tmp_path, capsys
     assert trained_on and not held_out & set(trained_on)
     # 4 images x 16 codes cannot show more than 64 of 512 codes: the report says so
     assert "at most 12.5% with 4 images (on 4 held-out images)" in capsys.readouterr().out
+    # the synthetic shapes world repeats its 45 scenes: nothing could be held out
+    with pytest.raises(SystemExit) as exit_:
+        train_vq.parse_args(["--tiny", "--holdout", "4", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "--holdout needs --images" in capsys.readouterr().err
 
 
 def test_dead_codes_are_replaced():

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from janus_like import JanusLikeError, JanusLikeVQConfig, JanusLikeVQModel
 from janus_like.checkpoint.options import check_device
-from janus_like.fileio import check_output_folder
+from janus_like.fileio import check_output_folder, plain_modes
 from janus_like.images import generation_pixels, load_image, pixels_to_pil
 from janus_like.evaluation.shapes import all_scenes, render
 
@@ -161,6 +161,7 @@ def train(args: argparse.Namespace) -> dict:
     tmp, final = out_dir / ".tmp-model", out_dir / "model"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    plain_modes(tmp)  # a model to share: safetensors writes owner-only files
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     report = {"psnr_before": before["psnr"], "psnr": after["psnr"], "codebook_usage_before": before["codebook_usage"],
@@ -203,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_device(args.device)
     except JanusLikeError as e:
         p.exit(2, f"train_vq: {e}\n")
+    if args.holdout and args.images is None:
+        p.exit(2, "train_vq: --holdout needs --images: the synthetic shapes world has 45 scenes, which repeat, "
+                  "so held-out synthetic images would be copies of training ones\n")
     return args
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from contextlib import contextmanager
+import re
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from safetensors import SafetensorError
 
@@ -20,6 +21,8 @@ from ..errors import CheckpointError, one_line
 from .files import load_bin, safetensors_keys, weight_files
 from .loading import some_names
 from .settings import config_errors, require_sizes
+
+TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"  # where from_pretrained logs its LOAD REPORT
 
 
 def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loading_info: bool = False,
@@ -31,7 +34,7 @@ def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loadi
     check_weight_files(path)
     try:
         # mismatches come back in the loading info (transformers would raise without naming them)
-        with without_load_report(unless=ignore_mismatched_sizes):
+        with held_load_report() if not ignore_mismatched_sizes else nullcontext():  # our errors name the tensors
             model, info = load(path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     except (OSError, SafetensorError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"cannot load the weights in {path}: {one_line(e)}") from e
@@ -40,18 +43,45 @@ def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loadi
 
 
 @contextmanager
-def without_load_report(unless: bool = False):
-    """Drop transformers' LOAD REPORT table (missing, unexpected, reshaped tensors) while loading:
-    the strict checks raise a one-line CheckpointError naming them instead. `unless`: keep it (a
-    caller that accepts reshaped tensors still learns which)."""
-    log = logging.getLogger("transformers.modeling_utils")
-    drop = lambda record: "LOAD REPORT" not in record.getMessage()
-    if not unless:
-        log.addFilter(drop)
+def held_load_report() -> Iterator[list[logging.LogRecord]]:
+    """Hold transformers' LOAD REPORT table (missing, unexpected, reshaped tensors) back while
+    loading, into the yielded list: a strict check then raises one line naming the tensors, rather
+    than printing a table above it. `show_load_report` lets a held one through after all."""
+    log, held = logging.getLogger(TRANSFORMERS_LOADING_LOGGER), []
+    level, own_level = log.getEffectiveLevel(), log.level
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return record.levelno >= level  # anything else as the user's verbosity says
+
+    log.addFilter(hold)
+    log.setLevel(min(level, logging.WARNING))  # the report is a warning: held even at error verbosity
     try:
-        yield
+        yield held
     finally:
-        log.removeFilter(drop)
+        log.removeFilter(hold)
+        log.setLevel(own_level)
+
+
+def show_load_report(held: list[logging.LogRecord]) -> None:
+    """Let held reports through as transformers would have shown them (if its verbosity shows warnings)."""
+    log = logging.getLogger(TRANSFORMERS_LOADING_LOGGER)
+    for record in held:
+        if log.isEnabledFor(record.levelno):
+            log.handle(record)
+
+
+def load_report_rows(held: list[logging.LogRecord]) -> str:
+    """The rows of held LOAD REPORT tables on one line: `key STATUS details; …`."""
+    rows = []
+    for record in held:
+        for line in re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).splitlines():
+            cells = [cell.strip() for cell in line.split("|")]
+            if len(cells) > 1 and cells[0] not in ("", "Key") and not set(line) <= set("-+| "):
+                rows.append(" ".join(cell for cell in cells if cell))
+    return "; ".join(rows)
 
 
 def check_config(path: Path) -> None:

@@ -64,6 +64,8 @@ class _Row:
     context: TokenSequence | None  # everything a text row has seen, for its twin's prompt
     result: RowResult = field(default_factory=RowResult)
     segment: list[int] = field(default_factory=list)  # text ids since the last image
+    decoded: str = ""  # the segment decoded with its special tokens (stop strings may be special tokens)
+    specials: list[tuple[int, int]] = field(default_factory=list)  # their spans in `decoded`, left out of the text
     forced: int | None = None  # a token fed next in place of the sampled one (<end_of_image>)
     emitted: int = 0  # characters of the segment already streamed
     codes: list[int] = field(default_factory=list)
@@ -511,7 +513,10 @@ class GenerationEngine:
                 continue
             row.segment.append(token)
             row.context.add([token], TEXT, False)
-            text, specials = self._segment_text(row.segment)
+            text = p.decode(row.segment, skip_special_tokens=False)
+            if token in self._special_ids:  # shown text leaves it out, as skip_special_tokens does
+                row.specials.append((len(row.decoded), len(text)))
+            row.decoded, specials = text, row.specials
             hit = min((text.find(s) for s in settings.stop if s in text), default=-1)
             if hit >= 0:
                 events += self._close_text(i, row, _shown(text, specials, hit))
@@ -526,26 +531,14 @@ class GenerationEngine:
                     row.emitted = len(shown) - hold
         return events, fed, is_code, changed
 
-    def _segment_text(self, segment: list[int]) -> tuple[str, list[tuple[int, int]]]:
-        """A text segment decoded with its special tokens (stop strings may be special tokens, such as
-        a chat's next `<|User|>`), and the character spans of those tokens, which the text handed back
-        leaves out as DeepSeek's and transformers' `skip_special_tokens=True` decoding does."""
-        decode = lambda ids: self.processor.decode(ids, skip_special_tokens=False)
-        text, spans = decode(segment), []
-        for j, token in enumerate(segment):
-            if token in self._special_ids:  # rare: decoding the prefix is cheap enough
-                start = len(decode(segment[:j]))
-                spans.append((start, start + len(decode([token]))))
-        return text, spans
-
     def _close_text(self, i: int, row: _Row, text: str | None = None) -> list[Event]:
         """End the current text segment: stream what is left of it and add it to the parts."""
         if text is None:
-            text = _shown(*self._segment_text(row.segment))
+            text = _shown(row.decoded, row.specials)
         events = [TextDelta(i, text[row.emitted:])] if len(text) > row.emitted else []
         if text:
             row.result.parts.append(text)
-        row.segment, row.emitted = [], 0
+        row.segment, row.emitted, row.decoded, row.specials = [], 0, "", []
         return events
 
     # ------------------------------------------------------------------ images
