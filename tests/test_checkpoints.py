@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers.utils import is_flash_attn_2_available
 
 from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikeProcessor, SettingsError
 from janus_like.checkpoint import default_model_path, deepseek, detect_layout, hf_janus
@@ -620,6 +621,23 @@ def test_own_format_round_trips_clean_and_refuses_missing_unexpected_or_reshaped
                    lambda: JanusLikeForConditionalGeneration.from_pretrained(vocab))
 
 
+def test_loading_at_warning_verbosity_prints_nothing_for_a_sound_model():
+    """Holding the LOAD REPORT must not turn on transformers' other load-time warnings (a logger
+    level of its own made it list every 'unsharded' layer)."""
+    messages, handler = [], logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    root = logging.getLogger("transformers")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        JanusLikeForConditionalGeneration.from_pretrained(default_model_path())
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert messages == []
+
+
 def test_own_format_errors_come_without_transformers_load_report(tmp_path, own_dir):
     reports = []
     handler = logging.Handler()
@@ -810,6 +828,11 @@ def test_dtype_and_device_options_are_the_same_for_every_layout(own_dir, deepsee
     one_line_error(SettingsError, r"device_map\['vq'\]='cuda:7' is not a device of this machine",
                    lambda: load(path, device_map={"": "cpu", "vq": "cuda:7"}))
     one_line_error(SettingsError, r"device_map=\['cpu'\] is not a device map", lambda: load(path, device_map=["cpu"]))
+    sdpa = load(path, attn_implementation="sdpa")  # transformers would hand it to the VQ too, which refuses it
+    assert (sdpa.language_model.config._attn_implementation, sdpa.vq.config._attn_implementation) == ("sdpa", "eager")
+    if not is_flash_attn_2_available():
+        one_line_error(SettingsError, "attn_implementation = 'flash_attention_2' cannot be used here",
+                       lambda: load(path, attn_implementation="flash_attention_2"))
     for device_map in ({"": "cpu"}, "cpu"):
         placed = load(path, device_map=device_map)
         assert {p.device.type for p in placed.parameters()} == {"cpu"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
-from .options import DEVICE_MAP_STRATEGIES, check_device, check_device_map, resolve_dtype
+from .options import DEVICE_MAP_STRATEGIES, check_device, check_device_map, resolve_dtype, set_attention
 from .settings import read_json_object
 
 OWN = "janus_like"
@@ -98,9 +98,18 @@ def default_model_path() -> Path:
 
 
 def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, device_map=None,
-               low_cpu_mem_usage: bool = True, **kwargs):
+               low_cpu_mem_usage: bool = True, attn_implementation: str | None = None, **kwargs):
     """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout
-    (no path: the embedded default model)."""
+    (no path: the embedded default model). `attn_implementation` is set once the model is built,
+    alike for every layout (transformers would also hand it to the VQ tokenizer, which refuses it)."""
+    model = _load_model(cls, path, dtype=dtype, device=device, device_map=device_map,
+                        low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
+    if attn_implementation is not None:
+        set_attention(model[0] if isinstance(model, tuple) else model, attn_implementation)
+    return model
+
+
+def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kwargs):
     dtype, device, device_map = resolve_dtype(dtype), check_device(device), check_device_map(device_map)
     if device is not None and device_map is not None:
         raise SettingsError("give either device or device_map, not both")

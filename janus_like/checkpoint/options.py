@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from ..configuration import DTYPES
-from ..errors import SettingsError
+from ..errors import SettingsError, one_line
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -63,6 +63,15 @@ def check_device_map(device_map: str | dict | None) -> str | dict | None:
             raise SettingsError(f"device_map[{prefix!r}]={target!r} is not a device of this machine; available: "
                                 f"{', '.join(available_devices())} or 'disk'")
     return device_map
+
+
+def set_attention(model, implementation: str, setting: str = "attn_implementation") -> None:
+    """Set the decoder's and the vision tower's attention kernel ("sdpa", "eager", "flex_attention",
+    "flash_attention_2", …); one that cannot be used here (flash-attn not installed) is a SettingsError."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as e:
+        raise SettingsError(f"{setting} = {implementation!r} cannot be used here: {one_line(e)}") from e
 
 
 def device_argument(text: str) -> str:

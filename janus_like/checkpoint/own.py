@@ -57,7 +57,10 @@ def held_load_report() -> Iterator[list[logging.LogRecord]]:
         return record.levelno >= level  # anything else as the user's verbosity says
 
     log.addFilter(hold)
-    log.setLevel(min(level, logging.WARNING))  # the report is a warning: held even at error verbosity
+    # the report is a warning: at error verbosity the logger is opened to warnings (the filter keeps the
+    # rest quiet). Only then: a level of its own makes transformers warn about every unsharded layer
+    if level > logging.WARNING:
+        log.setLevel(logging.WARNING)
     try:
         yield held
     finally:

@@ -23,6 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, is_tensorboard_avail
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..checkpoint.options import set_attention
 from ..configuration import DTYPES
 from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, is_int, one_line
 from ..fileio import check_output_folder, plain_modes, write_json
@@ -60,11 +61,7 @@ def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcesso
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
     if settings.attn_implementation:  # after loading: every layout and composed parts take it alike
-        try:
-            model.set_attn_implementation(settings.attn_implementation)
-        except (ImportError, ValueError) as e:  # flash-attn not installed, or a part that lacks the kernel
-            raise SettingsError(f"model.attn_implementation = {settings.attn_implementation!r} cannot be used here: "
-                                f"{one_line(e)}") from e
+        set_attention(model, settings.attn_implementation, "model.attn_implementation")
     return model, processor
 
 
