@@ -25,7 +25,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                         "for many or long generations")
 
 
-OUT_HELP = "output folder (default: out); what an earlier run of this command wrote there is replaced"
+OUT_HELP = "output folder (default: out); the files the previous run wrote there are replaced, nothing else"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -48,7 +48,7 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         new = sorted(str(path.relative_to(tmp)) for path in tmp.rglob("*") if not path.is_dir())
         old = _last_outputs(out)
-        write_text(out / MANIFEST, "".join(f"{name}\n" for name in sorted(set(old) | set(new))))
+        _write_manifest(out, sorted(set(old) | set(new)))
         for name in set(old) - set(new):
             if (out / name).is_file():
                 (out / name).unlink()
@@ -58,9 +58,13 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
         for folder in sorted({(out / name).parent for name in old}, key=lambda f: -len(f.parts)):
             if folder != out and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-        write_text(out / MANIFEST, "".join(f"{name}\n" for name in new))
+        _write_manifest(out, new)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_manifest(out: Path, names: list[str]) -> None:
+    write_text(out / MANIFEST, "".join(f"{name}\n" for name in names))
 
 
 def _last_outputs(out: Path) -> list[str]:

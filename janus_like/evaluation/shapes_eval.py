@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SettingsError, is_int
 from ..fileio import check_output_folder, output_set, save_image, write_json
+from ..generation.commands import run_settings
 from ..generation.settings import MAX_SEED
 from ..pipeline import JanusLikePipeline
 from .shapes import Scene, all_scenes, answer_matches, classify, draw_request, edits, render
@@ -175,11 +176,8 @@ def eval_command(args: argparse.Namespace) -> int:
                             seed=args.seed, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                             temperature=args.temperature)
     result, drawings = evaluation.run()
-    settings = {"model": args.model or "(embedded default model)", "num_scenes": len(result.samples),
-                "images_per_prompt": args.images_per_prompt, "seed": args.seed,
-                "cfg_scale": pipe.default_cfg_scale if args.cfg_scale is None else args.cfg_scale,
-                "image_cfg_scale": 1.0 if args.image_cfg_scale is None else args.image_cfg_scale,
-                "temperature": args.temperature}
+    settings = run_settings(args, pipe, args.seed, num_scenes=len(result.samples),
+                            images_per_prompt=args.images_per_prompt)
     with output_set(args.out) as tmp:  # replaces the previous run's files in --out, and only those
         save_grid([s["prompt"] for s in result.samples], drawings, tmp / "grid.png")
         write_json(tmp / "results.json", {"settings": settings, **asdict(result)}, indent=2)

@@ -66,9 +66,7 @@ def generate(args: argparse.Namespace) -> int:
             write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
                                                     for p, prompt in enumerate(prompts)))
         _write_settings(tmp, args, pipe, seed, prompts=prompts, images=[str(i) for i in args.image],
-                        num_images=args.num_images, top_k=args.top_k,
-                        image_cfg_scale=1.0 if args.image_cfg_scale is None else args.image_cfg_scale,
-                        top_p=args.top_p, seeds="seed + batch number, batches of up to "
+                        num_images=args.num_images, top_k=args.top_k, top_p=args.top_p, seeds="seed + batch number, batches of up to "
                                                 f"{MAX_IMAGES_PER_PROMPT // args.num_images} prompts")
     for name in names:
         print(out / name)
@@ -80,12 +78,18 @@ def _seed(args: argparse.Namespace) -> int:
     return args.seed if args.seed is not None else secrets.randbelow(MAX_SEED + 1)
 
 
+def run_settings(args: argparse.Namespace, pipe: JanusLikePipeline, seed: int, **more) -> dict:
+    """What it takes to repeat a command's run: the model, the seed, the guidance resolved to the
+    model's default (and the image guidance to 1, for commands that take it), the temperature, `more`."""
+    settings = {"model": args.model or "(embedded default model)", "seed": seed,
+                "cfg_scale": pipe.default_cfg_scale if args.cfg_scale is None else args.cfg_scale}
+    if hasattr(args, "image_cfg_scale"):
+        settings["image_cfg_scale"] = 1.0 if args.image_cfg_scale is None else args.image_cfg_scale
+    return {**settings, "temperature": args.temperature, **more}
+
+
 def _write_settings(folder: Path, args: argparse.Namespace, pipe: JanusLikePipeline, seed: int, **more) -> None:
-    """settings.json: what it takes to repeat the run (the guidance resolved to the model's default)."""
-    cfg_scale = args.cfg_scale if args.cfg_scale is not None else pipe.default_cfg_scale
-    write_json(folder / "settings.json", {"model": args.model or "(embedded default model)", "seed": seed,
-                                          "cfg_scale": cfg_scale, "temperature": args.temperature, **more},
-               indent=2)
+    write_json(folder / "settings.json", run_settings(args, pipe, seed, **more), indent=2)
 
 
 def _one_line(text: str) -> str:

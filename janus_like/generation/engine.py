@@ -516,16 +516,16 @@ class GenerationEngine:
             text = p.decode(row.segment, skip_special_tokens=False)
             if token in self._special_ids:  # shown text leaves it out, as skip_special_tokens does
                 row.specials.append((len(row.decoded), len(text)))
-            row.decoded, specials = text, row.specials
+            row.decoded = text
             hit = min((text.find(s) for s in settings.stop if s in text), default=-1)
             if hit >= 0:
-                events += self._close_text(i, row, _shown(text, specials, hit))
+                events += self._close_text(i, row, _shown(text, row.specials, hit))
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "stop", True
             elif row.text_tokens >= settings.max_new_tokens:
-                events += self._close_text(i, row, _shown(text, specials))
+                events += self._close_text(i, row, _shown(text, row.specials))
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "length", True
             else:  # a stop string forms in `text`; what it would cut of the shown text is at most `hold` long
-                shown = _shown(text, specials)
+                shown = _shown(text, row.specials)
                 if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
                     events.append(TextDelta(i, shown[row.emitted:len(shown) - hold]))
                     row.emitted = len(shown) - hold
