@@ -13,6 +13,14 @@ from janus_like.testing import shape_image, tiny_model  # noqa: E402
 
 
 @pytest.fixture
+def umask() -> int:
+    """The process umask: what mode plain open and mkdir give new files (0o666 & ~umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture
 def tiny():
     """A fresh tiny random model and its processor (eval mode, seed 0)."""
     return tiny_model(seed=0)

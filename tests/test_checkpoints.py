@@ -414,7 +414,7 @@ def outputs(model, processor, device="cpu"):
     return [r.float().cpu() for r in results]
 
 
-def test_convert_deepseek_and_transformers_to_own_format(tmp_path, deepseek_dir):
+def test_convert_deepseek_and_transformers_to_own_format(tmp_path, deepseek_dir, umask):
     path, _ = deepseek_dir
     hf_dir = tmp_path / "hf"
     write_hf_janus(hf_dir, tie=True)
@@ -426,8 +426,7 @@ def test_convert_deepseek_and_transformers_to_own_format(tmp_path, deepseek_dir)
         else:
             assert cli_main(["convert", str(src), str(dst)]) == 0
         assert detect_layout(dst) == "janus_like" and not list(tmp_path.glob(".*"))  # no temp dirs left
-        umask = os.umask(0o022)
-        os.umask(umask)  # others may read a converted model as they may any file this process makes
+        # others may read a converted model as they may any file this process makes
         assert {p.stat().st_mode & 0o777 for p in (dst, *dst.iterdir())} == {0o777 & ~umask} | {
             0o666 & ~umask for p in dst.iterdir() if p.is_file()}
         converted = JanusLikeForConditionalGeneration.from_pretrained(dst)

@@ -52,7 +52,7 @@ def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
     assert (out / "prompts.txt").read_text().splitlines()[1] == "prompt_1\ta blue\\tsquare\\nbelow"
 
 
-def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(saved, tmp_path):
+def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(saved, tmp_path, umask):
     out = tmp_path / "out"
     (out / "keep").mkdir(parents=True)  # not ours: left alone, as are files that only look like ours
     (out / "prompt_archive").mkdir()
@@ -63,7 +63,7 @@ def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(sav
                  "--out", str(out)]) == 0
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
     assert visible(out) == sorted(["image_0.png", "settings.json", *mine])  # no prompt_*/ or prompts.txt left
-    assert (out / "image_0.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert (out / "image_0.png").stat().st_mode & 0o777 == 0o666 & ~umask
     assert visible(out) == sorted(p.name for p in out.iterdir() if p.name != MANIFEST)  # no temp folder left
     assert main(["interleave", "Draw a red circle.", "--model", saved, "--max-new-tokens", "4",
                  "--max-images", "0", "--out", str(out)]) == 0
@@ -71,14 +71,6 @@ def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(sav
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
     assert visible(out) == sorted(["image_0.png", "settings.json", *mine])  # no stale index.* from interleave
     assert (out / "prompt_archive" / "old.txt").read_text() == "mine"
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
 
 
 def test_generate_draws_a_prompts_file_in_batches_of_at_most_64_images(saved, tmp_path, monkeypatch):
