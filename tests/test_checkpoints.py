@@ -712,6 +712,8 @@ OWN_DAMAGE = {  # what is done to the own-format directory -> what the error say
     "index not json": (lambda p: (split_own_weights(p), (p / "model.safetensors.index.json").write_text("{bad")),
                        "model.safetensors.index.json is not a valid shard index"),
     "pickled code": (evil_bin, "refusing to load .*pytorch_model.bin"),
+    "bin not a pickle": (lambda p: (p / "model.safetensors").rename(p / "pytorch_model.bin"),
+                         "cannot read .*pytorch_model.bin: it is not a PyTorch weights file"),
 }
 
 
@@ -790,13 +792,14 @@ def test_transformers_config_errors_are_one_line():
                    lambda: hf_janus.model_config({"text_config": {"model_type": "llama", "vocab_size": -5}}))
 
 
-@pytest.mark.parametrize("weight_map", [["a"], {"a": 5}, {"a": "../elsewhere.safetensors"}],
-                         ids=["list", "int-values", "outside-the-directory"])
-def test_shard_index_must_map_names_to_files_beside_it(tmp_path, deepseek_st_dir, weight_map):
-    path = copy_checkpoint(deepseek_st_dir, tmp_path / "ds")
+@pytest.mark.parametrize("weight_map", [["a"], {"a": 5}, {"a": "../elsewhere.safetensors"}, {}],
+                         ids=["list", "int-values", "outside-the-directory", "empty"])
+@pytest.mark.parametrize("layout", ["deepseek", "own"])
+def test_shard_index_must_map_names_to_files_beside_it(tmp_path, deepseek_st_dir, own_dir, weight_map, layout):
+    path = copy_checkpoint(deepseek_st_dir if layout == "deepseek" else own_dir, tmp_path / "ckpt")
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    one_line_error(CheckpointError, "'weight_map' must map tensor names to shard file names",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    problem = "lists no tensors" if weight_map == {} else "'weight_map' must map tensor names to shard file names"
+    one_line_error(CheckpointError, problem, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
 
 
 def test_tensor_the_mapping_cannot_take_apart(tmp_path, deepseek_dir):
@@ -827,6 +830,8 @@ def test_dtype_and_device_options_are_the_same_for_every_layout(own_dir, deepsee
     one_line_error(SettingsError, r"device_map\['vq'\]='cuda:7' is not a device of this machine",
                    lambda: load(path, device_map={"": "cpu", "vq": "cuda:7"}))
     one_line_error(SettingsError, r"device_map=\['cpu'\] is not a device map", lambda: load(path, device_map=["cpu"]))
+    one_line_error(SettingsError, "unsupported loading option.*dtpye.*accepted: dtype, device",
+                   lambda: load(path, dtpye="bfloat16"))
     sdpa = load(path, attn_implementation="sdpa")  # transformers would hand it to the VQ too, which refuses it
     assert (sdpa.language_model.config._attn_implementation, sdpa.vq.config._attn_implementation) == ("sdpa", "eager")
     if not is_flash_attn_2_available():
@@ -843,6 +848,17 @@ def test_convert_into_a_path_below_a_file(tmp_path, deepseek_dir, capsys):
         convert(deepseek_dir[0], tmp_path / "afile" / "sub")
     assert cli_main(["convert", str(deepseek_dir[0]), str(tmp_path / "afile" / "sub")]) == 2
     assert "afile" in capsys.readouterr().err
+
+
+def test_convert_refuses_a_symlinked_destination_before_converting(tmp_path, deepseek_dir, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    monkeypatch.setattr("janus_like.checkpoint.convert.open_checkpoint", lambda src: pytest.fail("converted first"))
+    for dst in ("link", "dangling"):
+        one_line_error(CheckpointError, f"{dst} is a symbolic link", lambda: convert(deepseek_dir[0], tmp_path / dst))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "empty", "link"] and not any(
+        (tmp_path / "empty").iterdir())
 
 
 # --------------------------------------------------------------------------- real size, no memory

@@ -127,6 +127,20 @@ def test_train_text_tokenizer_with_the_special_tokens(tmp_path):
     assert seq.ids[0] == tok.bos_token_id and seq.ids[-1] == tok.eos_token_id
 
 
+def test_train_text_into_a_folder_of_other_files_keeps_them_and_replaces_only_its_own(tmp_path):
+    """--out may be the corpus folder itself: the tokenizer's files join it; a second run replaces them."""
+    train_text = load_script("train_text")
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("green squares and red circles\n" * 20)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "keep.txt").write_text("mine")
+    for vocab in (270, 280):  # the corpus has room for 284
+        train_text.main(["--files", str(corpus), "--vocab-size", str(vocab), "--min-frequency", "1",
+                         "--out", str(tmp_path)])
+        assert corpus.read_text().startswith("green") and (tmp_path / "sub" / "keep.txt").read_text() == "mine"
+        assert len(AutoTokenizer.from_pretrained(tmp_path)) == vocab
+
+
 @pytest.mark.parametrize("script, argv, words", [
     ("train_text", ["--files", "{tmp}/missing.txt"], "not a file"),
     ("train_text", ["--files", "{tmp}/latin1.txt"], "not UTF-8 text"),
@@ -134,6 +148,8 @@ def test_train_text_tokenizer_with_the_special_tokens(tmp_path):
     ("train_vq", ["--tiny", "--batch-size", "0"], "--batch-size"),
     ("train_vq", ["--tiny", "--lr", "nan"], "--lr"),
     ("train_vq", ["--tiny", "--out", "{tmp}/latin1.txt"], "is a file, not a folder"),
+    ("train_vq", ["--tiny", "--image-size", "18"], "--image-size 18 is not a multiple of 4"),
+    ("train_vq", ["--image-size", "24"], "--image-size 24 is not a multiple of 16"),
 ])
 def test_workbench_scripts_refuse_bad_arguments(tmp_path, capsys, script, argv, words):
     """Before any training, with exit status 2 and the problem named (not a traceback)."""

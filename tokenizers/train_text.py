@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from janus_like import DataError, JanusLikeError
-from janus_like.fileio import check_output_folder
+from janus_like.fileio import check_output_folder, output_set
 from janus_like.testing import BOS, EOS, IMAGE_TOKENS, PAD
 
 SPECIAL_TOKENS = [BOS, EOS, PAD, *IMAGE_TOKENS]
@@ -93,15 +92,12 @@ def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
         tokenizer = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
     except (JanusLikeError, OSError) as e:
         p.exit(2, f"train_text: {' '.join(str(e).split())}\n")
-    out = Path(args.out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    # the tokenizer's files join whatever else --out holds (a corpus, notes), replacing only a former run's
+    with output_set(args.out) as tmp:
+        tokenizer.save_pretrained(tmp)
     sample = next(read_texts(args.files), "")
     print(f"vocabulary {len(tokenizer)} tokens; {len(sample)} characters of the first text -> "
-          f"{len(tokenizer.encode(sample, add_special_tokens=False))} tokens; wrote {out}")
+          f"{len(tokenizer.encode(sample, add_special_tokens=False))} tokens; wrote {args.out}")
     return tokenizer
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from tqdm.auto import tqdm
 
 from janus_like import JanusLikeError, JanusLikeVQConfig, JanusLikeVQModel
 from janus_like.checkpoint.options import check_device
-from janus_like.fileio import check_output_folder, plain_modes
+from janus_like.fileio import check_output_folder, output_set, plain_modes
 from janus_like.images import generation_pixels, load_image, pixels_to_pil
 from janus_like.evaluation.shapes import all_scenes, render
 
@@ -105,9 +103,7 @@ def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path
     for i, (a, b) in enumerate(zip(tops, bottoms)):
         grid.paste(a.resize((side, side), Image.Resampling.NEAREST), (i * side, 0))
         grid.paste(b.resize((side, side), Image.Resampling.NEAREST), (i * side, side))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    grid.save(tmp)
-    os.replace(tmp, path)
+    grid.save(path)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -156,14 +152,11 @@ def train(args: argparse.Namespace) -> dict:
 
     after = evaluate(model, eval_images.to(device), args.batch_size)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(eval_images, after["reconstruction"].cpu(), out_dir / "reconstructions.png")
-    tmp, final = out_dir / ".tmp-model", out_dir / "model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    plain_modes(tmp)  # a model to share: safetensors writes owner-only files
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    final = out_dir / "model"
+    with output_set(out_dir) as tmp:  # replaces what a former run wrote there, nothing else
+        save_grid(eval_images, after["reconstruction"].cpu(), tmp / "reconstructions.png")
+        model.save_pretrained(tmp / "model")
+        plain_modes(tmp / "model")  # a model to share: safetensors writes owner-only files
     report = {"psnr_before": before["psnr"], "psnr": after["psnr"], "codebook_usage_before": before["codebook_usage"],
               "codebook_usage": after["codebook_usage"]}
     codes = len(eval_images) * after["codes_per_image"]  # usage cannot exceed what the images hold
@@ -204,6 +197,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_device(args.device)
     except JanusLikeError as e:
         p.exit(2, f"train_vq: {e}\n")
+    factor = JanusLikeVQConfig(**(TINY if args.tiny else {})).downsample_factor
+    if args.image_size is not None and args.image_size % factor:
+        p.exit(2, f"train_vq: --image-size {args.image_size} is not a multiple of {factor}, the VQ's downsampling "
+                  f"{'(--tiny) ' if args.tiny else ''}(e.g. {args.image_size // factor * factor or factor})\n")
     if args.holdout and args.images is None:
         p.exit(2, "train_vq: --holdout needs --images: the synthetic shapes world has 45 scenes, which repeat, "
                   "so held-out synthetic images would be copies of training ones\n")

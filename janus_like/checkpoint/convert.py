@@ -30,6 +30,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
 
     dtype = resolve_dtype(dtype)
     dst = Path(dst)
+    if dst.is_symlink():  # the converted model is moved into place as a folder, which cannot replace a link
+        raise CheckpointError(f"{dst} is a symbolic link; give the path of a new folder (or the link's target)")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
     checkpoint = open_checkpoint(src)

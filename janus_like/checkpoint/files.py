@@ -58,6 +58,9 @@ def _weight_map(index: Path) -> dict[str, str]:
                                                    for v in weight_map.values()):
         raise CheckpointError(f"{index} is not a valid shard index: 'weight_map' must map tensor names to shard "
                               f"file names in the same directory, got {weight_map!r:.80}")
+    if not weight_map:
+        raise CheckpointError(f"{index} lists no tensors (its 'weight_map' is empty); download the complete "
+                              "checkpoint")
     return weight_map
 
 
@@ -72,9 +75,12 @@ def load_bin(file: Path) -> dict[str, torch.Tensor]:
             # files saved with the legacy (pre-zip) torch format cannot be memory-mapped
             state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).splitlines()[0]
+        # torch names the cause on a line of its own: a global it will not import, or an opcode no pickle has
+        reason = next((line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()), one_line(e))
+        if "Unsupported operand" in reason:
+            raise CheckpointError(f"cannot read {file}: it is not a PyTorch weights file ({reason:.200})") from e
         raise CheckpointError(f"refusing to load {file}: it contains objects other than tensors, which could run "
-                              f"code when unpickled (torch.load weights_only=True rejected it: {reason}). "
+                              f"code when unpickled (torch.load weights_only=True rejected it: {reason:.200}). "
                               "Use a safetensors copy of the checkpoint") from e
     except Exception as e:
         raise CheckpointError(f"cannot read {file}: {one_line(e)}") from e

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from safetensors import SafetensorError
 
 from ..configuration import JanusLikeConfig
-from ..errors import CheckpointError, one_line
+from ..errors import CheckpointError, SettingsError, one_line
 from .files import load_bin, safetensors_keys, weight_files
 from .loading import some_names
 from .settings import config_errors, require_sizes
@@ -38,6 +38,13 @@ def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loadi
             model, info = load(path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     except (OSError, SafetensorError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"cannot load the weights in {path}: {one_line(e)}") from e
+    except TypeError as e:  # transformers hands an option it does not know to the model, which takes a config only
+        option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if option is None:
+            raise
+        raise SettingsError(f"unsupported loading option {option[1]!r}; accepted: dtype, device, device_map, "
+                            "max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, and for this "
+                            "package's format also transformers' from_pretrained options and config fields") from None
     check_loading_info(path, info, ignore_mismatched_sizes)
     return (model, info) if output_loading_info else model
 
