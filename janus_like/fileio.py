@@ -47,6 +47,7 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         new = sorted(str(path.relative_to(tmp)) for path in tmp.rglob("*") if not path.is_dir())
+        _check_room(out, new)
         old = _last_outputs(out)
         _write_manifest(out, sorted(set(old) | set(new)))
         for name in set(old) - set(new):
@@ -61,6 +62,19 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
         _write_manifest(out, new)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_room(out: Path, names: list[str]) -> None:
+    """Refuse, before anything in `out` changes, a new file whose place a folder takes (or whose
+    folder's place a file takes): moving the set in would fail halfway."""
+    for name in names:
+        if (out / name).is_dir():
+            raise SettingsError(f"--out {out}: {out / name} is a folder, where this run writes a file; "
+                                "move it away or choose another folder")
+        for parent in Path(name).parents:
+            if parent != Path(".") and (out / parent).exists() and not (out / parent).is_dir():
+                raise SettingsError(f"--out {out}: {out / parent} is a file, where this run writes a folder; "
+                                    "move it away or choose another folder")
 
 
 def _write_manifest(out: Path, names: list[str]) -> None:

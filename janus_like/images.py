@@ -74,15 +74,27 @@ def _finite_range(arr: np.ndarray, name: str) -> np.ndarray:
     return np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
 
 
+def _grey_levels(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Wide grey levels -> 0..255 by the full scale their values fit: 16-bit for I;16, 8- or 16-bit
+    for 32-bit integers (PIL reads 16-bit PNGs and converted L images as I), [0, 1], 8- or 16-bit
+    for floats; values fitting none (scientific data) are stretched from their min to their max."""
+    scales = (65535,) if mode.startswith("I;16") else (255, 65535) if mode == "I" else (1, 255, 65535)
+    lo, hi = float(arr.min()), float(arr.max())
+    scale = next((s for s in scales if lo >= 0 and hi <= s), None)
+    if scale is not None:
+        arr = arr / scale * 255.0
+    elif hi > lo:
+        arr = (arr - lo) / (hi - lo) * 255.0
+    return np.clip(arr, 0, 255).round().astype(np.uint8)
+
+
 def to_rgb(img: Image.Image, name: str = "<PIL image>") -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparency is composited on white, 16-bit/float rescaled."""
+    """Convert any PIL mode to 8-bit RGB; transparency is composited on white, 16-bit/float levels scaled."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = _finite_range(np.asarray(img, dtype=np.float64), name)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(_grey_levels(arr, img.mode), "L").convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:

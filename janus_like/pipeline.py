@@ -64,7 +64,8 @@ class JanusLikePipeline:
         drawn = [image for result in done.results for image in result.images]
         if isinstance(prompt, str):
             return drawn
-        return [drawn[i:i + num_images] for i in range(0, len(drawn), num_images)]
+        per_prompt = len(drawn) // len(prompt)  # num_images, or its default when None
+        return [drawn[i:i + per_prompt] for i in range(0, len(drawn), per_prompt)]
 
     def chat(self, prompt: str | list[dict], images: Sequence[ImageLike] | None = None, max_new_tokens: int = 256,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -132,7 +133,9 @@ class JanusLikePipeline:
 
 def check_prompt(prompt) -> str:
     """A prompt string with some text in it."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        raise PromptError(f"the prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
         raise PromptError("the prompt is empty; give some text (a non-empty string)")
     return prompt
 

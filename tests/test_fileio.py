@@ -60,3 +60,21 @@ def test_output_set_that_fails_while_moving_leaves_every_file_listed_for_the_nex
     monkeypatch.setattr(os, "replace", replace)
     _write_set(out, {"e.png": "run 3"})
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name != ".janus-like-outputs") == ["e.png"]
+
+
+@pytest.mark.parametrize("in_the_way", ["folder named like a file", "file named like a folder"])
+def test_output_set_blocked_by_a_user_path_changes_nothing(tmp_path, in_the_way):
+    from janus_like import SettingsError
+
+    out = tmp_path / "out"
+    _write_set(out, {"image_0.png": "run 1", "settings.json": "run 1"})
+    if in_the_way == "folder named like a file":
+        (out / "image_1.png").mkdir()
+        new, problem = {"image_0.png": "run 2", "image_1.png": "run 2"}, "image_1.png is a folder"
+    else:
+        (out / "prompt_1").write_text("mine")
+        new, problem = {"prompt_0/image_0.png": "run 2", "prompt_1/image_0.png": "run 2"}, "prompt_1 is a file"
+    before = {str(p.relative_to(out)): p.read_text() if p.is_file() else None for p in out.rglob("*")}
+    with pytest.raises(SettingsError, match=problem):
+        _write_set(out, new)
+    assert {str(p.relative_to(out)): p.read_text() if p.is_file() else None for p in out.rglob("*")} == before

@@ -66,6 +66,25 @@ def test_non_rgb_modes_become_rgb(tmp_path, mode):
     assert arr.max() > 200 and arr.min() < 120, mode  # the white background and the shape both survive
 
 
+def test_wide_grey_levels_keep_their_tone(tmp_path):
+    """16-bit, 32-bit integer and float images are scaled by the full scale their values fit, not
+    stretched per image: a white 16-bit image stays white, a grey one grey."""
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "white16.png")
+    grey = np.asarray(shape_image(size=32).convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "scene16.png")
+    cases = {
+        "white 16-bit png": (tmp_path / "white16.png", np.full((8, 8), 255)),
+        "16-bit scene": (tmp_path / "scene16.png", grey),
+        "L as I": (Image.fromarray(grey).convert("I"), grey),
+        "float in [0, 1]": (Image.fromarray(grey.astype(np.float32) / 255, "F"), grey),
+        "uniform float 1": (Image.fromarray(np.ones((8, 8), np.float32), "F"), np.full((8, 8), 255)),
+    }
+    for what, (image, expected) in cases.items():
+        assert np.array_equal(np.asarray(load_image(image))[..., 0], expected), what
+    signed = np.tile(np.linspace(-5, 5, 16, dtype=np.float32), (4, 1))  # fits no scale: stretched
+    assert np.asarray(load_image(Image.fromarray(signed, "F")))[0, [0, -1], 0].tolist() == [0, 255]
+
+
 def test_transparent_pixels_composite_on_white():
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert np.asarray(load_image(img))[0, 0].tolist() == [255, 255, 255]

@@ -47,6 +47,7 @@ def test_a_list_of_prompts_is_drawn_in_one_batch_like_each_alone(tiny):
     pipe = JanusLikePipeline(widen_weights(model), processor)  # so that prompts draw different codes
     prompts = ["a red circle", "a blue square on the right of it"]  # different lengths: left padding
     batch = pipe.generate_images(prompts, num_images=2, temperature=0, cfg_scale=3.0)
+    assert [len(images) for images in pipe.generate_images(prompts, num_images=None)] == [4, 4]  # the default
     alone = [pipe.generate_images(p, num_images=2, temperature=0, cfg_scale=3.0) for p in prompts]
     assert [[im.tobytes() for im in ims] for ims in batch] == [[im.tobytes() for im in ims] for ims in alone]
     assert batch[0][0].tobytes() != batch[1][0].tobytes()
@@ -71,7 +72,8 @@ def test_bfloat16_runs_on_cpu(saved):
     (lambda p: p.chat(""), PromptError, "empty"),
     (lambda p: p.chat([]), PromptError, "non-empty"),
     (lambda p: p.chat("hello", system_prompt=5), PromptError, "system_prompt must be a string"),
-    (lambda p: p.generate_images(None), PromptError, "empty"),
+    (lambda p: p.generate_images(None), PromptError, "must be a string, got NoneType"),
+    (lambda p: p.generate_images(b"a red circle"), PromptError, "must be a string, got bytes"),
     (lambda p: p.generate_images("x" * 10**7), PromptError, "characters"),  # refused before tokenising
     (lambda p: p.chat("x" * 2000), PromptError, "context"),
     (lambda p: p.generate_images("x" * 2000), PromptError, "context"),
