@@ -96,6 +96,8 @@ def _last_outputs(out: Path) -> list[str]:
 def check_output_folder(out: str | os.PathLike, setting: str = "--out") -> Path:
     """An output folder that exists or can be made (checked before any long work starts); errors
     name it as `setting` (the flag or config key that gave it)."""
+    if os.fspath(out) == "":  # Path("") is the working folder: a slip, not a choice
+        raise SettingsError(f"{setting} is empty; give a folder to write into (. for the working folder)")
     out = Path(out)
     existing = next(folder for folder in (out, *out.parents) if folder.exists())
     if not existing.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import ImageError
 
@@ -20,7 +20,8 @@ MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000: far above any model input, far bel
 
 
 def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open a path or check a PIL image; return a fully decoded 8-bit RGB image."""
+    """Open a path or check a PIL image; return a fully decoded 8-bit RGB image, turned upright
+    by its EXIF orientation (as transformers' load_image)."""
     if isinstance(image, Image.Image):
         img, name = image, getattr(image, "filename", None) or "<PIL image>"
     else:
@@ -43,6 +44,8 @@ def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMA
         img.load()
     except Exception as e:
         raise ImageError(f"cannot decode image {name}: the file is truncated or corrupt ({e})") from e
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # a photo stored sideways: upright, as viewers show it
+        img = ImageOps.exif_transpose(img)
     return to_rgb(img, name)
 
 

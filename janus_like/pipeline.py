@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Iterator, Sequence
 
@@ -97,6 +98,11 @@ class JanusLikePipeline:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
         if mode != "images" and num_images not in (None, 1):
             raise SettingsError(f"num_images={num_images!r} applies to mode='images'; {mode} writes one answer")
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(GenerationSettings)})
+        if unknown:
+            accepted = ", ".join(f.name for f in dataclasses.fields(GenerationSettings))
+            raise SettingsError(f"unknown setting {', '.join(map(repr, unknown))}; accepted: {accepted}, images, "
+                                "num_images, system_prompt")
         if isinstance(images, (str, os.PathLike, Image.Image)):  # one image rather than a list of them
             images = [images]
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -110,9 +116,11 @@ class JanusLikePipeline:
             sequence = self._conversation(prompt, images, "" if mode == "interleave" else system_prompt)
             requests = [Request(sequence, TEXT_MODE)]
             if mode == "chat":
-                settings.setdefault("stop", (self.processor.config.user_role,))
                 settings["max_images"] = 0
-        return self.engine.stream(requests, GenerationSettings(**settings))
+        generation = GenerationSettings(**settings)
+        if mode == "chat":  # an answer ends where the next user turn would begin, whatever other stops are given
+            generation.stop = (*generation.stop, self.processor.config.user_role)
+        return self.engine.stream(requests, generation)
 
     def _conversation(self, prompt: str | list[dict], images: Sequence[ImageLike] | None,
                       system_prompt: str | None) -> TokenSequence:

@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import torch
 from PIL import Image
@@ -413,8 +415,12 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _image_of(item: dict) -> Any:
-    """The image of an image content item (HF messages name it 'image' or 'path')."""
-    return item.get("image", item.get("path"))
+    """The image of an image content item: HF messages name it 'image', 'path' or 'url' (a local
+    file's: a file:// URL becomes its path; nothing is downloaded)."""
+    image = next((item[key] for key in ("image", "path", "url") if item.get(key) is not None), None)
+    if isinstance(image, str) and image.startswith("file://"):
+        return url2pathname(urlparse(image).path)
+    return image
 
 
 def _image_list(images: Any, what: str, error: type[JanusLikeError]) -> list:
@@ -450,7 +456,11 @@ def _content_items(content: Any, error: type[JanusLikeError], where: str) -> lis
         if kind == "text" and not isinstance(item.get("text"), str):
             raise error(f"a text item in {where} needs a 'text' string, got {_short(item.get('text'))}")
         if kind == "image" and _image_of(item) is None:
-            raise error(f"an image item in {where} needs an 'image' (or 'path') field: a file path or a PIL image")
+            raise error(f"an image item in {where} needs an 'image' (or 'path', or 'url') field: a file path or a "
+                        "PIL image")
+        if kind == "image" and isinstance(_image_of(item), str) and "://" in _image_of(item):
+            raise error(f"an image item in {where} gives {_image_of(item)!r}: images are read from local files only "
+                        "(nothing is downloaded); download it and give its path")
         if kind not in ("text", "image"):
             raise error(f"unknown content item {_short(item)} in {where}; accepted: "
                         "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}")
@@ -500,8 +510,10 @@ def _resolve_images(message: Any, image_at) -> Any:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
         return message
-    items = [{**c, "image": image_at(_image_of(c))} if isinstance(c, dict) and c.get("type") == "image" else c
-             for c in content]
+    def local(item) -> bool:  # an image item naming a local file (a remote URL is refused by the content check)
+        return isinstance(item, dict) and item.get("type") == "image" and "://" not in str(_image_of(item))
+
+    items = [{**c, "image": image_at(_image_of(c))} if local(c) else c for c in content]
     return {**message, "content": items}
 
 

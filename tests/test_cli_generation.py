@@ -159,6 +159,7 @@ def test_interleave_files_list_images_in_order(tmp_path):
     (["interleave", "x", "--max-images", "99"], "max_images"),
     (["generate", "x", "--seed", str(2**64)], "seed"),
     (["generate", "x", "--num-images", "abc"], "invalid int value"),  # argparse's errors too: one line
+    (["generate", "x", "--out", ""], "--out is empty"),
     (["generate", "x", "--out", __file__], "is a file, not a folder"),
     (["interleave", "x", "--out", f"{__file__}/story"], "is a file, not a folder"),
     (["generate", "x", "--device", "nonsense"], "is not a device of this machine"),

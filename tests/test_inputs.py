@@ -85,6 +85,20 @@ def test_wide_grey_levels_keep_their_tone(tmp_path):
     assert np.asarray(load_image(Image.fromarray(signed, "F")))[0, [0, -1], 0].tolist() == [0, 255]
 
 
+def test_exif_orientation_turns_a_sideways_photo_upright(tmp_path):
+    from PIL import ExifTags
+
+    stored = Image.new("RGB", (40, 20), "white")
+    stored.paste((255, 0, 0), (0, 0, 10, 20))  # red on the left as stored
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # a camera held upright: show it turned 90° clockwise
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    for image in (tmp_path / "phone.jpg", Image.open(tmp_path / "phone.jpg")):
+        upright = load_image(image)
+        assert upright.size == (20, 40)
+        assert upright.getpixel((10, 2))[1] < 60 and upright.getpixel((10, 37))[1] > 200  # red on top now
+
+
 def test_transparent_pixels_composite_on_white():
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert np.asarray(load_image(img))[0, 0].tolist() == [255, 255, 255]
@@ -155,6 +169,8 @@ BAD_MESSAGES = [  # (messages, what the message must say); the same for a prompt
     ([{"role": "user", "content": "  "}], "user message is empty; give it some text or an image"),
     ([{"role": "user", "content": []}], "user message is empty"),
     ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "user message is empty"),
+    ([{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}],
+     "'https://example.com/a.png': images are read from local files only"),
 ]
 
 
@@ -170,6 +186,16 @@ def test_malformed_messages_name_the_problem(processor, messages, match):
         processor.conversation(messages)
     with pytest.raises(DataError, match=match):  # training side: reported with file:line
         processor.record_to_sequence({"task": "understanding", "messages": messages})
+
+
+def test_image_items_take_hf_keys_image_path_or_a_local_url(processor, tmp_path):
+    shape_image().save(tmp_path / "shape.png")
+    pixels = [processor.conversation([{"role": "user", "content": [item, {"type": "text", "text": "What?"}]}]).und_pixels
+              for item in ({"type": "image", "image": str(tmp_path / "shape.png")},
+                           {"type": "image", "path": str(tmp_path / "shape.png")},
+                           {"type": "image", "url": (tmp_path / "shape.png").as_uri()},
+                           {"type": "image", "url": str(tmp_path / "shape.png")})]
+    assert all(torch.equal(p[0], pixels[0][0]) for p in pixels)
 
 
 def test_a_prompt_to_answer_ends_with_the_users_turn(processor):

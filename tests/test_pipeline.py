@@ -78,9 +78,25 @@ def test_bfloat16_runs_on_cpu(saved):
     (lambda p: p.chat("x" * 2000), PromptError, "context"),
     (lambda p: p.generate_images("x" * 2000), PromptError, "context"),
     (lambda p: p.stream("x", mode="video"), SettingsError, "mode"),
+    (lambda p: p.stream("x", temprature=0.5), SettingsError, "unknown setting 'temprature'; accepted: max_new_tokens"),
 ])
 def test_bad_input_raises_a_clear_error(tiny, call, error, words):
     pipe = JanusLikePipeline(*tiny)
     with pytest.raises(error, match=words):
         out = call(pipe)
         list(out) if not isinstance(out, (list, str)) else out
+
+
+def test_chat_stops_at_the_next_user_turn_also_when_given_stops(tiny, monkeypatch):
+    pipe = JanusLikePipeline(*tiny)
+    stops, stream = [], pipe.engine.stream
+
+    def recording(requests, settings):
+        stops.append(settings.stop)
+        return stream(requests, settings)
+
+    monkeypatch.setattr(pipe.engine, "stream", recording)
+    for stop in (None, ["."], "."):
+        pipe.chat("hello", max_new_tokens=2, stop=stop)
+    role = pipe.processor.config.user_role
+    assert stops == [(role,), (".", role), (".", role)]
