@@ -372,7 +372,6 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         except (OSError, ValueError) as e:
             raise CheckpointError(f"llm={llm}: no tokenizer could be loaded from it ({one_line(e)})") from e
         language_model = _load_part("llm", llm, AutoModelForCausalLM.from_pretrained, "a causal LM", dtype)
-        _require_causal(language_model, llm)
         vision_model = _load_part("vision", vision, SiglipVisionModel.from_pretrained, "a SigLIP vision encoder", dtype)
         if vq is not None:
             vq_model = _load_part("vq", vq, JanusLikeVQModel.from_pretrained, "a janus_like VQ tokenizer", dtype)
@@ -380,6 +379,10 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
             if vq_config is None or isinstance(vq_config, dict):
                 vq_config = JanusLikeVQConfig(**(vq_config or {}))
             vq_model = JanusLikeVQModel(vq_config)
+        # composing the config resets its parts' attention implementation to None, which transformers runs
+        # as unmasked attention: each part gets back the one it was loaded with
+        attention = {"text_config": language_model.config._attn_implementation,
+                     "vision_config": vision_model.config._attn_implementation}
         config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
                                  vq_config=vq_model.config, **config_overrides)
         new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
@@ -392,6 +395,8 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
             language_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         config.text_config = language_model.config
         model = cls(config, language_model=language_model, vision_model=vision_model, vq=vq_model)
+        model.set_attn_implementation(attention)
+        _require_causal(model.language_model, llm)  # asked of the composed model: what training will run
         processor = JanusLikeProcessor(tokenizer, config)
         processor.fill_token_ids(config)
         if dtype is not None:

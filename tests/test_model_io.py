@@ -82,6 +82,13 @@ def test_from_parts_composes_a_working_model(tmp_path):
         llm=tmp_path / "llm", vision=tmp_path / "siglip", vq=tmp_path / "vq", return_processor=True,
         gen_head_hidden_size=32, gen_image_size=16)
     assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer) > len(tokenizer)
+    # the parts keep the attention they were loaded with: composing the config had set it to None, which
+    # transformers runs unmasked, every token seeing the later ones (and training learned to copy them)
+    attention = (model.language_model.config._attn_implementation, model.vision_model.config._attn_implementation)
+    assert attention == ("sdpa", "sdpa")
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]])).last_hidden_state
+    assert torch.equal(hidden[0, :3], hidden[1, :3])
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image_placeholder>")
     # the LLM's own weights were kept
     assert torch.equal(model.language_model.model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
