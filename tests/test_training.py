@@ -470,6 +470,12 @@ def test_resume_needs_a_checkpoint_and_the_same_global_batch(tmp_path):
     reset_accelerate()
     with pytest.raises(SettingsError, match="samples per global micro-batch"):
         run(tmp_path, resume="latest", training={"max_steps": 6, "batch_size": 2})
+    reset_accelerate()
+    # a fresh run over an earlier one's checkpoints would prune its own (by name) and keep those: refused
+    before = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    with pytest.raises(SettingsError, match="holds checkpoints of an earlier run .*step-00000003.*--resume"):
+        run(tmp_path, training={"max_steps": 2})
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == before
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))

@@ -113,6 +113,11 @@ class Trainer:
         self.checkpoint_root = self.output_dir / "checkpoints"
         # cheap checks first: a wrong path or a damaged checkpoint should not wait for a model to load
         check_output_folder(self.checkpoint_root, "output_dir =")  # found now, not at the first checkpoint save
+        earlier = checkpoints.list_checkpoints(self.checkpoint_root)
+        if resume is None and earlier:  # a fresh run would mix its checkpoints with these, and prune by name
+            raise SettingsError(f"output_dir = {self.output_dir} holds checkpoints of an earlier run (the latest: "
+                                f"{earlier[-1].name}); continue it with --resume, or start afresh in a new "
+                                f"output_dir (or after removing {self.checkpoint_root})")
         resume_from = checkpoints.resolve_resume(self.checkpoint_root, resume) if resume is not None else None
         saved = self._read_checkpoint_state(resume_from) if resume_from is not None else None
         train_files = resolve_files(cfg.data.files, cfg.base_dir)
