@@ -142,6 +142,20 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path):
 # ---------------------------------------------------------------------------- training
 
 
+def test_bad_eval_records_are_named_like_training_ones(tmp_path):
+    """An eval record with a missing image stops the run with file:line (it was dropped silently, and
+    an eval set of bad records reported a loss of 0)."""
+    write_dataset(tmp_path)
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"task": "generation", "prompt": "a circle",
+                                                     "image": "imgs/missing.png"}) + "\n")
+    settings = dict(training={"max_steps": 2}, eval={"files": ["eval.jsonl"], "every": 1, "batches": 1})
+    with pytest.raises(DataError, match="bad record at .*eval.jsonl:1: .*missing.png"):
+        run(tmp_path, **settings)
+    reset_accelerate()
+    with pytest.raises(DataError, match="eval: the first 1 eval micro-batches hold no target tokens"):
+        run(tmp_path, skip_bad=True, output_dir="skipping", **settings)
+
+
 def test_loss_falls_on_a_small_mixed_dataset(tmp_path):
     write_dataset(tmp_path)
     write_dataset(tmp_path, "eval.jsonl")

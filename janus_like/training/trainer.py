@@ -361,13 +361,17 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=acc.device)
         for batch in self._loader(self.eval_data, 0, self.config.eval.batches):
+            self._handle_bad_records([batch])  # as in training: stop, or skip and count with --skip-bad-records
             inputs = {k: v.to(acc.device) for k, v in batch.items() if k in MODEL_INPUTS}
             out = self.model(**inputs, run_all_parts=True)
             n = out.text_tokens + out.image_tokens
             sums += torch.stack([out.loss * n, n]).double()
         self._set_train_mode()
         sums = acc.reduce(sums, "sum")
-        return (sums[0] / sums[1].clamp_min(1)).item()
+        if sums[1] == 0:
+            raise DataError(f"eval: the first {self.config.eval.batches} eval micro-batches hold no target tokens "
+                            "(every record was skipped as bad?); fix eval.files")
+        return (sums[0] / sums[1]).item()
 
     # ------------------------------------------------------------------ outputs
 
