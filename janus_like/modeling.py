@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionMode
 from transformers.utils import ModelOutput
 
 from .configuration import JanusLikeConfig, JanusLikeVQConfig
-from .errors import CheckpointError, SettingsError, one_line
+from .errors import CheckpointError, SettingsError, is_int, is_number, one_line
 from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
 
@@ -89,12 +89,37 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
 COMPOSE_SETTINGS = set(JanusLikeConfig.__annotations__) - {"text_config", "vision_config", "vq_config"}
 
 
+COMPOSE_SIZES = ("aligner_depth", "gen_aligner_depth", "gen_head_hidden_size", "gen_image_size")
+
+
 def check_compose_settings(settings, where: str) -> None:
-    """Only JanusLikeConfig's own fields: a transformers config takes any keyword, silently."""
+    """Only JanusLikeConfig's own fields, of their types: a transformers config takes any keyword,
+    silently, and a size of 0 or 16.5 would fail deep inside the model's construction."""
     unknown = set(settings) - COMPOSE_SETTINGS
     if unknown:
         raise SettingsError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
                             f"{', '.join(sorted(COMPOSE_SETTINGS))}")
+    for key, value in settings.items():
+        if key in COMPOSE_SIZES and not (is_int(value) and value >= 1):
+            raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be an integer >= 1")
+        if key == "default_cfg_scale" and not (is_number(value) and 0 <= value <= 1000):
+            raise SettingsError(f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number "
+                                "from 0 to 1000")
+        if isinstance(JanusLikeConfig.__dataclass_fields__[key].default, str) and not isinstance(value, str):
+            raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a string")
+
+
+def _check_image_fits(config: JanusLikeConfig, where: str) -> None:
+    """The generated image must tile the VQ's grid and its codes fit the LM's context."""
+    factor = config.vq_config.downsample_factor
+    if config.gen_image_size % factor:
+        raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} is not a multiple of {factor}, the "
+                            "VQ tokenizer's downsampling")
+    context = getattr(config.text_config, "max_position_embeddings", None)
+    if context is not None and config.num_gen_tokens >= context:
+        raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} gives {config.num_gen_tokens} codes "
+                            f"an image ({config.gen_grid_size}² at the VQ's downsampling {factor}), more than the LM's "
+                            f"context of {context} positions holds; use a smaller gen_image_size")
 
 
 def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
@@ -385,6 +410,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
                      "vision_config": vision_model.config._attn_implementation}
         config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
                                  vq_config=vq_model.config, **config_overrides)
+        _check_image_fits(config, "from_parts")
         new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
         if tokenizer.pad_token is None:
             new_tokens.append(config.pad_token)

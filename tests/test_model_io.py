@@ -118,6 +118,15 @@ def test_from_parts_composes_a_working_model(tmp_path):
             JanusLikeForConditionalGeneration.from_parts(**{**parts, name: tmp_path / wrong})
     with pytest.raises(SettingsError, match="gen_image_sise"):  # a config would take it silently
         JanusLikeForConditionalGeneration.from_parts(**parts, gen_image_sise=16)
+    for setting, words in [(dict(gen_image_size=0), "gen_image_size = 0 is not accepted; it must be an integer >= 1"),
+                           (dict(gen_image_size=16.5), "gen_image_size = 16.5"),
+                           (dict(gen_head_hidden_size="big"), "gen_head_hidden_size = 'big'"),
+                           (dict(default_cfg_scale=-1), "default_cfg_scale = -1"),
+                           (dict(user_role=5), "user_role = 5 is not accepted; it must be a string"),
+                           (dict(gen_image_size=17), "gen_image_size = 17 is not a multiple of 2"),
+                           (dict(gen_image_size=128), "gives 4096 codes an image .* more than the LM.s context of 2048")]:
+        with pytest.raises(SettingsError, match=words):
+            JanusLikeForConditionalGeneration.from_parts(**parts, **setting)
     # a reshaped tensor: transformers points at its LOAD REPORT table; the error carries its rows instead
     from safetensors.torch import load_file, save_file
 
@@ -126,10 +135,10 @@ def test_from_parts_composes_a_working_model(tmp_path):
     state["model.layers.0.mlp.up_proj.weight"] = torch.zeros(72, 32)
     save_file(state, tmp_path / "reshaped" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"the tensors: model.layers.0.mlp.up_proj.weight MISMATCH .*\[72, 32\]"):
-        JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "reshaped"})
+        JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "reshaped"}, gen_image_size=16)
     # an encoder LM loads as "a causal LM" (BertLMHeadModel) but attends both ways: refused
     BertLMHeadModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                vocab_size=len(tokenizer))).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     with pytest.raises(CheckpointError, match="BertLMHeadModel lets a token see the tokens after it"):
-        JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "bert"})
+        JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "bert"}, gen_image_size=16)
