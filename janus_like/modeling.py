@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,16 @@ def _check_image_fits(config: JanusLikeConfig, where: str) -> None:
         raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} gives {config.num_gen_tokens} codes "
                             f"an image ({config.gen_grid_size}² at the VQ's downsampling {factor}), more than the LM's "
                             f"context of {context} positions holds; use a smaller gen_image_size")
+
+
+def _require_local_or_hub(name: str, path) -> None:
+    """A part is an existing folder or a hub id ("org/name"): a missing local path is named as
+    such, rather than tried on the hub and reported as a network failure."""
+    if path is None or Path(path).expanduser().exists():
+        return
+    text = os.fspath(path)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name}={text}: no such folder (and not a hub id of the form org/name)")
 
 
 def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
@@ -392,6 +403,8 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         from .processor import JanusLikeProcessor
 
         check_compose_settings(config_overrides, "from_parts")
+        for name, path in (("llm", llm), ("vision", vision), ("vq", vq)):
+            _require_local_or_hub(name, path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(llm)
         except (OSError, ValueError) as e:
