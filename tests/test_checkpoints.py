@@ -802,6 +802,19 @@ def test_shard_index_must_map_names_to_files_beside_it(tmp_path, deepseek_st_dir
     one_line_error(CheckpointError, problem, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
 
 
+def test_a_tensor_stored_twice_is_refused_in_load_and_convert(tmp_path, deepseek_st_dir):
+    from safetensors.torch import load_file
+
+    path = copy_checkpoint(deepseek_st_dir, tmp_path / "ds")
+    (path / "model.safetensors.index.json").unlink()  # shards are then found by name: a stray one joins them
+    name, tensor = next(iter(load_file(path / "model-00001-of-00002.safetensors").items()))
+    save_file({name: tensor.clone()}, path / "model-00003-of-00002.safetensors", metadata={"format": "pt"})
+    one_line_error(CheckpointError, "holds .* twice .*remove the stray shard",
+                   lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    one_line_error(CheckpointError, "holds .* twice", lambda: convert(path, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_tensor_the_mapping_cannot_take_apart(tmp_path, deepseek_dir):
     path, reference = deepseek_dir
     path = copy_checkpoint(path, tmp_path / "ds")

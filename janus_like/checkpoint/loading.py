@@ -73,6 +73,9 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
             if key not in expected:
                 unexpected.append(f"{source} (as {key})")
                 continue
+            if key in seen:  # in two shards (or under two names): which copy is meant cannot be told
+                raise CheckpointError(f"{checkpoint.path} holds {key} twice (again as {source}); a checkpoint "
+                                      "stores each tensor once; remove the stray shard")
             if tuple(value.shape) != expected[key]:
                 raise CheckpointError(f"shape mismatch for {source} (loaded as {key}): the checkpoint has "
                                       f"{tuple(value.shape)}, the model built from its config.json expects "
