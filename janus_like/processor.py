@@ -475,6 +475,9 @@ def _check_turns(turns: list[tuple[str, list[dict]]], for_generation: bool, erro
     for role, items in turns:
         if role == "user" and not any(item["type"] == "image" or item["text"].strip() for item in items):
             raise error("a user message is empty; give it some text or an image")
+        if role == "assistant" and not any(item["type"] == "image" or item["text"].strip() for item in items):
+            raise error("an assistant message is empty; give its answer (an empty one trains the model to say "
+                        "nothing)")
     if for_generation and turns[-1][0] != "user":
         raise error(f"the last message must be the user's (the assistant answers it), not the {turns[-1][0]}'s; "
                     "drop the trailing assistant message")

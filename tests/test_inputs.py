@@ -169,6 +169,7 @@ BAD_MESSAGES = [  # (messages, what the message must say); the same for a prompt
     ([{"role": "user", "content": "  "}], "user message is empty; give it some text or an image"),
     ([{"role": "user", "content": []}], "user message is empty"),
     ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "user message is empty"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}], "an assistant message is empty"),
     ([{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}],
      "'https://example.com/a.png': images are read from local files only"),
 ]
