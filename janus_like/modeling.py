@@ -88,8 +88,6 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
 
 # JanusLikeConfig fields `from_parts` may set (the parts bring their own configs)
 COMPOSE_SETTINGS = set(JanusLikeConfig.__annotations__) - {"text_config", "vision_config", "vq_config"}
-
-
 COMPOSE_SIZES = ("aligner_depth", "gen_aligner_depth", "gen_head_hidden_size", "gen_image_size")
 
 
