@@ -101,6 +101,7 @@ def check_compose_settings(settings, where: str) -> None:
     for key, value in settings.items():
         if key in COMPOSE_SIZES and not (is_int(value) and value >= 1):
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be an integer >= 1")
+        # the range GenerationSettings takes for cfg_scale (its MAX_SCALE; that module imports this one)
         if key == "default_cfg_scale" and not (is_number(value) and 0 <= value <= 1000):
             raise SettingsError(f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number "
                                 "from 0 to 1000")

@@ -98,11 +98,11 @@ class JanusLikePipeline:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
         if mode != "images" and num_images not in (None, 1):
             raise SettingsError(f"num_images={num_images!r} applies to mode='images'; {mode} writes one answer")
-        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(GenerationSettings)})
+        names = [f.name for f in dataclasses.fields(GenerationSettings)]
+        unknown = sorted(set(settings) - set(names))
         if unknown:
-            accepted = ", ".join(f.name for f in dataclasses.fields(GenerationSettings))
-            raise SettingsError(f"unknown setting {', '.join(map(repr, unknown))}; accepted: {accepted}, images, "
-                                "num_images, system_prompt")
+            raise SettingsError(f"unknown setting {', '.join(map(repr, unknown))}; accepted: {', '.join(names)}, "
+                                "images, num_images, system_prompt")
         if isinstance(images, (str, os.PathLike, Image.Image)):  # one image rather than a list of them
             images = [images]
         settings = {k: v for k, v in settings.items() if v is not None}

@@ -423,6 +423,11 @@ def _image_of(item: dict) -> Any:
     return image
 
 
+def _remote(image: Any) -> bool:
+    """An image given as a URL (http://, s3://, …): never fetched."""
+    return isinstance(image, str) and "://" in image
+
+
 def _image_list(images: Any, what: str, error: type[JanusLikeError]) -> list:
     """A list of images; one bare path or image is refused rather than iterated character by character."""
     if images is None:
@@ -455,11 +460,12 @@ def _content_items(content: Any, error: type[JanusLikeError], where: str) -> lis
         kind = item.get("type") if isinstance(item, dict) else None
         if kind == "text" and not isinstance(item.get("text"), str):
             raise error(f"a text item in {where} needs a 'text' string, got {_short(item.get('text'))}")
-        if kind == "image" and _image_of(item) is None:
+        image = _image_of(item) if kind == "image" else None
+        if kind == "image" and image is None:
             raise error(f"an image item in {where} needs an 'image' (or 'path', or 'url') field: a file path or a "
                         "PIL image")
-        if kind == "image" and isinstance(_image_of(item), str) and "://" in _image_of(item):
-            raise error(f"an image item in {where} gives {_image_of(item)!r}: images are read from local files only "
+        if _remote(image):
+            raise error(f"an image item in {where} gives {image!r}: images are read from local files only "
                         "(nothing is downloaded); download it and give its path")
         if kind not in ("text", "image"):
             raise error(f"unknown content item {_short(item)} in {where}; accepted: "
@@ -473,9 +479,10 @@ def _check_turns(turns: list[tuple[str, list[dict]]], for_generation: bool, erro
     if not any(role == "user" for role, _ in turns):
         raise error("a conversation needs at least one user message")
     for role, items in turns:
-        if role == "user" and not any(item["type"] == "image" or item["text"].strip() for item in items):
+        empty = not any(item["type"] == "image" or item["text"].strip() for item in items)
+        if empty and role == "user":
             raise error("a user message is empty; give it some text or an image")
-        if role == "assistant" and not any(item["type"] == "image" or item["text"].strip() for item in items):
+        if empty and role == "assistant":
             raise error("an assistant message is empty; give its answer (an empty one trains the model to say "
                         "nothing)")
     if for_generation and turns[-1][0] != "user":
@@ -514,7 +521,7 @@ def _resolve_images(message: Any, image_at) -> Any:
     if not isinstance(content, list):
         return message
     def local(item) -> bool:  # an image item naming a local file (a remote URL is refused by the content check)
-        return isinstance(item, dict) and item.get("type") == "image" and "://" not in str(_image_of(item))
+        return isinstance(item, dict) and item.get("type") == "image" and not _remote(_image_of(item))
 
     items = [{**c, "image": image_at(_image_of(c))} if local(c) else c for c in content]
     return {**message, "content": items}

@@ -16,7 +16,8 @@ from pathlib import Path
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
-from .options import DEVICE_MAP_STRATEGIES, check_device, check_device_map, resolve_dtype, set_attention
+from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_dtype,
+                      set_attention)
 from .settings import read_json_object
 
 OWN = "janus_like"
@@ -124,7 +125,7 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kw
     unknown = set(kwargs) - {"max_memory", "offload_folder"}
     if unknown:
         raise SettingsError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
-                              "accepted: dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage")
+                              f"accepted: {LOADING_OPTIONS}")
     checkpoint = open_foreign(path, layout, read_config_json(path))
     return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,
                               low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)

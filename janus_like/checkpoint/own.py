@@ -20,6 +20,7 @@ from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, SettingsError, one_line
 from .files import load_bin, safetensors_keys, weight_files
 from .loading import some_names
+from .options import LOADING_OPTIONS
 from .settings import config_errors, require_sizes
 
 TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"  # where from_pretrained logs its LOAD REPORT
@@ -42,8 +43,7 @@ def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loadi
         option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if option is None:
             raise
-        raise SettingsError(f"unsupported loading option {option[1]!r}; accepted: dtype, device, device_map, "
-                            "max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, and for this "
+        raise SettingsError(f"unsupported loading option {option[1]!r}; accepted: {LOADING_OPTIONS}, and for this "
                             "package's format also transformers' from_pretrained options and config fields") from None
     check_loading_info(path, info, ignore_mismatched_sizes)
     return (model, info) if output_loading_info else model

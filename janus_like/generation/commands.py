@@ -66,8 +66,8 @@ def generate(args: argparse.Namespace) -> int:
             write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
                                                     for p, prompt in enumerate(prompts)))
         _write_settings(tmp, args, pipe, seed, prompts=prompts, images=[str(i) for i in args.image],
-                        num_images=args.num_images, top_k=args.top_k, top_p=args.top_p, seeds="seed + batch number, batches of up to "
-                                                f"{MAX_IMAGES_PER_PROMPT // args.num_images} prompts")
+                        num_images=args.num_images, top_k=args.top_k, top_p=args.top_p,
+                        seeds=f"seed + batch number, batches of up to {per_batch} prompts")
     for name in names:
         print(out / name)
     return 0
