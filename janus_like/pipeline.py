@@ -37,12 +37,15 @@ class JanusLikePipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None, compile: bool = False) -> "JanusLikePipeline":
+                        dtype: torch.dtype | str | None = None, compile: bool = False,
+                        chat_roles: str | tuple[str, str] | None = None) -> "JanusLikePipeline":
         """Load a model and its processor (any supported layout; no path: the embedded default).
-        Defaults: CUDA when available in bfloat16, else CPU in float32."""
+        Defaults: CUDA when available in bfloat16, else CPU in float32. `chat_roles` overrides the
+        chat roles: a release ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair."""
         device = _device(device)
         dtype = _dtype(dtype, device)
-        model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
+        model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device,
+                                                                  chat_roles=chat_roles)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
         return cls(model, processor, compile=compile)
 
@@ -118,8 +121,9 @@ class JanusLikePipeline:
             if mode == "chat":
                 settings["max_images"] = 0
         generation = GenerationSettings(**settings)
-        if mode == "chat":  # an answer ends where the next user turn would begin, whatever other stops are given
-            generation.stop = (*generation.stop, self.processor.config.user_role)
+        if mode == "chat":  # an answer ends where the next user turn would begin, whatever other stops are given:
+            # its header "User:" (DeepSeek's deepseek_old template stops there; a bare "User" is a common word)
+            generation.stop = (*generation.stop, f"{self.processor.config.user_role}:")
         return self.engine.stream(requests, generation)
 
     def _conversation(self, prompt: str | list[dict], images: Sequence[ImageLike] | None,

@@ -99,13 +99,14 @@ class JanusLikeProcessor:
         return token_id
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, config: JanusLikeConfig | None = None
-                        ) -> "JanusLikeProcessor":
+    def from_pretrained(cls, path: str | os.PathLike | None = None, config: JanusLikeConfig | None = None,
+                        chat_roles: str | tuple[str, str] | None = None) -> "JanusLikeProcessor":
         """Load the tokenizer and processor settings saved beside a model (any supported layout;
-        no path: the embedded default model's)."""
+        no path: the embedded default model's). `chat_roles` overrides the chat roles: a release
+        ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair."""
         from .checkpoint import load_processor  # the format detection lives with the checkpoint code
 
-        return load_processor(path, config)
+        return load_processor(path, config, chat_roles)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         path = Path(path)

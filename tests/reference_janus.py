@@ -363,6 +363,21 @@ def process_one(raw_tokenizer, prompt: str, ids: dict, num_image_tokens: int) ->
     return out
 
 
+def chat_prompt_ids(raw_tokenizer, question: str, roles: tuple[str, str], ids: dict, num_image_tokens: int) -> list[int]:
+    """inference.py / the README's understanding example: one image and a question under the roles the
+    script writes (as text, whatever the tokenizer makes of them), the processor's system prompt."""
+    prompt = sft_prompt([{"role": roles[0], "content": f"<image_placeholder>\n{question}"},
+                         {"role": roles[1], "content": ""}], SYSTEM_PROMPT)
+    return process_one(raw_tokenizer, prompt, ids, num_image_tokens)
+
+
+def generation_prompt_ids(raw_tokenizer, prompt: str, roles: tuple[str, str], bos_id: int) -> list[int]:
+    """generation_inference.py / demo/app_januspro.py: the SFT text with system_prompt="" and the
+    image_start_tag appended, encoded at once (BOS first)."""
+    text = sft_prompt([{"role": roles[0], "content": prompt}, {"role": roles[1], "content": ""}], "")
+    return [bos_id] + raw_tokenizer.encode(text + "<begin_of_image>", add_special_tokens=False).ids
+
+
 @torch.no_grad()
 def greedy_text(model: MultiModalityCausalLM, inputs_embeds, steps: int, eos_id: int) -> list[int]:
     """inference.py: language_model.generate(inputs_embeds, do_sample=False)."""

@@ -280,9 +280,10 @@ def write_shards(path: Path, state: dict, fmt: str = "bin") -> None:
 
 
 def test_janus_13b_style_checkpoint_plain_roles_added_placeholder_no_normalize(tmp_path):
-    reference = write_deepseek(tmp_path, pro=False)
-    processor = JanusLikeProcessor.from_pretrained(tmp_path)
-    tokenizer = raw_tokenizer(tmp_path)
+    path = tmp_path / "Janus-1.3B"  # the release is told by its name (tests/test_deepseek_roles.py)
+    reference = write_deepseek(path, pro=False)
+    processor = JanusLikeProcessor.from_pretrained(path)
+    tokenizer = raw_tokenizer(path)
     assert "<image_placeholder>" not in tokenizer.get_vocab()
     assert (processor.config.user_role, processor.config.assistant_role) == ("User", "Assistant")
     assert processor.image_token_id == len(tokenizer.get_vocab())  # appended, as VLChatProcessor does
@@ -298,7 +299,7 @@ def test_janus_13b_style_checkpoint_plain_roles_added_placeholder_no_normalize(t
     assert seq.ids == ref.process_one(tokenizer, prompt, ids, 16)
     # do_normalize=false: pixels stay in [0, 1], padding is still the mean grey
     assert processor.do_normalize is False and 0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1
-    model = JanusLikeForConditionalGeneration.from_pretrained(tmp_path)
+    model = JanusLikeForConditionalGeneration.from_pretrained(path)
     with torch.no_grad():
         input_ids = batch["input_ids"]
         embeds = reference.prepare_inputs_embeds(input_ids, batch["pixel_values"][None], input_ids == ids["image"],

@@ -98,5 +98,5 @@ def test_chat_stops_at_the_next_user_turn_also_when_given_stops(tiny, monkeypatc
     monkeypatch.setattr(pipe.engine, "stream", recording)
     for stop in (None, ["."], "."):
         pipe.chat("hello", max_new_tokens=2, stop=stop)
-    role = pipe.processor.config.user_role
-    assert stops == [(role,), (".", role), (".", role)]
+    header = pipe.processor.config.user_role + ":"
+    assert stops == [(header,), (".", header), (".", header)]

@@ -10,14 +10,15 @@ Foreign layouts load tensor by tensor into a model built on the meta device (`lo
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
-from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_dtype,
-                      set_attention)
+from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_chat_roles,
+                      resolve_dtype, set_attention)
 from .settings import read_json_object
 
 OWN = "janus_like"
@@ -78,13 +79,15 @@ def resolve_path(path: str | os.PathLike) -> Path:
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 
-def open_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
-    """A DeepSeek or transformers Janus directory, its config translated and its tokenizer checked."""
+def open_checkpoint(path: str | os.PathLike, chat_roles: str | tuple[str, str] | None = None) -> ForeignCheckpoint:
+    """A DeepSeek or transformers Janus directory, its config translated and its tokenizer checked;
+    `chat_roles` overrides its chat roles (see `options.resolve_chat_roles`)."""
+    roles = resolve_chat_roles(chat_roles)
     path = resolve_path(path)
     layout = detect_layout(path)
     if layout == OWN:
         raise CheckpointError(f"{path} is already in this package's format")
-    return open_foreign(path, layout, read_config_json(path))
+    return open_foreign(path, layout, read_config_json(path), roles)
 
 
 def default_model_path() -> Path:
@@ -99,18 +102,20 @@ def default_model_path() -> Path:
 
 
 def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, device_map=None,
-               low_cpu_mem_usage: bool = True, attn_implementation: str | None = None, **kwargs):
+               low_cpu_mem_usage: bool = True, attn_implementation: str | None = None,
+               chat_roles: str | tuple[str, str] | None = None, **kwargs):
     """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout
     (no path: the embedded default model). `attn_implementation` is set once the model is built,
-    alike for every layout (transformers would also hand it to the VQ tokenizer, which refuses it)."""
+    alike for every layout (transformers would also hand it to the VQ tokenizer, which refuses it).
+    `chat_roles` overrides the config's user_role / assistant_role (see `options.resolve_chat_roles`)."""
     model = _load_model(cls, path, dtype=dtype, device=device, device_map=device_map,
-                        low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
+                        low_cpu_mem_usage=low_cpu_mem_usage, chat_roles=resolve_chat_roles(chat_roles), **kwargs)
     if attn_implementation is not None:
         set_attention(model[0] if isinstance(model, tuple) else model, attn_implementation)
     return model
 
 
-def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kwargs):
+def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, chat_roles, **kwargs):
     dtype, device, device_map = resolve_dtype(dtype), check_device(device), check_device_map(device_map)
     if device is not None and device_map is not None:
         raise SettingsError("give either device or device_map, not both")
@@ -121,26 +126,40 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kw
     if layout == OWN:
         if device is not None:
             device_map = {"": device}
+        if chat_roles is not None:  # config fields given to transformers' from_pretrained override config.json's
+            kwargs["user_role"], kwargs["assistant_role"] = chat_roles
         return cls._from_own_format(path, dtype=dtype, device_map=device_map, **kwargs)
     unknown = set(kwargs) - {"max_memory", "offload_folder"}
     if unknown:
         raise SettingsError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
                               f"accepted: {LOADING_OPTIONS}")
-    checkpoint = open_foreign(path, layout, read_config_json(path))
+    checkpoint = open_foreign(path, layout, read_config_json(path), chat_roles)
     return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,
                               low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
 
 
-def load_processor(path: str | os.PathLike | None, config: JanusLikeConfig | None = None):
+def load_processor(path: str | os.PathLike | None, config: JanusLikeConfig | None = None,
+                   chat_roles: str | tuple[str, str] | None = None):
     """`JanusLikeProcessor.from_pretrained`: the tokenizer and image settings beside a model
-    (no path: the embedded default model's)."""
+    (no path: the embedded default model's); `chat_roles` overrides the chat roles (of a copy of `config`)."""
     from ..processor import JanusLikeProcessor
 
+    roles = resolve_chat_roles(chat_roles)
     path = default_model_path() if path is None else resolve_path(path)
     layout = detect_layout(path)
+    if config is not None:
+        if roles is not None:
+            config = copy.deepcopy(config)
+            config.user_role, config.assistant_role = roles
+        roles = config.user_role, config.assistant_role  # the given config's: no release to tell
     if layout == OWN:
-        return JanusLikeProcessor.from_dir(path, config or JanusLikeConfig.from_pretrained(path))
-    checkpoint = open_foreign(path, layout, read_config_json(path))
+        config = config or JanusLikeConfig.from_pretrained(path, **_role_fields(roles))
+        return JanusLikeProcessor.from_dir(path, config)
+    checkpoint = open_foreign(path, layout, read_config_json(path), roles)
     if config is not None:
         checkpoint.config = config
     return checkpoint.processor()
+
+
+def _role_fields(roles: tuple[str, str] | None) -> dict[str, str]:
+    return {} if roles is None else {"user_role": roles[0], "assistant_role": roles[1]}

@@ -22,8 +22,9 @@ from .options import resolve_dtype
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
-            max_shard_bytes: int = 2 * 2**30) -> Path:
-    """Write `src` (any foreign layout) to `dst` in this package's format; returns `dst`."""
+            max_shard_bytes: int = 2 * 2**30, chat_roles: str | tuple[str, str] | None = None) -> Path:
+    """Write `src` (any foreign layout) to `dst` in this package's format; returns `dst`. `chat_roles`
+    overrides the roles written into the converted config (see `options.resolve_chat_roles`)."""
     from accelerate import init_empty_weights
 
     from ..modeling import JanusLikeForConditionalGeneration
@@ -34,7 +35,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
         raise CheckpointError(f"{dst} is a symbolic link; give the path of a new folder (or the link's target)")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
-    checkpoint = open_checkpoint(src)
+    checkpoint = open_checkpoint(src, chat_roles)
     processor = checkpoint.processor()  # also records the special-token ids in the config
     with init_empty_weights():
         model = JanusLikeForConditionalGeneration(checkpoint.config)

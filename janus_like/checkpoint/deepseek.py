@@ -9,6 +9,8 @@ LlamaGen VQ, renamed to transformers' spelling and then mapped by `hf_janus.map_
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from pathlib import Path
 
@@ -34,8 +36,18 @@ VQ_VARIANTS: dict[str, dict] = {
     "VQ-16": dict(base_channels=128, channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=2, z_channels=256,
                   codebook_size=16384, codebook_dim=8, image_size=384),
 }
-PRO_ROLES = ("<|User|>", "<|Assistant|>")  # Janus-Pro README / demo; single tokens in the Pro vocabulary
-PLAIN_ROLES = ("User", "Assistant")  # Janus-1.3B README / inference.py
+# The chat roles each release's own scripts write into the prompt text, whatever the tokenizer makes of
+# them (deepseek-ai/Janus: the conversation's "role" strings go into the prompt verbatim, see
+# janus/models/processing_vlm.py apply_sft_template_for_multi_turn_prompts). Evidence: docs/checkpoints.md.
+PRO_ROLES = ("<|User|>", "<|Assistant|>")  # Janus-Pro: README.md, demo/app_januspro.py
+PLAIN_ROLES = ("User", "Assistant")  # Janus-1.3B: README.md, inference.py, demo/app.py; JanusFlow: app_janusflow.py
+RELEASE_ROLES = {"janus-pro": PRO_ROLES, "janus-1.3b": PLAIN_ROLES, "janusflow": PLAIN_ROLES}
+# a release named in a checkpoint's folder or hub id (Janus-Pro-7B, janus_pro_1b, JanusFlow-1.3B, Janus-1.3B)
+_RELEASE_NAMES = [(re.compile(pattern, re.IGNORECASE), release) for pattern, release in
+                  ((r"janus[-_ ]?pro", "janus-pro"), (r"janus[-_ ]?flow", "janusflow"), (r"janus[-_ ]?1\.3b", "janus-1.3b"))]
+# conversation.py's templates by sft_format: "deepseek_old" is the pre-Pro template (roles User/Assistant)
+_TEMPLATE_RELEASES = {"deepseek_old": "janus-1.3b"}
+logger = logging.getLogger("janus_like.checkpoint")
 
 _VISION_RENAMES = [
     (r"^vision_model\.vision_tower\.patch_embed\.proj\.", r"vision_model.embeddings.patch_embedding."),
@@ -165,13 +177,16 @@ def model_config(raw: dict) -> JanusLikeConfig:
         aligner_depth=_mlp_gelu(raw, "aligner_config", tower["width"], hidden),
         gen_aligner_depth=_mlp_gelu(raw, "gen_aligner_config", vq["codebook_dim"], hidden),
         gen_head_hidden_size=head_hidden, gen_image_size=gen_image_size,
+        # VLChatProcessor.system_prompt, the same in every release; their image-generation scripts pass ""
         system_prompt=JANUS_SYSTEM_PROMPT,
     )
 
 
-def build_config(path: Path, raw: dict) -> tuple[JanusLikeConfig, object, ImageSettings]:
+def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = None
+                 ) -> tuple[JanusLikeConfig, object, ImageSettings]:
     """DeepSeek's config.json, processor_config.json and preprocessor_config.json -> JanusLikeConfig
-    (with their chat settings), the tokenizer (with VLChatProcessor's runtime addition) and image settings."""
+    (with their chat settings), the tokenizer (with VLChatProcessor's runtime addition) and image settings.
+    `chat_roles` (user, assistant) overrides the roles the release would have."""
     with config_errors(path / "config.json"):
         config = model_config(raw)
     tokenizer = load_tokenizer(path)
@@ -183,15 +198,53 @@ def build_config(path: Path, raw: dict) -> tuple[JanusLikeConfig, object, ImageS
     require(num_tokens == config.num_image_tokens, "processor_config num_image_tokens", num_tokens,
             f"{config.num_image_tokens} (the vision encoder's patch grid)")
     config.image_token = processor_config.get("image_tag", "<image_placeholder>")
+    # their generation prompt is the SFT text + image_start_tag, tokenized at once; an added token splits
+    # the text, so appending its id is the same (generation_inference.py, demo/app_januspro.py)
     config.image_start_token = processor_config.get("image_start_tag", "<begin_of_image>")
     config.image_end_token = processor_config.get("image_end_tag", "<end_of_image>")
+    # the unconditional twin's pad: VLChatProcessor.pad_id looks pad_tag up by name in every release since
+    # the Janus-Pro commit 95bde08 (before it: tokenizer.pad_token_id, else EOS); the vocabulary must hold it
     config.pad_token = processor_config.get("pad_tag", "<｜▁pad▁｜>")
     if config.image_token not in tokenizer.get_vocab():  # VLChatProcessor adds it at start-up (Janus-1.3B lacks it)
         tokenizer.add_tokens([config.image_token], special_tokens=True)
-    vocab = tokenizer.get_vocab()
-    config.user_role, config.assistant_role = PRO_ROLES if all(r in vocab for r in PRO_ROLES) else PLAIN_ROLES
+    config.user_role, config.assistant_role = chat_roles or release_roles(path, raw, sft_format)
     vision = _params(raw, "vision_config")
     settings = ImageSettings.from_preprocessor(read_json(path / "preprocessor_config.json"),
                                                config.vision_config.image_size, vision.get("pixel_mean"),
                                                vision.get("pixel_std"))
     return config, tokenizer, settings
+
+
+def release_of(path: Path, raw: dict, sft_format: str) -> str | None:
+    """The Janus release a checkpoint is, from what names it: its processor's template (sft_format),
+    its folder (or, in the hub cache, its repo folder models--org--name), config.json's _name_or_path;
+    None when nothing does. The vocabulary is no evidence: DeepSeek's scripts write the roles as text."""
+    if sft_format in _TEMPLATE_RELEASES:
+        return _TEMPLATE_RELEASES[sft_format]
+    path = path.absolute()
+    names = [path.name]
+    if path.parent.name == "snapshots":  # huggingface_hub's cache: models--{org}--{name}/snapshots/{revision}
+        names.append(path.parent.parent.name)
+    names.append(str(raw.get("_name_or_path") or ""))
+    for name in names:
+        found = sorted((m.start(), release) for pattern, release in _RELEASE_NAMES if (m := pattern.search(name)))
+        if found:
+            return found[0][1]
+    return None
+
+
+def release_roles(path: Path, raw: dict, sft_format: str) -> tuple[str, str]:
+    """The chat roles of the release the checkpoint is; Janus-Pro's (the current release) when it
+    cannot be told, said once per checkpoint in the log."""
+    release = release_of(path, raw, sft_format)
+    if release is None:
+        _report_unidentified(str(path.absolute()))
+        return PRO_ROLES
+    return RELEASE_ROLES[release]
+
+
+@functools.cache
+def _report_unidentified(path: str) -> None:
+    logger.warning("%s: no Janus release named in its folder or config (Janus-Pro-1B/-7B, Janus-1.3B, JanusFlow-1.3B); "
+                   "using Janus-Pro's chat roles %s / %s. For Janus-1.3B pass chat_roles='janus-1.3b' "
+                   "(roles User / Assistant) to from_pretrained", path, *PRO_ROLES)

@@ -144,9 +144,11 @@ def model_config(raw: dict) -> JanusLikeConfig:
     )
 
 
-def build_config(path: Path, raw: dict) -> tuple[JanusLikeConfig, object, ImageSettings]:
+def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = None
+                 ) -> tuple[JanusLikeConfig, object, ImageSettings]:
     """config.json plus the JanusProcessor files saved beside it -> JanusLikeConfig (with the chat
-    settings of transformers' converted Janus), the tokenizer and the image settings."""
+    settings of transformers' converted Janus), the tokenizer and the image settings. `chat_roles`
+    (user, assistant) overrides the converted template's roles."""
     with config_errors(path / "config.json"):
         config = model_config(raw)
     tokenizer = load_tokenizer(path)
@@ -163,7 +165,7 @@ def build_config(path: Path, raw: dict) -> tuple[JanusLikeConfig, object, ImageS
     config.pad_token = tokenizer.pad_token or "<｜▁pad▁｜>"
     # the converted chat template hard-codes DeepSeek's Pro roles; the system prompt is prepended
     # when the processor's use_default_system_prompt is set (as in the converted Janus repos)
-    config.user_role, config.assistant_role = "<|User|>", "<|Assistant|>"
+    config.user_role, config.assistant_role = chat_roles or ("<|User|>", "<|Assistant|>")
     config.system_prompt = JANUS_SYSTEM_PROMPT if processor_config.get("use_default_system_prompt", False) else ""
     return config, tokenizer, settings
 

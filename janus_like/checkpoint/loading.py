@@ -47,8 +47,9 @@ class ForeignCheckpoint:
         return processor
 
 
-def open_foreign(path: Path, layout: str, raw: dict) -> ForeignCheckpoint:
-    config, tokenizer, images = LAYOUTS[layout].build_config(path, raw)
+def open_foreign(path: Path, layout: str, raw: dict, chat_roles: tuple[str, str] | None = None) -> ForeignCheckpoint:
+    """Translate a foreign checkpoint's config; `chat_roles` (user, assistant) overrides its chat roles."""
+    config, tokenizer, images = LAYOUTS[layout].build_config(path, raw, chat_roles)
     checkpoint = ForeignCheckpoint(path, layout, raw, config, tokenizer, images)
     checkpoint.processor()  # fails early (CheckpointError) when the vocabulary lacks the image tags
     return checkpoint

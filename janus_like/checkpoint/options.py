@@ -4,11 +4,13 @@ device, checked here once so that a bad value is a SettingsError whatever the ch
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 
 from ..configuration import DTYPES
 from ..errors import SettingsError, one_line
+from .deepseek import RELEASE_ROLES
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -41,7 +43,23 @@ def check_device(device: str | int | torch.device | None) -> str | int | torch.d
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
 # what every layout's from_pretrained takes (the own format also takes transformers' own options)
-LOADING_OPTIONS = "dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation"
+LOADING_OPTIONS = ("dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, "
+                   "chat_roles")
+
+
+def resolve_chat_roles(chat_roles: str | Sequence[str] | None) -> tuple[str, str] | None:
+    """The (user, assistant) roles the `chat_roles` option names: a release's ("janus-pro", "janus-1.3b",
+    "janusflow") or the two role strings themselves; None: the checkpoint's own."""
+    if chat_roles is None:
+        return None
+    if isinstance(chat_roles, str) and chat_roles.lower() in RELEASE_ROLES:
+        return RELEASE_ROLES[chat_roles.lower()]
+    if (isinstance(chat_roles, (tuple, list)) and len(chat_roles) == 2
+            and all(isinstance(role, str) and role.strip() for role in chat_roles)):
+        return chat_roles[0], chat_roles[1]
+    releases = ", ".join(f"{name!r} ({' / '.join(roles)})" for name, roles in RELEASE_ROLES.items())
+    raise SettingsError(f"chat_roles={chat_roles!r} is not accepted; accepted: None (the checkpoint's release "
+                        f"decides), a release: {releases}, or a (user, assistant) pair of non-empty strings")
 
 
 def check_device_map(device_map: str | dict | None) -> str | dict | None:
