@@ -91,6 +91,14 @@ def assert_chat_and_image_parity(path, reference, roles, **options) -> None:
     ours = engine.generate([Request(seq)], GenerationSettings(temperature=0, max_new_tokens=8))[0].token_ids
     assert ours == expected
 
+    # more turns: sep "\n\n" after a user turn, sep2 "<｜end▁of▁sentence｜>" after an answer (conversation.py)
+    turns = [("user", "Hi."), ("assistant", "Hello."), ("user", "Bye.")]
+    seq = processor.conversation([{"role": role, "content": text} for role, text in turns])
+    text = ref.sft_prompt([{"role": roles[role == "assistant"], "content": text} for role, text in turns]
+                          + [{"role": roles[1], "content": ""}], ref.SYSTEM_PROMPT)
+    assert "Hello.<｜end▁of▁sentence｜>" in text
+    assert seq.ids == [ids["bos"]] + tokenizer.encode(text, add_special_tokens=False).ids
+
     # image: generation_inference.py's prompt (no system prompt, + <begin_of_image>) and its CFG loop
     gen = processor.generation_prompt("a red circle")
     gen_ids = ref.generation_prompt_ids(tokenizer, "a red circle", roles, ids["bos"])
