@@ -363,7 +363,8 @@ def process_one(raw_tokenizer, prompt: str, ids: dict, num_image_tokens: int) ->
     return out
 
 
-def chat_prompt_ids(raw_tokenizer, question: str, roles: tuple[str, str], ids: dict, num_image_tokens: int) -> list[int]:
+def chat_prompt_ids(raw_tokenizer, question: str, roles: tuple[str, str], ids: dict,
+                    num_image_tokens: int) -> list[int]:
     """inference.py / the README's understanding example: one image and a question under the roles the
     script writes (as text, whatever the tokenizer makes of them), the processor's system prompt."""
     prompt = sft_prompt([{"role": roles[0], "content": f"<image_placeholder>\n{question}"},

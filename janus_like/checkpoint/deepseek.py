@@ -44,7 +44,8 @@ PLAIN_ROLES = ("User", "Assistant")  # Janus-1.3B: README.md, inference.py, demo
 RELEASE_ROLES = {"janus-pro": PRO_ROLES, "janus-1.3b": PLAIN_ROLES, "janusflow": PLAIN_ROLES}
 # a release named in a checkpoint's folder or hub id (Janus-Pro-7B, janus_pro_1b, JanusFlow-1.3B, Janus-1.3B)
 _RELEASE_NAMES = [(re.compile(pattern, re.IGNORECASE), release) for pattern, release in
-                  ((r"janus[-_ ]?pro", "janus-pro"), (r"janus[-_ ]?flow", "janusflow"), (r"janus[-_ ]?1\.3b", "janus-1.3b"))]
+                  ((r"janus[-_ ]?pro", "janus-pro"), (r"janus[-_ ]?flow", "janusflow"),
+                   (r"janus[-_ ]?1\.3b", "janus-1.3b"))]
 # conversation.py's templates by sft_format: "deepseek_old" is the pre-Pro template (roles User/Assistant)
 _TEMPLATE_RELEASES = {"deepseek_old": "janus-1.3b"}
 logger = logging.getLogger("janus_like.checkpoint")
@@ -245,6 +246,7 @@ def release_roles(path: Path, raw: dict, sft_format: str) -> tuple[str, str]:
 
 @functools.cache
 def _report_unidentified(path: str) -> None:
+    """The load's note that the release was not told: once per checkpoint (model and processor both load it)."""
     logger.warning("%s: no Janus release named in its folder or config (Janus-Pro-1B/-7B, Janus-1.3B, JanusFlow-1.3B); "
                    "using Janus-Pro's chat roles %s / %s. For Janus-1.3B pass chat_roles='janus-1.3b' "
                    "(roles User / Assistant) to from_pretrained", path, *PRO_ROLES)
