@@ -20,7 +20,7 @@ from janus_like import CheckpointError, JanusLikeForConditionalGeneration, Janus
 from janus_like.checkpoint import default_model_path, deepseek, detect_layout, hf_janus
 from janus_like.checkpoint.convert import convert
 from janus_like.cli import main as cli_main
-from janus_like.processor import GEN_IMAGE, TEXT
+from janus_like.layout import GEN_IMAGE, TEXT
 from janus_like.testing import BOS, EOS, PAD, byte_level_tokenizer, random_image, shape_image, tiny_model
 
 import reference_janus as ref

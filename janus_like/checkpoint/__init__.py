@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
+from .deepseek import is_deepseek
 from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
 from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_dtype,
                       set_attention)
@@ -25,7 +25,7 @@ DEEPSEEK = "deepseek"
 HF_JANUS = "hf_janus"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # built by apps/default_model/build.py
 DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json")
-__all__ = ["default_model_path", "detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path",
+__all__ = ["default_model_path", "detect_layout", "load_model", "model_dir", "open_checkpoint", "resolve_path",
            "ForeignCheckpoint"]
 
 
@@ -38,8 +38,6 @@ def read_config_json(path: Path) -> dict:
 
 
 def layout_of(config: dict) -> str | None:
-    from .deepseek import is_deepseek
-
     if config.get("model_type") == OWN:
         return OWN
     if config.get("model_type") == "janus":
@@ -76,6 +74,11 @@ def resolve_path(path: str | os.PathLike) -> Path:
     except Exception as e:
         raise CheckpointError(f"{path} is not a local directory and could not be fetched from the hub "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def model_dir(path: str | os.PathLike | None) -> Path:
+    """A model's local directory: the embedded default model's for None, else `resolve_path`."""
+    return default_model_path() if path is None else resolve_path(path)
 
 
 def open_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
@@ -116,7 +119,7 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kw
         raise SettingsError("give either device or device_map, not both")
     if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAP_STRATEGIES:
         device, device_map = device_map, None  # transformers' device_map="cuda:0": the whole model there
-    path = default_model_path() if path is None else resolve_path(path)
+    path = model_dir(path)
     layout = detect_layout(path)
     if layout == OWN:
         if device is not None:
@@ -129,18 +132,3 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kw
     checkpoint = open_foreign(path, layout, read_config_json(path))
     return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,
                               low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
-
-
-def load_processor(path: str | os.PathLike | None, config: JanusLikeConfig | None = None):
-    """`JanusLikeProcessor.from_pretrained`: the tokenizer and image settings beside a model
-    (no path: the embedded default model's)."""
-    from ..processor import JanusLikeProcessor
-
-    path = default_model_path() if path is None else resolve_path(path)
-    layout = detect_layout(path)
-    if layout == OWN:
-        return JanusLikeProcessor.from_dir(path, config or JanusLikeConfig.from_pretrained(path))
-    checkpoint = open_foreign(path, layout, read_config_json(path))
-    if config is not None:
-        checkpoint.config = config
-    return checkpoint.processor()
