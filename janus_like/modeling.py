@@ -316,7 +316,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         special tokens are added to the LM's tokenizer and its embeddings resized; aligners and the
         image head start random. With `return_processor`: (model, processor)."""
         # imported on use: composing builds a processor, which the model itself never needs
-        from .checkpoint.parts import compose
+        from .compose import compose
 
         return compose(cls, llm, vision, vq, vq_config=vq_config, return_processor=return_processor, dtype=dtype,
                        **config_overrides)

@@ -1,11 +1,11 @@
-"""Checkpoint layouts (DESIGN.md §5): detection and loading of every supported format.
+"""Checkpoint layouts: detection and loading of every supported format (docs/ARCHITECTURE.md).
 
     janus_like  this package's `save_pretrained` directory (config.json with model_type "janus_like")
     deepseek    DeepSeek's original Janus / Janus-Pro (config.json with language_config, gen_vision_config, …)
     hf_janus    transformers' Janus (config.json with model_type "janus")
 
-Foreign layouts load tensor by tensor into a model built on the meta device (`loading`), and
-`janus-like convert` rewrites them in this package's format (`convert`).
+Foreign layouts are registered in `loading.LAYOUTS` (detection and loading both use it); they load tensor by tensor into a model built on the meta device (`loading`), and
+`janus-like convert` rewrites them in this package's format (`janus_like.convert`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
-from .deepseek import is_deepseek
-from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
+from .loading import LAYOUTS, ForeignCheckpoint, load_foreign_model, open_foreign
 from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_dtype,
                       set_attention)
 from .settings import read_json_object
 
 OWN = "janus_like"
-DEEPSEEK = "deepseek"
-HF_JANUS = "hf_janus"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # built by apps/default_model/build.py
 DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json")
 __all__ = ["default_model_path", "detect_layout", "load_model", "model_dir", "open_checkpoint", "resolve_path",
@@ -38,13 +35,10 @@ def read_config_json(path: Path) -> dict:
 
 
 def layout_of(config: dict) -> str | None:
+    """The name of the layout a config.json belongs to (this package's or a registered foreign one)."""
     if config.get("model_type") == OWN:
         return OWN
-    if config.get("model_type") == "janus":
-        return HF_JANUS
-    if is_deepseek(config):
-        return DEEPSEEK
-    return None
+    return next((name for name, layout in LAYOUTS.items() if layout.matches(config)), None)
 
 
 def detect_layout(path: str | os.PathLike) -> str:
@@ -53,9 +47,8 @@ def detect_layout(path: str | os.PathLike) -> str:
     layout = layout_of(config)
     if layout is None:
         raise CheckpointError(f"unknown checkpoint layout in {path} (model_type={config.get('model_type')!r}); "
-                              f"supported: this package's ({OWN!r}), DeepSeek's Janus / Janus-Pro "
-                              "(config.json with language_config and gen_vision_config) and transformers' Janus "
-                              "(model_type 'janus')")
+                              f"supported: this package's (model_type {OWN!r}), "
+                              + ", ".join(layout.DESCRIPTION for layout in LAYOUTS.values()))
     return layout
 
 

@@ -20,7 +20,10 @@ from . import deepseek, hf_janus
 from .files import count_tensors, iter_tensors, weight_files
 from .settings import ImageSettings
 
-LAYOUTS: dict[str, ModuleType] = {"deepseek": deepseek, "hf_janus": hf_janus}
+# The foreign layouts, the one place to register a new one. Each is a module that provides
+# NAME, DESCRIPTION, matches(raw config) -> bool, build_config(path, raw) -> (config, tokenizer,
+# image settings), map_tensor(name, tensor) -> [(our name, tensor)] | None and fallbacks(raw).
+LAYOUTS: dict[str, ModuleType] = {layout.NAME: layout for layout in (deepseek, hf_janus)}
 
 
 @dataclass

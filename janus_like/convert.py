@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
-from ..errors import CheckpointError
-from ..modeling import JanusLikeForConditionalGeneration
-from ..processor import JanusLikeProcessor
-from . import open_checkpoint
-from .files import ShardWriter
-from .loading import mapped_tensors
-from .options import resolve_dtype
+from .checkpoint import open_checkpoint
+from .checkpoint.files import ShardWriter
+from .checkpoint.loading import mapped_tensors
+from .checkpoint.options import resolve_dtype
+from .errors import CheckpointError
+from .modeling import JanusLikeForConditionalGeneration
+from .processor import JanusLikeProcessor
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,

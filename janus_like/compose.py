@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, SiglipVisionModel
 
-from ..configuration import JanusLikeConfig, JanusLikeVQConfig, check_compose_settings, check_image_fits
-from ..errors import CheckpointError, one_line
-from ..processor import JanusLikeProcessor
-from ..vq import JanusLikeVQModel
-from .own import held_load_report, load_report_rows, show_load_report
+from .configuration import JanusLikeConfig, JanusLikeVQConfig, check_compose_settings, check_image_fits
+from .errors import CheckpointError, one_line
+from .processor import JanusLikeProcessor
+from .vq import JanusLikeVQModel
+from .checkpoint.own import held_load_report, load_report_rows, show_load_report
 
 
 def compose(cls, llm: str | os.PathLike, vision: str | os.PathLike, vq: str | os.PathLike | None = None, *,
