@@ -6,7 +6,7 @@ then, each in a fresh process, measures the peak anonymous resident memory (RssA
 memory-mapped file pages are excluded because the kernel can drop them at will) of:
 
   naive      torch.load every shard fully into one state dict (what a simple converter does)
-  streaming  `janus_like.checkpoint.convert.convert`, shards of at most 2 GiB
+  streaming  `janus_like.convert.convert`, shards of at most 2 GiB
 
 Streaming stays near one output shard whatever the model size, which is why a 7B (14 GiB bf16)
 converts in 24 GiB of RAM; naive needs the whole checkpoint at least once.
@@ -102,7 +102,7 @@ def run_variant(variant: str, src: Path, dst: Path) -> dict:
             state.update(torch.load(file, map_location="cpu", weights_only=True))
         peak[0] = max(peak[0], rss_anon())
     else:
-        from janus_like.checkpoint.convert import convert
+        from janus_like.convert import convert
 
         convert(src, dst)
     seconds = time.perf_counter() - start

@@ -16,16 +16,20 @@ codes of random weights drift apart after a near-tie; `--dtype float32` makes th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from janus_like.checkpoint.options import device_argument
 from janus_like.configuration import JanusLikeConfig
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
-from janus_like.generation.hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
 from janus_like.processor import JanusLikeProcessor
 from janus_like.testing import byte_level_tokenizer, tiny_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the transformers reference lives there
+from hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus  # noqa: E402
 
 PROMPT = "a red circle on the left of a blue square, studio photo"
 SIZES = {

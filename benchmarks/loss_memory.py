@@ -26,7 +26,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, TEXT
+    from janus_like.layout import GEN_IMAGE, IGNORE_INDEX, TEXT
     from janus_like.testing import tiny_model
 
     torch.manual_seed(0)

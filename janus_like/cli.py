@@ -114,7 +114,7 @@ def _handler(command: str):
         from .training.commands import train
         return train
     if command == "convert":
-        from .checkpoint.convert import convert_command
+        from .convert import convert_command
         return convert_command
     if command == "demo":
         from .demo import demo_command

@@ -23,9 +23,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, SiglipVisionModel
 from transformers.utils import ModelOutput
 
+from .checkpoint import load_model
+from .checkpoint.own import load_own_format
 from .configuration import JanusLikeConfig, JanusLikeVQConfig
 from .errors import CheckpointError, SettingsError, is_int, is_number, one_line
-from .processor import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
+from .layout import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
 
 
@@ -84,86 +86,6 @@ def chunked_cross_entropy(head, states: torch.Tensor, targets: torch.Tensor, chu
     for h, t in zip(states.split(chunk), targets.split(chunk)):
         total = total + torch.utils.checkpoint.checkpoint(chunk_loss, h, t, use_reentrant=False)
     return total
-
-
-# JanusLikeConfig fields `from_parts` may set (the parts bring their own configs)
-COMPOSE_SETTINGS = set(JanusLikeConfig.__annotations__) - {"text_config", "vision_config", "vq_config"}
-COMPOSE_SIZES = ("aligner_depth", "gen_aligner_depth", "gen_head_hidden_size", "gen_image_size")
-
-
-def check_compose_settings(settings, where: str) -> None:
-    """Only JanusLikeConfig's own fields, of their types: a transformers config takes any keyword,
-    silently, and a size of 0 or 16.5 would fail deep inside the model's construction."""
-    unknown = set(settings) - COMPOSE_SETTINGS
-    if unknown:
-        raise SettingsError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
-                            f"{', '.join(sorted(COMPOSE_SETTINGS))}")
-    for key, value in settings.items():
-        if key in COMPOSE_SIZES and not (is_int(value) and value >= 1):
-            raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be an integer >= 1")
-        # the range GenerationSettings takes for cfg_scale (its MAX_SCALE; that module imports this one)
-        if key == "default_cfg_scale" and not (is_number(value) and 0 <= value <= 1000):
-            raise SettingsError(f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number "
-                                "from 0 to 1000")
-        if isinstance(JanusLikeConfig.__dataclass_fields__[key].default, str) and not isinstance(value, str):
-            raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a string")
-
-
-def _check_image_fits(config: JanusLikeConfig, where: str) -> None:
-    """The generated image must tile the VQ's grid and its codes fit the LM's context."""
-    factor = config.vq_config.downsample_factor
-    if config.gen_image_size % factor:
-        raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} is not a multiple of {factor}, the "
-                            "VQ tokenizer's downsampling")
-    context = getattr(config.text_config, "max_position_embeddings", None)
-    if context is not None and config.num_gen_tokens >= context:
-        raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} gives {config.num_gen_tokens} codes "
-                            f"an image ({config.gen_grid_size}² at the VQ's downsampling {factor}), more than the LM's "
-                            f"context of {context} positions holds; use a smaller gen_image_size")
-
-
-def _require_local_or_hub(name: str, path) -> None:
-    """A part is an existing folder or a hub id ("org/name"): a missing local path is named as
-    such, rather than tried on the hub and reported as a network failure."""
-    if path is None or Path(path).expanduser().exists():
-        return
-    text = os.fspath(path)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"{name}={text}: no such folder (and not a hub id of the form org/name)")
-
-
-def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> PreTrainedModel:
-    """One pretrained part for `from_parts`, loaded strictly: transformers would build a folder of
-    another kind (an LLM given as the VQ) with fresh weights and only log what was missing. Its
-    LOAD REPORT goes into our one-line error, or is shown as usual when the part loads."""
-    from .checkpoint.own import held_load_report, load_report_rows, show_load_report
-
-    with held_load_report() as held:
-        try:
-            model, info = load(path, dtype=dtype, output_loading_info=True)
-        except (OSError, ValueError, RuntimeError, TypeError) as e:
-            rows = load_report_rows(held)
-            raise CheckpointError(f"{name}={path}: cannot load it as {kind} ({one_line(e)})"
-                                  + (f"; the tensors: {rows}" if rows else "")) from e
-    missing = sorted(info["missing_keys"])
-    if missing:
-        raise CheckpointError(f"{name}={path} is not {kind}: {len(missing)} of its tensors are missing "
-                              f"(e.g. {', '.join(missing[:3])})")
-    show_load_report(held)  # e.g. unexpected tensors a part does not use (a full SigLIP as the vision tower)
-    return model
-
-
-@torch.no_grad()
-def _require_causal(model: PreTrainedModel, path) -> None:
-    """The LM must be a causal decoder: training and generation pass it no mask and rely on a position
-    never seeing later ones. Asked of the model itself (a config does not say it: BERT loads as a
-    causal LM and attends both ways): change the second of two tokens, the first one's logits stay."""
-    ids = torch.tensor([[0, 1], [0, 2]], device=model.device)
-    logits = model(input_ids=ids).logits.float()
-    scale = logits.abs().max().item() + 1e-6
-    if not torch.allclose(logits[0, 0], logits[1, 0], rtol=0, atol=1e-3 * scale):
-        raise CheckpointError(f"llm={path}: {type(model).__name__} lets a token see the tokens after it; "
-                              "from_parts needs a causal decoder LM (Llama, Qwen2, Gemma, Mistral, …)")
 
 
 def _unused(output: torch.Tensor) -> torch.Tensor:
@@ -368,16 +290,12 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *args, **kwargs):
         """Load any supported layout (DESIGN.md §5): this package's own, DeepSeek's original
         Janus / Janus-Pro, or transformers' Janus. Detection lives in `janus_like.checkpoint`."""
-        from .checkpoint import load_model
-
         return load_model(cls, pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def _from_own_format(cls, path: str | os.PathLike, *args, **kwargs):
         """transformers' loader for a `save_pretrained` directory of this class, made strict: a
         missing, unexpected or reshaped tensor or an unreadable file is a CheckpointError."""
-        from .checkpoint.own import load_own_format
-
         return load_own_format(super().from_pretrained, path, *args, **kwargs)
 
     @classmethod
@@ -396,48 +314,9 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         SigLIP vision encoder (a SigLIP or SigLIP-vision checkpoint) and a VQ tokenizer (this
         package's format; or `vq_config`, a JanusLikeVQConfig or dict, for a fresh one). The image
         special tokens are added to the LM's tokenizer and its embeddings resized; aligners and the
-        image head start random."""
-        from transformers import AutoTokenizer
+        image head start random. With `return_processor`: (model, processor)."""
+        # imported on use: composing builds a processor, which the model itself never needs
+        from .compose import compose
 
-        from .processor import JanusLikeProcessor
-
-        check_compose_settings(config_overrides, "from_parts")
-        for name, path in (("llm", llm), ("vision", vision), ("vq", vq)):
-            _require_local_or_hub(name, path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(llm)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"llm={llm}: no tokenizer could be loaded from it ({one_line(e)})") from e
-        language_model = _load_part("llm", llm, AutoModelForCausalLM.from_pretrained, "a causal LM", dtype)
-        vision_model = _load_part("vision", vision, SiglipVisionModel.from_pretrained, "a SigLIP vision encoder", dtype)
-        if vq is not None:
-            vq_model = _load_part("vq", vq, JanusLikeVQModel.from_pretrained, "a janus_like VQ tokenizer", dtype)
-        else:
-            if vq_config is None or isinstance(vq_config, dict):
-                vq_config = JanusLikeVQConfig(**(vq_config or {}))
-            vq_model = JanusLikeVQModel(vq_config)
-        # composing the config resets its parts' attention implementation to None, which transformers runs
-        # as unmasked attention: each part gets back the one it was loaded with
-        attention = {"text_config": language_model.config._attn_implementation,
-                     "vision_config": vision_model.config._attn_implementation}
-        config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
-                                 vq_config=vq_model.config, **config_overrides)
-        _check_image_fits(config, "from_parts")
-        new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
-        if tokenizer.pad_token is None:
-            new_tokens.append(config.pad_token)
-        else:
-            config.pad_token = tokenizer.pad_token
-        tokenizer.add_tokens(new_tokens, special_tokens=True)
-        if len(tokenizer) > language_model.get_input_embeddings().weight.shape[0]:
-            language_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        config.text_config = language_model.config
-        model = cls(config, language_model=language_model, vision_model=vision_model, vq=vq_model)
-        model.set_attn_implementation(attention)
-        _require_causal(model.language_model, llm)  # asked of the composed model: what training will run
-        processor = JanusLikeProcessor(tokenizer, config)
-        processor.fill_token_ids(config)
-        if dtype is not None:
-            model.to(dtype)
-        return (model, processor) if return_processor else model
-
+        return compose(cls, llm, vision, vq, vq_config=vq_config, return_processor=return_processor, dtype=dtype,
+                       **config_overrides)

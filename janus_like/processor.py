@@ -10,10 +10,10 @@ Prompts follow DeepSeek's SFT template exactly, so Janus checkpoints see what th
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -23,35 +23,18 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from .checkpoint import OWN, ForeignCheckpoint, detect_layout, model_dir, open_checkpoint
+from .checkpoint.options import resolve_chat_roles
+from .checkpoint.settings import JANUS_MEAN, channels, load_tokenizer, read_json
 from .configuration import JanusLikeConfig
-from .errors import CheckpointError, DataError, JanusLikeError, PromptError
+from .errors import DataError, JanusLikeError, PromptError
 from .images import generation_pixels, load_image, understanding_pixels
+from .layout import (GEN_IMAGE, IGNORE_INDEX, TASKS, TEXT, UND_IMAGE, TokenSequence, fill_special_token_ids,
+                     special_token_ids)
 
-TEXT, UND_IMAGE, GEN_IMAGE = 0, 1, 2
-IGNORE_INDEX = -100
-TASKS = ("understanding", "generation", "interleaved", "text")
 ROLES = ("system", "user", "assistant")
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 MAX_CHARS_PER_POSITION = 32  # far more characters than tokenizers pack into one token
-
-
-@dataclass
-class TokenSequence:
-    """One sample before batching: parallel lists of ids, modalities and target flags, plus images."""
-
-    ids: list[int] = field(default_factory=list)
-    modality: list[int] = field(default_factory=list)
-    trainable: list[bool] = field(default_factory=list)
-    und_pixels: list[torch.Tensor] = field(default_factory=list)  # (3, S, S) each, in order of appearance
-    gen_pixels: list[torch.Tensor] = field(default_factory=list)  # (3, G, G) each, in [-1, 1]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, ids: Sequence[int], modality: int, trainable: bool) -> None:
-        self.ids.extend(ids)
-        self.modality.extend([modality] * len(ids))
-        self.trainable.extend([trainable] * len(ids))
 
 
 class JanusLikeProcessor:
@@ -73,15 +56,10 @@ class JanusLikeProcessor:
         self.image_size = config.vision_config.image_size
         self.num_image_tokens = config.num_image_tokens
         self.num_gen_tokens = config.num_gen_tokens
-        self.image_start_id = self._token_id(config.image_start_token)
-        self.image_end_id = self._token_id(config.image_end_token)
-        self.image_token_id = self._token_id(config.image_token)
-        self.pad_id = self._token_id(config.pad_token)
-        self.bos_id = tokenizer.bos_token_id
-        self.eos_id = tokenizer.eos_token_id
-        if self.bos_id is None or self.eos_id is None:
-            raise CheckpointError("the tokenizer needs a BOS and an EOS token; it has "
-                                  f"bos={tokenizer.bos_token!r}, eos={tokenizer.eos_token!r}")
+        ids = special_token_ids(tokenizer, config)
+        self.image_start_id, self.image_end_id = ids["image_start_token_id"], ids["image_end_token_id"]
+        self.image_token_id, self.pad_id = ids["image_token_id"], ids["pad_token_id"]
+        self.bos_id, self.eos_id = ids["bos_token_id"], ids["eos_token_id"]
 
     # ---------------------------------------------------------------- construction and saving
 
@@ -91,22 +69,33 @@ class JanusLikeProcessor:
         config.image_token_id, config.pad_token_id = self.image_token_id, self.pad_id
         config.bos_token_id, config.eos_token_id = self.bos_id, self.eos_id
 
-    def _token_id(self, token: str) -> int:
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise CheckpointError(f"the tokenizer's vocabulary lacks the special token {token!r}; "
-                                  "add it (JanusLikeForConditionalGeneration.from_parts does) or use the checkpoint's own tokenizer")
-        return token_id
-
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, config: JanusLikeConfig | None = None,
                         chat_roles: str | tuple[str, str] | None = None) -> "JanusLikeProcessor":
         """Load the tokenizer and processor settings saved beside a model (any supported layout;
         no path: the embedded default model's). `chat_roles` overrides the chat roles: a release
         ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair."""
-        from .checkpoint import load_processor  # the format detection lives with the checkpoint code
+        roles = resolve_chat_roles(chat_roles)
+        path = model_dir(path)
+        if config is not None:
+            if roles is not None:
+                config = copy.deepcopy(config)
+                config.user_role, config.assistant_role = roles
+            roles = config.user_role, config.assistant_role  # the given config's: no release to tell
+        if detect_layout(path) == OWN:
+            roles_fields = {} if roles is None else {"user_role": roles[0], "assistant_role": roles[1]}
+            return cls.from_dir(path, config or JanusLikeConfig.from_pretrained(path, **roles_fields))
+        checkpoint = open_checkpoint(path, roles)
+        if config is not None:
+            fill_special_token_ids(config, checkpoint.tokenizer)
+            checkpoint.config = config
+        return cls.from_checkpoint(checkpoint)
 
-        return load_processor(path, config, chat_roles)
+    @classmethod
+    def from_checkpoint(cls, checkpoint: ForeignCheckpoint) -> "JanusLikeProcessor":
+        """The processor of an opened DeepSeek or transformers Janus checkpoint."""
+        images = checkpoint.images
+        return cls(checkpoint.tokenizer, checkpoint.config, images.image_mean, images.image_std, images.do_normalize)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -119,8 +108,6 @@ class JanusLikeProcessor:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, config: JanusLikeConfig) -> "JanusLikeProcessor":
         """This package's own layout: tokenizer files + processor_config.json beside config.json."""
-        from .checkpoint.settings import JANUS_MEAN, channels, load_tokenizer, read_json  # errors name the file
-
         path = Path(path)
         settings = read_json(path / PROCESSOR_CONFIG_NAME)
         mean = channels(settings.get("image_mean", JANUS_MEAN), f"{PROCESSOR_CONFIG_NAME} image_mean")

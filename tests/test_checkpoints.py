@@ -18,9 +18,9 @@ from transformers.utils import is_flash_attn_2_available
 
 from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikeProcessor, SettingsError
 from janus_like.checkpoint import default_model_path, deepseek, detect_layout, hf_janus
-from janus_like.checkpoint.convert import convert
+from janus_like.convert import convert
 from janus_like.cli import main as cli_main
-from janus_like.processor import GEN_IMAGE, TEXT
+from janus_like.layout import GEN_IMAGE, TEXT
 from janus_like.testing import BOS, EOS, PAD, byte_level_tokenizer, random_image, shape_image, tiny_model
 
 import reference_janus as ref
@@ -868,7 +868,7 @@ def test_convert_refuses_a_symlinked_destination_before_converting(tmp_path, dee
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    monkeypatch.setattr("janus_like.checkpoint.convert.open_checkpoint", lambda src: pytest.fail("converted first"))
+    monkeypatch.setattr("janus_like.convert.open_checkpoint", lambda src: pytest.fail("converted first"))
     for dst in ("link", "dangling"):
         one_line_error(CheckpointError, f"{dst} is a symbolic link", lambda: convert(deepseek_dir[0], tmp_path / dst))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "empty", "link"] and not any(

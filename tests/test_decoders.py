@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, SiglipVisionConfig, S
 
 from janus_like import JanusLikeForConditionalGeneration
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
-from janus_like.processor import GEN_IMAGE, TEXT
+from janus_like.layout import GEN_IMAGE, TEXT
 from janus_like.testing import byte_level_tokenizer, shape_image, tiny_model
 
 # llama is everywhere else in the suite; these are the other families a user is likely to compose with

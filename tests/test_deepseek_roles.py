@@ -14,7 +14,7 @@ import torch
 
 from janus_like import JanusLikeForConditionalGeneration, JanusLikePipeline, JanusLikeProcessor, SettingsError
 from janus_like.checkpoint import deepseek
-from janus_like.checkpoint.convert import convert
+from janus_like.convert import convert
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
 from janus_like.testing import BOS, EOS, PAD, shape_image
 

@@ -14,7 +14,7 @@ from janus_like.cli import main
 from janus_like.evaluation.shapes_eval import ShapesEval
 from janus_like.evaluation.shapes import (COLORS, SHAPES, Scene, all_scenes, answer_matches, classify, draw_answer,
                                           draw_request, edits, render)
-from janus_like.processor import GEN_IMAGE
+from janus_like.layout import GEN_IMAGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
 from shapes_data import write_shapes  # noqa: E402

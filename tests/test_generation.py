@@ -10,7 +10,7 @@ from janus_like.generation import (Done, GenerationEngine, GenerationSettings, I
 from janus_like.generation import engine as engine_module
 from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, image_guided_logits, sample
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
-from janus_like.processor import GEN_IMAGE
+from janus_like.layout import GEN_IMAGE
 from janus_like.testing import shape_image, tiny_model, widen_weights
 
 

@@ -7,7 +7,7 @@ import torch
 from janus_like import JanusLikePipeline
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
 from janus_like.generation.sampling import guided_logits
-from janus_like.processor import GEN_IMAGE, TEXT, TokenSequence
+from janus_like.layout import GEN_IMAGE, TEXT, TokenSequence
 from janus_like.testing import shape_image, tiny_model
 
 EXAMPLES = {  # prompt -> (text before the image, image, text after); different lengths before the image

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
-from janus_like.generation.hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
+from hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
 from janus_like.testing import tiny_model
 
 

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from janus_like.processor import GEN_IMAGE, IGNORE_INDEX, UND_IMAGE
+from janus_like.layout import GEN_IMAGE, IGNORE_INDEX, UND_IMAGE
 from janus_like.testing import shape_image, tiny_model, write_image
 
 

@@ -9,7 +9,7 @@ from transformers import (BertConfig, BertLMHeadModel, LlamaConfig, LlamaForCaus
 
 from janus_like import (CheckpointError, JanusLikeConfig, JanusLikeForConditionalGeneration, JanusLikeProcessor,
                         JanusLikeVQConfig, JanusLikeVQModel, SettingsError)
-from janus_like.processor import UND_IMAGE
+from janus_like.layout import UND_IMAGE
 from janus_like.testing import BOS, EOS, shape_image
 
 

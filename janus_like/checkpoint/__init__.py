@@ -1,32 +1,28 @@
-"""Checkpoint layouts (DESIGN.md §5): detection and loading of every supported format.
+"""Checkpoint layouts: detection and loading of every supported format (docs/ARCHITECTURE.md).
 
     janus_like  this package's `save_pretrained` directory (config.json with model_type "janus_like")
     deepseek    DeepSeek's original Janus / Janus-Pro (config.json with language_config, gen_vision_config, …)
     hf_janus    transformers' Janus (config.json with model_type "janus")
 
-Foreign layouts load tensor by tensor into a model built on the meta device (`loading`), and
-`janus-like convert` rewrites them in this package's format (`convert`).
+Foreign layouts are registered in `loading.LAYOUTS` (detection and loading both use it); they load tensor by tensor into a model built on the meta device (`loading`), and
+`janus-like convert` rewrites them in this package's format (`janus_like.convert`).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
-from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
-from .loading import ForeignCheckpoint, load_foreign_model, open_foreign
+from .loading import LAYOUTS, ForeignCheckpoint, load_foreign_model, open_foreign
 from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_chat_roles,
                       resolve_dtype, set_attention)
 from .settings import read_json_object
 
 OWN = "janus_like"
-DEEPSEEK = "deepseek"
-HF_JANUS = "hf_janus"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # built by apps/default_model/build.py
 DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json")
-__all__ = ["default_model_path", "detect_layout", "load_model", "load_processor", "open_checkpoint", "resolve_path",
+__all__ = ["default_model_path", "detect_layout", "load_model", "model_dir", "open_checkpoint", "resolve_path",
            "ForeignCheckpoint"]
 
 
@@ -39,15 +35,10 @@ def read_config_json(path: Path) -> dict:
 
 
 def layout_of(config: dict) -> str | None:
-    from .deepseek import is_deepseek
-
+    """The name of the layout a config.json belongs to (this package's or a registered foreign one)."""
     if config.get("model_type") == OWN:
         return OWN
-    if config.get("model_type") == "janus":
-        return HF_JANUS
-    if is_deepseek(config):
-        return DEEPSEEK
-    return None
+    return next((name for name, layout in LAYOUTS.items() if layout.matches(config)), None)
 
 
 def detect_layout(path: str | os.PathLike) -> str:
@@ -56,9 +47,8 @@ def detect_layout(path: str | os.PathLike) -> str:
     layout = layout_of(config)
     if layout is None:
         raise CheckpointError(f"unknown checkpoint layout in {path} (model_type={config.get('model_type')!r}); "
-                              f"supported: this package's ({OWN!r}), DeepSeek's Janus / Janus-Pro "
-                              "(config.json with language_config and gen_vision_config) and transformers' Janus "
-                              "(model_type 'janus')")
+                              f"supported: this package's (model_type {OWN!r}), "
+                              + ", ".join(layout.DESCRIPTION for layout in LAYOUTS.values()))
     return layout
 
 
@@ -77,6 +67,11 @@ def resolve_path(path: str | os.PathLike) -> Path:
     except Exception as e:
         raise CheckpointError(f"{path} is not a local directory and could not be fetched from the hub "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def model_dir(path: str | os.PathLike | None) -> Path:
+    """A model's local directory: the embedded default model's for None, else `resolve_path`."""
+    return default_model_path() if path is None else resolve_path(path)
 
 
 def open_checkpoint(path: str | os.PathLike, chat_roles: str | tuple[str, str] | None = None) -> ForeignCheckpoint:
@@ -121,7 +116,7 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, chat
         raise SettingsError("give either device or device_map, not both")
     if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAP_STRATEGIES:
         device, device_map = device_map, None  # transformers' device_map="cuda:0": the whole model there
-    path = default_model_path() if path is None else resolve_path(path)
+    path = model_dir(path)
     layout = detect_layout(path)
     if layout == OWN:
         if device is not None:
@@ -136,30 +131,3 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, chat
     checkpoint = open_foreign(path, layout, read_config_json(path), chat_roles)
     return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,
                               low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
-
-
-def load_processor(path: str | os.PathLike | None, config: JanusLikeConfig | None = None,
-                   chat_roles: str | tuple[str, str] | None = None):
-    """`JanusLikeProcessor.from_pretrained`: the tokenizer and image settings beside a model
-    (no path: the embedded default model's); `chat_roles` overrides the chat roles (of a copy of `config`)."""
-    from ..processor import JanusLikeProcessor
-
-    roles = resolve_chat_roles(chat_roles)
-    path = default_model_path() if path is None else resolve_path(path)
-    layout = detect_layout(path)
-    if config is not None:
-        if roles is not None:
-            config = copy.deepcopy(config)
-            config.user_role, config.assistant_role = roles
-        roles = config.user_role, config.assistant_role  # the given config's: no release to tell
-    if layout == OWN:
-        config = config or JanusLikeConfig.from_pretrained(path, **_role_fields(roles))
-        return JanusLikeProcessor.from_dir(path, config)
-    checkpoint = open_foreign(path, layout, read_config_json(path), roles)
-    if config is not None:
-        checkpoint.config = config
-    return checkpoint.processor()
-
-
-def _role_fields(roles: tuple[str, str] | None) -> dict[str, str]:
-    return {} if roles is None else {"user_role": roles[0], "assistant_role": roles[1]}

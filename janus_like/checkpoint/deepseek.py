@@ -72,7 +72,12 @@ _QKV = re.compile(r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.qkv\.(weig
 _DROPPED = re.compile(r"^vision_model\.vision_tower\.attn_pool\.|rotary_emb\.inv_freq$")
 
 
-def is_deepseek(raw: dict) -> bool:
+NAME = "deepseek"
+DESCRIPTION = "DeepSeek's Janus / Janus-Pro (config.json with language_config and gen_vision_config)"
+
+
+def matches(raw: dict) -> bool:
+    """Whether a config.json is in this layout."""
     return "language_config" in raw and "gen_vision_config" in raw
 
 

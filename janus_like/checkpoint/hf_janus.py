@@ -27,6 +27,8 @@ from ..errors import CheckpointError, one_line
 from .settings import (ImageSettings, config_errors, load_tokenizer, read_json, require, require_sizes,
                        text_config_dict)
 
+NAME = "hf_janus"
+DESCRIPTION = "transformers' Janus (model_type 'janus')"
 MODEL_TYPE = "janus"
 TIED_FALLBACKS = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
 
@@ -85,6 +87,11 @@ _RENAMES = [
     (r"^model\.language_model\.", r"language_model.model."),
     (r"^lm_head\.", r"language_model.lm_head."),
 ]
+
+
+def matches(raw: dict) -> bool:
+    """Whether a config.json is in this layout."""
+    return raw.get("model_type") == MODEL_TYPE
 
 
 def map_tensor(key: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]] | None:

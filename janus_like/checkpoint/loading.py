@@ -15,11 +15,15 @@ from tqdm.auto import tqdm
 
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, one_line
+from ..layout import fill_special_token_ids
 from . import deepseek, hf_janus
 from .files import count_tensors, iter_tensors, weight_files
 from .settings import ImageSettings
 
-LAYOUTS: dict[str, ModuleType] = {"deepseek": deepseek, "hf_janus": hf_janus}
+# The foreign layouts, the one place to register a new one. Each is a module that provides
+# NAME, DESCRIPTION, matches(raw config) -> bool, build_config(path, raw) -> (config, tokenizer,
+# image settings), map_tensor(name, tensor) -> [(our name, tensor)] | None and fallbacks(raw).
+LAYOUTS: dict[str, ModuleType] = {layout.NAME: layout for layout in (deepseek, hf_janus)}
 
 
 @dataclass
@@ -37,22 +41,12 @@ class ForeignCheckpoint:
     def module(self) -> ModuleType:
         return LAYOUTS[self.layout]
 
-    def processor(self):
-        """The JanusLikeProcessor for this checkpoint; also records the special-token ids in the config."""
-        from ..processor import JanusLikeProcessor
-
-        processor = JanusLikeProcessor(self.tokenizer, self.config, self.images.image_mean, self.images.image_std,
-                                       self.images.do_normalize)
-        processor.fill_token_ids(self.config)
-        return processor
-
 
 def open_foreign(path: Path, layout: str, raw: dict, chat_roles: tuple[str, str] | None = None) -> ForeignCheckpoint:
     """Translate a foreign checkpoint's config; `chat_roles` (user, assistant) overrides its chat roles."""
     config, tokenizer, images = LAYOUTS[layout].build_config(path, raw, chat_roles)
-    checkpoint = ForeignCheckpoint(path, layout, raw, config, tokenizer, images)
-    checkpoint.processor()  # fails early (CheckpointError) when the vocabulary lacks the image tags
-    return checkpoint
+    fill_special_token_ids(config, tokenizer)  # fails early (CheckpointError) when the vocabulary lacks the image tags
+    return ForeignCheckpoint(path, layout, raw, config, tokenizer, images)
 
 
 def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int, ...]],

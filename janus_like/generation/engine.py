@@ -37,7 +37,8 @@ from transformers import DynamicCache, StaticCache
 
 from ..images import pixels_to_pil
 from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
-from ..processor import GEN_IMAGE, TEXT, JanusLikeProcessor, TokenSequence
+from ..layout import GEN_IMAGE, TEXT, TokenSequence
+from ..processor import JanusLikeProcessor
 from ..errors import GenerationError, PromptError, SettingsError
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .sampling import guided_logits, image_guided_logits, penalize_repetition, sample

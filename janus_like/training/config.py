@@ -20,7 +20,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ..errors import SettingsError, is_int, is_number
-from ..processor import TASKS
+from ..configuration import check_compose_settings
+from ..layout import TASKS
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (accelerate.set_seed) takes no more
 
@@ -47,8 +48,6 @@ class ModelSettings:
                 raise SettingsError("model.parts needs 'llm' and 'vision' (and optionally 'vq'), "
                                     f"got {sorted(self.parts)}")
         if self.compose is not None:
-            from ..modeling import check_compose_settings
-
             if self.parts is None:
                 raise SettingsError("model.compose applies to model.parts (a model directory has its own config)")
             check_compose_settings(self.compose, "model.compose")

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, JanusLikeError, SettingsError
-from ..processor import IGNORE_INDEX, TASKS, JanusLikeProcessor, TokenSequence
+from ..layout import IGNORE_INDEX, TASKS, TokenSequence
+from ..processor import JanusLikeProcessor
 from .packing import collate_packed, collate_padded
 
 MIX_BLOCK = 1000  # the task mixture is exact within every block of this many samples

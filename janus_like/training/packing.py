@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ..processor import JanusLikeProcessor, TokenSequence
+from ..layout import TokenSequence
+from ..processor import JanusLikeProcessor
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -27,7 +27,9 @@ from ..checkpoint.options import set_attention
 from ..configuration import DTYPES
 from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, is_int, one_line
 from ..fileio import check_output_folder, plain_modes, write_json
+from ..modeling import JanusLikeForConditionalGeneration
 from ..processor import JanusLikeProcessor
+from ..testing import tiny_model
 from . import checkpoints, lora
 from .config import TrainConfig
 from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
@@ -43,13 +45,9 @@ class TrainingError(JanusLikeError):
 
 def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcessor]:
     """The model and processor the config names: a directory, parts to compose, or the tiny test model."""
-    from ..modeling import JanusLikeForConditionalGeneration
-
     settings = config.model
     dtype = DTYPES[settings.dtype]
     if settings.tiny:
-        from ..testing import tiny_model
-
         model, processor = tiny_model(seed=settings.tiny_seed)
         model = model.to(dtype)
     elif settings.parts is not None:

@@ -1,6 +1,6 @@
 """transformers' Janus as a reference: build a random `JanusForConditionalGeneration` at the
 shape of a janus_like config and convert its weights (with the checkpoint loader's tensor map),
-for parity tests and the benchmark.
+for parity tests and the benchmark (benchmarks/generate.py puts this folder on its path).
 """
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
 
-from ..checkpoint.hf_janus import map_tensor, model_config
-from ..configuration import JanusLikeConfig
-from ..modeling import JanusLikeForConditionalGeneration
-from ..testing import widen_weights
+from janus_like.checkpoint.hf_janus import map_tensor, model_config
+from janus_like.configuration import JanusLikeConfig
+from janus_like.modeling import JanusLikeForConditionalGeneration
+from janus_like.testing import widen_weights
 
 
 def hf_janus_config(config: JanusLikeConfig) -> JanusConfig:

@@ -13,22 +13,21 @@ import os
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 
-from ..errors import CheckpointError
-from . import open_checkpoint
-from .files import ShardWriter
-from .loading import mapped_tensors
-from .options import resolve_dtype
+from .checkpoint import open_checkpoint
+from .checkpoint.files import ShardWriter
+from .checkpoint.loading import mapped_tensors
+from .checkpoint.options import resolve_dtype
+from .errors import CheckpointError
+from .modeling import JanusLikeForConditionalGeneration
+from .processor import JanusLikeProcessor
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
             max_shard_bytes: int = 2 * 2**30, chat_roles: str | tuple[str, str] | None = None) -> Path:
     """Write `src` (any foreign layout) to `dst` in this package's format; returns `dst`. `chat_roles`
     overrides the roles written into the converted config (see `options.resolve_chat_roles`)."""
-    from accelerate import init_empty_weights
-
-    from ..modeling import JanusLikeForConditionalGeneration
-
     dtype = resolve_dtype(dtype)
     dst = Path(dst)
     if dst.is_symlink():  # the converted model is moved into place as a folder, which cannot replace a link
@@ -36,7 +35,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
     checkpoint = open_checkpoint(src, chat_roles)
-    processor = checkpoint.processor()  # also records the special-token ids in the config
+    processor = JanusLikeProcessor.from_checkpoint(checkpoint)
     with init_empty_weights():
         model = JanusLikeForConditionalGeneration(checkpoint.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
