@@ -402,13 +402,18 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         from .processor import JanusLikeProcessor
 
         check_compose_settings(config_overrides, "from_parts")
+        from .checkpoint.settings import refuse_custom_code
+
         for name, path in (("llm", llm), ("vision", vision), ("vq", vq)):
             _require_local_or_hub(name, path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(llm)
+        if Path(llm).expanduser().is_dir():
+            refuse_custom_code(Path(llm).expanduser())
+        try:  # trust_remote_code=False: transformers would otherwise ask to run a folder's own code
+            tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"llm={llm}: no tokenizer could be loaded from it ({one_line(e)})") from e
-        language_model = _load_part("llm", llm, AutoModelForCausalLM.from_pretrained, "a causal LM", dtype)
+        load_llm = functools.partial(AutoModelForCausalLM.from_pretrained, trust_remote_code=False)
+        language_model = _load_part("llm", llm, load_llm, "a causal LM", dtype)
         vision_model = _load_part("vision", vision, SiglipVisionModel.from_pretrained, "a SigLIP vision encoder", dtype)
         if vq is not None:
             vq_model = _load_part("vq", vq, JanusLikeVQModel.from_pretrained, "a janus_like VQ tokenizer", dtype)
