@@ -40,9 +40,6 @@ class JanusLikePipeline:
                         dtype: torch.dtype | str | None = None, compile: bool = False) -> "JanusLikePipeline":
         """Load a model and its processor (any supported layout; no path: the embedded default).
         Defaults: CUDA when available in bfloat16, else CPU in float32."""
-        if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise SettingsError(f"path must be a str or os.PathLike (a model folder or hub id) or None (the embedded "
-                                f"default model), got {type(path).__name__} {path!r:.40}")
         device = _device(device)
         dtype = _dtype(dtype, device)
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)

@@ -305,10 +305,14 @@ def test_a_prompts_file_that_is_a_fifo_is_refused_without_blocking(tmp_path, cap
 
 
 @pytest.mark.parametrize("path", [123, 1.5, b"model", ["model"]])
-def test_pipeline_from_pretrained_names_the_accepted_path_types(path):
-    with pytest.raises(SettingsError, match=r"path must be a str or os.PathLike .* or None .*, got") as e:
-        JanusLikePipeline.from_pretrained(path)
-    one_line(e.value)
+def test_from_pretrained_names_the_accepted_path_types(path):
+    from janus_like import JanusLikeForConditionalGeneration
+
+    for load in (JanusLikePipeline.from_pretrained, JanusLikeForConditionalGeneration.from_pretrained,
+                 JanusLikeProcessor.from_pretrained):
+        with pytest.raises(SettingsError, match=r"path must be a str or os.PathLike .* or None .*, got") as e:
+            load(path)
+        one_line(e.value)
 
 
 def test_demo_host_that_cannot_be_resolved_is_named(monkeypatch, capsys):
