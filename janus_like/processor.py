@@ -69,7 +69,7 @@ class JanusLikeProcessor:
     ):
         self.tokenizer = tokenizer
         # False (DeepSeek's behaviour): a control-token string in a prompt, message or record, such as
-        # `<begin_of_image>`, becomes that token; True: text a user wrote stays text (the template's own stay special)
+        # `<begin_of_image>`, becomes that token; True: text a user wrote stays text (the template's tokens stay)
         self.literal_user_text = literal_user_text
         self.config = config
         self.image_mean = tuple(float(m) for m in image_mean)
@@ -155,7 +155,6 @@ class JanusLikeProcessor:
                 else:
                     plain += part
         return ids + self.encode_text(plain, literal=True)
-
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -248,7 +248,8 @@ def test_records_past_the_bounds_are_bad_records_named_by_their_limit(tmp_path):
     lines = {
         "deep": "[" * 200_000 + "]" * 200_000,
         "long integer": '{"task": "text", "text": "x", "n": ' + "1" * 100_001 + "}",
-        "million images": json.dumps({"task": "interleaved", "segments": [{"type": "image", "image": "a.png"}] * 10**6}),
+        "million images": json.dumps({"task": "interleaved",
+                                      "segments": [{"type": "image", "image": "a.png"}] * 10**6}),
         "many images": json.dumps({"task": "interleaved",
                                    "segments": [{"type": "image", "image": "a.png"}] * (data.MAX_RECORD_IMAGES + 1)}),
         "long list": json.dumps({"task": "text", "text": "x", "tags": [1] * (data.MAX_RECORD_ITEMS + 1)}),
@@ -284,7 +285,8 @@ def test_bad_records_of_every_kind_are_skipped_and_counted_in_training(tmp_path)
 # ---------------------------------------------------------------------------- 4. refusals, not hangs
 
 
-@pytest.mark.parametrize("key, value, accepted", [("batch_size", 10**9, "[1, 4096]"), ("grad_accum", 10**9, "[1, 1024]")])
+@pytest.mark.parametrize("key, value, accepted", [("batch_size", 10**9, "[1, 4096]"),
+                                                  ("grad_accum", 10**9, "[1, 1024]")])
 def test_huge_batch_settings_are_refused_with_the_range(tmp_path, key, value, accepted):
     from janus_like.training.config import config_from_dict
 
@@ -321,11 +323,10 @@ def test_demo_host_that_cannot_be_resolved_is_named(monkeypatch, capsys):
     assert main(["demo", "--host", "nonexistent.invalid"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--host 'nonexistent.invalid' cannot be resolved" in err
-    assert socket.gethostbyname("localhost")  # the check itself accepts what resolves
     from janus_like.demo import check_host
 
-    check_host("127.0.0.1")
-    check_host("localhost")
+    for host in ("127.0.0.1", "localhost", "0.0.0.0"):  # what resolves passes
+        check_host(host)
 
 
 # ---------------------------------------------------------------------------- 5. a killed convert's leftovers
@@ -399,12 +400,11 @@ def test_literal_user_text_keeps_the_ids_of_plain_text_and_the_templates_own_spe
                 {"role": "assistant", "content": "A circle."}, {"role": "user", "content": "Sure?"}]
     plain = [{"role": "user", "content": "What is this?"}, {"role": "assistant", "content": "A circle."},
              {"role": "user", "content": "Sure?"}]
-    default = processor.conversation(messages).ids
+    default, default_plain = processor.conversation(messages).ids, processor.conversation(plain).ids
     processor.literal_user_text = True
     literal = processor.conversation(messages).ids
     assert default.count(user_id) == 3 and literal.count(user_id) == 2  # the two turns the template opens
-    assert processor.conversation(plain).ids == (setattr(processor, "literal_user_text", False)
-                                                 or processor.conversation(plain).ids)
+    assert processor.conversation(plain).ids == default_plain  # text without control tokens: the same ids
 
 
 def test_the_demo_treats_typed_text_as_text_unless_allowed(monkeypatch, tiny):
@@ -433,7 +433,7 @@ RANDOM_STATE_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", RANDOM_STATE_DAMAGE)
-def test_damaged_random_states_at_resume_are_named(two_checkpoints, tmp_path, monkeypatch, damage):
+def test_damaged_random_states_at_resume_are_named(two_checkpoints, tmp_path, monkeypatch, damage):  # noqa: F811
     root, ck = _copy_run(two_checkpoints, tmp_path)
     RANDOM_STATE_DAMAGE[damage](ck / "random_states_0.pkl")
     _model_must_not_load(monkeypatch)
@@ -444,5 +444,5 @@ def test_damaged_random_states_at_resume_are_named(two_checkpoints, tmp_path, mo
     assert "the latest other complete checkpoint is" in message
 
 
-def test_intact_random_states_pass_the_check(two_checkpoints):
+def test_intact_random_states_pass_the_check(two_checkpoints):  # noqa: F811
     checkpoints.check_random_states(two_checkpoints / "out" / "checkpoints" / "step-00000002", 0)
