@@ -362,7 +362,10 @@ def test_a_killed_converts_temporary_folder_is_removed_by_the_next(tmp_path, cap
             (folder / IN_PROGRESS).write_text(mark)
     mine = plant(dst.parent, ".config/settings", "notes.txt")
     convert(src, dst)
-    assert not stale.exists() and f"removed {stale}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert not stale.exists() and f"removed {stale}" in err
+    assert f"{kept[0]} looks like the temporary folder of an interrupted convert" in err  # named, not removed
+    assert str(kept[1]) not in err and str(kept[2]) not in err  # marked: a running convert's, another host's
     assert all(folder.is_dir() for folder in kept) and survived(mine)
     assert not (dst / IN_PROGRESS).exists() and (dst / "config.json").is_file()
     assert remove_stale_temporaries(dst.parent) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import sys
@@ -41,6 +42,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
     for folder in remove_stale_temporaries(dst.parent):
         print(f"removed {folder}, the temporary folder of an interrupted convert", file=sys.stderr)
+    for folder in unmarked_temporaries(dst):
+        print(f"{folder} looks like the temporary folder of an interrupted convert into {dst} (one without a mark "
+              "saying whose); remove it unless a convert into it is running", file=sys.stderr)
     checkpoint = open_checkpoint(src)
     processor = checkpoint.processor()  # also records the special-token ids in the config
     with init_empty_weights():
@@ -75,6 +79,15 @@ def remove_stale_temporaries(parent: Path) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def unmarked_temporaries(dst: Path) -> list[Path]:
+    """Folders named as ShardWriter names its temporary folder for `dst` (mkdtemp: 8 random characters)
+    that carry no IN_PROGRESS mark, such as those a killed convert of an earlier version left."""
+    pattern = re.compile(rf"\.{re.escape(dst.name)}\.[a-z0-9_]{{8}}")
+    parent = dst.parent if dst.parent.is_dir() else None
+    return sorted(folder for folder in (parent.glob(".*") if parent else []) if pattern.fullmatch(folder.name)
+                  and folder.is_dir() and not folder.is_symlink() and not (folder / IN_PROGRESS).exists())
 
 
 def _writer_is_gone(mark: Path) -> bool:
