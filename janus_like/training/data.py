@@ -25,7 +25,7 @@ from .packing import collate_packed, collate_padded
 MIX_BLOCK = 1000  # the task mixture is exact within every block of this many samples
 # bounds on one JSONL record, checked before it is parsed or its images read: a record past them is bad
 MAX_RECORD_BYTES = 16 * 2**20  # one line
-MAX_RECORD_DEPTH = 16  # nesting of objects and lists (a record of any task needs 6)
+MAX_RECORD_DEPTH = 16  # nesting of objects and lists (records of every task need at most 5)
 MAX_RECORD_ITEMS = 4096  # entries in any one list (messages, content items, segments)
 MAX_RECORD_IMAGES = 256  # images in one record
 
