@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--allow-special-tokens", action="store_true",
+                   help="let typed control tokens such as <begin_of_image> act as tokens (default: they stay text)")
 
     p = sub.add_parser("train", help="train from a YAML config (also under accelerate launch / torchrun)")
     p.add_argument("config")

@@ -3,6 +3,7 @@ causal LM and its tokenizer, a SigLIP vision encoder, a VQ tokenizer), each load
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .errors import CheckpointError, one_line
 from .processor import JanusLikeProcessor
 from .vq import JanusLikeVQModel
 from .checkpoint.own import held_load_report, load_report_rows, show_load_report
+from .checkpoint.settings import refuse_custom_code
 
 
 def compose(cls, llm: str | os.PathLike, vision: str | os.PathLike, vq: str | os.PathLike | None = None, *,
@@ -23,11 +25,14 @@ def compose(cls, llm: str | os.PathLike, vision: str | os.PathLike, vq: str | os
     check_compose_settings(config_overrides, "from_parts")
     for name, path in (("llm", llm), ("vision", vision), ("vq", vq)):
         _require_local_or_hub(name, path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(llm)
+    if Path(llm).expanduser().is_dir():
+        refuse_custom_code(Path(llm).expanduser())
+    try:  # trust_remote_code=False: transformers would otherwise ask to run a folder's own code
+        tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"llm={llm}: no tokenizer could be loaded from it ({one_line(e)})") from e
-    language_model = _load_part("llm", llm, AutoModelForCausalLM.from_pretrained, "a causal LM", dtype)
+    load_llm = functools.partial(AutoModelForCausalLM.from_pretrained, trust_remote_code=False)
+    language_model = _load_part("llm", llm, load_llm, "a causal LM", dtype)
     vision_model = _load_part("vision", vision, SiglipVisionModel.from_pretrained, "a SigLIP vision encoder", dtype)
     if vq is not None:
         vq_model = _load_part("vq", vq, JanusLikeVQModel.from_pretrained, "a janus_like VQ tokenizer", dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -404,10 +405,22 @@ def demo_command(args: argparse.Namespace) -> int:
     if not args.host or ":" in args.host:  # Gradio writes http://{host}:{port}, which breaks on IPv6 addresses
         raise SettingsError(f"--host {args.host!r} is not accepted; give an IPv4 address or a host name "
                             "(127.0.0.1, the default, or 0.0.0.0 for every interface)")
+    check_host(args.host)
     if args.host not in LOOPBACK:
         print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
               "the model (there is no authentication)", file=sys.stderr)
     pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
+    pipe.processor.literal_user_text = not args.allow_special_tokens  # typed `<begin_of_image>` stays text
     serve(build_demo(pipe), args.host, args.port)
     return 0
+
+
+def check_host(host: str) -> None:
+    """A host name that resolves: Gradio reports one that does not as "Cannot find empty port"."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SettingsError(f"--host {host!r} cannot be resolved ({getattr(e, 'strerror', None) or e}); give an "
+                            "IPv4 address or a host name this machine resolves (127.0.0.1, the default, or 0.0.0.0 "
+                            "for every interface)") from None

@@ -35,19 +35,20 @@ MANIFEST = ".janus-like-outputs"  # in an --out folder: the files the last run w
 
 
 @contextlib.contextmanager
-def output_set(out: str | os.PathLike) -> Iterator[Path]:
+def output_set(out: str | os.PathLike, setting: str = "--out") -> Iterator[Path]:
     """Yield an empty temp folder inside `out` to write a command's whole output set into. On
     success the set replaces the files the previous run wrote there (its manifest lists them, so a
     folder never mixes two runs; folders they leave empty go too) and its own files are recorded.
     Nothing else is deleted; a file of the same name as a new one is replaced. If the block fails,
-    `out` is untouched; if the moves fail, the manifest still lists every file of both runs."""
-    out = check_output_folder(out)
+    `out` is untouched; if the moves fail, the manifest still lists every file of both runs. Errors
+    name `out` as `setting`."""
+    out = check_output_folder(out, setting)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".janus-like-", suffix=".tmp"))
     try:
         yield tmp
         new = sorted(str(path.relative_to(tmp)) for path in tmp.rglob("*") if not path.is_dir())
-        _check_room(out, new)
+        _check_room(out, new, setting)
         old = _last_outputs(out)
         _write_manifest(out, sorted(set(old) | set(new)))
         for name in set(old) - set(new):
@@ -64,17 +65,33 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_room(out: Path, names: list[str]) -> None:
+def _check_room(out: Path, names: list[str], setting: str) -> None:
     """Refuse, before anything in `out` changes, a new file whose place a folder takes (or whose
     folder's place a file takes): moving the set in would fail halfway."""
     for name in names:
         if (out / name).is_dir():
-            raise SettingsError(f"--out {out}: {out / name} is a folder, where this run writes a file; "
+            raise SettingsError(f"{setting} {out}: {out / name} is a folder, where this run writes a file; "
                                 "move it away or choose another folder")
         for parent in Path(name).parents:
             if parent != Path(".") and (out / parent).exists() and not (out / parent).is_dir():
-                raise SettingsError(f"--out {out}: {out / parent} is a file, where this run writes a folder; "
+                raise SettingsError(f"{setting} {out}: {out / parent} is a file, where this run writes a folder; "
                                     "move it away or choose another folder")
+
+
+def unrecorded(out: Path, names: list[str]) -> list[Path]:
+    """Those of `names` (files or folders) in `out` that hold something the manifest does not list:
+    a user's or another program's files, which a run writing these names must not replace."""
+    recorded = set(_last_outputs(out))
+    found = []
+    for name in names:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            ours = all(str(f.relative_to(out)) in recorded for f in path.rglob("*") if not f.is_dir())
+        else:
+            ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and name in recorded)
+        if not ours:
+            found.append(path)
+    return found
 
 
 def _write_manifest(out: Path, names: list[str]) -> None:

@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -47,8 +48,12 @@ class JanusLikeProcessor:
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         do_normalize: bool = True,
+        literal_user_text: bool = False,
     ):
         self.tokenizer = tokenizer
+        # False (DeepSeek's behaviour): a control-token string in a prompt, message or record, such as
+        # `<begin_of_image>`, becomes that token; True: text a user wrote stays text (the template's tokens stay)
+        self.literal_user_text = literal_user_text
         self.config = config
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
@@ -116,10 +121,28 @@ class JanusLikeProcessor:
 
     # ---------------------------------------------------------------- text pieces
 
-    def encode_text(self, text: str) -> list[int]:
-        """Tokenise without adding BOS/EOS; special-token strings inside `text` become their ids."""
+    def encode_text(self, text: str, literal: bool = False) -> list[int]:
+        """Tokenise without adding BOS/EOS; special-token strings inside `text` become their ids,
+        unless `literal` (then they are tokenised as the plain text they are written as)."""
         check_unicode(text, PromptError)
-        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=literal) if text else []
+
+    def encode_pieces(self, pieces: list[tuple[str, bool]]) -> list[int]:
+        """Tokenise text pieces as one text (BPE merges across pieces kept); with `literal_user_text`,
+        special-token strings count only in the pieces not flagged as user-written."""
+        text = "".join(piece for piece, _ in pieces)
+        if not self.literal_user_text or not any(user for _, user in pieces):
+            return self.encode_text(text)
+        specials = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        ids, plain = [], ""
+        for piece, user in pieces:
+            for part in [piece] if user else _special_split(piece, specials):
+                if not user and part in specials:
+                    ids += self.encode_text(plain, literal=True) + [self.tokenizer.convert_tokens_to_ids(part)]
+                    plain = ""
+                else:
+                    plain += part
+        return ids + self.encode_text(plain, literal=True)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -154,7 +177,7 @@ class JanusLikeProcessor:
         """Content items laid out by `_joined`: text as is, images as understanding spans."""
         for item in items:
             if item["type"] == "text":
-                b.text(item["text"], trainable)
+                b.text(item["text"], trainable, user=True)
             else:
                 self.add_und_image(b, _image_of(item))
 
@@ -162,6 +185,7 @@ class JanusLikeProcessor:
                       add_generation_prompt: bool) -> None:
         cfg = self.config
         system = cfg.system_prompt if system_prompt is None else system_prompt
+        system_by_user = system_prompt is not None  # the model's own system prompt is part of the template
         if not isinstance(messages, (list, tuple)):
             raise b.error(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {_short(messages)}")
         turns = []
@@ -170,13 +194,14 @@ class JanusLikeProcessor:
             if role == "system":
                 if any(item["type"] != "text" for item in items):
                     raise b.error("a system message takes text only (a string or text items), not images")
-                system = "".join(item["text"] for item in items)
+                system, system_by_user = "".join(item["text"] for item in items), True
             else:
                 turns.append((role, items))
         _check_turns(turns, add_generation_prompt, b.error)
         b.ids([self.bos_id], TEXT, False)
         if system:
-            b.text(system + cfg.turn_separator, False)
+            b.text(system, False, user=system_by_user)
+            b.text(cfg.turn_separator, False)
         for role, items in turns:
             items = _joined(items)
             if role == "user":
@@ -278,7 +303,7 @@ class JanusLikeProcessor:
                 if kind == "text":
                     if not isinstance(segment.get("text"), str):
                         raise DataError(f"a text segment needs a 'text' string, got {_short(segment.get('text'))}")
-                    b.text(segment["text"], True)
+                    b.text(segment["text"], True, user=True)
                 elif kind == "image":
                     self.add_gen_image(b, image_at(segment.get("image")), train_start=True)
                 else:
@@ -289,7 +314,7 @@ class JanusLikeProcessor:
             if not isinstance(text, str) or not text:
                 raise DataError("a text record needs a non-empty 'text' string")
             b.ids([self.bos_id], TEXT, False)
-            b.text(text, True)
+            b.text(text, True, user=True)
             b.ids([self.eos_id], TEXT, True)
         else:
             raise DataError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
@@ -346,18 +371,19 @@ class SequenceBuilder:
         self.processor = processor
         self.error = error  # DataError while reading a training record, PromptError for a prompt
         self.seq = TokenSequence()
-        self._text = ""
+        self._pieces: list[tuple[str, bool]] = []  # (text, written by the user) awaiting tokenisation
         self._trainable = False
         self._characters = 0
 
-    def text(self, text: str, trainable: bool) -> None:
+    def text(self, text: str, trainable: bool, user: bool = False) -> None:
+        """Add text; `user`: written by the user (a prompt, message or record), not the template."""
         if not text:
             return
         self._check_size(len(text))
         check_unicode(text, self.error)
-        if self._text and trainable != self._trainable:
+        if self._pieces and trainable != self._trainable:
             self.flush()
-        self._text += text
+        self._pieces.append((text, user))
         self._trainable = trainable
 
     def _check_size(self, more: int) -> None:
@@ -375,9 +401,9 @@ class SequenceBuilder:
         self.seq.add(ids, modality, trainable)
 
     def flush(self) -> None:
-        if self._text:
-            self.seq.add(self.processor.encode_text(self._text), TEXT, self._trainable)
-            self._text = ""
+        if self._pieces:
+            self.seq.add(self.processor.encode_pieces(self._pieces), TEXT, self._trainable)
+            self._pieces = []
 
     def done(self) -> TokenSequence:
         self.flush()
@@ -394,6 +420,14 @@ def check_unicode(text: str, error: type[JanusLikeError] = PromptError) -> None:
         raise error(f"text must be valid Unicode: the character at position {e.start} (from 0) of {near!a} is "
                     f"U+{ord(text[e.start]):04X}, "
                     "a lone surrogate (bytes that were not UTF-8?)") from None
+
+
+def _special_split(text: str, specials: set[str]) -> list[str]:
+    """`text` cut before and after every special-token string in it (longest first, as the tokenizer matches)."""
+    if not specials:
+        return [text]
+    pattern = "(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")"
+    return [part for part in re.split(pattern, text) if part]
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -54,6 +54,9 @@ def detect_layout(path: str | os.PathLike) -> str:
 
 def resolve_path(path: str | os.PathLike) -> Path:
     """A local directory as is; otherwise a hub id, fetched (or found in the cache) with huggingface_hub."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise SettingsError(f"path must be a str or os.PathLike (a model folder or hub id) or None (the embedded "
+                            f"default model), got {type(path).__name__} {path!r:.40}")
     local = Path(path).expanduser()
     if local.is_dir():
         return local

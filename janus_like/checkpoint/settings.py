@@ -112,16 +112,26 @@ def load_tokenizer(path: Path):
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         raise CheckpointError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); "
                               "copy the checkpoint's tokenizer files beside its config.json")
+    refuse_custom_code(path)
     # DeepSeek's files name LlamaTokenizer for a byte-level tokenizer.json and a config.json of a model
     # type transformers does not know; transformers loads tokenizer.json as is and warns about both
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never ask, never run
     except Exception as e:
         raise CheckpointError(f"cannot load the tokenizer in {path}: {type(e).__name__}: {e}") from e
     finally:
         logging.set_verbosity(verbosity)
+
+
+def refuse_custom_code(path: Path) -> None:
+    """Refuse a folder whose tokenizer_config.json names its own Python classes (`auto_map`): this
+    package never runs code from a model folder, and transformers would ask to run it."""
+    file = path / "tokenizer_config.json"
+    if file.is_file() and "auto_map" in read_json_object(file):
+        raise CheckpointError(f"{file} names custom code to run (auto_map); janus_like never runs code from a "
+                              "model folder: use a checkpoint whose tokenizer transformers loads without it")
 
 
 def read_json(file: Path) -> dict:

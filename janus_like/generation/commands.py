@@ -98,7 +98,11 @@ def _one_line(text: str) -> str:
 
 
 def _read_prompts(path: str) -> list[str]:
-    """One prompt per line of a UTF-8 text file; blank lines are skipped."""
+    """One prompt per line of a UTF-8 text file; blank lines are skipped. Only a regular file: a FIFO
+    or a device would block or never end."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise PromptError(f"--prompts-file {path} is not a regular file (a pipe, device or folder); give a text "
+                          "file with one prompt per line")
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors import SafetensorError
 
 from ..errors import CheckpointError, one_line
@@ -71,6 +74,23 @@ def read_state(path: Path):
         return json.loads((path / STATE_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path / STATE_FILE}: {one_line(e)}") from e
+
+
+def check_random_states(path: Path, process_index: int) -> None:
+    """This process's random states in a checkpoint load and are states (tried on throwaway generators):
+    accelerate's load_state skips a missing or damaged file with a log line only, and the run would go on
+    with other random numbers than the one it continues (dropout, CFG prompt dropout of later samples)."""
+    from accelerate.utils import load
+    from accelerate.utils.constants import RNG_STATE_NAME
+
+    file = path / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    try:
+        states = load(file)
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+    except (*LOAD_ERRORS, EOFError, TypeError, IndexError) as e:
+        raise CheckpointError(f"its random states {file.name} cannot be restored ({one_line(e)})") from e
 
 
 def damaged(root: Path, path: Path, problem: str) -> CheckpointError:

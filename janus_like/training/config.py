@@ -24,6 +24,10 @@ from ..configuration import check_compose_settings
 from ..layout import TASKS
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (accelerate.set_seed) takes no more
+# samples per process per micro-step, and micro-steps per step: each micro-batch is built whole in memory and a
+# step's micro-batches are held together, so a mistyped size would grow memory until the machine gives out
+MAX_BATCH_SIZE = 4096
+MAX_GRAD_ACCUM = 1024
 
 
 @dataclass
@@ -145,8 +149,8 @@ class TrainingSettings:
 
     def check(self) -> None:
         _range("training.max_steps", self.max_steps, 1, None)
-        _range("training.batch_size", self.batch_size, 1, None)
-        _range("training.grad_accum", self.grad_accum, 1, None)
+        _range("training.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _range("training.grad_accum", self.grad_accum, 1, MAX_GRAD_ACCUM)
         _range("training.grad_clip", self.grad_clip, 0.0, None)
         if self.mixed_precision is not None:
             _choice("training.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,11 @@ from ..processor import JanusLikeProcessor
 from .packing import collate_packed, collate_padded
 
 MIX_BLOCK = 1000  # the task mixture is exact within every block of this many samples
+# bounds on one JSONL record, checked before it is parsed or its images read: a record past them is bad
+MAX_RECORD_BYTES = 16 * 2**20  # one line
+MAX_RECORD_DEPTH = 16  # nesting of objects and lists (records of every task need at most 5)
+MAX_RECORD_ITEMS = 4096  # entries in any one list (messages, content items, segments)
+MAX_RECORD_IMAGES = 256  # images in one record
 
 
 @dataclass(frozen=True)
@@ -62,14 +68,14 @@ class DataIndex:
         records = 0
         with open(path, "rb") as f:
             offset, line_no = 0, 0
-            for raw in f:
+            for raw, size in _lines(f):
                 line_no += 1
-                start, offset = offset, offset + len(raw)
-                if not raw.strip():
+                start, offset = offset, offset + size
+                if raw is not None and not raw.strip():
                     continue
                 records += 1
                 try:
-                    task = parse_record(raw, f"{path}:{line_no}").get("task")
+                    task = parse_record(raw, f"{path}:{line_no}", size).get("task")
                     if task not in TASKS:
                         raise DataError(f"{path}:{line_no}: unknown task {task!r}; accepted: {', '.join(TASKS)}")
                 except DataError as e:
@@ -93,17 +99,72 @@ class DataIndex:
     def read(self, ref: RecordRef) -> dict:
         with open(self.files[ref.file], "rb") as f:
             f.seek(ref.offset)
-            return parse_record(f.readline(), self.where(ref))
+            raw = f.readline(MAX_RECORD_BYTES + 1)
+            return parse_record(raw if len(raw) <= MAX_RECORD_BYTES else None, self.where(ref), len(raw))
 
 
-def parse_record(raw: bytes, where: str) -> dict:
+def _lines(f, chunk: int = 2**20):
+    """(line, its size in bytes) for each line of a binary file; a line longer than MAX_RECORD_BYTES is
+    (None, its size), read past in chunks rather than held in memory."""
+    while True:
+        raw = f.readline(MAX_RECORD_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_RECORD_BYTES:
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = f.readline(chunk)
+            if not raw:
+                break
+            size += len(raw)
+        yield None, size
+
+
+def parse_record(raw: bytes | None, where: str, size: int = 0) -> dict:
+    """One JSONL line -> its record, or a DataError naming the line and the bound it breaks
+    (`raw` None: the line is `size` bytes, past MAX_RECORD_BYTES)."""
+    if raw is None:
+        raise DataError(f"{where}: the line is {size:,} bytes, more than a record may hold "
+                        f"(MAX_RECORD_BYTES = {MAX_RECORD_BYTES:,})")
     try:
         record = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{where}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise DataError(f"{where}: the record is nested too deep to read; accepted: at most "
+                        f"MAX_RECORD_DEPTH = {MAX_RECORD_DEPTH} levels of objects and lists") from None
+    except ValueError:  # the one ValueError json.loads raises besides JSONDecodeError
+        raise DataError(f"{where}: a number in the record has more digits than accepted; accepted: at most "
+                        f"{sys.get_int_max_str_digits():,} digits (Python's limit for integers)") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    _check_shape(record, where)
     return record
+
+
+def _check_shape(record: dict, where: str) -> None:
+    """Refuse a record past MAX_RECORD_DEPTH, MAX_RECORD_ITEMS or MAX_RECORD_IMAGES before any of its
+    text is tokenised or its images read."""
+    images, stack = 0, [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_RECORD_DEPTH:
+            raise DataError(f"{where}: the record is nested {depth} levels deep or more; accepted: at most "
+                            f"MAX_RECORD_DEPTH = {MAX_RECORD_DEPTH}")
+        children = list(value.values()) if isinstance(value, dict) else value
+        if isinstance(value, list) and len(value) > MAX_RECORD_ITEMS:
+            raise DataError(f"{where}: a list in the record has {len(value):,} entries; accepted: at most "
+                            f"MAX_RECORD_ITEMS = {MAX_RECORD_ITEMS:,}")
+        if isinstance(value, dict) and value.get("type") == "image":
+            images += 1
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    inputs = record.get("input_images")
+    images += (record.get("task") == "generation") + (len(inputs) if isinstance(inputs, list) else 0)
+    if images > MAX_RECORD_IMAGES:
+        raise DataError(f"{where}: the record has {images:,} images; accepted: at most "
+                        f"MAX_RECORD_IMAGES = {MAX_RECORD_IMAGES}")
 
 
 class Mixture:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -26,7 +25,7 @@ from transformers import get_scheduler
 from ..checkpoint.options import set_attention
 from ..configuration import DTYPES
 from ..errors import CheckpointError, DataError, JanusLikeError, SettingsError, is_int, one_line
-from ..fileio import check_output_folder, plain_modes, write_json
+from ..fileio import MANIFEST, check_output_folder, output_set, plain_modes, unrecorded, write_json
 from ..modeling import JanusLikeForConditionalGeneration
 from ..processor import JanusLikeProcessor
 from ..testing import tiny_model
@@ -36,6 +35,7 @@ from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
 from .plots import plot_losses
 from .stages import apply_stage
 
+OUTPUTS = ("final", "metrics.json", "loss_curve.png")  # what a finished run writes into output_dir
 MODEL_INPUTS = ("input_ids", "modality", "labels", "attention_mask", "position_ids", "pixel_values", "gen_pixel_values")
 
 
@@ -111,6 +111,11 @@ class Trainer:
         self.checkpoint_root = self.output_dir / "checkpoints"
         # cheap checks first: a wrong path or a damaged checkpoint should not wait for a model to load
         check_output_folder(self.checkpoint_root, "output_dir =")  # found now, not at the first checkpoint save
+        theirs = unrecorded(self.output_dir, list(OUTPUTS))
+        if theirs:  # a finished run replaces them: only an earlier run's own (listed in its manifest) may go
+            raise SettingsError(f"output_dir = {self.output_dir} holds {', '.join(map(str, theirs))}, which this run "
+                                f"would replace but no earlier janus-like run there wrote (its {MANIFEST} does not "
+                                "list them); move them away or choose another output_dir")
         earlier = checkpoints.list_checkpoints(self.checkpoint_root)
         if resume is None and earlier:  # a fresh run would mix its checkpoints with these, and prune by name
             raise SettingsError(f"output_dir = {self.output_dir} holds checkpoints of an earlier run (the latest: "
@@ -219,6 +224,10 @@ class Trainer:
         if tcfg.max_steps < saved.step:
             raise SettingsError(f"training.max_steps = {tcfg.max_steps} is below the checkpoint's step {saved.step} "
                                 f"({path}); accepted: at least {saved.step}")
+        try:
+            checkpoints.check_random_states(path, self.accelerator.process_index)
+        except CheckpointError as e:
+            raise checkpoints.damaged(self.checkpoint_root, path, str(e)) from e
 
     def _resume(self, path: Path, saved: TrainerState) -> None:
         try:
@@ -388,18 +397,16 @@ class Trainer:
                 state_dict = lora.merged_state_dict(state_dict, lora.scalings(acc.unwrap_model(self.model)))
             dtype = DTYPES[self.config.model.dtype]  # fp32 master copies go back to the model's dtype
             state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-            final, tmp = self.output_dir / "final", self.output_dir / ".tmp-final"
-            shutil.rmtree(tmp, ignore_errors=True)
-            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
-            self.processor.save_pretrained(tmp)
-            plain_modes(tmp)  # a model to share: safetensors writes owner-only files
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            write_json(self.output_dir / "metrics.json", {
-                "history": self.state.history, "eval_history": self.state.eval_history,
-                "skipped_records": self.state.skipped_records, "nonfinite_steps": self.state.nonfinite_steps,
-                "real_tokens": self.state.real_tokens})
-            plot_losses(self.state.history, self.state.eval_history, self.output_dir / "loss_curve.png")
+            # as an output set: the files an earlier run wrote there are replaced, nothing else is touched
+            with output_set(self.output_dir, "output_dir =") as tmp:
+                acc.unwrap_model(self.model).save_pretrained(tmp / "final", state_dict=state_dict)
+                self.processor.save_pretrained(tmp / "final")
+                plain_modes(tmp / "final")  # a model to share: safetensors writes owner-only files
+                write_json(tmp / "metrics.json", {
+                    "history": self.state.history, "eval_history": self.state.eval_history,
+                    "skipped_records": self.state.skipped_records, "nonfinite_steps": self.state.nonfinite_steps,
+                    "real_tokens": self.state.real_tokens})
+                plot_losses(self.state.history, self.state.eval_history, tmp / "loss_curve.png")
         # every process tears the process group down together: one leaving while another still
         # writes closed gloo's connections under it (an abort at exit, seen under FSDP)
         acc.wait_for_everyone()
