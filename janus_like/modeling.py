@@ -109,7 +109,7 @@ def check_compose_settings(settings, where: str) -> None:
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a string")
 
 
-def _check_image_fits(config: JanusLikeConfig, where: str) -> None:
+def check_image_fits(config: JanusLikeConfig, where: str) -> None:
     """The generated image must tile the VQ's grid and its codes fit the LM's context."""
     factor = config.vq_config.downsample_factor
     if config.gen_image_size % factor:
@@ -422,7 +422,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
                      "vision_config": vision_model.config._attn_implementation}
         config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
                                  vq_config=vq_model.config, **config_overrides)
-        _check_image_fits(config, "from_parts")
+        check_image_fits(config, "from_parts")
         new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
         if tokenizer.pad_token is None:
             new_tokens.append(config.pad_token)

@@ -37,12 +37,15 @@ class JanusLikePipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None, compile: bool = False) -> "JanusLikePipeline":
+                        dtype: torch.dtype | str | None = None, compile: bool = False,
+                        check_weights: bool = False) -> "JanusLikePipeline":
         """Load a model and its processor (any supported layout; no path: the embedded default).
-        Defaults: CUDA when available in bfloat16, else CPU in float32."""
+        Defaults: CUDA when available in bfloat16, else CPU in float32. `check_weights`: refuse
+        weights holding NaN or infinity (reads every weight once more)."""
         device = _device(device)
         dtype = _dtype(dtype, device)
-        model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
+        model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device,
+                                                                  check_weights=check_weights)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
         return cls(model, processor, compile=compile)
 

@@ -122,7 +122,7 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, **kw
         if device is not None:
             device_map = {"": device}
         return cls._from_own_format(path, dtype=dtype, device_map=device_map, **kwargs)
-    unknown = set(kwargs) - {"max_memory", "offload_folder"}
+    unknown = set(kwargs) - {"max_memory", "offload_folder", "check_weights"}
     if unknown:
         raise SettingsError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
                               f"accepted: {LOADING_OPTIONS}")

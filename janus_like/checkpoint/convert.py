@@ -17,7 +17,7 @@ import torch
 from ..errors import CheckpointError
 from . import open_checkpoint
 from .files import ShardWriter
-from .loading import mapped_tensors
+from .loading import check_foreign, mapped_tensors
 from .options import resolve_dtype
 
 
@@ -36,13 +36,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
     checkpoint = open_checkpoint(src)
     processor = checkpoint.processor()  # also records the special-token ids in the config
+    check_foreign(checkpoint, dtype)  # tensors stream through: no whole model in memory to check room for
     with init_empty_weights():
         model = JanusLikeForConditionalGeneration(checkpoint.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     writer = ShardWriter(dst, max_shard_bytes)
     try:
         weights_dtype = dtype
-        for key, tensor in mapped_tensors(checkpoint, expected, dtype, desc="converting"):
+        for key, tensor in mapped_tensors(checkpoint, expected, dtype, desc="converting", check_weights=True):
             if weights_dtype is None and tensor.is_floating_point():
                 weights_dtype = tensor.dtype
             writer.add(key, tensor)

@@ -41,7 +41,8 @@ def check_device(device: str | int | torch.device | None) -> str | int | torch.d
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
 # what every layout's from_pretrained takes (the own format also takes transformers' own options)
-LOADING_OPTIONS = "dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation"
+LOADING_OPTIONS = ("dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, "
+                   "check_weights")
 
 
 def check_device_map(device_map: str | dict | None) -> str | dict | None:
