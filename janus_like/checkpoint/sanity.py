@@ -2,8 +2,8 @@
 built, for every layout: a config that lies (10⁶ layers, a 10⁹ hidden size) or a model too big for
 the chosen devices is one CheckpointError naming the field, in milliseconds and with no allocation.
 
-Order matters: numeric fields and module counts first (building a model with 10⁶ layers takes
-minutes even on the meta device), then the sizes with a tensor to show them, then the whole model
+Order matters: module counts first (building a model with 10⁶ layers takes minutes even on the
+meta device), numeric fields, then the sizes with a tensor to show them, then the whole model
 built on the meta device against every tensor's shape and dtype, then its memory.
 """
 
@@ -69,8 +69,8 @@ def check_before_building(config: JanusLikeConfig, weights: dict[str, torch.Tens
     not checked). `where` names the config file in errors. `reshaped_ok` lets sizes differ from the
     weights (transformers' ignore_mismatched_sizes: such tensors start fresh)."""
     names = SECTION_NAMES.get(layout, {})
-    check_numbers(config, where, names)
     check_module_counts(config, weights, where, names)
+    check_numbers(config, where, names)
     if not reshaped_ok:
         check_sizes(config, weights, where, names)
     model = meta_model(config, where)
@@ -211,7 +211,7 @@ def check_memory(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype
     available, devices = room
     if need > available:
         params = sum(t.numel() for _, t in tensors)
-        raise CheckpointError(f"the model in {where} needs {_size(need)} ({params / 1e9:.2f}B values"
+        raise CheckpointError(f"the model in {where} needs {_size(need)} ({_count(params)} values"
                               f"{f' in {dtype}' if dtype else ''}) but {devices} has {_size(available)} free; "
                               "accepted: a model that fits: load it in a smaller dtype, on a device with more "
                               "memory, or offload it (device_map='auto', offload_folder=DIR)")
@@ -225,6 +225,10 @@ def _loaded_dtype(want: torch.Tensor, stored: torch.Tensor | None, dtype: torch.
 
 def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def room_for(device=None, device_map: str | dict | None = None, max_memory: dict | None = None,
