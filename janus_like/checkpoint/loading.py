@@ -61,8 +61,8 @@ def check_foreign(checkpoint: ForeignCheckpoint, dtype: torch.dtype | None = Non
     headers = {}
     for source, tensor in weight_headers(weight_files(checkpoint.path)).items():
         headers.update(_map(checkpoint, source, tensor) or [])  # unknown names: mapped_tensors lists them
-    check_before_building(checkpoint.config, headers, str(checkpoint.path / "config.json"), layout=checkpoint.layout,
-                          dtype=dtype, room=room)
+    check_before_building(checkpoint.config, headers, checkpoint.path, layout=checkpoint.layout, dtype=dtype,
+                          room=room)
 
 
 def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int, ...]],

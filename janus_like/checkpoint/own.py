@@ -37,8 +37,8 @@ def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loadi
     files = weight_files(path)
     room = room_for(device_map=kwargs.get("device_map"), max_memory=kwargs.get("max_memory"),
                     offload_folder=kwargs.get("offload_folder"))
-    check_before_building(config, weight_headers(files), str(path / "config.json"), dtype=kwargs.get("dtype"),
-                          room=room, reshaped_ok=ignore_mismatched_sizes)
+    check_before_building(config, weight_headers(files), path, dtype=kwargs.get("dtype"), room=room,
+                          reshaped_ok=ignore_mismatched_sizes)
     if check_weights:
         for name, tensor in iter_tensors(files):
             require_finite(name, tensor, str(path))

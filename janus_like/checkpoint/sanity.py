@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -61,20 +63,20 @@ _POSITIVE_ROPE = re.compile(r"theta|factor")  # rope_theta, factor, low_freq_fac
 _SCAN_ELEMENTS = 2**24  # check_weights looks at a tensor this many values at a time
 
 
-def check_before_building(config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, *,
+def check_before_building(config: JanusLikeConfig, weights: dict[str, torch.Tensor], path: str | os.PathLike, *,
                           layout: str = "janus_like", dtype: torch.dtype | None = None,
                           room: tuple[int, str] | None = None, reshaped_ok: bool = False) -> None:
-    """Refuse a config that cannot describe `weights` (meta tensors under this package's names, read
-    from the files' headers) or a model that does not fit `room` (bytes, the devices' names; None:
-    not checked). `where` names the config file in errors. `reshaped_ok` lets sizes differ from the
-    weights (transformers' ignore_mismatched_sizes: such tensors start fresh)."""
-    names = SECTION_NAMES.get(layout, {})
+    """Refuse a config (of the checkpoint folder `path`) that cannot describe `weights` (meta tensors
+    under this package's names, read from the files' headers) or a model that does not fit `room`
+    (bytes, the devices' names; None: not checked). `reshaped_ok` lets sizes differ from the weights
+    (transformers' ignore_mismatched_sizes: such tensors start fresh)."""
+    names, where = SECTION_NAMES.get(layout, {}), str(Path(path) / "config.json")
     check_module_counts(config, weights, where, names)
     check_numbers(config, where, names)
     if not reshaped_ok:
         check_sizes(config, weights, where, names)
     model = meta_model(config, where)
-    check_shapes_and_dtypes(model.state_dict(), weights, where, reshaped_ok)
+    check_shapes_and_dtypes(model.state_dict(), weights, str(path), reshaped_ok)
     if room is not None:
         check_memory(model, weights, dtype, room, where)
 
@@ -183,21 +185,21 @@ def meta_model(config: JanusLikeConfig, where: str) -> torch.nn.Module:
 
 def check_shapes_and_dtypes(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
                             where: str, reshaped_ok: bool = False) -> None:
-    """Every stored tensor has the shape the config gives it (unless `reshaped_ok`), and floating-point
-    weights are stored as floating point (missing and unexpected tensors are each loader's to name)."""
+    """Every tensor stored in `where` has the shape the model gives it (unless `reshaped_ok`), and
+    floating-point weights are stored as floating point (missing and unexpected tensors are each
+    loader's to name)."""
     for key in sorted(expected.keys() & weights.keys()):
         want, stored = expected[key], weights[key]
         if tuple(stored.shape) != tuple(want.shape) and not reshaped_ok:
-            raise CheckpointError(f"{where} disagrees with the weights: shape differs: {key} (checkpoint "
-                                  f"{tuple(stored.shape)}, model {tuple(want.shape)}); accepted: a config.json that "
-                                  "describes these weights")
+            raise CheckpointError(f"the weights in {where} do not fit the model its config describes: shape differs: "
+                                  f"{key} (checkpoint {tuple(stored.shape)}, model {tuple(want.shape)}); accepted: "
+                                  "the shapes the config gives")
         if want.is_floating_point() and stored.dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"the weights beside {where} store {key} as {stored.dtype}, where the model holds "
+            raise CheckpointError(f"the weights in {where} store {key} as {stored.dtype}, where the model holds "
                                   f"floating-point weights; accepted: {', '.join(map(str, WEIGHT_DTYPES))} "
                                   "(quantized checkpoints are not supported)")
         if not want.is_floating_point() and stored.is_floating_point():
-            raise CheckpointError(f"the weights beside {where} store {key} as {stored.dtype}; accepted: "
-                                  f"{want.dtype}")
+            raise CheckpointError(f"the weights in {where} store {key} as {stored.dtype}; accepted: {want.dtype}")
 
 
 # --------------------------------------------------------------------------- memory

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from ..checkpoint.files import weight_headers
+from ..checkpoint.sanity import check_shapes_and_dtypes
 from ..errors import CheckpointError, one_line
 from ..fileio import write_json
 
@@ -71,6 +73,15 @@ def read_state(path: Path):
         return json.loads((path / STATE_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path / STATE_FILE}: {one_line(e)}") from e
+
+
+def check_saved_weights(model, path: Path) -> None:
+    """The model tensors a checkpoint saved (accelerate's model.safetensors; FSDP and DeepSpeed shard
+    their own way) have the model's shapes and floating-point weights, read from the header:
+    loading would cast an integer tensor silently."""
+    file = path / "model.safetensors"
+    if file.is_file():
+        check_shapes_and_dtypes(model.state_dict(), weight_headers([file]), str(path))
 
 
 def damaged(root: Path, path: Path, problem: str) -> CheckpointError:
