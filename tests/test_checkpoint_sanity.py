@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikePipeline
 from janus_like.checkpoint import deepseek, default_model_path
 from janus_like.checkpoint.convert import convert
-from janus_like.checkpoint.sanity import check_before_building
+from janus_like.checkpoint.sanity import check_before_building, room_for
 
 import reference_janus as ref
 from test_checkpoints import (PRO_1B, TINY_SIGLIP, TINY_VQ, TINY_VQ_REF, one_line_error, write_deepseek,
@@ -167,6 +167,23 @@ def test_max_memory_of_a_placement_strategy_is_the_room(checkpoints, layout):
                                 dtype=torch.bfloat16))
     model = load(checkpoints[layout], device_map="auto", max_memory={"cpu": "1GiB"})
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_the_room_is_what_the_chosen_devices_have_free(monkeypatch):
+    import psutil
+
+    gib = 2**30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 8 * gib}))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: ((device.index + 1) * gib, 80 * gib))
+    assert room_for() == (8 * gib, "cpu")
+    assert room_for(device="cuda:1") == (2 * gib, "cuda:1")
+    assert room_for(device_map={"": 0, "vq": "cpu", "gen_head": "cuda:0"}) == (9 * gib, "cuda:0 + cpu")
+    assert room_for(device_map="auto") == (11 * gib, "cpu + cuda:0 + cuda:1")
+    assert room_for(device_map="auto", max_memory={0: "1GiB", "cpu": "512MiB"})[0] == gib + gib // 2
+    for offloading in ({"device_map": {"": "cpu", "vq": "disk"}}, {"device_map": "auto", "offload_folder": "off"},
+                       {"device_map": "auto", "max_memory": {"cpu": "1GiB", "disk": "1TiB"}}, {"device": "mps"}):
+        assert room_for(**offloading) is None, offloading  # unbounded, or not known
 
 
 def _janus_pro_1b_headers() -> dict[str, torch.Tensor]:

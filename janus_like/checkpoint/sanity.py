@@ -238,7 +238,7 @@ def room_for(device=None, device_map: str | dict | None = None, max_memory: dict
     """(free bytes, names) of the devices a model is loaded onto; None when disk offload makes room
     unbounded or a device cannot say its free memory."""
     if isinstance(device_map, dict):
-        targets = list(dict.fromkeys(device_map.values()))
+        targets = list(device_map.values())
     elif device_map is not None:  # a placement strategy: within max_memory, else on every device
         if offload_folder is not None or (max_memory and "disk" in max_memory):
             return None
@@ -246,20 +246,20 @@ def room_for(device=None, device_map: str | dict | None = None, max_memory: dict
             from accelerate.utils import convert_file_size_to_int
 
             return sum(convert_file_size_to_int(v) for v in max_memory.values()), f"max_memory {max_memory}"
-        targets = ["cpu"] + list(range(torch.cuda.device_count()))
+        targets = ["cpu", *range(torch.cuda.device_count())]
     else:
         targets = [device if device is not None else "cpu"]
-    if "disk" in targets:
+    if any(target == "disk" for target in targets):
         return None
-    free = [free_bytes(target) for target in targets]
+    devices = list(dict.fromkeys(torch.device("cuda", t) if isinstance(t, int) else torch.device(t) for t in targets))
+    free = [free_bytes(device) for device in devices]
     if None in free:
         return None
-    return sum(free), " + ".join(map(str, targets))
+    return sum(free), " + ".join(map(str, devices))
 
 
-def free_bytes(target: str | int | torch.device) -> int | None:
+def free_bytes(device: torch.device) -> int | None:
     """Memory free on a device: available RAM for the CPU, free memory for a CUDA GPU; None otherwise."""
-    device = torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
     if device.type == "cpu":
         import psutil  # accelerate's dependency
 
