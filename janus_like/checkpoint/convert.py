@@ -36,7 +36,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
         raise CheckpointError(f"{dst} exists and is not an empty directory; choose a new destination")
     checkpoint = open_checkpoint(src)
     processor = checkpoint.processor()  # also records the special-token ids in the config
-    check_foreign(checkpoint, dtype)  # tensors stream through: no whole model in memory to check room for
+    check_foreign(checkpoint)  # tensors stream through: no whole model in memory to check room for
     with init_empty_weights():
         model = JanusLikeForConditionalGeneration(checkpoint.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

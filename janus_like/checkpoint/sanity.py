@@ -87,10 +87,10 @@ def _field(config, path: str):
     return config
 
 
-def _named(path: str, names: dict[str, str]) -> str:
-    """A field as the checkpoint's own config.json names it."""
+def _named(path: str, names: dict[str, str] | None) -> str:
+    """A field as the checkpoint's own config.json names it (`names`: its SECTION_NAMES)."""
     section, _, rest = path.partition(".")
-    return f"{names[section]}.{rest}" if section in names and rest else path
+    return f"{names[section]}.{rest}" if names and section in names and rest else path
 
 
 def _refuse(where: str, claim: str, accepted: str) -> CheckpointError:
@@ -107,7 +107,7 @@ def check_numbers(config: JanusLikeConfig, where: str, names: dict[str, str] | N
 
     for section in ("text_config", "vision_config", "vq_config"):
         for field, value, accepted in _bad_numbers(getattr(config, section).to_dict(), section):
-            raise _refuse(where, f"{_named(field, names or {})} = {value!r:.80}", accepted)
+            raise _refuse(where, f"{_named(field, names)} = {value!r:.80}", accepted)
     try:
         check_compose_settings({key: getattr(config, key) for key in COMPOSE_SETTINGS}, where)
         check_image_fits(config, where)
@@ -148,7 +148,7 @@ def check_module_counts(config: JanusLikeConfig, weights: dict[str, torch.Tensor
         held = _numbered(weights, modules)
         if claimed != held:
             claim = f"has {claimed} entries" if isinstance(value, (list, tuple)) else f"= {value!r}"
-            raise _refuse(where, f"{_named(field, names or {})} {claim}, but the weights hold {held} ({modules}.N)",
+            raise _refuse(where, f"{_named(field, names)} {claim}, but the weights hold {held} ({modules}.N)",
                           f"{held}, what the weights hold")
 
 
@@ -163,10 +163,10 @@ def check_sizes(config: JanusLikeConfig, weights: dict[str, torch.Tensor], where
     """Each size field equals the dimension of the tensor that shows it."""
     for field, tensor, dim in SIZE_FIELDS:
         value, stored = _field(config, field), weights.get(tensor)
-        if stored is None or stored.dim() <= dim or value == stored.shape[dim]:
+        if value is None or stored is None or stored.dim() <= dim or value == stored.shape[dim]:
             continue
         claimed = tuple(value if i == dim else n for i, n in enumerate(stored.shape))
-        raise _refuse(where, f"{_named(field, names or {})} = {value!r}, but the weights disagree: {tensor} "
+        raise _refuse(where, f"{_named(field, names)} = {value!r}, but the weights disagree: {tensor} "
                              f"(checkpoint {tuple(stored.shape)}, model {claimed})",
                       f"{stored.shape[dim]}, what the weights hold")
 
