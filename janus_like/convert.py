@@ -21,7 +21,7 @@ from accelerate import init_empty_weights
 
 from .checkpoint import open_checkpoint
 from .checkpoint.files import ShardWriter
-from .checkpoint.loading import mapped_tensors
+from .checkpoint.loading import check_foreign, mapped_tensors
 from .checkpoint.options import resolve_dtype
 from .errors import CheckpointError
 from .modeling import JanusLikeForConditionalGeneration
@@ -47,6 +47,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
               "saying whose); remove it unless a convert into it is running", file=sys.stderr)
     checkpoint = open_checkpoint(src, chat_roles)
     processor = JanusLikeProcessor.from_checkpoint(checkpoint)
+    check_foreign(JanusLikeForConditionalGeneration, checkpoint)  # streamed: no room to check for a whole model
     with init_empty_weights():
         model = JanusLikeForConditionalGeneration(checkpoint.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -54,7 +55,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
     try:
         (writer.tmp / IN_PROGRESS).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         weights_dtype = dtype
-        for key, tensor in mapped_tensors(checkpoint, expected, dtype, desc="converting"):
+        for key, tensor in mapped_tensors(checkpoint, expected, dtype, desc="converting", check_weights=True):
             if weights_dtype is None and tensor.is_floating_point():
                 weights_dtype = tensor.dtype
             writer.add(key, tensor)

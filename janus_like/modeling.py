@@ -296,7 +296,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
     def _from_own_format(cls, path: str | os.PathLike, *args, **kwargs):
         """transformers' loader for a `save_pretrained` directory of this class, made strict: a
         missing, unexpected or reshaped tensor or an unreadable file is a CheckpointError."""
-        return load_own_format(super().from_pretrained, path, *args, **kwargs)
+        return load_own_format(cls, super().from_pretrained, path, *args, **kwargs)
 
     @classmethod
     def from_parts(

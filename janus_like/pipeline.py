@@ -38,14 +38,16 @@ class JanusLikePipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, compile: bool = False,
-                        chat_roles: str | tuple[str, str] | None = None) -> "JanusLikePipeline":
+                        chat_roles: str | tuple[str, str] | None = None, check_weights: bool = False
+                        ) -> "JanusLikePipeline":
         """Load a model and its processor (any supported layout; no path: the embedded default).
         Defaults: CUDA when available in bfloat16, else CPU in float32. `chat_roles` overrides the
-        chat roles: a release ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair."""
+        chat roles: a release ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair.
+        `check_weights`: refuse weights holding NaN or infinity (reads every weight once more)."""
         device = _device(device)
         dtype = _dtype(dtype, device)
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device,
-                                                                  chat_roles=chat_roles)
+                                                                  chat_roles=chat_roles, check_weights=check_weights)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
         return cls(model, processor, compile=compile)
 

@@ -582,9 +582,20 @@ def _edit_state(change):
     return edit
 
 
+def _int8_weight(ck: Path) -> None:
+    """One floating-point weight saved as int8: loading would cast it back silently."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(ck / "model.safetensors")
+    state["gen_head.vision_head.weight"] = state["gen_head.vision_head.weight"].to(torch.int8)
+    save_file(state, ck / "model.safetensors", metadata={"format": "pt"})
+
+
 DAMAGE = {  # name -> (damage the checkpoint, the problem named, found before the model loads)
     "truncated model": (lambda ck: (ck / "model.safetensors").write_bytes(b"\x00" * 999), "SafetensorError", False),
     "no model": (lambda ck: (ck / "model.safetensors").unlink(), "FileNotFoundError", False),
+    "int8 weights": (_int8_weight, "gen_head.vision_head.weight as torch.int8, where the model holds floating-point",
+                     False),
     "no optimizer": (lambda ck: (ck / "optimizer.bin").unlink(), "FileNotFoundError", False),
     "unsafe optimizer": (lambda ck: torch.save({"x": _Unsafe()}, ck / "optimizer.bin"), "UnpicklingError", False),
     "state not JSON": (lambda ck: (ck / checkpoints.STATE_FILE).write_text("{"), "JSONDecodeError", True),

@@ -127,7 +127,7 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, chat
         if chat_roles is not None:  # config fields given to transformers' from_pretrained override config.json's
             kwargs["user_role"], kwargs["assistant_role"] = chat_roles
         return cls._from_own_format(path, dtype=dtype, device_map=device_map, **kwargs)
-    unknown = set(kwargs) - {"max_memory", "offload_folder"}
+    unknown = set(kwargs) - {"max_memory", "offload_folder", "check_weights"}
     if unknown:
         raise SettingsError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
                               f"accepted: {LOADING_OPTIONS}")

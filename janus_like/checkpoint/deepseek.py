@@ -25,6 +25,9 @@ from .settings import (ImageSettings, config_errors, load_tokenizer, read_json, 
 
 PARTS = ("language_config", "vision_config", "aligner_config", "gen_vision_config", "gen_aligner_config",
          "gen_head_config")
+# The class each part's `cls` names in DeepSeek's model_name_to_cls (gen_vision_config: VQ_VARIANTS)
+PART_CLASSES = {"vision_config": ("CLIPVisionTower",), "aligner_config": ("MlpProjector",),
+                "gen_aligner_config": ("MlpProjector",), "gen_head_config": ("vision_head",)}
 
 # DeepSeek's siglip_vit.SigLIP_MODEL_CONFIG entry that Janus uses (tests register tiny ones).
 SIGLIP_VARIANTS: dict[str, dict] = {
@@ -144,6 +147,9 @@ def model_config(raw: dict) -> JanusLikeConfig:
     missing = [p for p in PARTS if p not in raw]
     if missing:
         raise CheckpointError(f"config.json looks like DeepSeek's Janus layout but lacks {', '.join(missing)}")
+    for part, classes in PART_CLASSES.items():
+        cls = _section(raw, part).get("cls")
+        require(cls in classes, f"{part}.cls", cls, ", ".join(map(repr, classes)))
     language = dict(_params(raw, "language_config"))
     model_type = language.pop("model_type", "llama")
     require(model_type == "llama", "language_config.model_type", model_type, "'llama'")

@@ -126,6 +126,36 @@ def safetensors_keys(file: Path) -> list[str]:
         raise unreadable(file, e) from e
 
 
+# safetensors' names of the dtypes its headers give (its own table is private)
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def weight_headers(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor's name, shape and dtype, as a meta tensor, without reading the tensors: from the
+    safetensors headers, or from the memory-mapped `.bin` pickles (weights_only)."""
+    headers = {}
+    for file in files:
+        if file.suffix != ".safetensors":
+            headers.update({name: torch.empty_like(t, device="meta") for name, t in load_bin(file).items()})
+            continue
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    info = f.get_slice(name)
+                    dtype = SAFETENSORS_DTYPES.get(info.get_dtype())
+                    if dtype is None:
+                        raise CheckpointError(f"{file} stores {name} as {info.get_dtype()}; accepted: "
+                                              f"{', '.join(SAFETENSORS_DTYPES)}")
+                    headers[name] = torch.empty(info.get_shape(), dtype=dtype, device="meta")
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise unreadable(file, e) from e
+    return headers
+
+
 def unreadable(file: Path, error: Exception) -> CheckpointError:
     """The error for a safetensors file that is truncated, empty or not safetensors at all."""
     return CheckpointError(f"cannot read {file}: {one_line(error)}; expected a complete safetensors file "

@@ -57,7 +57,8 @@ def codebook_tensors(prefix: str, weight: torch.Tensor) -> list[tuple[str, torch
     every use; storing it normalised (with unit EMA counts) gives the same codes and vectors."""
     embed = F.normalize(weight.float(), dim=-1).to(weight.dtype)[None]
     return [(f"{prefix}_codebook.embed", embed), (f"{prefix}_codebook.embed_avg", embed.clone()),
-            (f"{prefix}_codebook.cluster_size", torch.ones(1, weight.shape[0], dtype=weight.dtype)),
+            (f"{prefix}_codebook.cluster_size",
+             torch.ones(1, weight.shape[0], dtype=weight.dtype, device=weight.device)),
             (f"{prefix}_codebook.initted", torch.tensor(True))]
 
 

@@ -17,7 +17,8 @@ from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, one_line
 from ..layout import fill_special_token_ids
 from . import deepseek, hf_janus
-from .files import count_tensors, iter_tensors, weight_files
+from .files import count_tensors, iter_tensors, weight_files, weight_headers
+from .sanity import check_before_building, require_finite, room_for
 from .settings import ImageSettings
 
 # The foreign layouts, the one place to register a new one. Each is a module that provides
@@ -49,10 +50,23 @@ def open_foreign(path: Path, layout: str, raw: dict, chat_roles: tuple[str, str]
     return ForeignCheckpoint(path, layout, raw, config, tokenizer, images)
 
 
+def check_foreign(model_class: type, checkpoint: ForeignCheckpoint, dtype: torch.dtype | None = None,
+                  room: tuple[int, str] | None = None) -> None:
+    """The translated config against the weight files' headers, before any `model_class` model is
+    built (`sanity`)."""
+    headers = {}
+    for source, tensor in weight_headers(weight_files(checkpoint.path)).items():
+        headers.update(_map(checkpoint, source, tensor) or [])  # unknown names: mapped_tensors lists them
+    check_before_building(model_class, checkpoint.config, headers, checkpoint.path, layout=checkpoint.layout, dtype=dtype,
+                          room=room)
+
+
 def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int, ...]],
-                   dtype: torch.dtype | None = None, desc: str = "loading") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the checkpoint under this package's name, shape-checked against `expected`,
-    floating tensors cast to `dtype`. Raises a CheckpointError listing unexpected or missing keys."""
+                   dtype: torch.dtype | None = None, desc: str = "loading",
+                   check_weights: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the checkpoint under this package's name, shape-checked against `expected`
+    (with `check_weights`, also for NaN / inf), floating tensors cast to `dtype`. Raises a
+    CheckpointError listing unexpected or missing keys."""
     files = weight_files(checkpoint.path)
     fallbacks = checkpoint.module.fallbacks(checkpoint.raw)
     kept: dict[str, torch.Tensor] = {}
@@ -75,6 +89,8 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
                 raise CheckpointError(f"shape mismatch for {source} (loaded as {key}): the checkpoint has "
                                       f"{tuple(value.shape)}, the model built from its config.json expects "
                                       f"{expected[key]}")
+            if check_weights:
+                require_finite(f"{source} (loaded as {key})", value, str(checkpoint.path))
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
             if key in fallbacks.values():
@@ -120,12 +136,14 @@ def no_split_modules(model: nn.Module) -> list[str]:
 def load_foreign_model(cls, checkpoint: ForeignCheckpoint, *, dtype: torch.dtype | None = None,
                        device: str | torch.device | None = None, device_map: str | dict | None = None,
                        max_memory: dict | None = None, offload_folder: str | None = None,
-                       low_cpu_mem_usage: bool = True):
-    """Build the model (on the meta device unless `low_cpu_mem_usage=False`) and assign every
-    tensor straight to its device; `device_map` ("auto" or a dict) places and offloads with accelerate."""
+                       low_cpu_mem_usage: bool = True, check_weights: bool = False):
+    """Check the config against the weights' headers and the devices' memory, build the model (on
+    the meta device unless `low_cpu_mem_usage=False`) and assign every tensor straight to its device;
+    `device_map` ("auto" or a dict) places and offloads with accelerate."""
     from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
 
+    check_foreign(cls, checkpoint, dtype, room_for(device, device_map, max_memory, offload_folder))
     config = checkpoint.config
     with init_empty_weights(include_buffers=False) if low_cpu_mem_usage else nullcontext():
         model = cls(config)
@@ -138,7 +156,7 @@ def load_foreign_model(cls, checkpoint: ForeignCheckpoint, *, dtype: torch.dtype
         placement = dict(device_map)
     if placement and "disk" in placement.values() and offload_folder is None:
         raise CheckpointError("the device map offloads to disk; pass offload_folder=DIR (or more max_memory)")
-    for key, value in mapped_tensors(checkpoint, expected, dtype):
+    for key, value in mapped_tensors(checkpoint, expected, dtype, check_weights=check_weights):
         target = device if placement is None else _placed(key, placement)
         target = "cpu" if target in (None, "disk") else target
         set_module_tensor_to_device(model, key, target, value=value,

@@ -44,7 +44,7 @@ def check_device(device: str | int | torch.device | None) -> str | int | torch.d
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
 # what every layout's from_pretrained takes (the own format also takes transformers' own options)
 LOADING_OPTIONS = ("dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, "
-                   "chat_roles")
+                   "chat_roles, check_weights")
 
 
 def resolve_chat_roles(chat_roles: str | Sequence[str] | None) -> tuple[str, str] | None:

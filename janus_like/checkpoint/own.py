@@ -18,21 +18,31 @@ from safetensors import SafetensorError
 
 from ..configuration import JanusLikeConfig
 from ..errors import CheckpointError, SettingsError, one_line
-from .files import load_bin, safetensors_keys, weight_files
+from .files import iter_tensors, weight_files, weight_headers
 from .loading import some_names
 from .options import LOADING_OPTIONS
+from .sanity import check_before_building, require_finite, room_for
 from .settings import config_errors, require_sizes
 
 TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"  # where from_pretrained logs its LOAD REPORT
 
 
-def load_own_format(load: Callable, path: str | os.PathLike, *args, output_loading_info: bool = False,
-                    ignore_mismatched_sizes: bool = False, **kwargs):
-    """`load(path, …)` (transformers' from_pretrained) after checking the weight files, then refuse
-    whatever tensor it could not load as saved (reshaped ones only unless `ignore_mismatched_sizes`)."""
+def load_own_format(model_class: type, load: Callable, path: str | os.PathLike, *args,
+                    output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
+                    check_weights: bool = False, **kwargs):
+    """`load(path, …)` (transformers' from_pretrained of `model_class`) after checking config.json against the weight
+    files' headers (and, with `check_weights`, every weight for NaN / inf), then refuse whatever
+    tensor it could not load as saved (reshaped ones only unless `ignore_mismatched_sizes`)."""
     path = Path(path)
-    check_config(path)
-    check_weight_files(path)
+    config = check_config(path)
+    files = weight_files(path)
+    room = room_for(device_map=kwargs.get("device_map"), max_memory=kwargs.get("max_memory"),
+                    offload_folder=kwargs.get("offload_folder"))
+    check_before_building(model_class, config, weight_headers(files), path, dtype=kwargs.get("dtype"), room=room,
+                          reshaped_ok=ignore_mismatched_sizes)
+    if check_weights:
+        for name, tensor in iter_tensors(files):
+            require_finite(name, tensor, str(path))
     try:
         # mismatches come back in the loading info (transformers would raise without naming them)
         with held_load_report() if not ignore_mismatched_sizes else nullcontext():  # our errors name the tensors
@@ -94,22 +104,14 @@ def load_report_rows(held: list[logging.LogRecord]) -> str:
     return "; ".join(rows)
 
 
-def check_config(path: Path) -> None:
+def check_config(path: Path) -> JanusLikeConfig:
     """config.json makes a JanusLikeConfig with positive sizes (else transformers fails raw: a strict
     dataclass error, or a bad tensor dimension when it builds the model)."""
     with config_errors(path / "config.json"):
         config = JanusLikeConfig.from_pretrained(path)
     require_sizes(config.text_config, "text_config")
     require_sizes(config, keys=("aligner_depth", "gen_aligner_depth", "gen_head_hidden_size", "gen_image_size"))
-
-
-def check_weight_files(path: Path) -> None:
-    """Each weight file is present and readable: safetensors headers complete, `.bin` files tensors only."""
-    for file in weight_files(path):
-        if file.suffix == ".safetensors":
-            safetensors_keys(file)
-        else:
-            load_bin(file)  # memory-mapped, weights_only: cheap, and refuses pickled code
+    return config
 
 
 def check_loading_info(path: Path, info: dict, ignore_mismatched_sizes: bool = False) -> None:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from ..checkpoint.files import weight_headers
+from ..checkpoint.sanity import check_shapes_and_dtypes
 from ..errors import CheckpointError, one_line
 from ..fileio import write_json
 
@@ -91,6 +93,15 @@ def check_random_states(path: Path, process_index: int) -> None:
         torch.Generator().set_state(states["torch_manual_seed"])
     except (*LOAD_ERRORS, EOFError, TypeError, IndexError) as e:
         raise CheckpointError(f"its random states {file.name} cannot be restored ({one_line(e)})") from e
+
+
+def check_saved_weights(model, path: Path) -> None:
+    """The model tensors a checkpoint saved (accelerate's model.safetensors; FSDP and DeepSpeed shard
+    their own way) have the model's shapes and floating-point weights, read from the header:
+    loading would cast an integer tensor silently."""
+    file = path / "model.safetensors"
+    if file.is_file():
+        check_shapes_and_dtypes(model.state_dict(), weight_headers([file]), str(path))
 
 
 def damaged(root: Path, path: Path, problem: str) -> CheckpointError:

@@ -231,7 +231,10 @@ class Trainer:
 
     def _resume(self, path: Path, saved: TrainerState) -> None:
         try:
+            checkpoints.check_saved_weights(self.accelerator.unwrap_model(self.model), path)
             self.accelerator.load_state(str(path))
+        except CheckpointError as e:
+            raise checkpoints.damaged(self.checkpoint_root, path, str(e)) from e
         except checkpoints.LOAD_ERRORS as e:
             raise checkpoints.damaged(self.checkpoint_root, path, f"cannot load it ({one_line(e)})") from e
         saved.grad_accum = self.state.grad_accum  # known from now on
