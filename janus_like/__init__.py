@@ -1,17 +1,18 @@
-"""janus_like: one autoregressive decoder that reads and writes text and images (Janus / Chameleon style)."""
+"""janus_like: one autoregressive decoder that reads and writes text and images (Janus / Chameleon style).
 
-from transformers import AutoConfig
+The model classes load on first use (PEP 562), so that `janus-like --help` and the CLI's argument
+errors answer without importing torch and transformers."""
 
-from .configuration import JanusLikeConfig, JanusLikeVQConfig
+from importlib import import_module
+
 from .errors import (CheckpointError, DataError, GenerationError, ImageError, JanusLikeError, ModelNotAvailableError,
                      PromptError, SettingsError)
-from .modeling import JanusLikeForConditionalGeneration
-from .pipeline import JanusLikePipeline
-from .processor import JanusLikeProcessor
-from .vq import JanusLikeVQModel
 
-AutoConfig.register(JanusLikeConfig.model_type, JanusLikeConfig, exist_ok=True)
-AutoConfig.register(JanusLikeVQConfig.model_type, JanusLikeVQConfig, exist_ok=True)
+_LAZY = {
+    "JanusLikeConfig": ".configuration", "JanusLikeVQConfig": ".configuration",
+    "JanusLikeForConditionalGeneration": ".modeling", "JanusLikePipeline": ".pipeline",
+    "JanusLikeProcessor": ".processor", "JanusLikeVQModel": ".vq",
+}
 
 __version__ = "0.1.0"
 __all__ = [
@@ -19,3 +20,16 @@ __all__ = [
     "JanusLikeVQModel", "JanusLikePipeline", "JanusLikeError", "ImageError", "DataError", "PromptError", "SettingsError",
     "CheckpointError", "GenerationError", "ModelNotAvailableError",
 ]
+
+
+def __getattr__(name: str):
+    """Import a model class from its module the first time it is asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

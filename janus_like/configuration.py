@@ -112,3 +112,8 @@ class JanusLikeConfig(PreTrainedConfig):
 
     def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
         return self.text_config
+
+
+# AutoConfig knows both model types as soon as either class exists (from_pretrained of a sub-config needs it)
+AutoConfig.register(JanusLikeConfig.model_type, JanusLikeConfig, exist_ok=True)
+AutoConfig.register(JanusLikeVQConfig.model_type, JanusLikeVQConfig, exist_ok=True)

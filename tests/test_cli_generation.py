@@ -150,7 +150,7 @@ def test_interleave_files_list_images_in_order(tmp_path):
     (["generate", "x", "--temperature", "-1"], "temperature"),
     (["generate", "x", "--num-images", "0"], "num_images"),
     (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
-    (["generate", "x", "--image-cfg-scale", "-2"], "image_cfg_scale"),
+    (["generate", "x", "--image", __file__, "--image-cfg-scale", "-2"], "image_cfg_scale"),
     (["generate", "x", "--top-p", "0"], "top_p"),
     (["generate", ""], "empty"),
     (["generate"], "no prompt"),

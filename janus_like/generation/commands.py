@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ..cli import DEFAULT_MODEL_NOTE
 from ..errors import PromptError
 from ..fileio import check_output_folder, output_set, save_image, write_json, write_text
 from ..pipeline import JanusLikePipeline, check_prompt
@@ -25,6 +26,14 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
     for prompt in prompts or [args.prompt]:
         check_prompt(prompt)
     GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
+    return load_pipeline(args)
+
+
+def load_pipeline(args: argparse.Namespace) -> JanusLikePipeline:
+    """The model a command's --model, --device, --dtype and --compile name; on the embedded default
+    model, first one line on stderr saying what it knows and that --model loads real weights."""
+    if args.model is None:
+        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
 
