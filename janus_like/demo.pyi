@@ -1,0 +1,459 @@
+"""`janus-like demo`: a Gradio app on `JanusLikePipeline` (text -> image, chat, interleaved, image edit).
+
+Safe by default: it listens on 127.0.0.1, queues at most `QUEUE_SIZE` jobs and runs one at a time,
+caps uploads in bytes (Gradio) and pixels (`load_image`), and serves no files but Gradio's own
+uploads and outputs. The handlers are plain functions of the pipeline, so tests call them directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import queue
+import secrets
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from functools import cache, partial
+from typing import TYPE_CHECKING, Iterator
+
+from PIL import Image
+
+from .errors import ImageError, JanusLikeError, PromptError, SettingsError
+from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
+from .generation.commands import load_pipeline
+from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
+from .images import load_image
+from .pipeline import JanusLikePipeline, check_prompt
+
+if TYPE_CHECKING:
+    import gradio
+
+MAX_FILE_SIZE = "20mb"  # per upload, refused by Gradio before any decoding; pixels are capped by load_image
+MAX_NEW_TOKENS = 2048  # slider cap (also bounded by the model's context)
+QUEUE_SIZE = 16  # waiting jobs; more are refused with "queue full"
+UPDATE_SECONDS = 0.25  # streamed UI updates at most this often (each one re-renders the output)
+PREVIEWS_PER_IMAGE = 4  # partial decodes shown while an image is drawn
+HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory stays bounded)
+THUMB_SIDE = 256  # chat images are shown this large
+STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
+LOOPBACK = ("127.0.0.1", "localhost")
+SEED_BOX_MAX = 2**32 - 1  # the seed box's range; a random seed is drawn from it, so it can be typed back in
+HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
+# every generating event shares one slot: Gradio's concurrency limit is per event unless they share an id
+ONE_AT_A_TIME = {"concurrency_id": "generation", "concurrency_limit": 1}
+
+
+def _gradio():
+    """Import gradio, an optional extra, only when the demo is used."""
+    try:
+        import gradio
+    except ImportError as e:
+        raise JanusLikeError("the demo needs gradio, which is not installed: pip install 'janus_like[demo]'") from e
+    return gradio
+
+
+@contextmanager
+def _shown_in_ui():
+    """A user error becomes gr.Error so the page shows its message, and one line on the server's
+    console (no traceback: nothing is broken); other errors stay generic on the page, with a traceback."""
+    try:
+        yield
+    except JanusLikeError as e:
+        print(f"janus-like demo: refused a request: {e}", file=sys.stderr)
+        raise _gradio().Error(str(e), print_exception=False) from e
+
+
+class _GenerationThread:
+    """One daemon thread that runs the demo's generations, one after another (a daemon, so that
+    a generation nobody reads any more cannot keep the process from exiting)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="janus-like-generation", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+
+
+_generation_thread = _GenerationThread()
+
+
+def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
+    """Run a generation on the demo's one generation thread and hand its events over. Gradio may
+    resume a handler on any of its worker threads, and CUDA graphs (`--compile`) are recorded per
+    thread: one thread records them once. Closing this iterator (a client went away) stops it."""
+    handoff: queue.Queue = queue.Queue(maxsize=HANDOFF_EVENTS)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        if stop.is_set():  # the handler went away while this job waited its turn
+            events.close()
+            return
+        try:
+            for event in events:
+                if not put((event, None)):
+                    return
+            put((None, None))
+        except BaseException as e:  # handed to the handler, which shows it
+            put((None, e))
+        finally:
+            events.close()
+
+    _generation_thread.submit(run)
+    try:
+        while True:
+            event, error = handoff.get()
+            if error is not None:
+                raise error
+            if event is None:
+                return
+            yield event
+    finally:
+        stop.set()
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
+                  temperature: float = 1.0, seed: int | None = None, image: str | None = None,
+                  image_cfg_scale: float = 1.0) -> Iterator[tuple]:
+    """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
+    gr = _gradio()
+    with _shown_in_ui():
+        images = [_load_upload(image)] if image else None
+        n, total, seed = _int(num_images), pipe.processor.num_gen_tokens, _seed(seed)
+        events = _on_generation_thread(pipe.stream(
+            prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale,
+            temperature=temperature, seed=seed, preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
+        start = last = time.monotonic()
+        previews: dict[int, Image.Image] = {}
+        for event in events:
+            if isinstance(event, ImageProgress):
+                if event.preview is not None:
+                    previews[event.row] = event.preview
+                fresh = event.preview is not None and event.row == n - 1 and len(previews) == n
+                if fresh or time.monotonic() - last >= UPDATE_SECONDS:
+                    last = time.monotonic()
+                    gallery = [previews[i] for i in range(n)] if fresh else gr.skip()
+                    yield gallery, f"drawing… {event.done}/{event.total} codes"
+            elif isinstance(event, Done):
+                results = [im for result in event.results for im in result.images]
+    yield results, f"{len(results)} image(s) in {time.monotonic() - start:.1f} s · seed {seed}"
+
+
+def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None,
+               image_cfg_scale: float = 1.0) -> Iterator[tuple]:
+    """Input image + instruction -> (gallery images, status line)."""
+    if not image:
+        with _shown_in_ui():
+            raise ImageError("upload an image to edit first")
+    yield from text_to_image(pipe, instruction, num_images, cfg_scale, temperature, seed, image=image,
+                             image_cfg_scale=image_cfg_scale)
+
+
+def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_new_tokens: int = 256,
+         temperature: float = 0.0, seed: int | None = None) -> Iterator[tuple]:
+    """A question (+ uploaded images) after the earlier turns -> (chat display, turns, cleared input,
+    status line), with the answer streamed. `turns` (server-side state) holds questions, checked images
+    and answers."""
+    message = message or {}
+    with _shown_in_ui():
+        text = check_prompt(message.get("text") or "").strip()
+        images = [_fit(_load_upload(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
+        messages = _messages(turns) + [_user(text, images)]
+        seed = _seed(seed)
+        events = _on_generation_thread(pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens),
+                                                   temperature=temperature, seed=seed))
+        earlier, turns = turns, turns + [{"text": text, "images": images, "answer": ""}]
+        start = last = time.monotonic()
+        try:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    turns[-1]["answer"] += event.text
+                    if time.monotonic() - last >= UPDATE_SECONDS:
+                        last = time.monotonic()
+                        yield _chat_display(turns), turns, None, "writing…"
+                elif isinstance(event, Done):
+                    turns[-1]["answer"] = event.results[0].text.strip()
+        except PromptError as e:
+            if earlier:
+                raise PromptError(f"{e} (the {len(earlier)} earlier turn(s) count too: press Clear to start over)") from e
+            raise
+    yield _chat_display(turns), turns, None, f"answered in {time.monotonic() - start:.1f} s · seed {seed}"
+
+
+def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, max_images: int = 2,
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Iterator[tuple]:
+    """Prompt -> (the model's text and images in the order it wrote them as a chat display, status
+    line), streamed."""
+    with _shown_in_ui():
+        total, seed = pipe.processor.num_gen_tokens, _seed(seed)
+        events = _on_generation_thread(pipe.stream(
+            prompt, mode="interleave", max_new_tokens=_int(max_new_tokens), max_images=_int(max_images),
+            cfg_scale=cfg_scale, temperature=temperature, seed=seed,
+            preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
+        parts: list[str | Image.Image] = []
+        drawing, preview = None, None  # the image being drawn: its progress and latest preview
+        start = last = time.monotonic()
+        for event in events:
+            if isinstance(event, TextDelta):
+                if parts and isinstance(parts[-1], str):
+                    parts[-1] += event.text
+                else:
+                    parts.append(event.text)
+            elif isinstance(event, ImageProgress):
+                drawing, preview = event, preview if event.preview is None else event.preview
+            elif isinstance(event, ImageDone):
+                parts.append(event.image)
+                drawing, preview = None, None
+            elif isinstance(event, Done):
+                parts = event.results[0].parts
+            if time.monotonic() - last >= UPDATE_SECONDS:
+                last = time.monotonic()
+                yield _story(prompt, parts, drawing, preview), "writing…"
+    yield _story(prompt, parts, None, None), f"written in {time.monotonic() - start:.1f} s · seed {seed}"
+
+
+# ---------------------------------------------------------------------- display helpers
+
+
+def _story(prompt: str, parts: list, drawing: ImageProgress | None, preview: Image.Image | None) -> list[dict]:
+    """Chatbot messages: the prompt, then each text and image part, then the image being drawn."""
+    gr = _gradio()
+    shown = [{"role": "user", "content": prompt}]
+    for part in parts:
+        if isinstance(part, Image.Image):
+            shown.append({"role": "assistant", "content": gr.Image(value=_enlarged(part), format="png")})
+        elif part.strip():
+            shown.append({"role": "assistant", "content": part.strip()})
+    if drawing is not None:
+        if preview is not None:
+            shown.append({"role": "assistant", "content": gr.Image(value=_enlarged(preview), format="png")})
+        shown.append({"role": "assistant", "content": f"*drawing image {drawing.index + 1}: "
+                                                      f"{drawing.done}/{drawing.total} codes*"})
+    return shown
+
+
+def _chat_display(turns: list[dict]) -> list[dict]:
+    """Chatbot messages: each question with thumbnails of its images, then the answer so far."""
+    gr = _gradio()
+    shown = []
+    for turn in turns:
+        thumbs = [gr.Image(value=_fit(im, THUMB_SIDE)) for im in turn["images"]]
+        shown.append({"role": "user", "content": thumbs + [turn["text"]]})
+        shown.append({"role": "assistant", "content": turn["answer"].strip() or "…"})
+    return shown
+
+
+def _messages(turns: list[dict]) -> list[dict]:
+    """Earlier turns as the pipeline's multimodal messages."""
+    messages = []
+    for turn in turns:
+        messages.append(_user(turn["text"], turn["images"]))
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["answer"]}]})
+    return messages
+
+
+def _user(text: str, images: list[Image.Image]) -> dict:
+    """A user message with images first, as DeepSeek's prompts put them."""
+    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def _enlarged(image: Image.Image, side: int = STORY_SIDE) -> Image.Image:
+    """Small images (the default model draws 32 px) blown up by a whole factor, pixels kept sharp:
+    the chat view shows images at their own size."""
+    factor = max(1, side // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    """A copy no larger than side x side (aspect kept)."""
+    image = image.copy()
+    image.thumbnail((side, side), Image.Resampling.BICUBIC)
+    return image
+
+
+def _load_upload(path: str) -> Image.Image:
+    """An uploaded image; its errors name the file, not the server's upload folder."""
+    try:
+        return load_image(path)
+    except ImageError as e:
+        raise ImageError(str(e).replace(path, os.path.basename(path))) from e
+
+
+def _path(file) -> str:
+    """MultimodalTextbox files are paths (or FileData-like dicts in older Gradio)."""
+    return file["path"] if isinstance(file, dict) else file
+
+
+def _int(x):
+    """Sliders send floats; a whole float becomes an int, anything else goes on to be refused."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _seed(seed):
+    """Empty seed box -> a random seed, drawn here so that the result can say which it was."""
+    return secrets.randbelow(SEED_BOX_MAX + 1) if seed is None or seed == "" else _int(seed)
+
+
+# ---------------------------------------------------------------------- app
+
+
+def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
+    """The Blocks app (queued: one job at a time, at most QUEUE_SIZE waiting); not launched."""
+    gr = _gradio()
+    shortest = pipe.processor.conversation([{"role": "user", "content": "?"}])  # the room a question leaves
+    max_tokens = min(MAX_NEW_TOKENS, pipe.processor.config.text_config.max_position_embeddings - len(shortest))
+
+    def seed_box():
+        return gr.Number(label="seed (empty: random)", value=None, precision=0, minimum=0, maximum=SEED_BOX_MAX)
+
+    def cfg_slider():  # starts at the guidance the model was tuned for
+        return gr.Slider(1.0, 10.0, value=pipe.default_cfg_scale, step=0.5, label="CFG scale")
+
+    def temperature_slider(value: float):
+        return gr.Slider(0.0, 2.0, value=value, step=0.05, label="temperature (0: greedy)")
+
+    def drawing_tab(name: str, make_inputs, num_images: int, button: str, fn, make_extra=list) -> None:
+        """A tab that draws images: its own inputs, then number, guidance, temperature, seed, its
+        own extra controls; a gallery."""
+        with gr.Tab(name):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    inputs = make_inputs() + [
+                        gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=num_images, step=1, label="number of images"),
+                        cfg_slider(), temperature_slider(1.0), seed_box()] + make_extra()
+                    go = gr.Button(button, variant="primary")
+                with gr.Column(scale=2):
+                    outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
+            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, **ONE_AT_A_TIME)
+
+    with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
+        drawing_tab("Text → image", lambda: [gr.Textbox(label="prompt", value="a red circle on the left", lines=2)],
+                    4, "Generate", text_to_image)
+
+        with gr.Tab("Chat"):
+            turns = gr.State([])
+            chat_view = gr.Chatbot(label="conversation", height=420)
+            chat_status = gr.Markdown()
+            chat_box = gr.MultimodalTextbox(label="question", file_types=["image"], file_count="multiple",
+                                            sources=["upload"],
+                                            placeholder="Ask about an image (attach it with the clip)…")
+            with gr.Row():
+                chat_tokens = gr.Slider(1, max_tokens, value=min(256, max_tokens), step=1, label="max new tokens")
+                chat_temp = temperature_slider(0.0)
+                chat_seed = seed_box()
+                chat_clear = gr.Button("Clear")
+            chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
+                            [chat_view, turns, chat_box, chat_status], api_name="chat", **ONE_AT_A_TIME)
+            chat_clear.click(lambda: ([], [], None, ""), None, [chat_view, turns, chat_box, chat_status], queue=False)
+
+        with gr.Tab("Interleaved"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    il_prompt = gr.Textbox(label="prompt", value="Draw a red circle on the left, then describe it.",
+                                           lines=2)
+                    il_tokens = gr.Slider(1, max_tokens, value=min(512, max_tokens), step=1, label="max new tokens")
+                    il_images = gr.Slider(0, MAX_INTERLEAVED_IMAGES, value=2, step=1, label="max images")
+                    il_cfg = cfg_slider()
+                    il_temp = temperature_slider(1.0)
+                    il_seed = seed_box()
+                    il_go = gr.Button("Write", variant="primary")
+                with gr.Column(scale=2):
+                    il_out = gr.Chatbot(label="text and images, in order", height=520)
+                    il_status = gr.Markdown()
+            il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
+                        [il_out, il_status], api_name="interleave", **ONE_AT_A_TIME)
+
+        drawing_tab("Image edit", lambda: [_uploaded_image_class()(label="input image", sources=["upload"],
+                                                                    height=256),
+                                           gr.Textbox(label="instruction", value="make it blue", lines=2)],
+                    2, "Edit", image_edit,
+                    lambda: [gr.Slider(0.0, 5.0, value=1.0, step=0.1,
+                                       label="image guidance (InstructPix2Pix: above 1 keeps more of the input)")])
+    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+@cache
+def _uploaded_image_class() -> type:
+    """gr.Image that shows an upload but hands the handler its path, undecoded: gr.Image's own
+    preprocessing opens it with PIL and fails on a bad file with a generic error, where load_image
+    names the problem (and caps the pixels)."""
+    gr = _gradio()
+from gradio.events import Dependency
+
+    class UploadedImage(gr.Image):
+        is_template = True  # drawn by gr.Image's front end
+
+        def __init__(self, **kwargs) -> None:
+            super().__init__(type="filepath", **kwargs)
+
+        def preprocess(self, payload) -> str | None:
+            return None if payload is None or payload.path is None else str(payload.path)
+
+    return UploadedImage
+
+
+def serve(demo: "gradio.Blocks", host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
+    """Launch with the safe settings (upload cap, no extra served paths, no share link, no telemetry);
+    returns the local URL. `block=False` returns at once (the server runs in a thread)."""
+    gr = _gradio()
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])  # local fonts: the page fetches nothing
+    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
+                            allowed_paths=None, ssr_mode=False, show_error=False, prevent_thread_lock=not block,
+                            quiet=not block, theme=theme, footer_links=["gradio", "settings"])
+    return url
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """`janus-like demo`: load the model and serve the app until interrupted."""
+    _gradio()  # fail with the install hint before loading any weights
+    if not args.host or ":" in args.host:  # Gradio writes http://{host}:{port}, which breaks on IPv6 addresses
+        raise SettingsError(f"--host {args.host!r} is not accepted; give an IPv4 address or a host name "
+                            "(127.0.0.1, the default, or 0.0.0.0 for every interface)")
+    if args.host not in LOOPBACK:
+        print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
+              "the model (there is no authentication)", file=sys.stderr)
+    _check_port_free(args.host, args.port)
+    serve(build_demo(load_pipeline(args)), args.host, args.port)
+    return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Name a port another server holds before any weights load (Gradio's own message would point at
+    its GRADIO_SERVER_PORT variable, after the load)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise SettingsError(f"--port {port} is already in use on {host} (another server listens there); "
+                                    "stop it or choose another port with --port") from e
