@@ -45,6 +45,8 @@ RANDOM_SEEDS = 2**32  # an empty seed box draws one below this: short enough to 
 HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
 # every generating event shares one slot: Gradio's concurrency limit is per event unless they share an id
 ONE_AT_A_TIME = {"concurrency_id": "generation", "concurrency_limit": 1}
+# Gradio shows an error's toast for 10 s, beside the next run's good results: each run closes them first
+CLOSE_TOASTS = "document.querySelectorAll('[data-testid=toast-close]').forEach(button => button.click());"
 
 
 def _gradio():
@@ -358,7 +360,8 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
-            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, **ONE_AT_A_TIME)
+            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, js=_closing_toasts(inputs),
+                     **ONE_AT_A_TIME)
 
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
@@ -377,8 +380,9 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 chat_temp = temperature_slider(0.0)
                 chat_seed = seed_box()
                 chat_clear = gr.Button("Clear")
-            chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
-                            [chat_view, turns, chat_box, chat_status], api_name="chat", **ONE_AT_A_TIME)
+            chat_inputs = [chat_box, turns, chat_tokens, chat_temp, chat_seed]
+            chat_box.submit(partial(chat, pipe), chat_inputs, [chat_view, turns, chat_box, chat_status],
+                            api_name="chat", js=_closing_toasts(chat_inputs), **ONE_AT_A_TIME)
             chat_clear.click(lambda: ([], [], None, ""), None, [chat_view, turns, chat_box, chat_status], queue=False)
 
         with gr.Tab("Interleaved"):
@@ -395,8 +399,9 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 with gr.Column(scale=2):
                     il_out = gr.Chatbot(label="text and images, in order", height=520)
                     il_status = gr.Markdown()
-            il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
-                        [il_out, il_status], api_name="interleave", **ONE_AT_A_TIME)
+            il_inputs = [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed]
+            il_go.click(partial(interleave, pipe), il_inputs, [il_out, il_status], api_name="interleave",
+                        js=_closing_toasts(il_inputs), **ONE_AT_A_TIME)
 
         drawing_tab("Image edit", lambda: [_uploaded_image_class()(label="input image", type="filepath",
                                                                     sources=["upload"], height=256),
@@ -405,6 +410,12 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     lambda: [gr.Slider(0.0, 5.0, value=1.0, step=0.1,
                                        label="image guidance (InstructPix2Pix: above 1 keeps more of the input)")])
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+def _closing_toasts(inputs: list) -> str:
+    """An event's front-end step that closes the toasts and passes the inputs on unchanged (Gradio
+    hands a front-end step the inputs' values, then the outputs')."""
+    return f"(...values) => {{ {CLOSE_TOASTS} return values.slice(0, {len(inputs)}); }}"
 
 
 @cache
