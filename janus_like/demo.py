@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from functools import cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Iterator
 
 from PIL import Image
@@ -26,7 +26,7 @@ from .errors import ImageError, JanusLikeError, PromptError, SettingsError
 from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
 from .generation.commands import load_pipeline
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
-from .images import load_image
+from .images import display_factor, load_image
 from .pipeline import JanusLikePipeline, check_prompt
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ UPDATE_SECONDS = 0.25  # streamed UI updates at most this often (each one re-ren
 PREVIEWS_PER_IMAGE = 4  # partial decodes shown while an image is drawn
 HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory stays bounded)
 THUMB_SIDE = 256  # chat images are shown this large
-STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
 LOOPBACK = ("127.0.0.1", "localhost")
 RANDOM_SEEDS = 2**32  # an empty seed box draws one below this: short enough to type back in
 HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
@@ -286,10 +285,10 @@ def _user(text: str, images: list[Image.Image]) -> dict:
     return {"role": "user", "content": content}
 
 
-def _enlarged(image: Image.Image, side: int = STORY_SIDE) -> Image.Image:
+def _enlarged(image: Image.Image) -> Image.Image:
     """Small images (the default model draws 32 px) blown up by a whole factor, pixels kept sharp:
     the chat view shows images at their own size."""
-    factor = max(1, side // max(image.size))
+    factor = display_factor(image.size)
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
@@ -403,8 +402,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
             il_go.click(partial(interleave, pipe), il_inputs, [il_out, il_status], api_name="interleave",
                         js=_closing_toasts(il_inputs), **ONE_AT_A_TIME)
 
-        drawing_tab("Image edit", lambda: [_uploaded_image_class()(label="input image", type="filepath",
-                                                                    sources=["upload"], height=256),
+        drawing_tab("Image edit", lambda: [_image_input(label="input image", sources=["upload"], height=256),
                                            gr.Textbox(label="instruction", value="make it blue", lines=2)],
                     2, "Edit", image_edit,
                     lambda: [gr.Slider(0.0, 5.0, value=1.0, step=0.1,
@@ -418,20 +416,14 @@ def _closing_toasts(inputs: list) -> str:
     return f"(...values) => {{ {CLOSE_TOASTS} return values.slice(0, {len(inputs)}); }}"
 
 
-@cache
-def _uploaded_image_class() -> type:
+def _image_input(**kwargs) -> "gradio.Image":
     """gr.Image that shows an upload but hands the handler its path, undecoded: gr.Image's own
     preprocessing opens it with PIL and fails on a bad file with a generic error, where load_image
-    names the problem (and caps the pixels)."""
-    gr = _gradio()
-
-    class UploadedImage(gr.Image):  # no __init__ of its own: Gradio sends the front end __init__'s parameters
-        is_template = True  # drawn by gr.Image's front end
-
-        def preprocess(self, payload) -> str | None:
-            return None if payload is None or payload.path is None else str(payload.path)
-
-    return UploadedImage
+    names the problem (and caps the pixels). Overridden on the instance: subclassing a component
+    makes Gradio write a .pyi stub beside this module."""
+    image = _gradio().Image(type="filepath", **kwargs)
+    image.preprocess = lambda payload: None if payload is None or payload.path is None else str(payload.path)
+    return image
 
 
 def serve(demo: "gradio.Blocks", host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:

@@ -147,6 +147,7 @@ def test_an_error_shows_then_clears_after_a_good_retry(page, server):
     panel.get_by_role("button", name="Generate").click()
     expect(page.get_by_text("the prompt is empty")).to_be_visible(timeout=WAIT_MS)
     expect(_error_marks(page).first).to_be_visible()
+    page.wait_for_timeout(500)  # the toast slides in
     _shot(page, "2-error")
     panel.get_by_label("prompt").fill("a blue square in the center")
     _fresh_status(panel, "images", panel.get_by_role("button", name="Generate").click)
