@@ -77,8 +77,8 @@ def _add_sampling(p: argparse.ArgumentParser, temperature: float, *, guidance: b
                             "(default: all tokens)")
     p.add_argument("--seed", type=int, default=seed,
                    help="random seed, 0 to 2**63-1 (default: %(default)s)" if seed is not None else
-                        "random seed, 0 to 2**63-1 (default: a random one, written to settings.json where the "
-                        "command writes one)")
+                        "random seed, 0 to 2**63-1 (default: a new random one each run; --out folders record it "
+                        "in settings.json)")
 
 
 def _add_max_new_tokens(p: argparse.ArgumentParser, default: int) -> None:
