@@ -44,6 +44,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def browser_type():
+    """Playwright's Chromium driver, checked before any server starts."""
+    _needs("Chromium", Path(CHROMIUM).exists())
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _needs("Playwright", False)
+    with sync_playwright() as playwright:
+        yield playwright.chromium
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`janus-like demo` on loopback and a free port; yields (url, its console log path)."""
     port, log = _free_port(), tmp_path_factory.mktemp("demo") / "console.log"
@@ -72,21 +84,16 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    _needs("Chromium", Path(CHROMIUM).exists())
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _needs("Playwright", False)
+def page(browser_type, server):
+    """A page on the demo, in headless Chromium."""
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(server[0])
-        page.get_by_role("button", name="Generate").wait_for(timeout=WAIT_MS)
-        yield page
-        browser.close()
+    browser = browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(server[0])
+    page.get_by_role("button", name="Generate").wait_for(timeout=WAIT_MS)
+    yield page
+    browser.close()
 
 
 @pytest.fixture(scope="module")
