@@ -139,7 +139,7 @@ def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
 
 
 def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
-                  temperature: float = 1.0, seed: int | None = None, image: str | None = None,
+                  temperature: float = 1.0, seed: str | int | None = None, image: str | None = None,
                   image_cfg_scale: float = 1.0) -> Iterator[tuple]:
     """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
     gr = _gradio()
@@ -166,7 +166,7 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
 
 
 def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None,
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: str | int | None = None,
                image_cfg_scale: float = 1.0) -> Iterator[tuple]:
     """Input image + instruction -> (gallery images, status line)."""
     if not image:
@@ -177,7 +177,7 @@ def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num
 
 
 def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_new_tokens: int = 256,
-         temperature: float = 0.0, seed: int | None = None) -> Iterator[tuple]:
+         temperature: float = 0.0, seed: str | int | None = None) -> Iterator[tuple]:
     """A question (+ uploaded images) after the earlier turns -> (chat display, turns, cleared input,
     status line), with the answer streamed. `turns` (server-side state) holds questions, checked images
     and answers."""
@@ -208,7 +208,7 @@ def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_n
 
 
 def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, max_images: int = 2,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Iterator[tuple]:
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: str | int | None = None) -> Iterator[tuple]:
     """Prompt -> (the model's text and images in the order it wrote them as a chat display, status
     line), streamed."""
     with _shown_in_ui():
@@ -411,8 +411,8 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
 
 
 def _closing_toasts(inputs: list) -> str:
-    """An event's front-end step that closes the toasts and passes the inputs on unchanged (Gradio
-    hands a front-end step the inputs' values, then the outputs')."""
+    """An event's front-end step that closes the toasts and passes the inputs' values on unchanged
+    (Gradio's documentation has it receive the outputs' values after them: those are dropped)."""
     return f"(...values) => {{ {CLOSE_TOASTS} return values.slice(0, {len(inputs)}); }}"
 
 
