@@ -20,8 +20,8 @@ from typing import Callable
 
 from . import __version__
 from .errors import JanusLikeError
-from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_SCALE, MAX_TEMPERATURE, \
-    MIN_TEMPERATURE
+from .generation.settings import (MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_SCALE, MAX_TEMPERATURE,
+                                  MIN_TEMPERATURE)
 
 # said once on stderr when a command loads the embedded default model
 DEFAULT_MODEL_NOTE = ("janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
@@ -194,7 +194,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="janus-like", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="janus-like", description="Generate, chat, interleave, demo, train, convert and evaluate "
+                                                    "Janus-like models; COMMAND --help lists a command's options.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks (default: one line per error)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
