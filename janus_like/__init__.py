@@ -36,3 +36,7 @@ if TYPE_CHECKING:
     from .pipeline import JanusLikePipeline
     from .processor import JanusLikeProcessor
     from .vq import JanusLikeVQModel
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

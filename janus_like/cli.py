@@ -1,31 +1,35 @@
-"""`janus-like` command line (DESIGN.md §7).
+"""`janus-like` command line.
 
 Each sub-command's work lives beside the code it drives (generation, training, checkpoint); this
-module only parses arguments and turns user errors into one line on stderr and exit status 2.
+module only parses arguments and turns user errors into one line on stderr and exit status 2. It
+imports no torch, transformers or gradio: `--help`, `--version` and usage errors answer at once,
+and a command's module is imported only when that command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.metadata
 import signal
 import sys
 import threading
 import traceback
+from typing import Callable
 
+from . import __version__
 from .errors import JanusLikeError
+from .generation.settings import (MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_SCALE, MAX_TEMPERATURE,
+                                  MIN_TEMPERATURE)
 
-
-def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
-                        "for many or long generations")
-
-
-OUT_HELP = "output folder (default: out); the files the previous run wrote there are replaced, nothing else"
+# said once on stderr when a command loads the embedded default model
+DEFAULT_MODEL_NOTE = ("janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
+                      "that knows only a shapes world (a circle, square or triangle in red, green, blue, yellow or "
+                      "purple, on the left, center or right of a 32 px image); --model DIR or a hub id loads real "
+                      "Janus weights")
+OUT_HELP = ("output folder (default: %(default)s); the files the previous run wrote there are replaced, "
+            "nothing else")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,106 +39,196 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="janus-like", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _port(text: str) -> int:
+    """A TCP port number (an argparse type: anything else is a usage error, exit 2)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give a whole number from 1 to 65535")
+    return int(text)
 
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    """Where the model comes from and how it runs."""
+    p.add_argument("--model", default=None,
+                   help="model directory or hub id (default: the embedded default model, a tiny shapes-world toy)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: the checkpoint's own)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
+                        "for many or long generations (default: off)")
+
+
+def _add_sampling(p: argparse.ArgumentParser, temperature: float, *, guidance: bool = False, top: bool = False,
+                  seed: int | None = None) -> None:
+    """The sampling flags, defined once for every command that samples: temperature, seed and,
+    where asked, image guidance (--cfg-scale) and top-k / top-p."""
+    if guidance:
+        p.add_argument("--cfg-scale", type=float, default=None,
+                       help=f"classifier-free guidance weight of image codes, 0 to {MAX_SCALE:g}; 1 turns it off "
+                            "(default: the model's own, else 5.0)")
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help=f"sampling temperature: 0 (greedy) or {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
+                        "(default: %(default)s)")
+    if top:
+        p.add_argument("--top-k", type=int, default=None,
+                       help="sample among the k likeliest tokens only, k >= 1 (default: all tokens)")
+        p.add_argument("--top-p", type=float, default=None,
+                       help="sample among the likeliest tokens that make up this much probability, in (0, 1] "
+                            "(default: all tokens)")
+    p.add_argument("--seed", type=int, default=seed,
+                   help="random seed, 0 to 2**63-1 (default: %(default)s)" if seed is not None else
+                        "random seed, 0 to 2**63-1 (default: a new random one each run; --out folders record it "
+                        "in settings.json)")
+
+
+def _add_max_new_tokens(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=default,
+                   help="text tokens to write at most, >= 1 (default: %(default)s)")
+
+
+def _image_guidance_needs_images(args: argparse.Namespace) -> str | None:
+    """--image-cfg-scale weighs the input images, so without --image it is a mistake."""
+    if args.image_cfg_scale is not None and not args.image:
+        return "--image-cfg-scale weighs the input images; give them with --image (or drop --image-cfg-scale)"
+    return None
+
+
+def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text (+ images) -> images")
     p.add_argument("prompt", nargs="*", help="one prompt, or several drawn in one batch")
     _add_model(p)
     p.add_argument("--prompts-file", default=None,
-                   help="more prompts, one per line (drawn in batches of up to 64 images; seeds count up per batch)")
-    p.add_argument("--image", action="append", default=[], help="input image for edits/variations (repeatable)")
-    p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
+                   help=f"more prompts, one per line (drawn in batches of up to {MAX_IMAGES_PER_PROMPT} images; "
+                        "seeds count up per batch) (default: none)")
+    p.add_argument("--image", action="append", default=[],
+                   help="input image for edits/variations, repeatable (default: none)")
+    p.add_argument("--num-images", type=int, default=4,
+                   help=f"images per prompt, 1 to {MAX_IMAGES_PER_PROMPT} (default: %(default)s)")
+    _add_sampling(p, 1.0, guidance=True, top=True)
     p.add_argument("--image-cfg-scale", type=float, default=None,
-                   help="with --image: InstructPix2Pix's weight of the input images (default 1: no separate term)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+                   help=f"with --image: InstructPix2Pix's weight of the input images, 0 to {MAX_SCALE:g} "
+                        "(default: 1, no separate term)")
     p.add_argument("--out", default="out", help=OUT_HELP)
+    p.set_defaults(handler="janus_like.generation.commands:generate", check=_image_guidance_needs_images)
 
+
+def add_chat(sub) -> None:
     p = sub.add_parser("chat", help="text (+ images) -> text")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the question")
     _add_model(p)
-    p.add_argument("--image", action="append", default=[], help="image to ask about (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--image", action="append", default=[], help="image to ask about, repeatable (default: none)")
+    _add_max_new_tokens(p, 256)
+    _add_sampling(p, 0.0, top=True)
+    p.set_defaults(handler="janus_like.generation.commands:chat")
 
+
+def add_interleave(sub) -> None:
     p = sub.add_parser("interleave", help="text -> interleaved text and images")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="what to write and draw")
     _add_model(p)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--max-images", type=int, default=4)
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    _add_max_new_tokens(p, 512)
+    p.add_argument("--max-images", type=int, default=4,
+                   help=f"images the answer may draw, 0 to {MAX_INTERLEAVED_IMAGES} (default: %(default)s)")
+    _add_sampling(p, 1.0, guidance=True)
     p.add_argument("--out", default="out", help=OUT_HELP)
+    p.set_defaults(handler="janus_like.generation.commands:interleave")
 
-    p = sub.add_parser("demo", help="Gradio demo")
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="Gradio demo in the browser")
     _add_model(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface, "
+                        "without authentication (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=7860, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument("--allow-special-tokens", action="store_true",
                    help="let typed control tokens such as <begin_of_image> act as tokens (default: they stay text)")
+    p.set_defaults(handler="janus_like.demo:demo_command")
 
+
+def add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a YAML config (also under accelerate launch / torchrun)")
-    p.add_argument("config")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from a checkpoint (default: latest)")
-    p.add_argument("--skip-bad-records", action="store_true", help="skip and count bad records instead of stopping")
-    p.add_argument("--check-data", action="store_true", help="validate the whole dataset and exit")
+    p.add_argument("config", help="the training config (YAML)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from this checkpoint, or from the latest one when no path is given "
+                        "(default: start afresh)")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip and count bad records instead of stopping (default: stop at the first)")
+    p.add_argument("--check-data", action="store_true", help="validate the whole dataset and exit (default: off)")
+    p.set_defaults(handler="janus_like.training.commands:train")
 
+
+def add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a DeepSeek or transformers Janus checkpoint to this package's format")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("src", help="the checkpoint directory or hub id to convert")
+    p.add_argument("dst", help="a new (or empty) directory to write")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype to write (default: the checkpoint's own)")
+    p.set_defaults(handler="janus_like.convert:convert_command")
 
+
+def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluations")
-    p.add_argument("suite", choices=["shapes"])
+    p.add_argument("suite", choices=["shapes"], help="the evaluation to run: shapes (ShapesEval)")
     _add_model(p)
-    p.add_argument("--num-scenes", type=int, default=None, help="first N scenes of the seeded order (default: all 45)")
-    p.add_argument("--images-per-prompt", type=int, default=4)
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the model's own, else 5.0)")
-    p.add_argument("--image-cfg-scale", type=float, default=None, help="image guidance of the edit section")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/eval_shapes")
+    p.add_argument("--num-scenes", type=int, default=None,
+                   help="the first N scenes of the seeded order, 1 to 45 (default: all 45)")
+    p.add_argument("--images-per-prompt", type=int, default=4,
+                   help="images drawn per scene, 1 to 16 (default: %(default)s)")
+    _add_sampling(p, 1.0, guidance=True, seed=0)
+    p.add_argument("--image-cfg-scale", type=float, default=None,
+                   help=f"image guidance of the edit section, 0 to {MAX_SCALE:g} (default: 1, no separate term)")
+    p.add_argument("--out", default="out/eval_shapes", help=OUT_HELP)
+    p.set_defaults(handler="janus_like.evaluation:eval_command")
+
+
+# One registration per sub-command: it adds its parser to `sub` and sets `handler` ("module:function",
+# imported only when the command runs) and, optionally, `check` (args -> a usage error message or None).
+COMMANDS: list[Callable] = [add_generate, add_chat, add_interleave, add_demo, add_train, add_convert, add_eval]
+
+
+def _version() -> str:
+    """The installed distribution's version (the source tree's own when it is not installed)."""
+    try:
+        return importlib.metadata.version("janus_like")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="janus-like", description="Generate, chat, interleave, demo, train, convert and evaluate "
+                                                    "Janus-like models; COMMAND --help lists a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks (default: one line per error)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for register in COMMANDS:
+        register(sub)
     return parser
 
 
-def _handler(command: str):
+def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int | None]:
     """Import the sub-command's implementation only when it runs (keeps `--help` fast)."""
-    if command in ("generate", "chat", "interleave"):
-        from .generation import commands
-        return getattr(commands, command)
-    if command == "train":
-        from .training.commands import train
-        return train
-    if command == "convert":
-        from .convert import convert_command
-        return convert_command
-    if command == "demo":
-        from .demo import demo_command
-        return demo_command
-    if command == "eval":
-        from .evaluation import eval_command
-        return eval_command
-    raise JanusLikeError(f"unknown command {command!r}")
+    module, function = args.handler.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, then run the command's own check of how its options combine (a usage error: exit 2)."""
+    args = build_parser().parse_args(argv)
+    problem = args.check(args) if getattr(args, "check", None) else None
+    if problem:
+        _Parser(prog=f"janus-like {args.command}").error(problem)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        args = _parse(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error (2), already printed
         return e.code
     try:
         with _sigterm_interrupts():
-            return _handler(args.command)(args) or 0
+            return _handler(args)(args) or 0
     except JanusLikeError as e:
         if args.debug:
             traceback.print_exc()

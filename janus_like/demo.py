@@ -8,8 +8,10 @@ uploads and outputs. The handlers are plain functions of the pipeline, so tests 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import queue
+import secrets
 import socket
 import sys
 import threading
@@ -22,8 +24,9 @@ from PIL import Image
 
 from .errors import ImageError, JanusLikeError, PromptError, SettingsError
 from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
+from .generation.commands import load_pipeline
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
-from .images import load_image
+from .images import display_factor, load_image
 from .pipeline import JanusLikePipeline, check_prompt
 
 if TYPE_CHECKING:
@@ -36,11 +39,13 @@ UPDATE_SECONDS = 0.25  # streamed UI updates at most this often (each one re-ren
 PREVIEWS_PER_IMAGE = 4  # partial decodes shown while an image is drawn
 HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory stays bounded)
 THUMB_SIDE = 256  # chat images are shown this large
-STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
 LOOPBACK = ("127.0.0.1", "localhost")
+RANDOM_SEEDS = 2**32  # an empty seed box draws one below this: short enough to type back in
 HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
 # every generating event shares one slot: Gradio's concurrency limit is per event unless they share an id
 ONE_AT_A_TIME = {"concurrency_id": "generation", "concurrency_limit": 1}
+# Gradio shows an error's toast for 10 s, beside the next run's good results: each run closes them first
+CLOSE_TOASTS = "document.querySelectorAll('[data-testid=toast-close]').forEach(button => button.click());"
 
 
 def _gradio():
@@ -54,11 +59,13 @@ def _gradio():
 
 @contextmanager
 def _shown_in_ui():
-    """A user error becomes gr.Error so the page shows its message; other errors stay generic."""
+    """A user error becomes gr.Error so the page shows its message, and one line on the server's
+    console (no traceback: nothing is broken); other errors stay generic on the page, with a traceback."""
     try:
         yield
     except JanusLikeError as e:
-        raise _gradio().Error(str(e)) from e
+        print(f"janus-like demo: refused a request: {e}", file=sys.stderr)
+        raise _gradio().Error(str(e), print_exception=False) from e
 
 
 class _GenerationThread:
@@ -132,16 +139,16 @@ def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
 
 
 def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
-                  temperature: float = 1.0, seed: int | None = None, image: str | None = None,
+                  temperature: float = 1.0, seed: str | int | None = None, image: str | None = None,
                   image_cfg_scale: float = 1.0) -> Iterator[tuple]:
     """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
     gr = _gradio()
     with _shown_in_ui():
         images = [_load_upload(image)] if image else None
-        n, total = _int(num_images), pipe.processor.num_gen_tokens
+        n, total, seed = _int(num_images), pipe.processor.num_gen_tokens, _seed(seed)
         events = _on_generation_thread(pipe.stream(
             prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale,
-            temperature=temperature, seed=_seed(seed), preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
+            temperature=temperature, seed=seed, preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
         start = last = time.monotonic()
         previews: dict[int, Image.Image] = {}
         for event in events:
@@ -155,60 +162,64 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
                     yield gallery, f"drawing… {event.done}/{event.total} codes"
             elif isinstance(event, Done):
                 results = [im for result in event.results for im in result.images]
-    yield results, f"{len(results)} image(s) in {time.monotonic() - start:.1f} s"
+    yield results, f"{len(results)} image(s) in {time.monotonic() - start:.1f} s · seed {seed}"
 
 
 def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None,
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: str | int | None = None,
                image_cfg_scale: float = 1.0) -> Iterator[tuple]:
     """Input image + instruction -> (gallery images, status line)."""
     if not image:
-        raise _gradio().Error("upload an image to edit first")
+        with _shown_in_ui():
+            raise ImageError("upload an image to edit first")
     yield from text_to_image(pipe, instruction, num_images, cfg_scale, temperature, seed, image=image,
                              image_cfg_scale=image_cfg_scale)
 
 
 def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_new_tokens: int = 256,
-         temperature: float = 0.0, seed: int | None = None) -> Iterator[tuple]:
-    """A question (+ uploaded images) after the earlier turns -> (chat display, turns, cleared input),
-    with the answer streamed. `turns` (server-side state) holds questions, checked images and answers."""
+         temperature: float = 0.0, seed: str | int | None = None) -> Iterator[tuple]:
+    """A question (+ uploaded images) after the earlier turns -> (chat display, turns, cleared input,
+    status line), with the answer streamed. `turns` (server-side state) holds questions, checked images
+    and answers."""
     message = message or {}
     with _shown_in_ui():
         text = check_prompt(message.get("text") or "").strip()
         images = [_fit(_load_upload(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
         messages = _messages(turns) + [_user(text, images)]
+        seed = _seed(seed)
         events = _on_generation_thread(pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens),
-                                                   temperature=temperature, seed=_seed(seed)))
+                                                   temperature=temperature, seed=seed))
         earlier, turns = turns, turns + [{"text": text, "images": images, "answer": ""}]
-        last = time.monotonic()
+        start = last = time.monotonic()
         try:
             for event in events:
                 if isinstance(event, TextDelta):
                     turns[-1]["answer"] += event.text
                     if time.monotonic() - last >= UPDATE_SECONDS:
                         last = time.monotonic()
-                        yield _chat_display(turns), turns, None
+                        yield _chat_display(turns), turns, None, "writing…"
                 elif isinstance(event, Done):
                     turns[-1]["answer"] = event.results[0].text.strip()
         except PromptError as e:
             if earlier:
                 raise PromptError(f"{e} (the {len(earlier)} earlier turn(s) count too: press Clear to start over)") from e
             raise
-    yield _chat_display(turns), turns, None
+    yield _chat_display(turns), turns, None, f"answered in {time.monotonic() - start:.1f} s · seed {seed}"
 
 
 def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, max_images: int = 2,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Iterator[list]:
-    """Prompt -> the model's text and images in the order it wrote them (a chat display), streamed."""
+               cfg_scale: float | None = None, temperature: float = 1.0, seed: str | int | None = None) -> Iterator[tuple]:
+    """Prompt -> (the model's text and images in the order it wrote them as a chat display, status
+    line), streamed."""
     with _shown_in_ui():
-        total = pipe.processor.num_gen_tokens
+        total, seed = pipe.processor.num_gen_tokens, _seed(seed)
         events = _on_generation_thread(pipe.stream(
             prompt, mode="interleave", max_new_tokens=_int(max_new_tokens), max_images=_int(max_images),
-            cfg_scale=cfg_scale, temperature=temperature, seed=_seed(seed),
+            cfg_scale=cfg_scale, temperature=temperature, seed=seed,
             preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
         parts: list[str | Image.Image] = []
         drawing, preview = None, None  # the image being drawn: its progress and latest preview
-        last = time.monotonic()
+        start = last = time.monotonic()
         for event in events:
             if isinstance(event, TextDelta):
                 if parts and isinstance(parts[-1], str):
@@ -224,8 +235,8 @@ def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, 
                 parts = event.results[0].parts
             if time.monotonic() - last >= UPDATE_SECONDS:
                 last = time.monotonic()
-                yield _story(prompt, parts, drawing, preview)
-    yield _story(prompt, parts, None, None)
+                yield _story(prompt, parts, drawing, preview), "writing…"
+    yield _story(prompt, parts, None, None), f"written in {time.monotonic() - start:.1f} s · seed {seed}"
 
 
 # ---------------------------------------------------------------------- display helpers
@@ -274,10 +285,10 @@ def _user(text: str, images: list[Image.Image]) -> dict:
     return {"role": "user", "content": content}
 
 
-def _enlarged(image: Image.Image, side: int = STORY_SIDE) -> Image.Image:
+def _enlarged(image: Image.Image) -> Image.Image:
     """Small images (the default model draws 32 px) blown up by a whole factor, pixels kept sharp:
     the chat view shows images at their own size."""
-    factor = max(1, side // max(image.size))
+    factor = display_factor(image.size)
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
@@ -306,9 +317,16 @@ def _int(x):
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
-def _seed(seed):
-    """Empty seed box -> None (a random seed)."""
-    return None if seed is None or seed == "" else _int(seed)
+def _seed(seed: str | int | float | None) -> int:
+    """The seed box's text (or an API client's number) -> a seed; empty -> a random one, drawn here so
+    that the result can say which it was. Range errors are left to GenerationSettings."""
+    if isinstance(seed, str):
+        seed = seed.strip()
+        if seed and not seed.isdigit():
+            raise SettingsError(f"seed {seed!r} is not accepted; give a whole number >= 0, or leave it empty "
+                                "for a random one")
+        seed = int(seed) if seed else None
+    return secrets.randbelow(RANDOM_SEEDS) if seed is None else _int(seed)
 
 
 # ---------------------------------------------------------------------- app
@@ -320,8 +338,8 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
     shortest = pipe.processor.conversation([{"role": "user", "content": "?"}])  # the room a question leaves
     max_tokens = min(MAX_NEW_TOKENS, pipe.processor.config.text_config.max_position_embeddings - len(shortest))
 
-    def seed_box():
-        return gr.Number(label="seed (empty: random)", value=0, precision=0, minimum=0, maximum=2**32 - 1)
+    def seed_box():  # a textbox: Gradio's Number box shows 0 when empty
+        return gr.Textbox(label="seed", placeholder="empty: random", value="", max_lines=1)
 
     def cfg_slider():  # starts at the guidance the model was tuned for
         return gr.Slider(1.0, 10.0, value=pipe.default_cfg_scale, step=0.5, label="CFG scale")
@@ -341,7 +359,8 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
-            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, **ONE_AT_A_TIME)
+            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, js=_closing_toasts(inputs),
+                     **ONE_AT_A_TIME)
 
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
@@ -351,6 +370,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
         with gr.Tab("Chat"):
             turns = gr.State([])
             chat_view = gr.Chatbot(label="conversation", height=420)
+            chat_status = gr.Markdown()
             chat_box = gr.MultimodalTextbox(label="question", file_types=["image"], file_count="multiple",
                                             sources=["upload"],
                                             placeholder="Ask about an image (attach it with the clip)…")
@@ -359,9 +379,10 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 chat_temp = temperature_slider(0.0)
                 chat_seed = seed_box()
                 chat_clear = gr.Button("Clear")
-            chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
-                            [chat_view, turns, chat_box], api_name="chat", **ONE_AT_A_TIME)
-            chat_clear.click(lambda: ([], [], None), None, [chat_view, turns, chat_box], queue=False)
+            chat_inputs = [chat_box, turns, chat_tokens, chat_temp, chat_seed]
+            chat_box.submit(partial(chat, pipe), chat_inputs, [chat_view, turns, chat_box, chat_status],
+                            api_name="chat", js=_closing_toasts(chat_inputs), **ONE_AT_A_TIME)
+            chat_clear.click(lambda: ([], [], None, ""), None, [chat_view, turns, chat_box, chat_status], queue=False)
 
         with gr.Tab("Interleaved"):
             with gr.Row():
@@ -376,15 +397,33 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     il_go = gr.Button("Write", variant="primary")
                 with gr.Column(scale=2):
                     il_out = gr.Chatbot(label="text and images, in order", height=520)
-            il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
-                        [il_out], api_name="interleave", **ONE_AT_A_TIME)
+                    il_status = gr.Markdown()
+            il_inputs = [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed]
+            il_go.click(partial(interleave, pipe), il_inputs, [il_out, il_status], api_name="interleave",
+                        js=_closing_toasts(il_inputs), **ONE_AT_A_TIME)
 
-        drawing_tab("Image edit", lambda: [gr.File(label="input image", file_types=["image"], type="filepath"),
+        drawing_tab("Image edit", lambda: [_image_input(label="input image", sources=["upload"], height=256),
                                            gr.Textbox(label="instruction", value="make it blue", lines=2)],
                     2, "Edit", image_edit,
                     lambda: [gr.Slider(0.0, 5.0, value=1.0, step=0.1,
                                        label="image guidance (InstructPix2Pix: above 1 keeps more of the input)")])
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+def _closing_toasts(inputs: list) -> str:
+    """An event's front-end step that closes the toasts and passes the inputs' values on unchanged
+    (Gradio's documentation has it receive the outputs' values after them: those are dropped)."""
+    return f"(...values) => {{ {CLOSE_TOASTS} return values.slice(0, {len(inputs)}); }}"
+
+
+def _image_input(**kwargs) -> "gradio.Image":
+    """gr.Image that shows an upload but hands the handler its path, undecoded: gr.Image's own
+    preprocessing opens it with PIL and fails on a bad file with a generic error, where load_image
+    names the problem (and caps the pixels). Overridden on the instance: subclassing a component
+    makes Gradio write a .pyi stub beside this module."""
+    image = _gradio().Image(type="filepath", **kwargs)
+    image.preprocess = lambda payload: None if payload is None or payload.path is None else str(payload.path)
+    return image
 
 
 def serve(demo: "gradio.Blocks", host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
@@ -409,8 +448,8 @@ def demo_command(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
               "the model (there is no authentication)", file=sys.stderr)
-    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                             compile=args.compile)
+    _check_port_free(args.host, args.port)
+    pipe = load_pipeline(args)
     pipe.processor.literal_user_text = not args.allow_special_tokens  # typed `<begin_of_image>` stays text
     serve(build_demo(pipe), args.host, args.port)
     return 0
@@ -424,3 +463,16 @@ def check_host(host: str) -> None:
         raise SettingsError(f"--host {host!r} cannot be resolved ({getattr(e, 'strerror', None) or e}); give an "
                             "IPv4 address or a host name this machine resolves (127.0.0.1, the default, or 0.0.0.0 "
                             "for every interface)") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Name a port another server holds before any weights load (Gradio's own message would point at
+    its GRADIO_SERVER_PORT variable, after the load)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise SettingsError(f"--port {port} is already in use on {host} (another server listens there); "
+                                    "stop it or choose another port with --port") from e

@@ -17,6 +17,7 @@ from PIL import ExifTags, Image, ImageOps
 from .errors import ImageError
 
 MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000: far above any model input, far below a decompression bomb
+SHOWN_SIDE = 192  # smaller images (the default model draws 32 px) are shown enlarged to about this size
 
 
 def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -47,6 +48,12 @@ def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMA
     if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # a photo stored sideways: upright, as viewers show it
         img = ImageOps.exif_transpose(img)
     return to_rgb(img, name)
+
+
+def display_factor(size: tuple[int, int], side: int = SHOWN_SIDE) -> int:
+    """The whole factor that shows an image of this size at about `side` pixels (1: large enough as it is);
+    whole, so that each pixel becomes a sharp square."""
+    return max(1, side // max(size))
 
 
 def _image_path(image) -> Path:

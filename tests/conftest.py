@@ -1,13 +1,24 @@
 import os
 import warnings
 
-import pytest
-import torch
+# One thread per test process, set before torch loads and inherited by every subprocess a test starts
+# (CLI runs, torchrun workers, servers): a machine busy with other work then slows the suite in
+# proportion, where several processes each spinning a full-width thread pool slowed it tenfold.
+TEST_THREADS = 1
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+for variable in THREAD_VARIABLES:
+    os.environ[variable] = str(TEST_THREADS)
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(TEST_THREADS)
+torch.set_num_interop_threads(TEST_THREADS)
 
 from janus_like.testing import shape_image, tiny_model  # noqa: E402
 

@@ -144,13 +144,17 @@ def test_interleave_files_list_images_in_order(tmp_path):
     assert "&lt;b&gt;" in page and page.count("<img ") == 2 and "white-space: pre-wrap" in page
     assert "<p></p>" not in page  # whitespace-only text is no paragraph
     assert Image.open(tmp_path / "image_1.png").size == (64, 64)
+    # small images are shown enlarged by a whole factor, with sharp pixels; large ones as they are
+    assert page.count('width="192" height="192"') == 2 and "image-rendering: pixelated" in page
+    write_interleaved([shape_image(size=384)], tmp_path / "large")
+    assert 'width="384" height="384"' in (tmp_path / "large" / "index.html").read_text()
 
 
 @pytest.mark.parametrize("argv, words", [
     (["generate", "x", "--temperature", "-1"], "temperature"),
     (["generate", "x", "--num-images", "0"], "num_images"),
     (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
-    (["generate", "x", "--image-cfg-scale", "-2"], "image_cfg_scale"),
+    (["generate", "x", "--image", __file__, "--image-cfg-scale", "-2"], "image_cfg_scale"),
     (["generate", "x", "--top-p", "0"], "top_p"),
     (["generate", ""], "empty"),
     (["generate"], "no prompt"),

@@ -83,6 +83,24 @@ def test_text_to_image_streams_previews_and_returns_n_images(pipe):
     assert previews and all(len(p) == 2 for p in previews)  # partial decodes of both rows
 
 
+def test_seed_boxes_start_empty_and_each_result_says_the_seed_it_drew(app, pipe):
+    seeds = [c for c in app.blocks.values() if getattr(c, "label", None) == "seed"]
+    assert len(seeds) == 4 and all(box.value == "" for box in seeds)
+    images, status = list(demo.text_to_image(pipe, "a red circle", 1, 1.5, 1.0, ""))[-1]
+    seed = int(status.rsplit("seed ", 1)[1])
+    assert 0 <= seed < demo.RANDOM_SEEDS
+    again, _ = list(demo.text_to_image(pipe, "a red circle", 1, 1.5, 1.0, f" {seed} "))[-1]  # typed back in
+    assert again[0].tobytes() == images[0].tobytes()
+    _, status = list(demo.interleave(pipe, "Draw a red circle.", 4, 0, 1.5, 1.0, ""))[-1]
+    assert "seed " in status
+
+
+def test_the_edit_tab_shows_its_input_image(app):
+    (edit_input,) = [c for c in app.blocks.values() if getattr(c, "label", None) == "input image"]
+    assert isinstance(edit_input, gr.Image)
+    assert edit_input.preprocess(None) is None  # the handler's "upload an image to edit first"
+
+
 def test_image_edit_passes_image_and_settings_to_the_pipeline(pipe, picture):
     images, _ = list(demo.image_edit(pipe, picture, "make the circle blue", 1.0, 3.0, 0.5, 7, 2.0))[-1]
     again = pipe.generate_images("make the circle blue", images=[picture], num_images=1, cfg_scale=3.0,
@@ -129,19 +147,19 @@ def test_a_generation_left_unread_stops_and_an_error_reaches_the_page(pipe, monk
 
 
 def test_chat_answers_and_keeps_a_multi_turn_history(pipe, picture):
-    view, turns, box = list(demo.chat(pipe, {"text": "What is this?", "files": [picture]}, [], 8, 0.0, 0))[-1]
+    view, turns, box, status = list(demo.chat(pipe, {"text": "What is this?", "files": [picture]}, [], 8, 0.0, 0))[-1]
     assert turns[-1]["answer"] == pipe.chat("What is this?", images=[picture], max_new_tokens=8, seed=0)
-    assert box is None and [m["role"] for m in view] == ["user", "assistant"]
+    assert box is None and [m["role"] for m in view] == ["user", "assistant"] and "seed 0" in status
     assert isinstance(view[0]["content"][0], gr.Image) and view[0]["content"][1] == "What is this?"
-    view, turns, _ = list(demo.chat(pipe, {"text": "And now?", "files": []}, turns, 8, 0.0, 0))[-1]
+    view, turns, _, _ = list(demo.chat(pipe, {"text": "And now?", "files": []}, turns, 8, 0.0, 0))[-1]
     assert len(turns) == 2 and len(view) == 4 and view[2]["content"] == ["And now?"]
 
 
 def test_interleave_shows_the_prompt_then_the_parts_in_order(pipe, app):
     prompt = "Draw a red circle, then describe it."
-    story = list(demo.interleave(pipe, prompt, 64.0, 1.0, 5.0, 1.0, 9))[-1]
+    story, status = list(demo.interleave(pipe, prompt, 64.0, 1.0, 5.0, 1.0, 9))[-1]
     parts = pipe.interleave(prompt, seed=9, max_new_tokens=64, max_images=1)
-    assert story[0] == {"role": "user", "content": prompt}
+    assert story[0] == {"role": "user", "content": prompt} and "seed 9" in status
     shown = [m["content"] for m in story[1:]]
     expected = [p for p in parts if isinstance(p, Image.Image) or p.strip()]
     assert len(shown) == len(expected)
@@ -201,10 +219,24 @@ def test_bad_uploads_show_the_image_error_message(pipe, tmp_path, make_file, wor
     (lambda p: demo.chat(p, {"text": "", "files": []}, []), "empty"),
     (lambda p: demo.chat(p, {"text": "x" * 2000, "files": []}, []), "context"),
     (lambda p: demo.interleave(p, "x", 8, MAX_INTERLEAVED_IMAGES + 1), "max_images"),
+    (lambda p: demo.text_to_image(p, "x", 1, 5.0, 1.0, "1.5"), "seed '1.5'"),
 ])
-def test_bad_settings_show_the_settings_error_message(pipe, call, words):
-    with pytest.raises(gr.Error, match=words):
+def test_bad_settings_show_the_settings_error_message(pipe, call, words, capsys):
+    with pytest.raises(gr.Error, match=words) as error:
         list(call(pipe))
+    assert not error.value.print_exception  # Gradio prints no traceback for a user's mistake
+    logged = capsys.readouterr().err.strip().splitlines()
+    assert len(logged) == 1 and logged[0].startswith("janus-like demo: refused a request:") and words in logged[0]
+
+
+def test_a_port_in_use_is_named_in_one_line_before_the_model_loads(capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--port {port} is already in use" in err
 
 
 def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
@@ -240,13 +272,13 @@ def test_served_demo_answers_on_loopback_and_serves_no_arbitrary_files(app, tmp_
         assert _upload(url, 21 * 1024 * 1024) == 413  # over MAX_FILE_SIZE
         gradio_client = pytest.importorskip("gradio_client")
         client = gradio_client.Client(url, verbose=False)
-        gallery, status = client.predict("a red circle", 1, 5.0, 1.0, 0, api_name="/text_to_image")
+        gallery, status = client.predict("a red circle", 1, 5.0, 1.0, "0", api_name="/text_to_image")
         assert len(gallery) == 1 and "1 image(s)" in status
         with pytest.raises(Exception, match="cannot read image"):  # the ImageError message reaches the page
-            client.predict(gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, 0, 1.0,
+            client.predict(gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, "0", 1.0,
                            api_name="/image_edit")
         with pytest.raises(Exception, match="maximum value 64"):  # sliders are bounded server-side too
-            client.predict("x", MAX_IMAGES_PER_PROMPT + 1, 5.0, 1.0, 0, api_name="/text_to_image")
+            client.predict("x", MAX_IMAGES_PER_PROMPT + 1, 5.0, 1.0, "0", api_name="/text_to_image")
     finally:
         app.close()
 

@@ -134,3 +134,13 @@ def test_an_editor_that_changes_nothing_scores_zero_in_every_kind_of_edit():
     result, _ = ShapesEval(Unchanged(), images_per_prompt=1).run(progress=False)  # all 45 scenes: every kind
     assert set(result.edit) == {"color", "position", "shape", "overall"}
     assert all(rate == 0 for rate in result.edit.values())
+
+
+def test_the_grid_shows_the_default_models_32_px_images_enlarged_with_sharp_pixels(tmp_path):
+    from janus_like.evaluation.shapes_eval import save_grid
+
+    drawing = render(Scene("circle", "red", "left"), 32)
+    grid = Image.open(save_grid(["a red circle on the left"], [[drawing]], tmp_path / "grid.png"))
+    cell = grid.crop((grid.width - 96, 0, grid.width, 96))
+    assert cell.tobytes() == drawing.resize((96, 96), Image.Resampling.NEAREST).tobytes()
+    assert len(np.unique(np.asarray(cell).reshape(-1, 3), axis=0)) > 1  # not blank: the shape is in it

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SettingsError, is_int
 from ..fileio import check_output_folder, output_set, save_image, write_json
-from ..generation.commands import run_settings
+from ..generation.commands import load_pipeline, run_settings
 from ..generation.settings import MAX_SEED
 from ..pipeline import JanusLikePipeline
 from .shapes import Scene, all_scenes, answer_matches, classify, draw_request, edits, render
@@ -170,8 +170,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """`janus-like eval shapes`: print the accuracies, write OUT/grid.png and OUT/results.json."""
     check_settings(args.num_scenes, args.images_per_prompt, args.seed)
     check_output_folder(args.out)
-    pipe = JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                             compile=args.compile)
+    pipe = load_pipeline(args)
     evaluation = ShapesEval(pipe, num_scenes=args.num_scenes, images_per_prompt=args.images_per_prompt,
                             seed=args.seed, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
                             temperature=args.temperature)

@@ -13,8 +13,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ..cli import DEFAULT_MODEL_NOTE
 from ..errors import PromptError
 from ..fileio import check_output_folder, output_set, save_image, write_json, write_text
+from ..images import display_factor
 from ..pipeline import JanusLikePipeline, check_prompt
 from .events import Done, ImageDone, ImageProgress, TextDelta
 from .settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
@@ -25,6 +27,14 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
     for prompt in prompts or [args.prompt]:
         check_prompt(prompt)
     GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
+    return load_pipeline(args)
+
+
+def load_pipeline(args: argparse.Namespace) -> JanusLikePipeline:
+    """The model a command's --model, --device, --dtype and --compile name; on the embedded default
+    model, first one line on stderr saying what it knows and that --model loads real weights."""
+    if args.model is None:
+        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                              compile=args.compile)
 
@@ -161,14 +171,22 @@ def write_interleaved(parts: list, folder: Path) -> None:
             name = f"image_{n}.png"
             save_image(part, folder / name)
             md.append(f"![image {n}]({name})")
-            body.append(f'<p><img src="{name}" alt="image {n}"></p>')
+            body.append(f'<p><img src="{name}" alt="image {n}"{_shown_size(part)}></p>')
             n += 1
         elif part.strip():
             md.append(_markdown_text(part.strip()))
             body.append(f"<p>{html.escape(part.strip())}</p>")
     write_text(folder / "index.md", "\n\n".join(md) + "\n")
     write_text(folder / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
-               "<style>p { white-space: pre-wrap }</style>\n" + "\n".join(body) + "\n")
+               "<style>p { white-space: pre-wrap } img { image-rendering: pixelated }</style>\n"
+               + "\n".join(body) + "\n")
+
+
+def _shown_size(image: Image.Image) -> str:
+    """An <img>'s width and height: small images enlarged by a whole factor (sharp, by the page's
+    `image-rendering: pixelated`), as the demo shows them."""
+    factor = display_factor(image.size)
+    return f' width="{image.width * factor}" height="{image.height * factor}"'
 
 
 def _markdown_text(text: str) -> str:
