@@ -14,6 +14,7 @@ import threading
 import traceback
 
 from .errors import JanusLikeError
+from .serving import commands as serve_commands
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/eval_shapes")
+
+    serve_commands.add_parser(sub)
     return parser
 
 
@@ -122,6 +125,8 @@ def _handler(command: str):
     if command == "eval":
         from .evaluation import eval_command
         return eval_command
+    if command == "serve":
+        return serve_commands.serve
     raise JanusLikeError(f"unknown command {command!r}")
 
 
