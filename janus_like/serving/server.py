@@ -111,10 +111,10 @@ def create_app(pipeline: JanusLikePipeline, settings: ServerSettings | None = No
     settings = settings or ServerSettings()
     pipeline.processor.literal_user_text = not settings.allow_special_tokens
     state = _State(pipeline, settings, ServerMetrics(), int(time.time()))
-    app = FastAPI(title="janus_like", summary="OpenAI-compatible text and image generation",
-                  max_body_size=settings.max_body_bytes)
+    app = FastAPI(title="janus_like", summary="OpenAI-compatible text and image generation")
     _add_error_handlers(app)
     _add_routes(app, state)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(_ApiKey, key=settings.api_key)
     app.add_middleware(_Timing, metrics=state.metrics)  # outermost: refused requests are timed too
@@ -399,6 +399,9 @@ def _check_image_request(prompt: str, settings: dict) -> None:
 
 async def _edit_form(request: Request) -> tuple[dict, list[UploadFile]]:
     """An edit request's multipart form: its fields and its image files (`image` or `image[]`)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "an edit request is a multipart/form-data body: the file field 'image' and the fields "
+                            "'prompt', 'n', ... (the openai client's images.edit sends one)")
     form = await request.form(max_files=MAX_INPUT_IMAGES, max_fields=32)
     fields, files = {}, []
     for name, value in form.multi_items():
@@ -472,12 +475,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
+        if error.status_code == 413:
+            return _body_too_large().response()
         message = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"method {request.method} is not allowed on {request.url.path}",
-                   413: "the request body is too large for this server (see --max-body-mb)"}.get(
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(
                        error.status_code, str(error.detail))
-        code = {413: "request_too_large"}.get(error.status_code)
-        return ApiError(error.status_code, message, code=code).response()
+        return ApiError(error.status_code, message).response()
 
     @app.exception_handler(_ClientGone)
     async def gone(request: Request, error: _ClientGone) -> Response:
@@ -557,6 +560,43 @@ class _ApiKey:
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
         return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.key)
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413)
+
+
+class _BodyLimit:
+    """Refuse a body over `max_bytes` with 413: at once when its Content-Length says so, else as
+    soon as that much has arrived. (Starlette's RequestBodyLimitMiddleware answers in plain text,
+    which OpenAI clients cannot parse, and replaces any response the app gives.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _body_too_large().response()(scope, receive, send)
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _body_too_large() -> ApiError:
+    return ApiError(413, "the request body is too large for this server (see janus-like serve --max-body-mb)",
+                    code="request_too_large")
 
 
 class _Timing:
