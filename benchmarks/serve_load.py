@@ -8,6 +8,7 @@ latency, failures and 429s, the server's resident memory, and the concurrent/seq
     python benchmarks/serve_load.py                       # mixed: 16 clients, 32 requests
     python benchmarks/serve_load.py --scenario t2i        # 16 text-to-image clients, 1 image + guidance each
     python benchmarks/serve_load.py --model DIR --mix chat=1,image=1,interleave=0 --requests 64
+    python benchmarks/serve_load.py --random 100m --scenario t2i   # a random ~100M model (benchmarks/generate.py's)
 
 Every request has a timeout (--request-timeout) and each phase a time limit (--time-limit): no
 request is issued after it, and what was not sent counts as a failure."""
@@ -22,6 +23,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,9 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
+    p.add_argument("--random", choices=["100m", "1b"], default=None,
+                   help="serve a random model of benchmarks/generate.py's size instead of --model (saved to a "
+                        "temporary folder; 1b: Janus-Pro-1B shapes, for a GPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: the server's: cuda if available)")
     p.add_argument("--compile", action="store_true", help="start the server with --compile")
     p.add_argument("--scenario", choices=["mixed", "t2i"], default="mixed",
@@ -200,8 +205,27 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def save_random_model(size: str, folder: str) -> None:
+    """benchmarks/generate.py's random model of `size`, saved where the server can load it."""
+    import torch
+    from generate import build
+
+    _, model, processor, _ = build(size, "cpu", torch.float32)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 def main() -> None:
     args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as folder:
+        if args.random:
+            save_random_model(args.random, folder)
+            args.model = folder
+        report(args, *measure(args))
+
+
+def measure(args: argparse.Namespace) -> tuple[list[dict], float, Phase, Phase]:
+    """Warm the server up, then both phases on the same requests."""
     requests = requests_for(args)
     server, base = start_server(args)
     try:
@@ -215,10 +239,14 @@ def main() -> None:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+    return requests, idle_rss, one, many
+
+
+def report(args: argparse.Namespace, requests: list[dict], idle_rss: float, one: Phase, many: Phase) -> None:
     kinds = ", ".join(f"{k} {sum(r['kind'] == k for r in requests)}" for k in ("chat", "image", "interleave"))
-    print(f"scenario {args.scenario}: {len(requests)} requests ({kinds}), model {args.model or 'embedded default'}, "
-          f"server --max-batch {args.max_batch} --max-queue {args.max_queue}; server RSS after warm-up "
-          f"{idle_rss:.1f} MiB")
+    model = f"random {args.random}" if args.random else args.model or "embedded default"
+    print(f"scenario {args.scenario}: {len(requests)} requests ({kinds}), model {model}, server --max-batch "
+          f"{args.max_batch} --max-queue {args.max_queue}; server RSS after warm-up {idle_rss:.1f} MiB")
     print(one.line())
     print(many.line())
     ratio = {"wall": one.wall / many.wall,

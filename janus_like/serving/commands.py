@@ -55,7 +55,10 @@ def add_parser(subparsers) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Check the arguments (before any weights load), load the model, serve until interrupted."""
     _check(args)
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ImportError(f"{e}; install the server's dependencies with: pip install 'janus_like[serve]'") from e
 
     from ..pipeline import JanusLikePipeline
     from .server import DEFAULT_MODEL_ID, ServerSettings, create_app
