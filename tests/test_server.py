@@ -259,6 +259,10 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
                           json={"model": MODEL, "messages": [{"role": "user", "content": "x" * MAX_BODY}]},
                           timeout=TIMEOUT)
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+        chunked = httpx.post(f"{server}/v1/chat/completions", content=(b"x" * 2**16 for _ in range(32)),
+                             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+                             timeout=TIMEOUT)  # no Content-Length: refused once MAX_BODY bytes have arrived
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
         malformed = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": ',
                                headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
                                timeout=TIMEOUT)
