@@ -4,6 +4,7 @@ on the embedded default model, checked against JanusLikePipeline's own outputs."
 import ast
 import base64
 import concurrent.futures
+import contextlib
 import io
 import re
 import socket
@@ -26,7 +27,7 @@ from janus_like.serving.server import ServerSettings, create_app
 
 KEY = "test-key"
 MODEL = "janus-like-default"
-MAX_BATCH, MAX_QUEUE = 1, 16
+MAX_BATCH, MAX_QUEUE = 16, 16
 MAX_PIXELS = 256 * 256
 MAX_BODY = 1 * 2**20
 SCENE = Scene("circle", "red", "center")
@@ -39,12 +40,9 @@ def reference():
     return JanusLikePipeline.from_pretrained()
 
 
-@pytest.fixture(scope="module")
-def server():
-    """The server on a free 127.0.0.1 port, in a thread; stopped after the module's tests."""
-    settings = ServerSettings(max_batch=MAX_BATCH, max_queue=MAX_QUEUE, api_key=KEY, max_body_bytes=MAX_BODY,
-                              max_image_pixels=MAX_PIXELS)
-    app = create_app(JanusLikePipeline.from_pretrained(), settings)
+@contextlib.contextmanager
+def running(app):
+    """`app` on a free 127.0.0.1 port, in a thread, until the block ends; yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -54,10 +52,27 @@ def server():
     while not uv.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The pipeline behind the server (apps of other settings may share it)."""
+    return JanusLikePipeline.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    """The server most tests talk to, stopped after the module's tests."""
+    settings = ServerSettings(max_batch=MAX_BATCH, max_queue=MAX_QUEUE, api_key=KEY, max_body_bytes=MAX_BODY,
+                              max_image_pixels=MAX_PIXELS)
+    with running(create_app(served, settings)) as base:
+        yield base
 
 
 @pytest.fixture
@@ -293,26 +308,53 @@ def test_a_stream_closed_by_its_client_stops_its_generation(server, client):
     assert after["janus_like_generated_tokens_total"] == before["janus_like_generated_tokens_total"]
 
 
-def test_64_clients_against_a_queue_of_16_each_end_with_a_result_or_429(server):
-    clients = [openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
-               for _ in range(64)]
-    start = threading.Barrier(64)
+def test_a_seeded_request_gives_the_same_alone_and_among_15_others(client):
+    def draw(seed: int) -> list[bytes]:
+        result = client.images.generate(model=MODEL, prompt=SCENE.prompt, n=1, extra_body={"seed": seed})
+        return [np.asarray(decoded(d.b64_json)).tobytes() for d in result.data]
 
-    def one(c: openai.OpenAI) -> str:
-        start.wait()
-        try:
-            return "ok" if len(c.images.generate(prompt="a green triangle", n=1).data) == 1 else "bad"
-        except openai.RateLimitError as e:
-            return f"429 after {e.response.headers['Retry-After']}"
+    def say(seed: int) -> str:
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Describe it."}],
+                                              max_tokens=16, temperature=1.0, seed=seed).choices[0].message.content
 
-    rejected_before = metrics(server)["janus_like_rejected_requests_total"]
-    with concurrent.futures.ThreadPoolExecutor(64) as pool:
-        outcomes = list(pool.map(one, clients, timeout=4 * TIMEOUT))
-    assert len(outcomes) == 64 and set(outcomes) <= {"ok", "429 after 1"}
-    assert outcomes.count("ok") >= 1 and outcomes.count("429 after 1") >= 1  # 64 at once, 17 admitted at a time
-    after = metrics(server)
-    assert after["janus_like_rejected_requests_total"] - rejected_before == outcomes.count("429 after 1")
-    assert after["janus_like_requests_in_flight"] == 0 and after["janus_like_queue_length"] == 0
+    alone = draw(11), say(11)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        others = [pool.submit(draw if i % 2 else say, 100 + i) for i in range(14)]
+        among = pool.submit(draw, 11), pool.submit(say, 11)
+        assert (among[0].result(timeout=TIMEOUT), among[1].result(timeout=TIMEOUT)) == alone
+        assert all(o.result(timeout=TIMEOUT) for o in others)
+
+
+def test_64_clients_against_a_queue_of_16_each_end_with_a_result_or_429(served):
+    with running(create_app(served, ServerSettings(max_batch=1, max_queue=16))) as base:
+        clients = [openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+                   for _ in range(64)]
+        start = threading.Barrier(64)
+
+        def one(c: openai.OpenAI) -> str:
+            start.wait()
+            try:  # 48 steps each, one request at a time: the 17 admitted keep the others out for a while
+                answer = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Go on."}],
+                                                   max_tokens=48, extra_body={"ignore_eos": True})
+                return "ok" if answer.usage.completion_tokens == 48 else "short"
+            except openai.RateLimitError as e:
+                return f"429 after {e.response.headers['Retry-After']}"
+
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            outcomes = list(pool.map(one, clients, timeout=4 * TIMEOUT))
+        assert len(outcomes) == 64 and set(outcomes) <= {"ok", "429 after 1"}
+        assert outcomes.count("ok") >= 17 and outcomes.count("429 after 1") >= 1
+        after = metrics(base)
+        assert after["janus_like_rejected_requests_total"] == outcomes.count("429 after 1")
+        assert after["janus_like_requests_in_flight"] == 0 and after["janus_like_queue_length"] == 0
+
+
+def test_typed_special_tokens_stay_text_unless_allowed(served):
+    create_app(served, ServerSettings())
+    assert served.processor.literal_user_text is True
+    create_app(served, ServerSettings(allow_special_tokens=True))
+    assert served.processor.literal_user_text is False
+    create_app(served, ServerSettings())
 
 
 # ---------------------------------------------------------------------- command line
