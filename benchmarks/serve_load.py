@@ -144,7 +144,7 @@ def run_phase(name: str, base: str, requests: list[dict], clients: int, args: ar
 
 def server_rss(base: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=30).text
-    found = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)
+    found = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.MULTILINE)
     return float(found[1]) if found else 0.0
 
 

@@ -115,7 +115,7 @@ def image_question():
 def metrics(server: str) -> dict[str, float]:
     """The unlabelled samples of /metrics."""
     text = httpx.get(f"{server}/metrics", timeout=TIMEOUT).text
-    return {name: float(value) for name, value in re.findall(r"^(\w+) (\S+)$", text, re.M)}
+    return {name: float(value) for name, value in re.findall(r"^(\w+) (\S+)$", text, re.MULTILINE)}
 
 
 def wait_for(condition, seconds: float = 10.0) -> bool:

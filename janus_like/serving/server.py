@@ -8,6 +8,7 @@ state between requests. docs/serving.md describes the API a client sees."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -284,8 +285,8 @@ class _ChatAnswer:
         and markdown images in order (as JanusLikePipeline.interleave's parts)."""
         if not self.body.interleaved:
             return result.text.strip()
-        images = iter(range(1, len(result.parts) + 1))
-        return "".join(p if isinstance(p, str) else markdown_image(p, next(images)) for p in result.parts)
+        numbers = itertools.count(1)
+        return "".join(p if isinstance(p, str) else markdown_image(p, next(numbers)) for p in result.parts)
 
     def _usage(self, results: list[RowResult]) -> dict:
         return schema.usage(self.prompt_tokens * len(results), sum(len(r.token_ids) for r in results))
