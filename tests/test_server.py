@@ -6,8 +6,11 @@ import base64
 import concurrent.futures
 import contextlib
 import io
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -308,6 +311,19 @@ def test_a_stream_closed_by_its_client_stops_its_generation(server, client):
     assert after["janus_like_generated_tokens_total"] == before["janus_like_generated_tokens_total"]
 
 
+def test_a_request_whose_client_times_out_stops_its_generation(server):
+    before = metrics(server)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=0.5,
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 900,
+                         "ignore_eos": True})
+    assert wait_for(lambda: metrics(server)["janus_like_cancelled_generations_total"]
+                    == before["janus_like_cancelled_generations_total"] + 1)
+    after = metrics(server)
+    assert after["janus_like_requests_in_flight"] == 0 and after["janus_like_active_rows"] == 0
+    assert after["janus_like_generated_tokens_total"] == before["janus_like_generated_tokens_total"]
+
+
 def test_a_seeded_request_gives_the_same_alone_and_among_15_others(client):
     def draw(seed: int) -> list[bytes]:
         result = client.images.generate(model=MODEL, prompt=SCENE.prompt, n=1, extra_body={"seed": seed})
@@ -358,6 +374,32 @@ def test_typed_special_tokens_stay_text_unless_allowed(served):
 
 
 # ---------------------------------------------------------------------- command line
+
+@pytest.mark.slow
+def test_the_serve_command_starts_a_server_that_answers(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "JANUS_LIKE_API_KEY": "from-env", "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "janus_like.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: _answers(f"{base}/health"), seconds=120), "the server did not start"
+        c = openai.OpenAI(base_url=f"{base}/v1", api_key="from-env", max_retries=0, timeout=TIMEOUT)
+        assert c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert httpx.get(f"{base}/v1/models", timeout=TIMEOUT).status_code == 401  # the key came from the variable
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
 
 def test_serve_arguments_are_checked_before_loading(capsys):
     assert main(["serve", "--max-batch", "0"]) == 2
