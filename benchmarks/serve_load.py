@@ -192,7 +192,7 @@ def parse_args() -> argparse.Namespace:
                    help="weights of chat, image and interleave requests (default: chat=1,image=1,interleave=1)")
     p.add_argument("--max-tokens", type=int, default=32, help="max_tokens of chat and interleaved requests (default: 32)")
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance of image requests (default: the model's)")
-    p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default: 16)")
+    p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (default: 32)")
     p.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue (default: 64)")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
     p.add_argument("--time-limit", type=float, default=600.0, help="seconds per phase (default: 600)")

@@ -403,7 +403,7 @@ def _answers(url: str) -> bool:
 
 def test_serve_arguments_are_checked_before_loading(capsys):
     assert main(["serve", "--max-batch", "0"]) == 2
-    assert "--max-batch 0 is not accepted; give an integer in [1, 1024]" in capsys.readouterr().err
+    assert "--max-batch 0 is not accepted; give an integer in [1, 4096]" in capsys.readouterr().err
     assert main(["serve", "--max-body-mb", "-1"]) == 2
     assert "(0, 1024]" in capsys.readouterr().err
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import SettingsError
 
 API_KEY_ENV = "JANUS_LIKE_API_KEY"
-MAX_BATCH, MAX_QUEUE, MAX_BODY_MB = 1024, 100_000, 1024  # upper ends of the accepted ranges
+MAX_BATCH, MAX_QUEUE, MAX_BODY_MB = 4096, 100_000, 1024  # upper ends of the accepted ranges
 
 
 def add_parser(subparsers) -> None:
@@ -31,8 +31,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default: 8000)")
-    p.add_argument("--max-batch", type=int, default=16,
-                   help=f"batch rows decoded together, 1-{MAX_BATCH} (default: 16)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help=f"KV-cache rows shared by the requests decoding together (a guided image takes 2), "
+                        f"1-{MAX_BATCH} (default: 32)")
     p.add_argument("--max-queue", type=int, default=64,
                    help=f"requests waiting beyond the batch before new ones get 429, 0-{MAX_QUEUE} (default: 64)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),

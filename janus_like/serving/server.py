@@ -50,7 +50,7 @@ class ServerSettings:
     """What `janus-like serve` configures (its --help describes each)."""
 
     model_id: str = DEFAULT_MODEL_ID
-    max_batch: int = 16
+    max_batch: int = 32
     max_queue: int = 64
     api_key: str | None = None
     max_body_bytes: int = 32 * 2**20
