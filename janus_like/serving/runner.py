@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
@@ -31,6 +32,7 @@ class Run:
         self._peeked: collections.deque = collections.deque()
         self._open = len(starts)
         self._cancelled = threading.Event()
+        self._streams: list[Iterator[Event]] = []  # the generations' event iterators, once started
         self._rows = rows
         self._metrics = metrics
         for index, start in enumerate(starts):
@@ -57,8 +59,13 @@ class Run:
                 yield index, item
 
     def cancel(self) -> None:
-        """Stop every generation before its next step (safe to call more than once, or after the end)."""
+        """Stop every generation before its next step (safe to call more than once, or after the end).
+        Each iterator is closed here too, so that one still waiting for a batch slot (whose thread
+        waits for its first event) leaves the queue at once."""
         self._cancelled.set()
+        for events in list(self._streams):
+            with contextlib.suppress(ValueError):  # a generator in mid-step: its thread closes it after the step
+                events.close()
 
     # ------------------------------------------------------------------ worker threads
 
@@ -77,6 +84,7 @@ class Run:
         producing = finished = False
         try:
             events = start()
+            self._streams.append(events)
             with _ONE_STREAM_AT_A_TIME:  # serialised until the scheduler lands
                 try:
                     while not self._cancelled.is_set() and not finished:
