@@ -190,7 +190,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=None, help="requests per phase, >= 1 (default: 2 × clients)")
     p.add_argument("--mix", default="chat=1,image=1,interleave=1",
                    help="weights of chat, image and interleave requests (default: chat=1,image=1,interleave=1)")
-    p.add_argument("--max-tokens", type=int, default=32, help="max_tokens of chat and interleaved requests (default: 32)")
+    p.add_argument("--max-tokens", type=int, default=32,
+                   help="max_tokens of chat and interleaved requests (default: 32)")
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance of image requests (default: the model's)")
     p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (default: 32)")
     p.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue (default: 64)")

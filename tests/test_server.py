@@ -182,7 +182,7 @@ def test_image_generation_b64_equals_the_pipeline(client, reference):
                                     extra_body={"seed": 3, "cfg_scale": 2.0})
     expected = reference.generate_images(SCENE.prompt, num_images=2, seed=3, cfg_scale=2.0)
     images = [decoded(d.b64_json) for d in result.data]
-    assert len(images) == 2 and all(same_pixels(a, b) for a, b in zip(images, expected))
+    assert len(images) == 2 and all(same_pixels(a, b) for a, b in zip(images, expected, strict=True))
 
 
 def test_image_edit_equals_the_pipeline(client, reference):
@@ -204,7 +204,7 @@ def test_interleaved_stream_gives_text_and_images_in_order(client, reference):
     content = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     parts = [p for p in re.split(r"(!\[image \d+\]\(data:image/png;base64,[A-Za-z0-9+/=]+\))", content) if p]
     assert len(parts) == len(expected)
-    for got, want in zip(parts, expected):
+    for got, want in zip(parts, expected, strict=True):
         if isinstance(want, str):
             assert got == want
         else:
@@ -412,6 +412,7 @@ def test_the_command_line_imports_no_web_framework():
     """`janus-like --help` builds the serve parser: its modules import FastAPI and uvicorn only when serving."""
     for module in (serving, serving.commands):
         tree = ast.parse(Path(module.__file__).read_text())
-        imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        imported = {alias.name.split(".")[0]
+                    for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
         assert not imported & {"fastapi", "uvicorn", "starlette", "torch"}, (module.__name__, imported)

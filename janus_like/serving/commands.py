@@ -64,9 +64,9 @@ def serve(args: argparse.Namespace) -> int:
     from ..pipeline import JanusLikePipeline
     from .server import DEFAULT_MODEL_ID, ServerSettings, create_app
 
-    settings = ServerSettings(model_id=args.served_model_name or _model_id(args.model, DEFAULT_MODEL_ID), max_batch=args.max_batch,
-                              max_queue=args.max_queue, api_key=args.api_key or None,
-                              max_body_bytes=int(args.max_body_mb * 2**20),
+    model_id = args.served_model_name or _model_id(args.model, DEFAULT_MODEL_ID)
+    settings = ServerSettings(model_id=model_id, max_batch=args.max_batch, max_queue=args.max_queue,
+                              api_key=args.api_key or None, max_body_bytes=int(args.max_body_mb * 2**20),
                               allow_special_tokens=args.allow_special_tokens)
     if args.max_image_pixels is not None:
         settings.max_image_pixels = args.max_image_pixels

@@ -90,17 +90,20 @@ class ServerMetrics:
 
     def _histogram(self) -> list[str]:
         name = "janus_like_request_duration_seconds"
-        lines = [f"# HELP {name} time from a request's arrival to its last byte, by endpoint", f"# TYPE {name} histogram"]
+        lines = [f"# HELP {name} time from a request's arrival to its last byte, by endpoint",
+                 f"# TYPE {name} histogram"]
         for endpoint, (buckets, count, total) in sorted(self._latency.items()):
             label = f'endpoint="{endpoint}"'
-            lines += [f'{name}_bucket{{{label},le="{le:g}"}} {n}' for le, n in zip(LATENCY_BUCKETS, buckets)]
+            lines += [f'{name}_bucket{{{label},le="{le:g}"}} {n}'
+                      for le, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
             lines += [f'{name}_bucket{{{label},le="+Inf"}} {count}', f"{name}_count{{{label}}} {count}",
                       f"{name}_sum{{{label}}} {total:.6f}"]
         return lines
 
 
 def _metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> list[str]:
-    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *(f"{name}{labels} {value}" for labels, value in samples)]
+    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}",
+            *(f"{name}{labels} {value}" for labels, value in samples)]
 
 
 def _resident_bytes() -> int:

@@ -33,8 +33,14 @@ from ..generation.events import Done, ImageDone, RowResult, TextDelta
 from ..generation.settings import MAX_SEED, GenerationSettings
 from ..pipeline import JanusLikePipeline, check_prompt
 from . import openai_schema as schema
-from .media import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, image_from_bytes, image_from_data_url,
-                    markdown_image, png_base64)
+from .media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageTooLargeError,
+    image_from_bytes,
+    image_from_data_url,
+    markdown_image,
+    png_base64,
+)
 from .metrics import ServerMetrics
 from .runner import Run
 
