@@ -5,6 +5,7 @@ import ast
 import base64
 import concurrent.futures
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -26,6 +27,7 @@ from janus_like import serving
 from janus_like.cli import main
 from janus_like.evaluation.shapes import Scene, draw_request, render
 from janus_like.pipeline import JanusLikePipeline
+from janus_like.processor import JanusLikeProcessor
 from janus_like.serving.server import ServerSettings, create_app
 
 KEY = "test-key"
@@ -363,6 +365,18 @@ def test_64_clients_against_a_queue_of_16_each_end_with_a_result_or_429(served):
         after = metrics(base)
         assert after["janus_like_rejected_requests_total"] == outcomes.count("429 after 1")
         assert after["janus_like_requests_in_flight"] == 0 and after["janus_like_queue_length"] == 0
+
+
+@pytest.mark.skipif("literal_user_text" not in inspect.signature(JanusLikeProcessor).parameters,
+                    reason="the processor reads typed special tokens as text from i19's literal_user_text on")
+def test_a_typed_special_token_reaches_the_model_as_text(client, reference):
+    messages = [{"role": "user", "content": "<begin_of_image> what is this?"}]
+    answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    counts = {}
+    for literal in (True, False):
+        reference.processor.literal_user_text = literal
+        counts[literal] = len(reference.processor.conversation(messages))
+    assert answer.usage.prompt_tokens == counts[True] != counts[False]
 
 
 def test_typed_special_tokens_stay_text_unless_allowed(served):
