@@ -22,12 +22,8 @@ from . import __version__
 from .errors import JanusLikeError
 from .generation.settings import (MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_SCALE, MAX_TEMPERATURE,
                                   MIN_TEMPERATURE)
+from .serving import commands as serve_commands
 
-# said once on stderr when a command loads the embedded default model
-DEFAULT_MODEL_NOTE = ("janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
-                      "that knows only a shapes world (a circle, square or triangle in red, green, blue, yellow or "
-                      "purple, on the left, center or right of a 32 px image); --model DIR or a hub id loads real "
-                      "Janus weights")
 OUT_HELP = ("output folder (default: %(default)s); the files the previous run wrote there are replaced, "
             "nothing else")
 
@@ -184,7 +180,8 @@ def add_eval(sub) -> None:
 
 # One registration per sub-command: it adds its parser to `sub` and sets `handler` ("module:function",
 # imported only when the command runs) and, optionally, `check` (args -> a usage error message or None).
-COMMANDS: list[Callable] = [add_generate, add_chat, add_interleave, add_demo, add_train, add_convert, add_eval]
+COMMANDS: list[Callable] = [add_generate, add_chat, add_interleave, add_demo, add_train, add_convert, add_eval,
+                             serve_commands.add_parser]
 
 
 def _version() -> str:

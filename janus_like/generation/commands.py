@@ -13,7 +13,6 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from ..cli import DEFAULT_MODEL_NOTE
 from ..errors import PromptError
 from ..fileio import check_output_folder, output_set, save_image, write_json, write_text
 from ..images import display_factor
@@ -30,13 +29,21 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
     return load_pipeline(args)
 
 
-def load_pipeline(args: argparse.Namespace) -> JanusLikePipeline:
-    """The model a command's --model, --device, --dtype and --compile name; on the embedded default
-    model, first one line on stderr saying what it knows and that --model loads real weights."""
+# said once on stderr when a command loads the embedded default model
+DEFAULT_MODEL_NOTE = ("janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
+                      "that knows only a shapes world (a circle, square or triangle in red, green, blue, yellow or "
+                      "purple, on the left, center or right of a 32 px image); --model DIR or a hub id loads real "
+                      "Janus weights")
+
+
+def load_pipeline(args: argparse.Namespace, **options) -> JanusLikePipeline:
+    """The model a command's --model, --device, --dtype and --compile name (`options`: more of
+    from_pretrained's); on the embedded default model, first one line on stderr saying what it knows
+    and that --model loads real weights."""
     if args.model is None:
         print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                             compile=args.compile)
+                                             compile=args.compile, **options)
 
 
 def generate(args: argparse.Namespace) -> int:
