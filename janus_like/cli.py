@@ -105,7 +105,7 @@ def add_generate(sub) -> None:
                    help=f"with --image: InstructPix2Pix's weight of the input images, 0 to {MAX_SCALE:g} "
                         "(default: 1, no separate term)")
     p.add_argument("--out", default="out", help=OUT_HELP)
-    p.set_defaults(handler="janus_like.generation.commands:generate", check=_image_guidance_needs_images)
+    p.set_defaults(handler="janus_like.commands:generate", check=_image_guidance_needs_images)
 
 
 def add_chat(sub) -> None:
@@ -115,7 +115,7 @@ def add_chat(sub) -> None:
     p.add_argument("--image", action="append", default=[], help="image to ask about, repeatable (default: none)")
     _add_max_new_tokens(p, 256)
     _add_sampling(p, 0.0, top=True)
-    p.set_defaults(handler="janus_like.generation.commands:chat")
+    p.set_defaults(handler="janus_like.commands:chat")
 
 
 def add_interleave(sub) -> None:
@@ -127,7 +127,7 @@ def add_interleave(sub) -> None:
                    help=f"images the answer may draw, 0 to {MAX_INTERLEAVED_IMAGES} (default: %(default)s)")
     _add_sampling(p, 1.0, guidance=True)
     p.add_argument("--out", default="out", help=OUT_HELP)
-    p.set_defaults(handler="janus_like.generation.commands:interleave")
+    p.set_defaults(handler="janus_like.commands:interleave")
 
 
 def add_demo(sub) -> None:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .errors import ImageError, JanusLikeError, PromptError, SettingsError
 from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
-from .generation.commands import load_pipeline
+from .commands import load_pipeline
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
 from .images import display_factor, load_image
 from .pipeline import JanusLikePipeline, check_prompt

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from janus_like.cli import COMMANDS, build_parser, main
-from janus_like.generation.commands import DEFAULT_MODEL_NOTE
+from janus_like.commands import DEFAULT_MODEL_NOTE
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_TEMPERATURE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -131,7 +131,7 @@ def test_interleave_writes_index_md_and_html(saved, tmp_path):
 def test_interleave_files_list_images_in_order(tmp_path):
     from PIL import Image
 
-    from janus_like.generation.commands import write_interleaved
+    from janus_like.commands import write_interleaved
 
     parts = ["first <b>", shape_image("circle"), "then\nnext line ![fake](image_0.png)", shape_image("square"),
              "  \n", "end <img src=x onerror=alert(1)>"]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SettingsError, is_int
 from ..fileio import check_output_folder, output_set, save_image, write_json
-from ..generation.commands import load_pipeline, run_settings
+from ..commands import load_pipeline, run_settings
 from ..generation.settings import MAX_SEED
 from ..pipeline import JanusLikePipeline
 from .shapes import Scene, all_scenes, answer_matches, classify, draw_request, edits, render

@@ -62,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError(f"{e}; install the server's dependencies with: pip install 'janus_like[serve]'") from e
 
-    from ..generation.commands import load_pipeline
+    from ..commands import load_pipeline
     from ..pipeline import JanusLikePipeline
     from .server import DEFAULT_MODEL_ID, ServerSettings, create_app
 

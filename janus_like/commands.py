@@ -13,12 +13,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import PromptError
-from ..fileio import check_output_folder, output_set, save_image, write_json, write_text
-from ..images import display_factor
-from ..pipeline import JanusLikePipeline, check_prompt
-from .events import Done, ImageDone, ImageProgress, TextDelta
-from .settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
+from .errors import PromptError
+from .fileio import check_output_folder, output_set, save_image, write_json, write_text
+from .images import display_factor
+from .pipeline import JanusLikePipeline, check_prompt
+from .generation.events import Done, ImageDone, ImageProgress, TextDelta
+from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
 
 
 def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **settings) -> JanusLikePipeline:
