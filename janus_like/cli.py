@@ -22,6 +22,7 @@ from . import __version__
 from .errors import JanusLikeError
 from .generation.settings import (MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_SCALE, MAX_TEMPERATURE,
                                   MIN_TEMPERATURE)
+from .evaluation import EVALUATIONS
 from .serving import commands as serve_commands
 
 OUT_HELP = ("output folder (default: %(default)s); the files the previous run wrote there are replaced, "
@@ -164,18 +165,16 @@ def add_convert(sub) -> None:
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluations")
-    p.add_argument("suite", choices=["shapes"], help="the evaluation to run: shapes (ShapesEval)")
-    _add_model(p)
-    p.add_argument("--num-scenes", type=int, default=None,
-                   help="the first N scenes of the seeded order, 1 to 45 (default: all 45)")
-    p.add_argument("--images-per-prompt", type=int, default=4,
-                   help="images drawn per scene, 1 to 16 (default: %(default)s)")
-    _add_sampling(p, 1.0, guidance=True, seed=0)
-    p.add_argument("--image-cfg-scale", type=float, default=None,
-                   help=f"image guidance of the edit section, 0 to {MAX_SCALE:g} (default: 1, no separate term)")
-    p.add_argument("--out", default="out/eval_shapes", help=OUT_HELP)
-    p.set_defaults(handler="janus_like.evaluation:eval_command")
+    p = sub.add_parser("eval", help="evaluations: " + ", ".join(EVALUATIONS))
+    suites = p.add_subparsers(dest="suite", required=True, parser_class=_Parser, metavar="NAME",
+                              help="the evaluation to run")
+    for name, evaluation in EVALUATIONS.items():
+        q = suites.add_parser(name, help=evaluation.help)
+        _add_model(q)
+        evaluation.add_arguments(q)
+        _add_sampling(q, 1.0, guidance=True, seed=0)
+        q.add_argument("--out", default=f"out/eval_{name}", help=OUT_HELP)
+        q.set_defaults(handler=evaluation.handler)
 
 
 # One registration per sub-command: it adds its parser to `sub` and sets `handler` ("module:function",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from janus_like.cli import COMMANDS, build_parser, main
+from janus_like.evaluation import EVALUATIONS
 from janus_like.commands import DEFAULT_MODEL_NOTE
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_TEMPERATURE
 
@@ -41,14 +42,24 @@ def test_version_is_the_installed_distributions(capsys):
     assert capsys.readouterr().out.strip() == f"janus-like {importlib.metadata.version('janus_like')}"
 
 
-def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices)
+def _subparsers(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser by its name ("generate", …; "eval shapes" for a command's own sub-commands)."""
+    parser = parser or build_parser()
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[prefix + name] = sub
+                found.update(_subparsers(sub, f"{prefix}{name} "))
+    return found
 
 
 def test_there_is_one_registration_per_sub_command():
-    assert len(_subparsers()) == len(COMMANDS)
+    assert len([name for name in _subparsers() if " " not in name]) == len(COMMANDS)
+
+
+def test_each_evaluation_is_an_eval_sub_command():
+    assert {name.removeprefix("eval ") for name in _subparsers() if name.startswith("eval ")} == set(EVALUATIONS)
 
 
 @pytest.mark.parametrize("command", list(_subparsers()))
@@ -76,10 +87,10 @@ def test_option_help_states_the_accepted_ranges():
 
 def test_sampling_flags_are_shared_by_the_commands_that_take_them():
     subparsers = _subparsers()
-    helps = {c: {a.dest: a.help for a in subparsers[c]._actions} for c in ("generate", "chat", "interleave", "eval")}
+    helps = {c: {a.dest: a.help for a in subparsers[c]._actions} for c in ("generate", "chat", "interleave", "eval shapes")}
     assert len({h["temperature"] for h in helps.values()}) == 1
     assert helps["generate"]["top_k"] == helps["chat"]["top_k"]
-    assert helps["generate"]["cfg_scale"] == helps["interleave"]["cfg_scale"] == helps["eval"]["cfg_scale"]
+    assert helps["generate"]["cfg_scale"] == helps["interleave"]["cfg_scale"] == helps["eval shapes"]["cfg_scale"]
 
 
 @pytest.mark.parametrize("port", ["99999", "-1", "0", "http"])
