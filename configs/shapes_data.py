@@ -1,4 +1,4 @@
-"""Write the shapes world (janus_like.evaluation.shapes) as a training JSONL data set (DESIGN.md §6).
+"""Write the shapes world (janus_like.evaluation.shapes) as a training JSONL data set (docs/ARCHITECTURE.md §6).
 
 Every scene gives a generation record, understanding records (one per question), a text record
 and an interleaved record that draws and describes it; `interleaved` random pairs of scenes give

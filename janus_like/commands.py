@@ -1,4 +1,4 @@
-"""`janus-like generate | chat | interleave` (DESIGN.md §7): load, run the engine with a
+"""`janus-like generate | chat | interleave` (docs/ARCHITECTURE.md §7): load, run the engine with a
 progress bar, write the results (files go to a temporary name first, then are renamed)."""
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *args, **kwargs):
-        """Load any supported layout (DESIGN.md §5): this package's own, DeepSeek's original
+        """Load any supported layout (docs/ARCHITECTURE.md §5): this package's own, DeepSeek's original
         Janus / Janus-Pro, or transformers' Janus. Detection lives in `janus_like.checkpoint`."""
         return load_model(cls, pretrained_model_name_or_path, *args, **kwargs)
 

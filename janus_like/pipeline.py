@@ -1,4 +1,4 @@
-"""`JanusLikePipeline`: the public one-call API of DESIGN.md §4 on top of the generation engine."""
+"""`JanusLikePipeline`: the public one-call API of docs/ARCHITECTURE.md §4 on top of the generation engine."""
 
 from __future__ import annotations
 

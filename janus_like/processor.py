@@ -1,4 +1,4 @@
-"""Text + image processing and the sequence layout of DESIGN.md §2.
+"""Text + image processing and the sequence layout of docs/ARCHITECTURE.md §2.
 
 A sample becomes one token stream in which every position carries a modality (text,
 understanding image, generation image) and a flag saying whether it is a training target.
@@ -253,7 +253,7 @@ class JanusLikeProcessor:
 
     def record_to_sequence(self, record: dict, base_dir: str | os.PathLike = ".", drop_prompt: bool = False,
                            drop_images: bool = False) -> TokenSequence:
-        """A JSONL record of DESIGN.md §6 -> TokenSequence. `drop_prompt` replaces a generation
+        """A JSONL record of docs/ARCHITECTURE.md §6 -> TokenSequence. `drop_prompt` replaces a generation
         prompt by the unconditional one (CFG training), keeping its input images like the engine's
         twin; with `drop_images` too they go as well, like the engine's third slot for
         `image_cfg_scale` (InstructPix2Pix)."""

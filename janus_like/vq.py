@@ -1,6 +1,6 @@
 """The VQ image tokenizer: pixels <-> a grid of discrete codebook ids.
 
-Built from library pieces (DESIGN.md §1): `diffusers`' VAE `Encoder`/`Decoder` for the
+Built from library pieces (docs/ARCHITECTURE.md §1): `diffusers`' VAE `Encoder`/`Decoder` for the
 convolutional trunk and `vector_quantize_pytorch.VectorQuantize` with cosine-similarity codes
 (the l2-normalised codebook of LlamaGen / Janus VQ-16). At the default sizes every tensor has the
 shape needed to hold Janus's `gen_vision_model` weights.

@@ -1,4 +1,4 @@
-"""Foreign checkpoints (DESIGN.md §5): DeepSeek's Janus layout and transformers' Janus layout load
+"""Foreign checkpoints (docs/ARCHITECTURE.md §5): DeepSeek's Janus layout and transformers' Janus layout load
 unchanged and give the reference outputs; convert; loading options; errors; a real-size dry run.
 
 DeepSeek's reference is tests/reference_janus.py (their modules, their key names); transformers'

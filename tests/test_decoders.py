@@ -1,4 +1,4 @@
-"""Any transformers causal LM as the decoder (DESIGN.md §1): for each family the task-masked loss
+"""Any transformers causal LM as the decoder (docs/ARCHITECTURE.md §1): for each family the task-masked loss
 trains, and the engine's cached greedy text and guided image codes equal cache-free forwards, also
 for sliding-window decoders run far past their window."""
 

@@ -1,4 +1,4 @@
-"""The generation engine (DESIGN.md §3): guidance, sampling, seeds, streaming, stops, KV size, bad settings."""
+"""The generation engine (docs/ARCHITECTURE.md §3): guidance, sampling, seeds, streaming, stops, KV size, bad settings."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The CUDA path (DESIGN.md §3 "GPU"): the engine on a GPU agrees with the CPU, the compiled step
+"""The CUDA path (docs/ARCHITECTURE.md §3 "GPU"): the engine on a GPU agrees with the CPU, the compiled step
 (CUDA graphs) with eager, bf16 draws the default model's scenes, and a bf16 training run learns.
 Skipped without CUDA; run them with `python -m pytest -q -m gpu` on a GPU machine."""
 

@@ -1,4 +1,4 @@
-"""Task-masked cross-entropy (DESIGN.md §2): what is scored, by which head, and where gradients go."""
+"""Task-masked cross-entropy (docs/ARCHITECTURE.md §2): what is scored, by which head, and where gradients go."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""JanusLikePipeline (DESIGN.md §4): loading, the one-call API, and clear errors."""
+"""JanusLikePipeline (docs/ARCHITECTURE.md §4): loading, the one-call API, and clear errors."""
 
 import pytest
 import torch

@@ -4,7 +4,7 @@ The result is a transformers fast tokenizer directory with the special tokens ja
 (BOS, EOS, pad and the image tokens of janus_like.testing), so `AutoTokenizer.from_pretrained`
 and `JanusLikeProcessor` accept it directly.
 
-Text comes from plain .txt files (one document per line) and/or training JSONL of DESIGN.md §6
+Text comes from plain .txt files (one document per line) and/or training JSONL (docs/training.md)
 (every text field: prompts, messages, interleaved text segments, text records).
 
     python tokenizers/train_text.py --files data/*.jsonl notes.txt --vocab-size 8000 --out runs/text_tokenizer
@@ -76,7 +76,7 @@ def train_tokenizer(files: list[str], vocab_size: int, min_frequency: int = 2) -
 
 def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--files", nargs="+", required=True, help=".txt (one document per line) or .jsonl (DESIGN.md §6)")
+    p.add_argument("--files", nargs="+", required=True, help=".txt (one document per line) or .jsonl (training records, docs/training.md)")
     p.add_argument("--vocab-size", type=int, default=8000,
                    help=f"at least {MIN_VOCAB} (the 256 bytes and the special tokens)")
     p.add_argument("--min-frequency", type=int, default=2)

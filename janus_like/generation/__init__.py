@@ -1,4 +1,4 @@
-"""Generation: one engine for text, images and interleaved output (DESIGN.md §3).
+"""Generation: one engine for text, images and interleaved output (docs/ARCHITECTURE.md §3).
 
 The engine loads on first use (PEP 562): the CLI reads the settings' limits for its help without torch."""
 

@@ -34,7 +34,7 @@ MAX_GRAD_ACCUM = 1024
 class ModelSettings:
     """Where the model comes from: exactly one of `path`, `parts` or `tiny`."""
 
-    path: str | None = None  # a model directory (any layout of DESIGN.md §5)
+    path: str | None = None  # a model directory (any layout of docs/ARCHITECTURE.md §5)
     parts: dict[str, str] | None = None  # {llm, vision, vq?}: JanusLikeForConditionalGeneration.from_parts
     compose: dict[str, int | float | str | bool] | None = None  # with parts: JanusLikeConfig settings, e.g. {gen_image_size: 256, gen_head_hidden_size: 1024}
     tiny: bool = False  # the tiny random model of janus_like.testing (smoke runs, tests)
@@ -64,7 +64,7 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    """JSONL files of DESIGN.md §6, how tasks are mixed, and how samples become rows."""
+    """JSONL files of docs/ARCHITECTURE.md §6, how tasks are mixed, and how samples become rows."""
 
     files: list[str] = field(default_factory=list)  # paths or globs, relative to the config file
     mix: dict[str, float] | None = None  # task -> weight; default: in proportion to the records

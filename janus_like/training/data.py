@@ -1,4 +1,4 @@
-"""Training data: an index of JSONL records (DESIGN.md §6), a task mixture, and micro-batches.
+"""Training data: an index of JSONL records (docs/ARCHITECTURE.md §6), a task mixture, and micro-batches.
 
 The sample stream is a pure function of the seed and the global sample number, so a run can
 resume at any step from one integer, and `n` processes with batch `b` see exactly the samples one
