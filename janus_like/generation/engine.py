@@ -201,21 +201,7 @@ class GenerationEngine:
         yield Done([row.result for row in rows])
 
     def _check_room(self, request: Request, budget: int, settings: GenerationSettings) -> None:
-        """The prompt and the most a row may generate must fit the context; the message says what to cut."""
-        limit = self.model.config.text_config.max_position_embeddings
-        if len(request.prompt) + budget <= limit:
-            return
-        if request.start == IMAGE_MODE:
-            what, cut = f"an image's {budget} codes", "a shorter prompt or fewer input images"
-        else:
-            what, knobs = f"max_new_tokens={settings.max_new_tokens}", "max_new_tokens"
-            if settings.max_images:
-                what += f" and max_images={settings.max_images} × {self.processor.num_gen_tokens + 1} image tokens"
-                knobs += " or max_images"
-            cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
-        raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
-                          f"need {len(request.prompt) + budget} positions, but the model's context holds {limit}; "
-                          f"use {cut}")
+        check_room(self.processor, self.model.config.text_config.max_position_embeddings, request, budget, settings)
 
     def _slot_prompts(self, requests: Sequence[Request], guided: bool, image_guided: bool) -> list[TokenSequence]:
         """The prompt of every cache slot: the rows; with guidance their twins (Janus's
@@ -574,6 +560,24 @@ class GenerationEngine:
         for chunk in codes.split(DECODE_CHUNK):
             images += pixels_to_pil(vq.decode(chunk.to(self.model.device)))
         return images
+
+
+def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budget: int,
+               settings: GenerationSettings) -> None:
+    """The prompt and the most a row may generate must fit `limit` positions; the message says what to cut."""
+    if len(request.prompt) + budget <= limit:
+        return
+    if request.start == IMAGE_MODE:
+        what, cut = f"an image's {budget} codes", "a shorter prompt or fewer input images"
+    else:
+        what, knobs = f"max_new_tokens={settings.max_new_tokens}", "max_new_tokens"
+        if settings.max_images:
+            what += f" and max_images={settings.max_images} × {processor.num_gen_tokens + 1} image tokens"
+            knobs += " or max_images"
+        cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
+    raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
+                      f"need {len(request.prompt) + budget} positions, but the model's context holds {limit}; "
+                      f"use {cut}")
 
 
 def _attention_layout(config) -> tuple[int | None, list[str] | None]:
