@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import PROMPT, config_for  # noqa: E402  (the benchmark sizes of benchmarks/generate.py)
+from generate import PROMPT, config_for  # the benchmark sizes of benchmarks/generate.py
 
-from janus_like import JanusLikePipeline  # noqa: E402
-from janus_like.checkpoint.options import device_argument  # noqa: E402
-from janus_like.modeling import JanusLikeForConditionalGeneration  # noqa: E402
+from janus_like import JanusLikePipeline
+from janus_like.checkpoint.options import device_argument
+from janus_like.modeling import JanusLikeForConditionalGeneration
 
 
 def build(size: str, device: str, max_batch: int) -> JanusLikePipeline:

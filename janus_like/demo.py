@@ -1,6 +1,7 @@
 """`janus-like demo`: a Gradio app on `JanusLikePipeline` (text -> image, chat, interleaved, image edit).
 
-Safe by default: it listens on 127.0.0.1, queues at most `QUEUE_SIZE` jobs and runs one at a time,
+Safe by default: it listens on 127.0.0.1, queues at most `QUEUE_SIZE` jobs and runs up to
+`CONCURRENT_JOBS` of them at once (sharing the pipeline scheduler's decode steps),
 caps uploads in bytes (Gradio) and pixels (`load_image`), and serves no files but Gradio's own
 uploads and outputs. The handlers are plain functions of the pipeline, so tests call them directly.
 """
@@ -9,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -37,9 +36,9 @@ HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory s
 THUMB_SIDE = 256  # chat images are shown this large
 STORY_SIDE = 192  # smaller interleaved images are enlarged to about this size for display
 LOOPBACK = ("127.0.0.1", "localhost")
-HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
-# every generating event shares one slot: Gradio's concurrency limit is per event unless they share an id
-ONE_AT_A_TIME = {"concurrency_id": "generation", "concurrency_limit": 1}
+CONCURRENT_JOBS = 8  # generations running at once; they share decode steps in the pipeline's scheduler
+# every generating event shares one limit: Gradio's concurrency limit is per event unless they share an id
+SHARED_LIMIT = {"concurrency_id": "generation", "concurrency_limit": CONCURRENT_JOBS}
 
 
 def _gradio():
@@ -60,71 +59,14 @@ def _shown_in_ui():
         raise _gradio().Error(str(e)) from e
 
 
-class _GenerationThread:
-    """One daemon thread that runs the demo's generations, one after another (a daemon, so that
-    a generation nobody reads any more cannot keep the process from exiting)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, job) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="janus-like-generation", daemon=True)
-                self._thread.start()
-        self._jobs.put(job)
-
-    def _work(self) -> None:
-        while True:
-            self._jobs.get()()
-
-
-_generation_thread = _GenerationThread()
-
-
 def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
-    """Run a generation on the demo's one generation thread and hand its events over. Gradio may
-    resume a handler on any of its worker threads, and CUDA graphs (`--compile`) are recorded per
-    thread: one thread records them once. Closing this iterator (a client went away) stops it."""
-    handoff: queue.Queue = queue.Queue(maxsize=HANDOFF_EVENTS)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def run() -> None:
-        if stop.is_set():  # the handler went away while this job waited its turn
-            events.close()
-            return
-        try:
-            for event in events:
-                if not put((event, None)):
-                    return
-            put((None, None))
-        except BaseException as e:  # handed to the handler, which shows it
-            put((None, e))
-        finally:
-            events.close()
-
-    _generation_thread.submit(run)
+    """A generation's events. The pipeline's scheduler runs every generation on its own thread and
+    shares decode steps between concurrent users; closing this iterator (a client went away)
+    cancels the generation and frees its cache rows."""
     try:
-        while True:
-            event, error = handoff.get()
-            if error is not None:
-                raise error
-            if event is None:
-                return
-            yield event
+        yield from events
     finally:
-        stop.set()
+        events.close()
 
 
 # ---------------------------------------------------------------------- handlers
@@ -314,7 +256,7 @@ def _seed(seed):
 
 
 def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
-    """The Blocks app (queued: one job at a time, at most QUEUE_SIZE waiting); not launched."""
+    """The Blocks app (queued: CONCURRENT_JOBS at a time, at most QUEUE_SIZE waiting); not launched."""
     gr = _gradio()
     shortest = pipe.processor.conversation([{"role": "user", "content": "?"}])  # the room a question leaves
     max_tokens = min(MAX_NEW_TOKENS, pipe.processor.config.text_config.max_position_embeddings - len(shortest))
@@ -340,7 +282,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
-            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, **ONE_AT_A_TIME)
+            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, **SHARED_LIMIT)
 
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
@@ -359,7 +301,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 chat_seed = seed_box()
                 chat_clear = gr.Button("Clear")
             chat_box.submit(partial(chat, pipe), [chat_box, turns, chat_tokens, chat_temp, chat_seed],
-                            [chat_view, turns, chat_box], api_name="chat", **ONE_AT_A_TIME)
+                            [chat_view, turns, chat_box], api_name="chat", **SHARED_LIMIT)
             chat_clear.click(lambda: ([], [], None), None, [chat_view, turns, chat_box], queue=False)
 
         with gr.Tab("Interleaved"):
@@ -376,7 +318,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 with gr.Column(scale=2):
                     il_out = gr.Chatbot(label="text and images, in order", height=520)
             il_go.click(partial(interleave, pipe), [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed],
-                        [il_out], api_name="interleave", **ONE_AT_A_TIME)
+                        [il_out], api_name="interleave", **SHARED_LIMIT)
 
         drawing_tab("Image edit", lambda: [gr.File(label="input image", file_types=["image"], type="filepath"),
                                            gr.Textbox(label="instruction", value="make it blue", lines=2)],

@@ -9,7 +9,7 @@ import torch
 
 from janus_like import JanusLikePipeline, SettingsError
 from janus_like.generation import Done, ImageProgress, TextDelta
-from janus_like.serving.scheduler import exponential_noise, row_seed, _GOLDEN, _mix
+from janus_like.serving.scheduler import _GOLDEN, _mix, exponential_noise, row_seed
 from janus_like.testing import shape_image, tiny_model, widen_weights
 
 
@@ -55,7 +55,7 @@ def test_seeded_calls_give_the_same_output_alone_and_among_15_concurrent_calls(p
 def test_calls_admitted_while_others_decode_equal_greedy_outputs_alone(pipe):
     first = dict(prompt="a blue square", num_images=2, cfg_scale=3.0, temperature=0)
     later = [dict(prompt="What is this?", mode="chat", max_new_tokens=12),
-             dict(prompt="a red circle", num_images=1, cfg_scale=2.0, temperature=0)]
+             dict(prompt="a red circle", mode="images", num_images=1, cfg_scale=2.0, temperature=0)]
     alone = [_events_result(pipe.stream(**kw)) for kw in [dict(first, mode="images"), *later]]
     stream = pipe.stream(**first, mode="images")
     progress = [next(stream) for _ in range(4)]  # the first call is drawing
