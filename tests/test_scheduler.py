@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from janus_like import JanusLikePipeline, SettingsError
-from janus_like.generation import Done, ImageProgress, TextDelta
+from janus_like import JanusLikePipeline, PromptError, SettingsError
+from janus_like.generation import Done, GenerationSettings, ImageProgress, Request, TextDelta
+from janus_like.serving import Scheduler
 from janus_like.serving.scheduler import _GOLDEN, _mix, exponential_noise, row_seed
 from janus_like.testing import shape_image, tiny_model, widen_weights
 
@@ -72,20 +73,22 @@ def _events_result(stream):
             return [(r.token_ids, [im.tobytes() for im in r.images], r.text) for r in event.results]
 
 
-def test_a_cancelled_stream_frees_its_slots_within_one_step(pipe):
-    scheduler = pipe.scheduler
-    keep = pipe.stream("a red circle", mode="images", num_images=1, cfg_scale=3.0, temperature=0)  # 2 slots
-    cancelled = pipe.stream("Tell me a long story.", mode="chat", max_new_tokens=200, ignore_eos=True)
-    next(keep)
-    _wait(lambda: scheduler.free_slots == scheduler.max_batch - 3)
-    steps = scheduler.steps
+def test_a_cancelled_stream_frees_its_slots_within_one_step(pipe, monkeypatch):
+    scheduler, free_at_step, step = pipe.scheduler, {}, pipe.scheduler._step
+    monkeypatch.setattr(scheduler, "_step", lambda: (free_at_step.setdefault(scheduler.steps, scheduler.free_slots),
+                                                     step()))
+    keep = pipe.stream("Keep talking.", mode="chat", max_new_tokens=300, ignore_eos=True)  # 1 slot
+    cancelled = pipe.stream("A long story with a picture.", mode="interleave", max_new_tokens=200, ignore_eos=True)
+    next(cancelled)
+    assert scheduler.free_slots == scheduler.max_batch - 3  # an interleaved row reserves its guidance twin
     cancelled.close()
-    _wait(lambda: scheduler.free_slots == scheduler.max_batch - 2)
-    assert scheduler.steps - steps <= 1  # the step in flight when it was closed, at most
-    dropped = pipe.stream("Another long story.", mode="chat", max_new_tokens=200, ignore_eos=True)
+    closed_at = scheduler.steps  # this step may have been under way already; the next one starts after the close
+    _wait(lambda: closed_at + 1 in free_at_step)
+    assert free_at_step[closed_at + 1] == scheduler.max_batch - 1
+    dropped = pipe.stream("Another long story.", mode="interleave", max_new_tokens=200, ignore_eos=True)
     next(dropped)
     del dropped  # garbage collection cancels too
-    _wait(lambda: scheduler.free_slots == scheduler.max_batch - 2)
+    _wait(lambda: scheduler.free_slots == scheduler.max_batch - 1)
     assert isinstance(list(keep)[-1], Done)
     _wait(lambda: scheduler.free_slots == scheduler.max_batch)
 
@@ -120,6 +123,17 @@ def test_calls_beyond_max_batch_wait_for_slots_and_rows_that_never_fit_are_refus
             JanusLikePipeline(model, processor, max_batch=bad)
     with pytest.raises(SettingsError, match="max_batch"):
         JanusLikePipeline.from_pretrained("/nonexistent", max_batch=0)  # refused before loading
+
+
+def test_a_row_that_cannot_fit_the_cache_columns_is_refused_at_submission():
+    model, processor = tiny_model(seed=0)
+    scheduler = Scheduler(model, processor, max_batch=4, cache_length=64)
+    prompt = processor.conversation([{"role": "user", "content": "hi"}])
+    with pytest.raises(PromptError, match="the scheduler's cache_length holds 64; .* lower max_new_tokens"):
+        scheduler.submit([Request(prompt)], GenerationSettings(max_new_tokens=64))
+    done = list(scheduler.submit([Request(prompt)], GenerationSettings(max_new_tokens=64 - len(prompt))))[-1]
+    assert len(done.results[0].token_ids) <= 64 - len(prompt)
+    assert [tuple(layer.keys.shape[::2]) for layer in scheduler.cache.layers] == [(4, 64)] * len(scheduler.cache.layers)
 
 
 def test_an_error_in_a_step_reaches_its_callers_and_the_scheduler_keeps_serving(pipe, monkeypatch):

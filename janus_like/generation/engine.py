@@ -563,7 +563,7 @@ class GenerationEngine:
 
 
 def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budget: int,
-               settings: GenerationSettings) -> None:
+               settings: GenerationSettings, holder: str = "the model's context") -> None:
     """The prompt and the most a row may generate must fit `limit` positions; the message says what to cut."""
     if len(request.prompt) + budget <= limit:
         return
@@ -576,7 +576,7 @@ def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budg
             knobs += " or max_images"
         cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
     raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
-                      f"need {len(request.prompt) + budget} positions, but the model's context holds {limit}; "
+                      f"need {len(request.prompt) + budget} positions, but {holder} holds {limit}; "
                       f"use {cut}")
 
 

@@ -55,6 +55,9 @@ from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
 from ..processor import GEN_IMAGE, TEXT, JanusLikeProcessor, TokenSequence
 
 MAX_BATCH = 4096  # slots: far beyond any cache that fits a device, small enough to refuse typos
+# cache columns by default, when the model's context is longer: Janus-Pro's 16384 × 32 rows would take
+# 100 GB at 1B; 4096 holds an image (576 codes) or an interleaved answer with four images and a long prompt
+DEFAULT_CACHE_LENGTH = 4096
 _END = object()  # the last item of a call's event queue
 
 
@@ -250,10 +253,11 @@ class Scheduler:
 
     def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor,
                  max_batch: int = 32, cache_length: int | None = None, decode: bool = True):
-        """`max_batch`: cache rows in all; `cache_length`: cache columns (default: the model's context)."""
-        context = model.config.text_config.max_position_embeddings
+        """`max_batch`: cache rows in all; `cache_length`: cache columns, the most one row's prompt and
+        output may take (default: the model's context, at most DEFAULT_CACHE_LENGTH)."""
+        self.context = model.config.text_config.max_position_embeddings
         self.max_batch = check_max_batch(max_batch)
-        self.cache_length = context if cache_length is None else min(int(cache_length), context)
+        self.cache_length = min(DEFAULT_CACHE_LENGTH if cache_length is None else int(cache_length), self.context)
         self.model, self.processor, self.decode = model.eval(), processor, decode
         self._body = model.decoder
         self._cache_name = cache_kwarg(type(self._body))
@@ -349,7 +353,8 @@ class Scheduler:
         for i, r in enumerate(requests):
             if len(r.prompt) == 0:
                 raise PromptError("the prompt is empty; give some text")
-            check_room(self.processor, self.cache_length, r, self._budget(r, settings), settings)
+            holder = "the model's context" if self.cache_length == self.context else "the scheduler's cache_length"
+            check_room(self.processor, self.cache_length, r, self._budget(r, settings), settings, holder)
             draws = r.start == IMAGE_MODE or settings.max_images > 0
             bare = image_guided and r.start == IMAGE_MODE
             waiting.append(_Waiting(None, i, r, guided=(settings.guided or bare) and draws, bare=bare))
