@@ -147,7 +147,6 @@ def test_an_error_in_a_step_reaches_its_callers_and_the_scheduler_keeps_serving(
             pipe.generate_images("a red circle", num_images=1)
     with pytest.raises(RuntimeError, match="image head broke"):  # the chat row shared the failing step
         list(chat)
-    assert pipe.scheduler._thread.is_alive()
     assert len(pipe.generate_images("a red circle", num_images=1, seed=0)) == 1
     assert pipe.scheduler.free_slots == pipe.scheduler.max_batch
 
@@ -169,6 +168,13 @@ def test_noise_depends_on_seed_step_and_index_only():
     assert torch.equal(noise[0], alone[0])  # the batch around a row changes nothing
     assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
     assert abs(noise.mean().item() - 1.0) < 0.1 and noise.min() > 0  # Exp(1)
+
+
+def test_the_scheduler_thread_ends_when_idle_and_a_new_call_starts_it(pipe, monkeypatch):
+    monkeypatch.setattr("janus_like.serving.scheduler.IDLE_SECONDS", 0.01)
+    pipe.chat("hello", max_new_tokens=2)
+    _wait(lambda: pipe.scheduler._thread is None)  # an unused pipeline keeps no thread (nor itself) alive
+    assert pipe.chat("hello", max_new_tokens=2) == pipe.chat("hello", max_new_tokens=2)
 
 
 def test_text_streams_through_the_scheduler_in_deltas(pipe):

@@ -55,6 +55,7 @@ from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
 from ..processor import GEN_IMAGE, TEXT, JanusLikeProcessor, TokenSequence
 
 MAX_BATCH = 4096  # slots: far beyond any cache that fits a device, small enough to refuse typos
+IDLE_SECONDS = 1.0  # the scheduler thread ends after this long with nothing to do (the next submit starts one)
 # cache columns by default, when the model's context is longer: Janus-Pro's 16384 × 32 rows would take
 # 100 GB at 1B; 4096 holds an image (576 codes) or an interleaved answer with four images and a long prompt
 DEFAULT_CACHE_LENGTH = 4096
@@ -375,19 +376,24 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
 
     def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        """Start the scheduler thread unless it runs (lock held)."""
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="janus-like-scheduler", daemon=True)
             self._thread.start()
 
     @torch.inference_mode()
     def _run(self) -> None:
-        """Admit, step, repeat; sleep while nothing is admitted or waiting."""
+        """Admit, step, repeat; sleep while nothing is admitted or waiting, and end after IDLE_SECONDS
+        of that (so that an unused pipeline holds no thread that keeps it alive)."""
         while True:
             with self._lock:
                 self._drop_cancelled()
-                while not self._rows and not self._waiting:
-                    self._lock.wait()
+                if not self._rows and not self._waiting:
+                    self._lock.wait(IDLE_SECONDS)
                     self._drop_cancelled()
+                    if not self._rows and not self._waiting:
+                        self._thread = None
+                        return
                 admitted = self._reserve()
             for row in admitted:
                 self._guarded([row.call], self._admit, row)
@@ -580,7 +586,8 @@ class Scheduler:
                      top_k=self._top_k[:width] if filtered else None, top_p=self._top_p[:width])
         code = text = None
         if IMAGE_MODE in modes:
-            logits = self._guide(self.model.image_logits(hidden).float(), width)
+            two_scale = any(row.bare is not None for row in rows)
+            logits = self._guide(self.model.image_logits(hidden).float(), width, two_scale)
             noise = self._noise(steps, logits.shape[-1], width) if sampled else None
             code = sample_rows(logits, noise=noise, **picks)
         if TEXT_MODE in modes:
@@ -597,16 +604,15 @@ class Scheduler:
             return code if text is None else text
         return torch.where(torch.tensor(is_image, device=device), code, text)
 
-    def _guide(self, logits: torch.Tensor, width: int) -> torch.Tensor:
+    def _guide(self, logits: torch.Tensor, width: int, two_scale: bool) -> torch.Tensor:
         """Per-slot guidance: `u + s·(c − u)` with the slot's twin (s = 1 without one: the row's own
-        logits), or the two-scale form where the slot has a bare twin."""
+        logits), or, where a slot has a bare twin (`two_scale`: some slot has), the two-scale form."""
         twin, cfg = logits[self._twin_of[:width]], self._cfg[:width, None]
         guided = torch.lerp(twin, logits, cfg)
-        two_scale = self._two_scale[:width]
-        if bool(two_scale.any()):
+        if two_scale:
             bare = logits[self._bare_of[:width]]
             both = torch.lerp(bare, twin, self._image_cfg[:width, None]) + cfg * (logits - twin)
-            guided = torch.where(two_scale[:, None], both, guided)
+            guided = torch.where(self._two_scale[:width, None], both, guided)
         return guided
 
     def _noise(self, steps: torch.Tensor, vocab: int, width: int) -> torch.Tensor:
