@@ -14,6 +14,15 @@ from janus_like.serving.scheduler import _GOLDEN, _mix, exponential_noise, row_s
 from janus_like.testing import shape_image, tiny_model, widen_weights
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models' ops are too small to split; one thread avoids waiting on busy cores (as test_demo)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     model, processor = tiny_model(seed=0)
@@ -51,6 +60,20 @@ def test_seeded_calls_give_the_same_output_alone_and_among_15_concurrent_calls(p
     assert together == alone
     assert max(widest) >= 8  # the calls did share decode steps
     assert len({str(a) for a in alone}) == len(alone)  # the seeds and prompts do make each call different
+
+
+def test_on_the_default_model_interleaved_images_and_edits_are_the_same_alone_and_concurrent():
+    default = JanusLikePipeline.from_pretrained(device="cpu", dtype="float32", max_batch=32)
+    picture = shape_image()
+    calls = [lambda p: p.interleave("Draw a red circle, then describe it.", seed=0, max_new_tokens=40, max_images=1),
+             lambda p: p.interleave("a red circle", seed=2, max_new_tokens=40, max_images=1),
+             lambda p: p.generate_images("a blue square", num_images=2, seed=3, temperature=1.0),
+             lambda p: p.generate_images("make it blue", images=[picture], num_images=1, seed=4, image_cfg_scale=2.0),
+             lambda p: p.chat("What is this?", images=[picture], temperature=1.0, seed=5, max_new_tokens=20)]
+    alone = [_comparable(call(default)) for call in calls]
+    assert all(bytes in map(type, output) for output in alone[:2])  # the interleaved answers drew images
+    with ThreadPoolExecutor(len(calls)) as pool:
+        assert [_comparable(f.result()) for f in [pool.submit(call, default) for call in calls]] == alone
 
 
 def test_calls_admitted_while_others_decode_equal_greedy_outputs_alone(pipe):
