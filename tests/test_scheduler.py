@@ -76,6 +76,22 @@ def test_on_the_default_model_interleaved_images_and_edits_are_the_same_alone_an
         assert [_comparable(f.result()) for f in [pool.submit(call, default) for call in calls]] == alone
 
 
+def test_greedy_outputs_equal_the_static_batch_engines(pipe):
+    """The engine's greedy outputs match transformers' Janus (test_generation_parity); so do these."""
+    p, picture = pipe.processor, shape_image()
+    chat = p.conversation([{"role": "user", "content": "hello there"}])
+    cases = [([Request(p.generation_prompt("a red circle"), "image")] * 2, dict(cfg_scale=3.0)),
+             ([Request(p.generation_prompt("make it blue", [picture]), "image")], dict(cfg_scale=3.0, image_cfg_scale=2.0)),
+             ([Request(chat)], dict(max_new_tokens=20, repetition_penalty=1.3, stop=["zz"])),
+             ([Request(chat)], dict(max_new_tokens=20, max_images=1, cfg_scale=2.0, ignore_eos=True))]
+    for requests, settings in cases:
+        settings = GenerationSettings(temperature=0, **settings)
+        engine = pipe.engine.generate(requests, settings)
+        scheduler = list(pipe.scheduler.submit(requests, settings))[-1].results
+        assert [(r.token_ids, r.text, [c.tolist() for c in r.codes], r.finish_reason) for r in scheduler] == \
+               [(r.token_ids, r.text, [c.tolist() for c in r.codes], r.finish_reason) for r in engine]
+
+
 def test_calls_admitted_while_others_decode_equal_greedy_outputs_alone(pipe):
     first = dict(prompt="a blue square", num_images=2, cfg_scale=3.0, temperature=0)
     later = [dict(prompt="What is this?", mode="chat", max_new_tokens=12),
