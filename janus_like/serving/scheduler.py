@@ -32,10 +32,12 @@ on the host.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import queue
 import secrets
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -44,7 +46,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
-from ..errors import PromptError, SettingsError
+from ..errors import GenerationError, PromptError, SettingsError
 from ..generation.engine import (DECODE_CHUNK, DONE_MODE, IMAGE_MODE, TEXT_MODE, WIDTH_STEP, Request, _additive,
                                  _attention_layout, _copy, _fill, _full_history_config, _preview_due, _shown,
                                  _special_ids, check_room)
@@ -60,6 +62,7 @@ IDLE_SECONDS = 1.0  # the scheduler thread ends after this long with nothing to 
 # 100 GB at 1B; 4096 holds an image (576 codes) or an interleaved answer with four images and a long prompt
 DEFAULT_CACHE_LENGTH = 4096
 _END = object()  # the last item of a call's event queue
+_SCHEDULERS: weakref.WeakSet = weakref.WeakSet()  # stopped at exit, before daemon threads are cut off mid-op
 
 
 # ---------------------------------------------------------------------- counter-based noise
@@ -184,7 +187,8 @@ class RowState:
     specials: list[tuple[int, int]] = field(default_factory=list)
     forced: int | None = None
     emitted: int = 0
-    codes: list[int] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)  # the current image's codes read back so far
+    unread: int = 0  # codes sampled since, still only on the device (`Scheduler._codes`)
     text_tokens: int = 0
     draw_only: bool = False
 
@@ -273,7 +277,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.cache: StaticCache | None = None  # allocated on the first admission, then reused
         self.steps = 0  # decode steps run so far
+        self._stopping = False
         self._init_slot_settings()
+        _SCHEDULERS.add(self)
 
     def _init_slot_settings(self) -> None:
         """Per-slot tensors of the sampling settings, set at admission."""
@@ -293,6 +299,7 @@ class Scheduler:
         self._seen = torch.zeros(n, text_vocab, dtype=torch.bool, device=device)
         self._index_hash = _mix((torch.arange(max(text_vocab, codebook), device=device) + 1) * _GOLDEN)
         self._hidden: torch.Tensor | None = None
+        self._codes = torch.zeros(n, self.processor.num_gen_tokens, dtype=torch.long, device=device)  # unread codes
 
     # ------------------------------------------------------------------ public
 
@@ -388,17 +395,29 @@ class Scheduler:
         while True:
             with self._lock:
                 self._drop_cancelled()
-                if not self._rows and not self._waiting:
+                if not self._rows and not self._waiting and not self._stopping:
                     self._lock.wait(IDLE_SECONDS)
                     self._drop_cancelled()
-                    if not self._rows and not self._waiting:
-                        self._thread = None
-                        return
+                if self._stopping or (not self._rows and not self._waiting):
+                    self._thread = None
+                    return
                 admitted = self._reserve()
             for row in admitted:
                 self._guarded([row.call], self._admit, row)
             if self._rows:
                 self._guarded({row.call: None for row in self._rows}, self._step)
+
+    def stop(self) -> None:
+        """End the scheduler thread after its current step (at interpreter exit); a later submit restarts it."""
+        with self._lock:
+            thread, self._stopping = self._thread, True
+            self._lock.notify_all()
+        if thread is not None:
+            thread.join(timeout=10)
+        with self._lock:
+            self._stopping = False
+            for call in {row.call for row in self._rows} | {w.call for w in self._waiting}:
+                self._end(call, GenerationError("the scheduler was stopped (the process is exiting)"))
 
     def _guarded(self, calls, fn, *args) -> None:
         """Run `fn`; an error ends the calls it concerns (raised in their streams), not the loop."""
@@ -545,7 +564,13 @@ class Scheduler:
         """Sample a token for every row, apply it to the rows' states, feed what they take next."""
         rows = list(self._rows)
         width = 1 + max(s for row in rows for s in row.slots)
-        tokens = self._sample(rows, width).tolist()
+        sampled = self._sample(rows, width)
+        if self._blind(rows):
+            self._draw_unread(rows, sampled)
+            self.steps += 1
+            return
+        self._read_codes(rows)
+        tokens = sampled.tolist()
         events: dict[_Call, list] = {}
         finished_images: list[tuple[RowState, ImageDone]] = []
         for row in rows:
@@ -564,8 +589,47 @@ class Scheduler:
                     if row.call.remaining == 0 and not row.call.over:
                         row.call.events.put(Done(row.call.results))
                         self._end(row.call, None)
-        self._feed([row for row in rows if row.mode != DONE_MODE and row in self._rows], tokens)
+        self._feed([row for row in rows if row.mode != DONE_MODE and row in self._rows])
         self.steps += 1
+
+    def _blind(self, rows: list[RowState]) -> bool:
+        """Whether the host can do without this step's tokens: every row is drawing, and none
+        finishes its image or shows a preview now."""
+        n_codes = self.processor.num_gen_tokens
+        for row in rows:
+            done = len(row.codes) + row.unread + 1
+            if row.mode != IMAGE_MODE or done == n_codes or _preview_due(done, row.settings, n_codes):
+                return False
+        return True
+
+    def _draw_unread(self, rows: list[RowState], sampled: torch.Tensor) -> None:
+        """A drawing step without reading the codes back: they stay in `_codes` on the device and
+        are fed from there; the callers get their progress events."""
+        n_codes, device = self.processor.num_gen_tokens, self.model.device
+        slots = [row.slot for row in rows]
+        indices = [len(row.codes) + row.unread for row in rows]
+        slots_t, indices_t = _to_device(slots, device), _to_device(indices, device)
+        self._codes[slots_t, indices_t] = sampled[slots_t]
+        with self._lock:
+            for row, done in zip(rows, indices):
+                row.unread, row.step = row.unread + 1, row.step + 1
+                if not row.call.over:
+                    row.call.events.put(ImageProgress(row.index, len(row.result.codes), done + 1, n_codes))
+        self._feed(rows, sampled)
+
+    def _read_codes(self, rows: list[RowState]) -> None:
+        """Bring the codes of earlier drawing steps to the host: one read for all rows."""
+        unread = [row for row in rows if row.unread]
+        if not unread:
+            return
+        codes = self._codes.tolist()
+        for row in unread:
+            new = codes[row.slot][len(row.codes):len(row.codes) + row.unread]
+            row.codes += new
+            row.result.token_ids.extend(new)
+            if row.context is not None:
+                row.context.add(new, GEN_IMAGE, False)
+            row.unread = 0
 
     def _sample(self, rows: list[RowState], width: int) -> torch.Tensor:
         """Next token of every slot below `width`: image rows from the guided image head, text rows
@@ -579,7 +643,7 @@ class Scheduler:
             steps[row.slot] = row.step
             is_image[row.slot] = row.mode == IMAGE_MODE
             blocked[row.slot] = len(row.result.codes) >= row.settings.max_images
-        steps = torch.tensor(steps, device=device)
+        steps = _to_device(steps, device)
         sampled = any(row.settings.temperature > 0 for row in rows)
         filtered = any(row.settings.top_k or row.settings.top_p is not None for row in rows)
         picks = dict(temperature=self._temperature[:width],
@@ -597,12 +661,12 @@ class Scheduler:
                 penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
                 logits = torch.where(self._seen[:width], penalized, logits)
             boi = self.processor.image_start_id
-            logits[:, boi] = logits[:, boi].masked_fill(torch.tensor(blocked, device=device), float("-inf"))
+            logits[:, boi] = logits[:, boi].masked_fill(_to_device(blocked, device), float("-inf"))
             noise = self._noise(steps, logits.shape[-1], width) if sampled else None
             text = sample_rows(logits, noise=noise, **picks)
         if code is None or text is None:
             return code if text is None else text
-        return torch.where(torch.tensor(is_image, device=device), code, text)
+        return torch.where(_to_device(is_image, device), code, text)
 
     def _guide(self, logits: torch.Tensor, width: int, two_scale: bool) -> torch.Tensor:
         """Per-slot guidance: `u + s·(c − u)` with the slot's twin (s = 1 without one: the row's own
@@ -618,17 +682,20 @@ class Scheduler:
     def _noise(self, steps: torch.Tensor, vocab: int, width: int) -> torch.Tensor:
         return exponential_noise(self._seeds[:width], steps, self._index_hash[:vocab])
 
-    def _feed(self, rows: list[RowState], tokens: list[int]) -> None:
-        """One decoder call: every row's fed token (and its twins') at each slot's own column."""
+    def _feed(self, rows: list[RowState], sampled: torch.Tensor | None = None) -> None:
+        """One decoder call: every row's fed token (and its twins') at each slot's own column; the
+        tokens are the rows' `fed` on the host, or, given `sampled` (a drawing step nothing read
+        back), each row's sampled code."""
         if not rows:
             return
         width = 1 + max(s for row in rows for s in row.slots)
         fed, is_code, columns = [self.processor.pad_id] * width, [False] * width, [0] * width
+        feeder = list(range(width))  # the slot whose sampled code each slot is fed
         seen = []
         for row in rows:
-            token, code = row.fed
+            token, code = row.fed if sampled is None else (0, True)
             for slot in row.fed_slots:
-                fed[slot], is_code[slot], columns[slot] = token, code, row.columns[slot]
+                fed[slot], is_code[slot], columns[slot], feeder[slot] = token, code, row.columns[slot], row.slot
                 row.columns[slot] += 1
             if not code and row.settings.repetition_penalty != 1.0:
                 seen.append((row.slot, token))
@@ -636,8 +703,8 @@ class Scheduler:
         if seen:
             slots, ids = zip(*seen)
             self._seen[list(slots), list(ids)] = True
-        fed_t, code_t = torch.tensor(fed, device=device), torch.tensor(is_code, device=device)
-        columns_t = torch.tensor(columns, device=device)
+        code_t, columns_t = _to_device(is_code, device), _to_device(columns, device)
+        fed_t = _to_device(fed, device) if sampled is None else sampled[_to_device(feeder, device)]
         embeds = self._embed(fed_t, code_t, any(is_code))
         span = min(self.cache_length, -(-(max(columns) + 1) // WIDTH_STEP) * WIDTH_STEP)
         cache = copy.copy(self.cache)
@@ -774,6 +841,20 @@ class Scheduler:
         for chunk in codes.split(DECODE_CHUNK):
             images += pixels_to_pil(self.model.vq.decode(chunk.to(self.model.device)))
         return images
+
+
+@atexit.register
+def _stop_all() -> None:
+    for scheduler in list(_SCHEDULERS):
+        scheduler.stop()
+
+
+def _to_device(values: list, device: torch.device) -> torch.Tensor:
+    """A host list as a device tensor without waiting for the device (pinned, asynchronous copy)."""
+    tensor = torch.tensor(values)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def check_max_batch(max_batch) -> int:
