@@ -216,6 +216,19 @@ def test_the_scheduler_thread_ends_when_idle_and_a_new_call_starts_it(pipe, monk
     assert pipe.chat("hello", max_new_tokens=2) == pipe.chat("hello", max_new_tokens=2)
 
 
+def test_previews_and_progress_come_from_drawing_steps_that_read_nothing_back(pipe):
+    plain = list(pipe.stream("a red circle", mode="images", num_images=2, seed=3, temperature=1.0))
+    previewed = list(pipe.stream("a red circle", mode="images", num_images=2, seed=3, temperature=1.0,
+                                 preview_every=4))
+    n = pipe.processor.num_gen_tokens
+    for events in (plain, previewed):
+        assert [(e.row, e.done) for e in events if isinstance(e, ImageProgress)] == \
+               [(row, done) for done in range(1, n + 1) for row in (0, 1)]
+    previews = [e.done for e in previewed if isinstance(e, ImageProgress) and e.preview is not None]
+    assert previews == [done for done in range(4, n, 4) for _ in (0, 1)]
+    assert [r.token_ids for r in previewed[-1].results] == [r.token_ids for r in plain[-1].results]
+
+
 def test_text_streams_through_the_scheduler_in_deltas(pipe):
     events = list(pipe.stream("hello", mode="chat", max_new_tokens=12))
     deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
