@@ -40,7 +40,7 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -315,10 +315,6 @@ class Scheduler:
             self._start()
             self._lock.notify_all()
         return RequestStream(self, call)
-
-    def stream(self, requests: Sequence[Request], settings: GenerationSettings) -> Iterator[Event]:
-        """`submit`, under the engine's name."""
-        return self.submit(requests, settings)
 
     def cancel(self, call: _Call) -> None:
         """Mark a call cancelled; the scheduler thread frees its slots before its next step."""
@@ -646,8 +642,8 @@ class Scheduler:
         steps = _to_device(steps, device)
         sampled = any(row.settings.temperature > 0 for row in rows)
         filtered = any(row.settings.top_k or row.settings.top_p is not None for row in rows)
-        picks = dict(temperature=self._temperature[:width],
-                     top_k=self._top_k[:width] if filtered else None, top_p=self._top_p[:width])
+        picks = {"temperature": self._temperature[:width], "top_k": self._top_k[:width] if filtered else None,
+                 "top_p": self._top_p[:width]}
         code = text = None
         if IMAGE_MODE in modes:
             two_scale = any(row.bare is not None for row in rows)
