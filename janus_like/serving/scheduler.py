@@ -239,10 +239,9 @@ class RequestStream:
 class _SlotWrites(StaticLayer):
     """The first rows and columns of one cache layer, written at each slot's own column."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, columns: torch.Tensor):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor):
         super().__init__(max_cache_len=keys.shape[2])
-        self.keys, self.values, self.columns = keys, values, columns
-        self.rows = torch.arange(keys.shape[0], device=keys.device)
+        self.keys, self.values, self.rows, self.columns = keys, values, rows, columns
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -704,7 +703,8 @@ class Scheduler:
         embeds = self._embed(fed_t, code_t, any(is_code))
         span = min(self.cache_length, -(-(max(columns) + 1) // WIDTH_STEP) * WIDTH_STEP)
         cache = copy.copy(self.cache)
-        cache.layers = [_SlotWrites(layer.keys[:width, :, :span], layer.values[:width, :, :span], columns_t)
+        rows = torch.arange(width, device=device)
+        cache.layers = [_SlotWrites(layer.keys[:width, :, :span], layer.values[:width, :, :span], rows, columns_t)
                         for layer in self.cache.layers]
         where = torch.arange(span, device=device)[None, :]
         allowed = where <= columns_t[:, None]
