@@ -1,6 +1,7 @@
 """`janus-like demo`: a Gradio app on `JanusLikePipeline` (text -> image, chat, interleaved, image edit).
 
-Safe by default: it listens on 127.0.0.1, queues at most `QUEUE_SIZE` jobs and runs one at a time,
+Safe by default: it listens on 127.0.0.1, queues at most `QUEUE_SIZE` jobs and runs up to
+`CONCURRENT_JOBS` of them at once (sharing the pipeline scheduler's decode steps),
 caps uploads in bytes (Gradio) and pixels (`load_image`), and serves no files but Gradio's own
 uploads and outputs. The handlers are plain functions of the pipeline, so tests call them directly.
 """
@@ -10,11 +11,9 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import queue
 import secrets
 import socket
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -41,9 +40,9 @@ HISTORY_SIDE = 1024  # chat images are kept at most this large (session memory s
 THUMB_SIDE = 256  # chat images are shown this large
 LOOPBACK = ("127.0.0.1", "localhost")
 RANDOM_SEEDS = 2**32  # an empty seed box draws one below this: short enough to type back in
-HANDOFF_EVENTS = 64  # events the generation thread may run ahead of the handler reading them
-# every generating event shares one slot: Gradio's concurrency limit is per event unless they share an id
-ONE_AT_A_TIME = {"concurrency_id": "generation", "concurrency_limit": 1}
+CONCURRENT_JOBS = 8  # generations running at once; they share decode steps in the pipeline's scheduler
+# every generating event shares one limit: Gradio's concurrency limit is per event unless they share an id
+SHARED_LIMIT = {"concurrency_id": "generation", "concurrency_limit": CONCURRENT_JOBS}
 # Gradio shows an error's toast for 10 s, beside the next run's good results: each run closes them first
 CLOSE_TOASTS = "document.querySelectorAll('[data-testid=toast-close]').forEach(button => button.click());"
 
@@ -68,71 +67,14 @@ def _shown_in_ui():
         raise _gradio().Error(str(e), print_exception=False) from e
 
 
-class _GenerationThread:
-    """One daemon thread that runs the demo's generations, one after another (a daemon, so that
-    a generation nobody reads any more cannot keep the process from exiting)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, job) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="janus-like-generation", daemon=True)
-                self._thread.start()
-        self._jobs.put(job)
-
-    def _work(self) -> None:
-        while True:
-            self._jobs.get()()
-
-
-_generation_thread = _GenerationThread()
-
-
 def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
-    """Run a generation on the demo's one generation thread and hand its events over. Gradio may
-    resume a handler on any of its worker threads, and CUDA graphs (`--compile`) are recorded per
-    thread: one thread records them once. Closing this iterator (a client went away) stops it."""
-    handoff: queue.Queue = queue.Queue(maxsize=HANDOFF_EVENTS)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def run() -> None:
-        if stop.is_set():  # the handler went away while this job waited its turn
-            events.close()
-            return
-        try:
-            for event in events:
-                if not put((event, None)):
-                    return
-            put((None, None))
-        except BaseException as e:  # handed to the handler, which shows it
-            put((None, e))
-        finally:
-            events.close()
-
-    _generation_thread.submit(run)
+    """A generation's events. The pipeline's scheduler runs every generation on its own thread and
+    shares decode steps between concurrent users; closing this iterator (a client went away)
+    cancels the generation and frees its cache rows."""
     try:
-        while True:
-            event, error = handoff.get()
-            if error is not None:
-                raise error
-            if event is None:
-                return
-            yield event
+        yield from events
     finally:
-        stop.set()
+        events.close()
 
 
 # ---------------------------------------------------------------------- handlers
@@ -333,7 +275,7 @@ def _seed(seed: str | int | float | None) -> int:
 
 
 def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
-    """The Blocks app (queued: one job at a time, at most QUEUE_SIZE waiting); not launched."""
+    """The Blocks app (queued: CONCURRENT_JOBS at a time, at most QUEUE_SIZE waiting); not launched."""
     gr = _gradio()
     shortest = pipe.processor.conversation([{"role": "user", "content": "?"}])  # the room a question leaves
     max_tokens = min(MAX_NEW_TOKENS, pipe.processor.config.text_config.max_position_embeddings - len(shortest))
@@ -360,7 +302,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
             go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, js=_closing_toasts(inputs),
-                     **ONE_AT_A_TIME)
+                     **SHARED_LIMIT)
 
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
@@ -381,7 +323,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                 chat_clear = gr.Button("Clear")
             chat_inputs = [chat_box, turns, chat_tokens, chat_temp, chat_seed]
             chat_box.submit(partial(chat, pipe), chat_inputs, [chat_view, turns, chat_box, chat_status],
-                            api_name="chat", js=_closing_toasts(chat_inputs), **ONE_AT_A_TIME)
+                            api_name="chat", js=_closing_toasts(chat_inputs), **SHARED_LIMIT)
             chat_clear.click(lambda: ([], [], None, ""), None, [chat_view, turns, chat_box, chat_status], queue=False)
 
         with gr.Tab("Interleaved"):
@@ -400,7 +342,7 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     il_status = gr.Markdown()
             il_inputs = [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed]
             il_go.click(partial(interleave, pipe), il_inputs, [il_out, il_status], api_name="interleave",
-                        js=_closing_toasts(il_inputs), **ONE_AT_A_TIME)
+                        js=_closing_toasts(il_inputs), **SHARED_LIMIT)
 
         drawing_tab("Image edit", lambda: [_image_input(label="input image", sources=["upload"], height=256),
                                            gr.Textbox(label="instruction", value="make it blue", lines=2)],

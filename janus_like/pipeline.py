@@ -16,6 +16,7 @@ from .generation.engine import IMAGE_MODE, TEXT_MODE
 from .generation.settings import check_num_images
 from .modeling import JanusLikeForConditionalGeneration
 from .processor import JanusLikeProcessor, TokenSequence
+from .generation.scheduler import Scheduler, check_max_batch
 
 ImageLike = str | os.PathLike | Image.Image
 MODES = ("images", "chat", "interleave")
@@ -27,29 +28,36 @@ MODE_DEFAULTS = {"chat": {"temperature": 0.0, "max_new_tokens": 256},
 
 
 class JanusLikePipeline:
-    """Text and images in, text, images or both out; one engine serves every call."""
+    """Text and images in, text, images or both out. Every call goes through one scheduler, so
+    calls from many threads share decode steps; `engine` runs one static batch per call."""
 
-    def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor, compile: bool = False):
+    def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor, compile: bool = False,
+                 max_batch: int = 32):
+        """`max_batch`: KV-cache rows shared by concurrent calls (a guided image takes 2, an
+        image edit with image_cfg_scale 3); `compile` applies to `engine`."""
         self.model = model.eval()
         self.processor = processor
+        self.scheduler = Scheduler(model, processor, max_batch=max_batch)
         self.engine = GenerationEngine(model, processor, compile=compile)
         self.default_cfg_scale = model.config.default_cfg_scale  # the guidance the model was tuned for
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, compile: bool = False,
-                        chat_roles: str | tuple[str, str] | None = None, check_weights: bool = False
-                        ) -> "JanusLikePipeline":
+                        chat_roles: str | tuple[str, str] | None = None, check_weights: bool = False,
+                        max_batch: int = 32) -> "JanusLikePipeline":
         """Load a model and its processor (any supported layout; no path: the embedded default).
         Defaults: CUDA when available in bfloat16, else CPU in float32. `chat_roles` overrides the
         chat roles: a release ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair.
-        `check_weights`: refuse weights holding NaN or infinity (reads every weight once more)."""
+        `check_weights`: refuse weights holding NaN or infinity (reads every weight once more).
+        `max_batch`: the KV-cache rows that concurrent calls share (a guided image takes 2)."""
+        check_max_batch(max_batch)  # before loading anything
         device = _device(device)
         dtype = _dtype(dtype, device)
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device,
                                                                   chat_roles=chat_roles, check_weights=check_weights)
         processor = JanusLikeProcessor.from_pretrained(path, model.config)
-        return cls(model, processor, compile=compile)
+        return cls(model, processor, compile=compile, max_batch=max_batch)
 
     # ------------------------------------------------------------------ one-call API
 
@@ -98,7 +106,9 @@ class JanusLikePipeline:
                num_images: int | None = None, system_prompt: str | None = None, **settings) -> Iterator[Event]:
         """The engine's events (TextDelta, ImageProgress, ImageDone, Done) for one prompt (or, for
         "images", a list of prompts: rows prompt after prompt, `num_images` each). `mode` is
-        "images", "chat" or "interleave"; `settings` are GenerationSettings fields."""
+        "images", "chat" or "interleave"; `settings` are GenerationSettings fields. Thread-safe:
+        concurrent calls share decode steps; bad input raises here; closing (or dropping) the
+        returned iterator cancels its rows. Rows beyond the free slots wait for them."""
         if mode not in MODES:
             raise SettingsError(f"mode={mode!r} is not accepted; mode must be one of {', '.join(MODES)}")
         if mode != "images" and num_images not in (None, 1):
@@ -126,7 +136,7 @@ class JanusLikePipeline:
         if mode == "chat":  # an answer ends where the next user turn would begin, whatever other stops are given:
             # its header "User:" (DeepSeek's deepseek_old template stops there; a bare "User" is a common word)
             generation.stop = (*generation.stop, f"{self.processor.config.user_role}:")
-        return self.engine.stream(requests, generation)
+        return self.scheduler.submit(requests, generation)
 
     def _conversation(self, prompt: str | list[dict], images: Sequence[ImageLike] | None,
                       system_prompt: str | None) -> TokenSequence:

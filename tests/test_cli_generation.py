@@ -74,15 +74,15 @@ def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(sav
 
 
 def test_generate_draws_a_prompts_file_in_batches_of_at_most_64_images(saved, tmp_path, monkeypatch):
-    from janus_like.generation import GenerationEngine
+    from janus_like.generation.scheduler import Scheduler
 
-    rows, stream = [], GenerationEngine.stream
+    rows, submit = [], Scheduler.submit
 
     def recording(self, requests, settings):
         rows.append(len(requests))
-        return stream(self, requests, settings)
+        return submit(self, requests, settings)
 
-    monkeypatch.setattr(GenerationEngine, "stream", recording)
+    monkeypatch.setattr(Scheduler, "submit", recording)
     (tmp_path / "prompts.txt").write_text("".join(f"prompt number {i}\n\n" for i in range(5)))
     out = tmp_path / "out"
     assert main(["generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model", saved, "--num-images", "30",
@@ -107,14 +107,14 @@ def test_chat_with_compile_answers_like_eager(saved, capsys):
 
 
 def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypatch):
-    from janus_like.generation import GenerationEngine
+    from janus_like.generation.scheduler import Scheduler
 
-    seen, stream = [], GenerationEngine.stream
+    seen, submit = [], Scheduler.submit
     def recording(self, requests, settings):
         seen.append(settings.image_cfg_scale)
-        return stream(self, requests, settings)
+        return submit(self, requests, settings)
 
-    monkeypatch.setattr(GenerationEngine, "stream", recording)
+    monkeypatch.setattr(Scheduler, "submit", recording)
     image = write_image(tmp_path / "in.png", shape_image())
     assert main(["generate", "make it blue", "--model", saved, "--image", str(image), "--num-images", "1",
                  "--image-cfg-scale", "2.5", "--out", str(tmp_path / "out")]) == 0

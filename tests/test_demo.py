@@ -3,6 +3,7 @@ launched server that answers on loopback, refuses arbitrary files and oversized 
 
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -68,10 +69,10 @@ def test_build_demo_has_four_tabs_bounded_sliders_and_a_bounded_queue(app, pipe)
     with pytest.raises(PromptError, match="lower max_new_tokens"):
         next(iter(pipe.stream("?", mode="chat", max_new_tokens=int(most) + 1)))
     assert app._queue.max_size == demo.QUEUE_SIZE
-    # one job at a time across all tabs: Gradio's concurrency limit is per event unless they share an id
+    # CONCURRENT_JOBS across all tabs: Gradio's concurrency limit is per event unless they share an id
     generating = [fn for fn in app.fns.values() if fn.api_name in ("text_to_image", "chat", "interleave", "image_edit")]
     assert len(generating) == 4
-    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in generating} == {("generation", 1)}
+    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in generating} == {("generation", demo.CONCURRENT_JOBS)}
 
 
 def test_text_to_image_streams_previews_and_returns_n_images(pipe):
@@ -108,29 +109,26 @@ def test_image_edit_passes_image_and_settings_to_the_pipeline(pipe, picture):
     assert len(images) == 1 and images[0].tobytes() == again[0].tobytes()
 
 
-def test_generations_run_on_the_one_generation_thread(pipe, monkeypatch):
-    threads, stream = set(), pipe.engine.stream
-
-    def recording(*args, **kwargs):
-        for event in stream(*args, **kwargs):
-            threads.add(threading.current_thread().name)
-            yield event
-
-    monkeypatch.setattr(pipe.engine, "stream", recording)
-    for _ in range(2):  # handlers called from two threads, as Gradio's workers do
-        caller = threading.Thread(target=lambda: list(demo.text_to_image(pipe, "a red circle", 1, 1.5, 1.0, 0)))
-        caller.start()
-        caller.join()
-    list(demo.chat(pipe, {"text": "hi", "files": []}, [], 4, 0.0, 0))
-    assert threads == {"janus-like-generation"}
+def test_concurrent_handlers_share_the_schedulers_decode_steps(pipe, monkeypatch):
+    scheduler, calls_per_step, step = pipe.scheduler, [], pipe.scheduler._step
+    monkeypatch.setattr(scheduler, "_step", lambda: (calls_per_step.append(len({r.call for r in scheduler._rows})),
+                                                     step()))
+    first = demo.text_to_image(pipe, "a red circle", 4, 1.5, 1.0, 0)
+    second = demo.text_to_image(pipe, "a blue square", 4, 1.5, 1.0, 1)
+    next(first), next(second)  # both handlers are drawing (handlers run on Gradio's worker threads)
+    assert "4 image(s)" in list(first)[-1][1] and "4 image(s)" in list(second)[-1][1]
+    assert max(calls_per_step) == 2
 
 
 def test_a_generation_left_unread_stops_and_an_error_reaches_the_page(pipe, monkeypatch):
-    monkeypatch.setattr(demo, "HANDOFF_EVENTS", 1)  # the generation thread waits on the reader at once
     updates = demo.text_to_image(pipe, "a red circle", 2, 1.5, 1.0, 0)
     next(updates)
-    updates.close()  # the client went away mid-drawing
-    done = []  # the generation thread is free again: the next job runs (a stuck thread would hang it)
+    updates.close()  # the client went away mid-drawing: its rows are cancelled
+    end = time.monotonic() + 30
+    while pipe.scheduler.free_slots < pipe.scheduler.max_batch:
+        assert time.monotonic() < end, "the closed handler's rows kept their slots"
+        time.sleep(0.001)
+    done = []  # the next job runs (a stuck scheduler would hang it)
     caller = threading.Thread(target=lambda: done.extend(demo.text_to_image(pipe, "a blue square", 1, 1.5, 1.0, 0)),
                               daemon=True)
     caller.start()
@@ -141,7 +139,7 @@ def test_a_generation_left_unread_stops_and_an_error_reaches_the_page(pipe, monk
         yield from ()
         raise demo.JanusLikeError("the model ran out of context")
 
-    monkeypatch.setattr(pipe.engine, "stream", failing)
+    monkeypatch.setattr(pipe.scheduler, "submit", failing)
     with pytest.raises(gr.Error, match="ran out of context"):
         list(demo.text_to_image(pipe, "a red circle", 1, 1.5, 1.0, 0))
 

@@ -89,13 +89,13 @@ def test_bad_input_raises_a_clear_error(tiny, call, error, words):
 
 def test_chat_stops_at_the_next_user_turn_also_when_given_stops(tiny, monkeypatch):
     pipe = JanusLikePipeline(*tiny)
-    stops, stream = [], pipe.engine.stream
+    stops, submit = [], pipe.scheduler.submit
 
     def recording(requests, settings):
         stops.append(settings.stop)
-        return stream(requests, settings)
+        return submit(requests, settings)
 
-    monkeypatch.setattr(pipe.engine, "stream", recording)
+    monkeypatch.setattr(pipe.scheduler, "submit", recording)
     for stop in (None, ["."], "."):
         pipe.chat("hello", max_new_tokens=2, stop=stop)
     header = pipe.processor.config.user_role + ":"

@@ -1,4 +1,4 @@
-"""One generation engine for text, images and interleaved output (DESIGN.md §3).
+"""One generation engine for text, images and interleaved output (docs/ARCHITECTURE.md §3).
 
 Every request is a batch row with a small state machine:
 
@@ -72,6 +72,17 @@ class _Row:
     codes: list[int] = field(default_factory=list)
     text_tokens: int = 0
     draw_only: bool = False  # a text-to-image row: DONE after its image
+
+
+@dataclass
+class _Batch:
+    """One call's device state, created by the prefill and passed to every step (the engine keeps
+    only the cache, which a compiled engine reuses across calls)."""
+
+    generator: torch.Generator  # the call's noise
+    mask: torch.Tensor  # (slots, columns) additive: what each slot may attend to
+    positions: torch.Tensor  # (slots,) the position each slot writes next
+    columns: int  # cache columns this call uses (a compiled engine's cache has one spare)
 
 
 class GenerationEngine:
@@ -152,9 +163,9 @@ class GenerationEngine:
         cache_len = length + max(budgets) - 1
 
         device = self.model.device
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(settings.seed if settings.seed is not None else secrets.randbits(63))
-        hidden = self._prefill(prompts, length, cache_len)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(settings.seed if settings.seed is not None else secrets.randbits(63))
+        hidden, state = self._prefill(prompts, length, cache_len, generator)
         self.kv_cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
         column = length
 
@@ -165,11 +176,11 @@ class GenerationEngine:
         seen = self._seen_tokens(requests) if settings.repetition_penalty != 1.0 else None
 
         if not any_text:  # text-to-image: every row draws in lockstep; nothing is read back
-            yield from self._draw(rows, hidden, settings, column)
+            yield from self._draw(state, rows, hidden, settings, column)
         for step in range(max(budgets) if any_text else 0):
             modes = {row.mode for row in rows}
-            tokens = self._sample(hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen)
-            events, fed_host, code_host, changed = self._advance(rows, tokens.tolist(), settings, column)
+            tokens = self._sample(state, hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen)
+            events, fed_host, code_host, changed = self._advance(state, rows, tokens.tolist(), settings, column)
             yield from events
             if all(row.mode == DONE_MODE for row in rows):
                 break
@@ -185,13 +196,13 @@ class GenerationEngine:
             embeds = self._embed_next(fed, fed_is_code, any(code_host) if changed else IMAGE_MODE in modes)
             if guided:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
-            self.mask[:, column] = 0.0
-            embeds, positions = embeds[:, None], self.positions[:, None]
+            state.mask[:, column] = 0.0
+            embeds, positions = embeds[:, None], state.positions[:, None]
             self._dynamic([0], embeds, positions)
-            hidden = self._step(embeds, positions, *self._attend(column))
+            hidden = self._step(embeds, positions, *self._attend(state, column))
             if self.compile:
                 hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
-            self.positions += 1
+            state.positions += 1
             column += 1
         for i, row in enumerate(rows):
             if row.mode != DONE_MODE:  # cannot happen within the budget; kept as a safe ending
@@ -202,21 +213,7 @@ class GenerationEngine:
         yield Done([row.result for row in rows])
 
     def _check_room(self, request: Request, budget: int, settings: GenerationSettings) -> None:
-        """The prompt and the most a row may generate must fit the context; the message says what to cut."""
-        limit = self.model.config.text_config.max_position_embeddings
-        if len(request.prompt) + budget <= limit:
-            return
-        if request.start == IMAGE_MODE:
-            what, cut = f"an image's {budget} codes", "a shorter prompt or fewer input images"
-        else:
-            what, knobs = f"max_new_tokens={settings.max_new_tokens}", "max_new_tokens"
-            if settings.max_images:
-                what += f" and max_images={settings.max_images} × {self.processor.num_gen_tokens + 1} image tokens"
-                knobs += " or max_images"
-            cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
-        raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
-                          f"need {len(request.prompt) + budget} positions, but the model's context holds {limit}; "
-                          f"use {cut}")
+        check_room(self.processor, self.model.config.text_config.max_position_embeddings, request, budget, settings)
 
     def _slot_prompts(self, requests: Sequence[Request], guided: bool, image_guided: bool) -> list[TokenSequence]:
         """The prompt of every cache slot: the rows; with guidance their twins (Janus's
@@ -244,7 +241,6 @@ class GenerationEngine:
         shape repeats (no re-capture), and allocates one spare column that is never attended: its
         widest view (`_attend`) is then strided like the narrower ones, so the compiled step is not
         specialised a second time for a contiguous cache."""
-        self._columns = cache_len
         cache_len += int(self.compile)
         cache = self.cache
         if (self.compile and cache is not None and cache.get_max_length() == cache_len
@@ -257,14 +253,14 @@ class GenerationEngine:
             # every layer on the device of its prefill keys: a decoder split over GPUs (device_map) works too
             static.lazy_initialization(empty(dynamic.keys), empty(dynamic.values))
 
-    def _attend(self, column: int) -> tuple[torch.Tensor, torch.Tensor | None, StaticCache]:
+    def _attend(self, state: _Batch, column: int) -> tuple[torch.Tensor, torch.Tensor | None, StaticCache]:
         """What a query at `column` attends over: the mask, its sliding-window cut (None without
         sliding layers) and the cache, all cut to the first `column + 1` columns rounded up to
         WIDTH_STEP, so that attention reads the filled part of the static cache rather than all of
         it (drawing at Janus-Pro-1B sizes read 1.8× the columns in use). A compiled step takes the
         width and the row count as dynamic sizes: one graph, a CUDA graph per shape."""
-        width = min(self._columns, -(-(column + 1) // WIDTH_STEP) * WIDTH_STEP)
-        mask, windowed = self.mask[:, :width], None
+        width = min(state.columns, -(-(column + 1) // WIDTH_STEP) * WIDTH_STEP)
+        mask, windowed = state.mask[:, :width], None
         if self._window is not None:  # each slot's columns are contiguous, so columns count positions
             windowed = mask.clone()
             windowed[:, :max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
@@ -297,10 +293,11 @@ class GenerationEngine:
             return windowed
         return {"full_attention": full, "sliding_attention": windowed}
 
-    def _prefill(self, prompts: list[TokenSequence], length: int, cache_len: int) -> torch.Tensor:
+    def _prefill(self, prompts: list[TokenSequence], length: int, cache_len: int, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, _Batch]:
         """Run each distinct prompt once (left-padded to `length`, with its understanding images),
         then copy its keys and values into the static cache of every slot that uses it; returns
-        the slots' last hidden states."""
+        the slots' last hidden states and the call's state."""
         device, pad = self.model.device, self.processor.pad_id
         distinct = list({id(s): s for s in prompts}.values())
         slot_of = {id(s): i for i, s in enumerate(distinct)}
@@ -331,13 +328,12 @@ class GenerationEngine:
             static.keys[:, :, :length] = dynamic.keys[index]
             static.values[:, :, :length] = dynamic.values[index]
             static.cumulative_length.fill_(length)
-        self.mask = torch.full((len(prompts), self.cache.get_max_length()), torch.finfo(embeds.dtype).min,
-                               dtype=embeds.dtype, device=device)
-        self.mask[:, :length].masked_fill_(real[index], 0.0)
-        self.positions = lengths[index]
-        return hidden[index, -1]
+        mask = torch.full((len(prompts), self.cache.get_max_length()), torch.finfo(embeds.dtype).min,
+                          dtype=embeds.dtype, device=device)
+        mask[:, :length].masked_fill_(real[index], 0.0)
+        return hidden[index, -1], _Batch(generator, mask, lengths[index], cache_len)
 
-    def _prefill_twin(self, row_index: int, row: _Row, column: int, slots: int) -> None:
+    def _prefill_twin(self, state: _Batch, row_index: int, row: _Row, column: int, slots: int) -> None:
         """Write the twin's unconditional prompt for everything row `row_index` has seen (ending in
         `<begin_of_image>`, which the next lockstep call feeds) into its cache slot."""
         twin = self.processor.unconditional(row.context, keep_images=True)
@@ -353,20 +349,20 @@ class GenerationEngine:
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[slot, :, start:column] = dynamic.keys[0]
             static.values[slot, :, start:column] = dynamic.values[0]
-        self.mask[slot] = torch.finfo(self.mask.dtype).min
-        self.mask[slot, start:column] = 0.0
-        self.positions[slot] = n
+        state.mask[slot] = torch.finfo(state.mask.dtype).min
+        state.mask[slot, start:column] = 0.0
+        state.positions[slot] = n
 
     # ------------------------------------------------------------------ sampling
 
-    def _sample(self, hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen) -> torch.Tensor:
+    def _sample(self, state, hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen) -> torch.Tensor:
         """Next token of every row: image rows from the (guided) gen head, text rows from the LM head."""
         code = text = None
         if IMAGE_MODE in modes:
             logits = self.model.image_logits(hidden).float()
             if guided:
                 logits = guided_logits(logits[:batch], logits[batch:], settings.cfg_scale)
-            code = sample(logits, settings.temperature, settings.top_k, settings.top_p, self.generator)
+            code = sample(logits, settings.temperature, settings.top_k, settings.top_p, state.generator)
         if TEXT_MODE in modes:
             logits = self.model.text_logits(hidden[:batch]).float()
             if seen is not None:
@@ -376,13 +372,13 @@ class GenerationEngine:
                 logits[:, boi] = float("-inf")
             else:
                 logits[:, boi] = logits[:, boi].masked_fill(boi_blocked, float("-inf"))
-            text = sample(logits, settings.temperature, settings.top_k, settings.top_p, self.generator)
+            text = sample(logits, settings.temperature, settings.top_k, settings.top_p, state.generator)
         if code is None:
             return text if text is not None else torch.zeros(batch, dtype=torch.long, device=hidden.device)
         return code if text is None else torch.where(image_rows, code, text)
 
-    def _draw(self, rows: list[_Row], hidden: torch.Tensor, settings: GenerationSettings, column: int
-              ) -> Iterator[Event]:
+    def _draw(self, state: _Batch, rows: list[_Row], hidden: torch.Tensor, settings: GenerationSettings,
+              column: int) -> Iterator[Event]:
         """Text-to-image rows: N codes each, one (compiled) draw step per code, no host sync."""
         batch, n_codes = len(rows), self.processor.num_gen_tokens
         codebook = self.model.gen_embed.num_embeddings
@@ -398,12 +394,12 @@ class GenerationEngine:
         for k in range(n_codes):
             noise = None
             if settings.temperature > 0:
-                noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=self.generator)
+                noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=state.generator)
             if k + 1 < n_codes:
-                self.mask[:, column + k] = 0.0
-                positions = self.positions + k
+                state.mask[:, column + k] = 0.0
+                positions = state.positions + k
                 self._dynamic([0], hidden, noise, positions)
-                code, hidden = self._draw_step(hidden, noise, positions, *self._attend(column + k), *picks)
+                code, hidden = self._draw_step(hidden, noise, positions, *self._attend(state, column + k), *picks)
                 if self.compile:
                     hidden = hidden.clone()  # CUDA-graph outputs are overwritten by the next replay
             else:
@@ -462,7 +458,8 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------ row state machine
 
-    def _advance(self, rows: list[_Row], tokens: list[int], settings: GenerationSettings, column: int):
+    def _advance(self, state: _Batch, rows: list[_Row], tokens: list[int], settings: GenerationSettings,
+                 column: int):
         """Apply one step's tokens to every row's state; return the events, the ids to feed back,
         which of them are image codes, and whether any row changed mode or was fed a forced token
         (then the device must take the fed ids from the host)."""
@@ -510,7 +507,7 @@ class GenerationEngine:
                 row.context.add([token], TEXT, False)
                 row.mode, changed = IMAGE_MODE, True
                 if settings.guided:
-                    self._prefill_twin(i, row, column, 2 * len(rows))
+                    self._prefill_twin(state, i, row, column, 2 * len(rows))
                 continue
             row.segment.append(token)
             row.context.add([token], TEXT, False)
@@ -575,6 +572,24 @@ class GenerationEngine:
         for chunk in codes.split(DECODE_CHUNK):
             images += pixels_to_pil(vq.decode(chunk.to(self.model.device)))
         return images
+
+
+def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budget: int,
+               settings: GenerationSettings, holder: str = "the model's context") -> None:
+    """The prompt and the most a row may generate must fit `limit` positions; the message says what to cut."""
+    if len(request.prompt) + budget <= limit:
+        return
+    if request.start == IMAGE_MODE:
+        what, cut = f"an image's {budget} codes", "a shorter prompt or fewer input images"
+    else:
+        what, knobs = f"max_new_tokens={settings.max_new_tokens}", "max_new_tokens"
+        if settings.max_images:
+            what += f" and max_images={settings.max_images} × {processor.num_gen_tokens + 1} image tokens"
+            knobs += " or max_images"
+        cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
+    raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
+                      f"need {len(request.prompt) + budget} positions, but {holder} holds {limit}; "
+                      f"use {cut}")
 
 
 def _attention_layout(config) -> tuple[int | None, list[str] | None]:

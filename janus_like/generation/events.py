@@ -46,6 +46,7 @@ class RowResult:
     token_ids: list[int] = field(default_factory=list)
     codes: list[torch.Tensor] = field(default_factory=list)
     finish_reason: str = ""
+    seed: int | None = None  # the request's seed (drawn when none was given), set by the scheduler
 
     @property
     def text(self) -> str:
