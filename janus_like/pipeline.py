@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from typing import Iterator, Sequence
 
 import torch
@@ -29,16 +30,20 @@ MODE_DEFAULTS = {"chat": {"temperature": 0.0, "max_new_tokens": 256},
 
 class JanusLikePipeline:
     """Text and images in, text, images or both out. Every call goes through one scheduler, so
-    calls from many threads share decode steps; `engine` runs one static batch per call."""
+    calls from many threads share decode steps. With `compile=True` calls run instead one at a time
+    on `engine`, whose decode step is compiled (CUDA graphs of one static batch); the scheduler's
+    steps run eagerly (docs/scheduler.md)."""
 
     def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor, compile: bool = False,
                  max_batch: int = 32):
         """`max_batch`: KV-cache rows shared by concurrent calls (a guided image takes 2, an
-        image edit with image_cfg_scale 3); `compile` applies to `engine`."""
+        image edit with image_cfg_scale 3)."""
         self.model = model.eval()
         self.processor = processor
         self.scheduler = Scheduler(model, processor, max_batch=max_batch)
         self.engine = GenerationEngine(model, processor, compile=compile)
+        self.compile = compile
+        self._engine_lock = threading.Lock()  # the compiled engine serves one call at a time
         self.default_cfg_scale = model.config.default_cfg_scale  # the guidance the model was tuned for
 
     @classmethod
@@ -136,7 +141,14 @@ class JanusLikePipeline:
         if mode == "chat":  # an answer ends where the next user turn would begin, whatever other stops are given:
             # its header "User:" (DeepSeek's deepseek_old template stops there; a bare "User" is a common word)
             generation.stop = (*generation.stop, f"{self.processor.config.user_role}:")
-        return self.scheduler.submit(requests, generation)
+        if not self.compile:
+            return self.scheduler.submit(requests, generation)
+        self._engine_lock.acquire()
+        try:
+            return _Exclusive(self.engine.stream(requests, generation), self._engine_lock)
+        except BaseException:
+            self._engine_lock.release()
+            raise
 
     def _conversation(self, prompt: str | list[dict], images: Sequence[ImageLike] | None,
                       system_prompt: str | None) -> TokenSequence:
@@ -153,6 +165,31 @@ class JanusLikePipeline:
             raise PromptError(f"system_prompt must be a string (or None for the model's own), got "
                               f"{type(system_prompt).__name__}")
         return self.processor.conversation(messages, system_prompt=system_prompt)
+
+
+class _Exclusive:
+    """An engine call's events that hold `lock` until they end, fail or are closed (or dropped)."""
+
+    def __init__(self, events: Iterator[Event], lock: threading.Lock):
+        self._events, self._lock = events, lock
+
+    def __iter__(self) -> "_Exclusive":
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            return next(self._events)
+        except BaseException:  # StopIteration included: the call is over
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            self._events.close()
+            lock.release()
+
+    __del__ = close
 
 
 def check_prompt(prompt) -> str:

@@ -1,5 +1,7 @@
 """JanusLikePipeline (docs/ARCHITECTURE.md §4): loading, the one-call API, and clear errors."""
 
+import threading
+
 import pytest
 import torch
 from PIL import Image
@@ -100,3 +102,33 @@ def test_chat_stops_at_the_next_user_turn_also_when_given_stops(tiny, monkeypatc
         pipe.chat("hello", max_new_tokens=2, stop=stop)
     header = pipe.processor.config.user_role + ":"
     assert stops == [(header,), (".", header), (".", header)]
+
+
+def test_compiled_calls_run_one_at_a_time_on_the_engine(tiny):
+    """compile=True routes calls to the engine (its compiled step serves one static batch): calls
+    from two threads each get their own whole answer, equal to the scheduler's greedy one, and a
+    stream dropped half-read lets the next call run."""
+    model, processor = tiny
+    pipe = JanusLikePipeline(model, processor)
+    expected = pipe.generate_images("a red circle", num_images=1, temperature=0, cfg_scale=1.0)[0]
+    pipe.compile = True  # the routing under test; compiling itself is the slow tests' business
+    pipe.scheduler.submit = lambda *args: pytest.fail("a compiled pipeline's calls go to the engine")
+    results, errors = {}, []
+
+    def draw(name):
+        try:
+            results[name] = pipe.generate_images("a red circle", num_images=1, temperature=0, cfg_scale=1.0)[0]
+        except Exception as e:  # noqa: BLE001 - any error fails the test below
+            errors.append(e)
+
+    threads = [threading.Thread(target=draw, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(results) == 2
+    assert all(list(image.getdata()) == list(expected.getdata()) for image in results.values())
+    events = pipe.stream("a red circle", mode="images", num_images=1, temperature=0)
+    next(events)
+    del events  # dropped mid-call: the engine is free again
+    assert pipe.chat("hi", max_new_tokens=2) is not None

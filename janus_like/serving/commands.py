@@ -6,7 +6,6 @@ so that `janus-like --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import ipaddress
 import os
 import sys
@@ -63,7 +62,6 @@ def serve(args: argparse.Namespace) -> int:
         raise ImportError(f"{e}; install the server's dependencies with: pip install 'janus_like[serve]'") from e
 
     from ..commands import load_pipeline
-    from ..pipeline import JanusLikePipeline
     from .server import DEFAULT_MODEL_ID, ServerSettings, create_app
 
     model_id = args.served_model_name or _model_id(args.model, DEFAULT_MODEL_ID)
@@ -72,10 +70,7 @@ def serve(args: argparse.Namespace) -> int:
                               allow_special_tokens=args.allow_special_tokens)
     if args.max_image_pixels is not None:
         settings.max_image_pixels = args.max_image_pixels
-    options = {}
-    if "max_batch" in inspect.signature(JanusLikePipeline.from_pretrained).parameters:
-        options["max_batch"] = args.max_batch
-    pipeline = load_pipeline(args, **options)
+    pipeline = load_pipeline(args, max_batch=args.max_batch)
     if not settings.api_key and not _loopback(args.host):
         print(f"janus-like serve: warning: listening on {args.host} without an API key (--api-key or "
               f"${API_KEY_ENV}); anyone who reaches this address can use the server", file=sys.stderr)

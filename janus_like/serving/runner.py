@@ -16,8 +16,6 @@ from ..generation.events import Done, Event, ImageProgress
 from .metrics import ServerMetrics
 
 _END = object()  # a generation's last queue item, after its events or its error
-# serialised until the scheduler lands: today's engine runs one stream at a time
-_ONE_STREAM_AT_A_TIME = threading.Lock()
 
 
 class Run:
@@ -85,23 +83,22 @@ class Run:
         try:
             events = start()
             self._streams.append(events)
-            with _ONE_STREAM_AT_A_TIME:  # serialised until the scheduler lands
-                try:
-                    while not self._cancelled.is_set() and not finished:
-                        event = next(events, None)
-                        if event is None:
-                            break
-                        if not producing:
-                            producing = True
-                            self._metrics.add(waiting=-1, active_rows=self._rows)
-                        if isinstance(event, Done):
-                            finished = True
-                            self._metrics.generated(sum(len(r.token_ids) for r in event.results),
-                                                    sum(len(r.images) for r in event.results))
-                        if not isinstance(event, ImageProgress):
-                            self._put(index, event)
-                finally:
-                    events.close()  # cancels the generation's rows where it stopped early
+            try:
+                while not self._cancelled.is_set() and not finished:
+                    event = next(events, None)
+                    if event is None:
+                        break
+                    if not producing:
+                        producing = True
+                        self._metrics.add(waiting=-1, active_rows=self._rows)
+                    if isinstance(event, Done):
+                        finished = True
+                        self._metrics.generated(sum(len(r.token_ids) for r in event.results),
+                                                sum(len(r.images) for r in event.results))
+                    if not isinstance(event, ImageProgress):
+                        self._put(index, event)
+            finally:
+                events.close()  # cancels the generation's rows where it stopped early
         finally:
             self._metrics.add(**({"active_rows": -self._rows} if producing else {"waiting": -1}),
                               cancelled=int(self._cancelled.is_set() and not finished))
