@@ -32,7 +32,7 @@ class JanusLikePipeline:
     """Text and images in, text, images or both out. Every call goes through one scheduler, so
     calls from many threads share decode steps. With `compile=True` calls run instead one at a time
     on `engine`, whose decode step is compiled (CUDA graphs of one static batch); the scheduler's
-    steps run eagerly (docs/scheduler.md)."""
+    steps run eagerly (docs/serving.md, "The scheduler")."""
 
     def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor, compile: bool = False,
                  max_batch: int = 32):
