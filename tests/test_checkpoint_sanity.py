@@ -20,23 +20,13 @@ from janus_like.convert import convert
 from janus_like.checkpoint.sanity import check_before_building, room_for
 
 import reference_janus as ref
-from test_checkpoints import (PRO_1B, TINY_SIGLIP, TINY_VQ, TINY_VQ_REF, one_line_error, write_deepseek,
-                              write_hf_janus)
+from test_checkpoints import PRO_1B, one_line_error, write_deepseek, write_hf_janus
+from test_checkpoints import tiny_tables  # noqa: F401 (an autouse fixture, registering the tiny parts)
 
 load = JanusLikeForConditionalGeneration.from_pretrained
 FAST_S = 0.5  # "well under a second", on a busy 2-core machine
 NO_ALLOCATION_MIB = 64  # each lie would allocate gigabytes (a 10⁹-wide norm weight alone is 4 GB)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_tables():
-    """The tiny SigLIP / VQ entries test_checkpoints registers in DeepSeek's by-name tables."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(deepseek.SIGLIP_VARIANTS, "siglip_tiny_patch8_32", TINY_SIGLIP)
-        mp.setitem(deepseek.VQ_VARIANTS, "VQ-tiny", TINY_VQ)
-        mp.setitem(ref.SIGLIP_TABLE, "siglip_tiny_patch8_32", TINY_SIGLIP)
-        mp.setitem(ref.VQ_TABLE, "VQ-tiny", TINY_VQ_REF)
-        yield
 
 
 @pytest.fixture(scope="module")

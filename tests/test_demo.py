@@ -23,14 +23,6 @@ from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVE
 from janus_like.testing import shape_image, tiny_model, write_image  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to split; one thread avoids waiting on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):

@@ -14,14 +14,6 @@ from janus_like.generation.scheduler import _GOLDEN, _mix, exponential_noise, ro
 from janus_like.testing import shape_image, tiny_model, widen_weights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models' ops are too small to split; one thread avoids waiting on busy cores (as test_demo)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe():

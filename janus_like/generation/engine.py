@@ -298,31 +298,14 @@ class GenerationEngine:
         """Run each distinct prompt once (left-padded to `length`, with its understanding images),
         then copy its keys and values into the static cache of every slot that uses it; returns
         the slots' last hidden states and the call's state."""
-        device, pad = self.model.device, self.processor.pad_id
+        device = self.model.device
         distinct = list({id(s): s for s in prompts}.values())
         slot_of = {id(s): i for i, s in enumerate(distinct)}
         index = torch.tensor([slot_of[id(s)] for s in prompts], device=device)
-        ids = torch.full((len(distinct), length), pad, dtype=torch.long)
-        modality = torch.full_like(ids, TEXT)
-        for i, s in enumerate(distinct):
-            ids[i, length - len(s):] = torch.tensor(s.ids)
-            modality[i, length - len(s):] = torch.tensor(s.modality)
-        pixels = [x for s in distinct for x in s.und_pixels]
-        pixel_values = torch.stack(pixels).to(device) if pixels else None
-        embeds = self.model.embed_inputs(ids.to(device), modality.to(device), pixel_values)
-        lengths = torch.tensor([len(s) for s in distinct], device=device)
-        columns = torch.arange(length, device=device)
-        real = columns[None, :] >= (length - lengths)[:, None]  # (distinct, length): not left padding
-        allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(length, dtype=torch.bool,
-                                                                                          device=device)
-        positions = (columns - (length - lengths)[:, None]).clamp_min(0)
+        inputs = left_padded(self.model, self.processor.pad_id, distinct, length, self._window)
+        embeds, real, lengths = inputs.embeds, inputs.real, inputs.lengths
         temp = DynamicCache(config=self._cache_config)
-        windowed = None
-        if self._window is not None:  # left padding shifts query and key alike: columns count positions
-            in_window = columns[:, None] - columns[None, :] < self._window
-            windowed = _additive((allowed & in_window)[:, None], embeds.dtype)
-        masks = self._layer_masks(_additive(allowed[:, None], embeds.dtype), windowed)
-        hidden = self._decoder(embeds, positions, masks, temp)
+        hidden = self._decoder(embeds, inputs.positions, self._layer_masks(inputs.mask, inputs.windowed), temp)
         self._new_cache(len(prompts), cache_len, temp)
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[:, :, :length] = dynamic.keys[index]
@@ -591,6 +574,43 @@ def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budg
                       f"need {len(request.prompt) + budget} positions, but {holder} holds {limit}; "
                       f"use {cut}")
 
+
+
+@dataclass
+class PrefillInputs:
+    """One prefill call's inputs for prompts left-padded to a common length."""
+
+    embeds: torch.Tensor  # (prompts, length, hidden), understanding images filled in
+    positions: torch.Tensor  # (prompts, length), counting from each prompt's first token
+    mask: torch.Tensor  # (prompts, 1, length, length) additive: causal over each prompt's own columns
+    windowed: torch.Tensor | None  # the same within a sliding window, for decoders that have one
+    real: torch.Tensor  # (prompts, length) bool: not left padding
+    lengths: torch.Tensor  # (prompts,)
+
+
+def left_padded(model: JanusLikeForConditionalGeneration, pad_id: int, prompts: Sequence[TokenSequence], length: int,
+                window: int | None) -> PrefillInputs:
+    """The engine's and the scheduler's prefill inputs: `prompts` left-padded to `length`."""
+    device = model.device
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    modality = torch.full_like(ids, TEXT)
+    for i, s in enumerate(prompts):
+        ids[i, length - len(s):] = torch.tensor(s.ids)
+        modality[i, length - len(s):] = torch.tensor(s.modality)
+    pixels = [x for s in prompts for x in s.und_pixels]
+    pixel_values = torch.stack(pixels).to(device) if pixels else None
+    embeds = model.embed_inputs(ids.to(device), modality.to(device), pixel_values)
+    lengths = torch.tensor([len(s) for s in prompts], device=device)
+    columns = torch.arange(length, device=device)
+    real = columns[None, :] >= (length - lengths)[:, None]
+    allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(length, dtype=torch.bool,
+                                                                                      device=device)
+    positions = (columns - (length - lengths)[:, None]).clamp_min(0)
+    windowed = None
+    if window is not None:  # left padding shifts query and key alike: columns count positions
+        in_window = columns[:, None] - columns[None, :] < window
+        windowed = _additive((allowed & in_window)[:, None], embeds.dtype)
+    return PrefillInputs(embeds, positions, _additive(allowed[:, None], embeds.dtype), windowed, real, lengths)
 
 def _attention_layout(config) -> tuple[int | None, list[str] | None]:
     """(sliding window or None, per-layer attention types or None) of a decoder config. Full and

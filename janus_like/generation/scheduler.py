@@ -49,7 +49,7 @@ from transformers.cache_utils import StaticLayer
 from ..errors import GenerationError, PromptError, SettingsError
 from .engine import (DECODE_CHUNK, DONE_MODE, IMAGE_MODE, TEXT_MODE, WIDTH_STEP, Request, _additive,
                                  _attention_layout, _copy, _fill, _full_history_config, _preview_due, _shown,
-                                 _special_ids, check_room)
+                                 _special_ids, check_room, left_padded)
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .settings import GenerationSettings
 from ..images import pixels_to_pil
@@ -497,30 +497,11 @@ class Scheduler:
     def _prefill(self, prompts: dict[int, TokenSequence]) -> None:
         """Run the prompts (left-padded to the longest) in one decoder call and copy each one's keys
         and values into columns [0, len) of its slot; its last hidden state becomes the slot's."""
-        device, pad = self.model.device, self.processor.pad_id
         seqs = list(prompts.values())
         length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-        modality = torch.full_like(ids, TEXT)
-        for i, s in enumerate(seqs):
-            ids[i, length - len(s):] = torch.tensor(s.ids)
-            modality[i, length - len(s):] = torch.tensor(s.modality)
-        pixels = [x for s in seqs for x in s.und_pixels]
-        pixel_values = torch.stack(pixels).to(device) if pixels else None
-        embeds = self.model.embed_inputs(ids.to(device), modality.to(device), pixel_values)
-        lengths = torch.tensor([len(s) for s in seqs], device=device)
-        columns = torch.arange(length, device=device)
-        real = columns[None, :] >= (length - lengths)[:, None]
-        allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(length, dtype=torch.bool,
-                                                                                          device=device)
-        positions = (columns - (length - lengths)[:, None]).clamp_min(0)
-        windowed = None
-        if self._window is not None:
-            in_window = columns[:, None] - columns[None, :] < self._window
-            windowed = _additive((allowed & in_window)[:, None], embeds.dtype)
+        inputs = left_padded(self.model, self.processor.pad_id, seqs, length, self._window)
         temp = DynamicCache(config=self._cache_config)
-        hidden = self._decoder(embeds, positions, self._layer_masks(_additive(allowed[:, None], embeds.dtype),
-                                                                     windowed), temp)
+        hidden = self._decoder(inputs.embeds, inputs.positions, self._layer_masks(inputs.mask, inputs.windowed), temp)
         self._allocate(temp, hidden)
         for i, (slot, s) in enumerate(prompts.items()):
             for static, dynamic in zip(self.cache.layers, temp.layers):
