@@ -548,13 +548,7 @@ class GenerationEngine:
 
     def _decode(self, codes: torch.Tensor) -> list:
         """VQ codes (B, N) -> PIL images, a few at a time (None each when decoding is off)."""
-        if not self.decode:
-            return [None] * codes.shape[0]
-        vq = self.model.vq
-        images = []
-        for chunk in codes.split(DECODE_CHUNK):
-            images += pixels_to_pil(vq.decode(chunk.to(self.model.device)))
-        return images
+        return decode_images(self.model, codes) if self.decode else [None] * codes.shape[0]
 
 
 def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budget: int,
@@ -575,6 +569,14 @@ def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budg
                       f"use {cut}")
 
 
+
+
+def decode_images(model: JanusLikeForConditionalGeneration, codes: torch.Tensor) -> list:
+    """VQ codes (B, N) -> PIL images, DECODE_CHUNK at a time (bounds the VQ decoder's activations)."""
+    images = []
+    for chunk in codes.split(DECODE_CHUNK):
+        images += pixels_to_pil(model.vq.decode(chunk.to(model.device)))
+    return images
 
 @dataclass
 class PrefillInputs:

@@ -47,12 +47,11 @@ from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from ..errors import GenerationError, PromptError, SettingsError
-from .engine import (DECODE_CHUNK, DONE_MODE, IMAGE_MODE, TEXT_MODE, WIDTH_STEP, Request, _additive,
+from .engine import (DONE_MODE, IMAGE_MODE, TEXT_MODE, WIDTH_STEP, Request, _additive,
                                  _attention_layout, _copy, _fill, _full_history_config, _preview_due, _shown,
-                                 _special_ids, check_room, left_padded)
+                                 _special_ids, check_room, decode_images, left_padded)
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .settings import GenerationSettings
-from ..images import pixels_to_pil
 from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
 from ..layout import GEN_IMAGE, TEXT, TokenSequence
 from ..processor import JanusLikeProcessor
@@ -813,12 +812,7 @@ class Scheduler:
 
     def _decode(self, codes: torch.Tensor) -> list:
         """VQ codes (B, N) -> PIL images, a few at a time (None each when decoding is off)."""
-        if not self.decode:
-            return [None] * codes.shape[0]
-        images = []
-        for chunk in codes.split(DECODE_CHUNK):
-            images += pixels_to_pil(self.model.vq.decode(chunk.to(self.model.device)))
-        return images
+        return decode_images(self.model, codes) if self.decode else [None] * codes.shape[0]
 
 
 @atexit.register
