@@ -28,19 +28,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout, not an installed copy
 PRO_1B = {
-    "aligner_config": {"cls": "MlpProjector", "params": {"depth": 2, "input_dim": 1024, "n_embed": 2048,
-                                                         "projector_type": "mlp_gelu"}},
-    "gen_aligner_config": {"cls": "MlpProjector", "params": {"depth": 2, "input_dim": 8, "n_embed": 2048,
-                                                             "projector_type": "mlp_gelu"}},
-    "gen_head_config": {"cls": "vision_head", "params": {"image_token_embed": 2048, "image_token_size": 16384,
-                                                         "n_embed": 2048}},
+    "aligner_config": {
+        "cls": "MlpProjector",
+        "params": {"depth": 2, "input_dim": 1024, "n_embed": 2048, "projector_type": "mlp_gelu"},
+    },
+    "gen_aligner_config": {
+        "cls": "MlpProjector",
+        "params": {"depth": 2, "input_dim": 8, "n_embed": 2048, "projector_type": "mlp_gelu"},
+    },
+    "gen_head_config": {
+        "cls": "vision_head",
+        "params": {"image_token_embed": 2048, "image_token_size": 16384, "n_embed": 2048},
+    },
     "gen_vision_config": {"cls": "VQ-16", "params": {"image_token_size": 16384, "n_embed": 8}},
-    "language_config": {"hidden_size": 2048, "intermediate_size": 5632, "max_position_embeddings": 16384,
-                        "model_type": "llama", "num_attention_heads": 16, "num_hidden_layers": 24,
-                        "num_key_value_heads": 16, "torch_dtype": "bfloat16", "vocab_size": 102400},
-    "model_type": "multi_modality", "torch_dtype": "bfloat16",
-    "vision_config": {"cls": "CLIPVisionTower", "params": {"image_size": 384, "model_name": "siglip_large_patch16_384",
-                                                           "select_feature": "same", "select_layer": -1}},
+    "language_config": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "max_position_embeddings": 16384,
+        "model_type": "llama",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "num_key_value_heads": 16,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 102400,
+    },
+    "model_type": "multi_modality",
+    "torch_dtype": "bfloat16",
+    "vision_config": {
+        "cls": "CLIPVisionTower",
+        "params": {
+            "image_size": 384,
+            "model_name": "siglip_large_patch16_384",
+            "select_feature": "same",
+            "select_layer": -1,
+        },
+    },
 }
 
 
@@ -58,6 +80,7 @@ def write_checkpoint(path: Path) -> int:
 
     sys.path.insert(0, str(ROOT / "tests"))
     import reference_janus as ref
+
     from janus_like.testing import byte_level_tokenizer
 
     with torch.device("meta"):
@@ -74,7 +97,8 @@ def write_checkpoint(path: Path) -> int:
         torch.save(shard, path / file)
         del shard
     (path / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": {k: f for f, ks in files.items() for k in ks}}))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": {k: f for f, ks in files.items() for k in ks}})
+    )
     (path / "config.json").write_text(json.dumps(PRO_1B))
     tokenizer = byte_level_tokenizer()
     tokenizer.add_tokens(["<|User|>", "<|Assistant|>"], special_tokens=True)
@@ -127,15 +151,22 @@ def main() -> None:
     total = write_checkpoint(src)
     results = {}
     for variant in ("naive", "streaming"):
-        out = subprocess.run([sys.executable, __file__, "--workdir", str(work), "--variant", variant],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, __file__, "--workdir", str(work), "--variant", variant],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     gib = 2**30
     print(f"checkpoint: {total / gib:.2f} GiB bf16 (Janus-Pro-1B shapes, DeepSeek layout, 2 .bin shards)")
     what = {"naive": "to load only", "streaming": "to convert and write"}
     for variant, r in results.items():
-        print(f"{variant:>10}: peak anonymous memory {r['peak_bytes'] / gib:6.2f} GiB   {r['seconds']:6.1f} s "
-              f"{what[variant]}")
+        print(
+            f"{variant:>10}: peak anonymous memory {r['peak_bytes'] / gib:6.2f} GiB   {r['seconds']:6.1f} s "
+            f"{what[variant]}"
+        )
     ratio = results["naive"]["peak_bytes"] / max(results["streaming"]["peak_bytes"], 1)
     print(f"streaming uses {ratio:.1f}x less memory than loading the whole checkpoint")
     if not args.keep:

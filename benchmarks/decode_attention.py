@@ -30,6 +30,7 @@ def candidates(q, k, v, mask, allowed_to):
         def run():
             with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
         return run
 
     def manual(q, k, v, mask):
@@ -37,13 +38,17 @@ def candidates(q, k, v, mask, allowed_to):
         return torch.matmul(scores.softmax(-1).to(v.dtype), v)
 
     compiled_manual = torch.compile(manual, fullgraph=True, dynamic=False)
-    math_sdpa = torch.compile(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale),
-                              fullgraph=True, dynamic=False)
+    math_sdpa = torch.compile(
+        lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale),
+        fullgraph=True,
+        dynamic=False,
+    )
     flex = torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
     def flex_blocks(limit):
         def mask_mod(b, h, q_idx, kv_idx):
             return kv_idx < limit[b]
+
         return create_block_mask(mask_mod, SLOTS, None, 1, k.shape[2], device=q.device)
 
     full_blocks, used_blocks = flex_blocks(torch.full_like(allowed_to, k.shape[2])), flex_blocks(allowed_to)
@@ -87,8 +92,10 @@ def attention_table() -> None:
             if "build" in name:
                 print(f"  {name:<28} {ms * 1e3:8.1f} us")
                 continue
-            print(f"  {name:<28} {ms * 1e3:8.1f} us/layer  {kv_bytes / ms / 1e9:6.2f} TB/s of the full cache"
-                  f"  x24 layers {ms * 24:.2f} ms  max err {float((result - reference).abs().max()):.3g}")
+            print(
+                f"  {name:<28} {ms * 1e3:8.1f} us/layer  {kv_bytes / ms / 1e9:6.2f} TB/s of the full cache"
+                f"  x24 layers {ms * 24:.2f} ms  max err {float((result - reference).abs().max()):.3g}"
+            )
         except Exception as exc:  # one failing candidate must not hide the others
             print(f"  {name:<28} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}")
 
@@ -98,7 +105,9 @@ def profile_engine() -> None:
     import sys
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from generate import PROMPT as TEXT, config_for
+    from generate import PROMPT as TEXT
+    from generate import config_for
+
     from janus_like.generation import GenerationEngine, GenerationSettings, Request
     from janus_like.modeling import JanusLikeForConditionalGeneration
 
@@ -125,8 +134,12 @@ def profile_engine() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
-                        help="time the attention kernels at decode shapes")
+    parser.add_argument(
+        "--kernels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the attention kernels at decode shapes",
+    )
     parser.add_argument("--profile-engine", action="store_true", help="profile a compiled drawing of 16 images")
     args = parser.parse_args()
     with torch.inference_mode():

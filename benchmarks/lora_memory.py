@@ -18,8 +18,9 @@ import json
 import subprocess
 import sys
 
-from janus_like.checkpoint.options import device_argument
 from peak_memory import measure_peak
+
+from janus_like.checkpoint.options import device_argument
 
 VARIANTS = ("full", "lora", "lora+glue")
 
@@ -34,9 +35,18 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     model, processor = tiny_model(
-        text_config=dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
-                         num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=1024),
-        vq_config=dict(codebook_size=16384), gen_head_hidden_size=1024)
+        text_config=dict(
+            vocab_size=32000,
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=12,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            max_position_embeddings=1024,
+        ),
+        vq_config=dict(codebook_size=16384),
+        gen_head_hidden_size=1024,
+    )
     model.to(args.device)
     if args.variant == "full":
         apply_stage(model, 2)
@@ -45,11 +55,17 @@ def run_variant(args: argparse.Namespace) -> dict:
         apply_stage(model, 1 if args.variant == "lora+glue" else None, adapters=True)
     model.train()
     model.vq.eval()
-    batch = processor([{"task": "generation", "prompt": "a red circle on the left", "image": shape_image()},
-                       {"task": "text", "text": "plain text for language retention " * 8}] * args.batch)
+    batch = processor(
+        [
+            {"task": "generation", "prompt": "a red circle on the left", "image": shape_image()},
+            {"task": "text", "text": "plain text for language retention " * 8},
+        ]
+        * args.batch
+    )
     batch = {k: v.to(args.device) for k, v in batch.items()}  # the VQ encodes the images on the model's device
-    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"],
-                                       batch.pop("gen_pixel_values"))
+    ids, labels = model.fill_gen_codes(
+        batch["input_ids"], batch["modality"], batch["labels"], batch.pop("gen_pixel_values")
+    )
     batch.update(input_ids=ids, labels=labels)
     params = [p for p in model.parameters() if p.requires_grad]
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -76,10 +92,16 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     losses, peak, seconds = measure_peak(two_steps, args.device)
     state = sum(p.numel() * (p.element_size() + 8) for p in params)  # gradient + AdamW's two fp32 moments
-    return {"variant": args.variant, "trainable": sum(p.numel() for p in params),
-            "total": sum(p.numel() for p in model.parameters()), "state_mib": state / 2**20,
-            "activations_mib": sum(saved.values()) / 2**20, "peak_mib": peak / 2**20,
-            "seconds": seconds / 2, "losses": losses}
+    return {
+        "variant": args.variant,
+        "trainable": sum(p.numel() for p in params),
+        "total": sum(p.numel() for p in model.parameters()),
+        "state_mib": state / 2**20,
+        "activations_mib": sum(saved.values()) / 2**20,
+        "peak_mib": peak / 2**20,
+        "seconds": seconds / 2,
+        "losses": losses,
+    }
 
 
 def main() -> None:
@@ -94,8 +116,18 @@ def main() -> None:
         return
     results = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--rank", str(args.rank),
-               "--batch", str(args.batch)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--device",
+            args.device,
+            "--rank",
+            str(args.rank),
+            "--batch",
+            str(args.batch),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:  # show the variant's own error, not just its exit status
             sys.exit(f"variant {variant} failed:\n{done.stderr}")
@@ -103,14 +135,18 @@ def main() -> None:
         results[variant] = json.loads(out.strip().splitlines()[-1])
     full = results["full"]
     total = {v: r["state_mib"] + r["activations_mib"] for v, r in results.items()}
-    print(f"training memory beyond the weights ({full['total'] / 1e6:.0f}M parameters, fp32, AdamW, "
-          f"{2 * args.batch} samples, LoRA rank {args.rank}, {args.device})")
+    print(
+        f"training memory beyond the weights ({full['total'] / 1e6:.0f}M parameters, fp32, AdamW, "
+        f"{2 * args.batch} samples, LoRA rank {args.rank}, {args.device})"
+    )
     for variant, r in results.items():
         saving = "" if variant == "full" else f" ({total['full'] / total[variant]:.1f}x less than full)"
         cuda = f"  allocator peak {r['peak_mib']:7.1f} MiB" if args.device.startswith("cuda") else ""
-        print(f"  {variant:<10} trainable {r['trainable'] / 1e6:7.2f}M ({r['trainable'] / r['total']:6.2%})  "
-              f"grads+AdamW {r['state_mib']:7.1f} MiB  activations {r['activations_mib']:7.1f} MiB  "
-              f"total {total[variant]:7.1f} MiB{saving}{cuda}  {r['seconds']:.2f} s/step")
+        print(
+            f"  {variant:<10} trainable {r['trainable'] / 1e6:7.2f}M ({r['trainable'] / r['total']:6.2%})  "
+            f"grads+AdamW {r['state_mib']:7.1f} MiB  activations {r['activations_mib']:7.1f} MiB  "
+            f"total {total[variant]:7.1f} MiB{saving}{cuda}  {r['seconds']:.2f} s/step"
+        )
 
 
 if __name__ == "__main__":

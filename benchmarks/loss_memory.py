@@ -18,8 +18,9 @@ import json
 import subprocess
 import sys
 
-from janus_like.checkpoint.options import device_argument
 from peak_memory import measure_peak
+
+from janus_like.checkpoint.options import device_argument
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -30,9 +31,13 @@ def run_variant(args: argparse.Namespace) -> dict:
     from janus_like.testing import tiny_model
 
     torch.manual_seed(0)
-    model, _ = tiny_model(text_config=dict(vocab_size=args.vocab, hidden_size=256, intermediate_size=512,
-                                           max_position_embeddings=args.seq + 8),
-                          vq_config=dict(codebook_size=16384), gen_head_hidden_size=256)
+    model, _ = tiny_model(
+        text_config=dict(
+            vocab_size=args.vocab, hidden_size=256, intermediate_size=512, max_position_embeddings=args.seq + 8
+        ),
+        vq_config=dict(codebook_size=16384),
+        gen_head_hidden_size=256,
+    )
     model.to(args.device).train()
     # A realistic mixed batch: half generation rows (576 image codes as targets after a prompt),
     # half text rows whose last quarter is the trained answer.
@@ -42,11 +47,11 @@ def run_variant(args: argparse.Namespace) -> dict:
     labels = torch.full((b, n), IGNORE_INDEX, device=args.device)
     for row in range(b):
         if row % 2 == 0:
-            modality[row, n - 577:n - 1] = GEN_IMAGE
-            input_ids[row, n - 577:n - 1] %= 16384
-            labels[row, n - 577:n - 1] = input_ids[row, n - 577:n - 1]
+            modality[row, n - 577 : n - 1] = GEN_IMAGE
+            input_ids[row, n - 577 : n - 1] %= 16384
+            labels[row, n - 577 : n - 1] = input_ids[row, n - 577 : n - 1]
         else:
-            labels[row, 3 * n // 4:] = input_ids[row, 3 * n // 4:]
+            labels[row, 3 * n // 4 :] = input_ids[row, 3 * n // 4 :]
 
     def naive_loss():
         hidden = model(input_ids=input_ids, modality=modality).last_hidden_state[:, :-1]
@@ -84,12 +89,28 @@ def main() -> None:
         return
     results = {}
     for variant in ("naive", "ours"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--vocab", str(args.vocab), "--seq", str(args.seq),
-               "--batch", str(args.batch), "--device", args.device]
-        results[variant] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--vocab",
+            str(args.vocab),
+            "--seq",
+            str(args.seq),
+            "--batch",
+            str(args.batch),
+            "--device",
+            args.device,
+        ]
+        results[variant] = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
     naive, ours = results["naive"], results["ours"]
-    print(f"training-step peak memory above the model, batch {args.batch} x {args.seq} tokens, "
-          f"text vocab {args.vocab}, codebook 16384, {args.device}")
+    print(
+        f"training-step peak memory above the model, batch {args.batch} x {args.seq} tokens, "
+        f"text vocab {args.vocab}, codebook 16384, {args.device}"
+    )
     print(f"  all-positions logits : {naive['extra_mib']:8.1f} MiB  {naive['seconds']:.2f} s  loss {naive['loss']:.4f}")
     print(f"  janus_like (gathered): {ours['extra_mib']:8.1f} MiB  {ours['seconds']:.2f} s  loss {ours['loss']:.4f}")
     print(f"  memory ratio naive/ours: {naive['extra_mib'] / max(ours['extra_mib'], 1e-6):.1f}x")

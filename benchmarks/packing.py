@@ -32,8 +32,13 @@ def variable_length_records(n: int, max_chars: int, seed: int = 0) -> list[dict]
     records = []
     for i in range(n):
         if i % 5 == 0:
-            records.append({"task": "generation", "prompt": " ".join(rng.choice(WORDS, 6)),
-                            "image": shape_image(size=32, color=str(rng.choice(["red", "blue", "green"])))})
+            records.append(
+                {
+                    "task": "generation",
+                    "prompt": " ".join(rng.choice(WORDS, 6)),
+                    "image": shape_image(size=32, color=str(rng.choice(["red", "blue", "green"]))),
+                }
+            )
         else:
             chars = int(min(max_chars, rng.lognormal(np.log(120), 0.9)))
             text = " ".join(rng.choice(WORDS, max(1, chars // 5)))[:chars]
@@ -88,25 +93,36 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model, processor = tiny_model(text_config=dict(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                                                   num_hidden_layers=args.layers, num_attention_heads=4,
-                                                   num_key_value_heads=4, max_position_embeddings=args.max_length),
-                                  gen_head_hidden_size=args.hidden)
+    model, processor = tiny_model(
+        text_config=dict(
+            hidden_size=args.hidden,
+            intermediate_size=4 * args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=args.max_length,
+        ),
+        gen_head_hidden_size=args.hidden,
+    )
     model.to(device=args.device, dtype=getattr(torch, args.dtype)).train()
     records = variable_length_records(args.steps * args.batch_size, max_chars=args.max_length - 16)
     seqs = [processor.record_to_sequence(r) for r in records]
-    groups = [seqs[i * args.batch_size:(i + 1) * args.batch_size] for i in range(args.steps)]
+    groups = [seqs[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.steps)]
     n_real = [sum(len(s) for s in g) for g in groups]
     padded = [(collate_padded(processor, g), n) for g, n in zip(groups, n_real)]
     packed = [(collate_packed(processor, g, args.max_length), n) for g, n in zip(groups, n_real)]
 
     results = run(model, {"padded": padded, "packed": packed}, args.device)
-    pad_frac = {name: 1 - sum(n_real) / sum(b["input_ids"].numel() for b, _ in batches)
-                for name, batches in (("padded", padded), ("packed", packed))}
+    pad_frac = {
+        name: 1 - sum(n_real) / sum(b["input_ids"].numel() for b, _ in batches)
+        for name, batches in (("padded", padded), ("packed", packed))
+    }
 
-    print(f"device {args.device}, {args.dtype}, {args.steps} steps × {args.batch_size} samples, "
-          f"lengths {min(map(len, seqs))}..{max(map(len, seqs))} tokens (mean {np.mean(list(map(len, seqs))):.0f}), "
-          f"model hidden {args.hidden} × {args.layers} layers")
+    print(
+        f"device {args.device}, {args.dtype}, {args.steps} steps × {args.batch_size} samples, "
+        f"lengths {min(map(len, seqs))}..{max(map(len, seqs))} tokens (mean {np.mean(list(map(len, seqs))):.0f}), "
+        f"model hidden {args.hidden} × {args.layers} layers"
+    )
     print(f"{'variant':8} {'rows×len (step 1)':>18} {'padding':>8} {'real tok/s':>11} {'computed pos/s':>15}")
     for name, batches in (("padded", padded), ("packed", packed)):
         shape = "×".join(map(str, batches[0][0]["input_ids"].shape))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def measure_peak(work: Callable[[], object], device: str) -> tuple[object, float, float]:

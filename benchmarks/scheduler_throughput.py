@@ -59,9 +59,12 @@ def bench(size: str, device: str, clients: int) -> None:
     draw(pipe, 0)  # warm-up: allocates the cache, loads kernels
     alone = images_per_second(pipe, clients, concurrent=False)
     together = images_per_second(pipe, clients, concurrent=True)
-    print(f"{size}: {params / 1e6:.1f}M parameters, {pipe.processor.num_gen_tokens} codes/image, "
-          f"cfg {pipe.default_cfg_scale}; {clients} calls: one at a time {alone:.2f} images/s, "
-          f"concurrent {together:.2f} images/s, ratio {together / alone:.2f}x", flush=True)
+    print(
+        f"{size}: {params / 1e6:.1f}M parameters, {pipe.processor.num_gen_tokens} codes/image, "
+        f"cfg {pipe.default_cfg_scale}; {clients} calls: one at a time {alone:.2f} images/s, "
+        f"concurrent {together:.2f} images/s, ratio {together / alone:.2f}x",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -32,8 +32,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ID = "bench-model"
-PROMPTS = ["a red circle in the center", "a blue square on the left", "a green triangle on the right",
-           "a yellow circle on the left"]
+PROMPTS = [
+    "a red circle in the center",
+    "a blue square on the left",
+    "a green triangle on the right",
+    "a yellow circle on the left",
+]
 
 
 @dataclass
@@ -68,10 +72,12 @@ class Phase:
     def line(self) -> str:
         failed = [o for o in self.outcomes if o.status not in (200, 429)]
         rejected = sum(o.status == 429 for o in self.outcomes)
-        return (f"{self.name:<12} {len(self.ok()):>4} ok {len(failed):>3} failed {rejected:>3} x429  "
-                f"wall {self.wall:7.2f} s  {self.images_per_s():7.2f} images/s  {self.tokens_per_s():8.1f} text tok/s  "
-                f"latency p50 {self.latency(0.5):6.2f} p95 {self.latency(0.95):6.2f} max {self.latency(1.0):6.2f} s  "
-                f"server RSS {self.rss_mb:7.1f} MiB")
+        return (
+            f"{self.name:<12} {len(self.ok()):>4} ok {len(failed):>3} failed {rejected:>3} x429  "
+            f"wall {self.wall:7.2f} s  {self.images_per_s():7.2f} images/s  {self.tokens_per_s():8.1f} text tok/s  "
+            f"latency p50 {self.latency(0.5):6.2f} p95 {self.latency(0.95):6.2f} max {self.latency(1.0):6.2f} s  "
+            f"server RSS {self.rss_mb:7.1f} MiB"
+        )
 
 
 def requests_for(args: argparse.Namespace) -> list[dict]:
@@ -91,11 +97,23 @@ def requests_for(args: argparse.Namespace) -> list[dict]:
             if args.cfg_scale is not None:
                 body["cfg_scale"] = args.cfg_scale
         elif kind == "chat":
-            body = {"model": MODEL_ID, "messages": [{"role": "user", "content": f"Describe {prompt}."}],
-                    "max_tokens": args.max_tokens, "seed": i, "temperature": 1.0, "ignore_eos": True}
+            body = {
+                "model": MODEL_ID,
+                "messages": [{"role": "user", "content": f"Describe {prompt}."}],
+                "max_tokens": args.max_tokens,
+                "seed": i,
+                "temperature": 1.0,
+                "ignore_eos": True,
+            }
         else:
-            body = {"model": MODEL_ID, "messages": [{"role": "user", "content": f"Draw {prompt}, then describe it."}],
-                    "max_tokens": args.max_tokens, "seed": i, "modalities": ["text", "image"], "max_images": 1}
+            body = {
+                "model": MODEL_ID,
+                "messages": [{"role": "user", "content": f"Draw {prompt}, then describe it."}],
+                "max_tokens": args.max_tokens,
+                "seed": i,
+                "modalities": ["text", "image"],
+                "max_images": 1,
+            }
         out.append({"kind": kind, "body": body})
     return out
 
@@ -152,9 +170,22 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:  # a free port; the server binds it a moment later
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "janus_like.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
-               "--served-model-name", MODEL_ID]
+    command = [
+        sys.executable,
+        "-m",
+        "janus_like.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-queue",
+        str(args.max_queue),
+        "--served-model-name",
+        MODEL_ID,
+    ]
     command += ["--model", args.model] if args.model else []
     command += ["--device", args.device] if args.device else []
     command += ["--compile"] if args.compile else []
@@ -178,20 +209,32 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
-    p.add_argument("--random", choices=["100m", "1b"], default=None,
-                   help="serve a random model of benchmarks/generate.py's size instead of --model (saved to a "
-                        "temporary folder; 1b: Janus-Pro-1B shapes, for a GPU)")
+    p.add_argument(
+        "--random",
+        choices=["100m", "1b"],
+        default=None,
+        help="serve a random model of benchmarks/generate.py's size instead of --model (saved to a "
+        "temporary folder; 1b: Janus-Pro-1B shapes, for a GPU)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: the server's: cuda if available)")
     p.add_argument("--compile", action="store_true", help="start the server with --compile")
-    p.add_argument("--scenario", choices=["mixed", "t2i"], default="mixed",
-                   help="mixed: the --mix of chat, image and interleaved requests; t2i: text-to-image only, "
-                        "1 image + guidance each (default: mixed)")
+    p.add_argument(
+        "--scenario",
+        choices=["mixed", "t2i"],
+        default="mixed",
+        help="mixed: the --mix of chat, image and interleaved requests; t2i: text-to-image only, "
+        "1 image + guidance each (default: mixed)",
+    )
     p.add_argument("--clients", type=int, default=16, help="concurrent clients of the second phase, >= 1 (default: 16)")
     p.add_argument("--requests", type=int, default=None, help="requests per phase, >= 1 (default: 2 × clients)")
-    p.add_argument("--mix", default="chat=1,image=1,interleave=1",
-                   help="weights of chat, image and interleave requests (default: chat=1,image=1,interleave=1)")
-    p.add_argument("--max-tokens", type=int, default=32,
-                   help="max_tokens of chat and interleaved requests (default: 32)")
+    p.add_argument(
+        "--mix",
+        default="chat=1,image=1,interleave=1",
+        help="weights of chat, image and interleave requests (default: chat=1,image=1,interleave=1)",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=32, help="max_tokens of chat and interleaved requests (default: 32)"
+    )
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance of image requests (default: the model's)")
     p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (default: 32)")
     p.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue (default: 64)")
@@ -246,23 +289,45 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], float, Phase, Phase]:
 def report(args: argparse.Namespace, requests: list[dict], idle_rss: float, one: Phase, many: Phase) -> None:
     kinds = ", ".join(f"{k} {sum(r['kind'] == k for r in requests)}" for k in ("chat", "image", "interleave"))
     model = f"random {args.random}" if args.random else args.model or "embedded default"
-    print(f"scenario {args.scenario}: {len(requests)} requests ({kinds}), model {model}, server --max-batch "
-          f"{args.max_batch} --max-queue {args.max_queue}; server RSS after warm-up {idle_rss:.1f} MiB")
+    print(
+        f"scenario {args.scenario}: {len(requests)} requests ({kinds}), model {model}, server --max-batch "
+        f"{args.max_batch} --max-queue {args.max_queue}; server RSS after warm-up {idle_rss:.1f} MiB"
+    )
     print(one.line())
     print(many.line())
-    ratio = {"wall": one.wall / many.wall,
-             "images_per_s": many.images_per_s() / one.images_per_s() if one.images_per_s() else float("nan"),
-             "text_tokens_per_s": many.tokens_per_s() / one.tokens_per_s() if one.tokens_per_s() else float("nan")}
-    print(f"concurrent / one at a time: throughput {ratio['wall']:.2f}x (wall time), images/s "
-          f"{ratio['images_per_s']:.2f}x, text tokens/s {ratio['text_tokens_per_s']:.2f}x")
+    ratio = {
+        "wall": one.wall / many.wall,
+        "images_per_s": many.images_per_s() / one.images_per_s() if one.images_per_s() else float("nan"),
+        "text_tokens_per_s": many.tokens_per_s() / one.tokens_per_s() if one.tokens_per_s() else float("nan"),
+    }
+    print(
+        f"concurrent / one at a time: throughput {ratio['wall']:.2f}x (wall time), images/s "
+        f"{ratio['images_per_s']:.2f}x, text tokens/s {ratio['text_tokens_per_s']:.2f}x"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "args": vars(args), "ratio": ratio,
-            "phases": {p.name: {"wall_s": p.wall, "ok": len(p.ok()), "images_per_s": p.images_per_s(),
-                                "text_tokens_per_s": p.tokens_per_s(), "p50_s": p.latency(0.5),
-                                "p95_s": p.latency(0.95), "max_s": p.latency(1.0), "rss_mib": p.rss_mb,
-                                "statuses": sorted({o.status for o in p.outcomes})} for p in (one, many)}},
-            indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "ratio": ratio,
+                    "phases": {
+                        p.name: {
+                            "wall_s": p.wall,
+                            "ok": len(p.ok()),
+                            "images_per_s": p.images_per_s(),
+                            "text_tokens_per_s": p.tokens_per_s(),
+                            "p50_s": p.latency(0.5),
+                            "p95_s": p.latency(0.95),
+                            "max_s": p.latency(1.0),
+                            "rss_mib": p.rss_mb,
+                            "statuses": sorted({o.status for o in p.outcomes}),
+                        }
+                        for p in (one, many)
+                    },
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,15 @@ def scene_records(scene: Scene, image: str, views: list[str]) -> list[dict]:
     at several sizes, so that answers survive resampling) and text records about one scene."""
     records = [{"task": "generation", "prompt": scene.prompt, "image": image}]
     for question, view in zip(QUESTIONS, views):
-        records.append({"task": "understanding", "messages": [
-            {"role": "user", "content": [{"type": "image", "image": view}, {"type": "text", "text": question}]},
-            {"role": "assistant", "content": [{"type": "text", "text": scene.caption}]}]})
+        records.append(
+            {
+                "task": "understanding",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "image": view}, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": scene.caption}]},
+                ],
+            }
+        )
     records.append({"task": "text", "text": f"The {scene.color} {scene.shape} is {scene.prompt.split(' ', 3)[3]}."})
     return records
 
@@ -36,20 +42,25 @@ def scene_records(scene: Scene, image: str, views: list[str]) -> list[dict]:
 def interleaved_record(scenes: list[tuple[Scene, str]]) -> dict:
     """The request to draw one scene and describe it, or to draw two in turn, and its answer."""
     images = dict(scenes)
-    segments = [{"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": images[part]}
-                for part in draw_answer([scene for scene, _ in scenes])]
+    segments = [
+        {"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": images[part]}
+        for part in draw_answer([scene for scene, _ in scenes])
+    ]
     return {"task": "interleaved", "prompt": draw_request([scene for scene, _ in scenes]), "segments": segments}
 
 
 def edit_records(scene: Scene, views: list[str], images: dict[Scene, str], n: int, rng: random.Random) -> list[dict]:
     """`n` random single-attribute edits of a scene: one of its views + "make it blue" -> the edited
     scene's image."""
-    return [{"task": "generation", "prompt": instruction, "input_images": [views[k % len(views)]],
-             "image": images[target]} for k, (instruction, target) in enumerate(rng.sample(edits(scene), n))]
+    return [
+        {"task": "generation", "prompt": instruction, "input_images": [views[k % len(views)]], "image": images[target]}
+        for k, (instruction, target) in enumerate(rng.sample(edits(scene), n))
+    ]
 
 
-def write_shapes(root: Path, size: int = 32, seed: int = 0, interleaved: int = 200, edits_per_scene: int = 0,
-                 holdout_every: int = 4) -> dict[str, int]:
+def write_shapes(
+    root: Path, size: int = 32, seed: int = 0, interleaved: int = 200, edits_per_scene: int = 0, holdout_every: int = 4
+) -> dict[str, int]:
     """Write imgs/*.png, train.jsonl and eval.jsonl under `root` (eval: every `holdout_every`-th
     scene; 0 puts every scene in train and leaves eval empty); returns the record counts."""
     (root / "imgs").mkdir(parents=True, exist_ok=True)
@@ -65,7 +76,7 @@ def write_shapes(root: Path, size: int = 32, seed: int = 0, interleaved: int = 2
     splits: dict[str, list[dict]] = {"train": [], "eval": []}
     for i, scene in enumerate(all_scenes()):
         held_out = holdout_every > 0 and i % holdout_every == holdout_every - 1
-        rotated = views[scene][i % len(VIEW_SIZES):] + views[scene][: i % len(VIEW_SIZES)]  # every size in turn
+        rotated = views[scene][i % len(VIEW_SIZES) :] + views[scene][: i % len(VIEW_SIZES)]  # every size in turn
         split = splits["eval" if held_out else "train"]
         split.extend(scene_records(scene, images[scene], rotated))
         split.extend(edit_records(scene, rotated, images, edits_per_scene, rng))

@@ -11,11 +11,25 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "JanusLikeConfig": "configuration", "JanusLikeVQConfig": "configuration",
-    "JanusLikeForConditionalGeneration": "modeling", "JanusLikeProcessor": "processor",
-    "JanusLikeVQModel": "vq", "JanusLikePipeline": "pipeline",
-    **{name: "errors" for name in ("JanusLikeError", "ImageError", "DataError", "PromptError", "SettingsError",
-                                   "CheckpointError", "GenerationError", "ModelNotAvailableError")},
+    "JanusLikeConfig": "configuration",
+    "JanusLikeVQConfig": "configuration",
+    "JanusLikeForConditionalGeneration": "modeling",
+    "JanusLikeProcessor": "processor",
+    "JanusLikeVQModel": "vq",
+    "JanusLikePipeline": "pipeline",
+    **{
+        name: "errors"
+        for name in (
+            "JanusLikeError",
+            "ImageError",
+            "DataError",
+            "PromptError",
+            "SettingsError",
+            "CheckpointError",
+            "GenerationError",
+            "ModelNotAvailableError",
+        )
+    },
 }
 __all__ = list(_PUBLIC)
 
@@ -30,8 +44,16 @@ def __getattr__(name: str):
 
 if TYPE_CHECKING:
     from .configuration import JanusLikeConfig, JanusLikeVQConfig
-    from .errors import (CheckpointError, DataError, GenerationError, ImageError, JanusLikeError,
-                         ModelNotAvailableError, PromptError, SettingsError)
+    from .errors import (
+        CheckpointError,
+        DataError,
+        GenerationError,
+        ImageError,
+        JanusLikeError,
+        ModelNotAvailableError,
+        PromptError,
+        SettingsError,
+    )
     from .modeling import JanusLikeForConditionalGeneration
     from .pipeline import JanusLikePipeline
     from .processor import JanusLikeProcessor

@@ -16,17 +16,21 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from . import __version__
 from .errors import JanusLikeError
-from .generation.settings import (MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_SCALE, MAX_TEMPERATURE,
-                                  MIN_TEMPERATURE)
 from .evaluation import EVALUATIONS
+from .generation.settings import (
+    MAX_IMAGES_PER_PROMPT,
+    MAX_INTERLEAVED_IMAGES,
+    MAX_SCALE,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+)
 from .serving import commands as serve_commands
 
-OUT_HELP = ("output folder (default: %(default)s); the files the previous run wrote there are replaced, "
-            "nothing else")
+OUT_HELP = "output folder (default: %(default)s); the files the previous run wrote there are replaced, nothing else"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,42 +49,78 @@ def _port(text: str) -> int:
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     """Where the model comes from and how it runs."""
-    p.add_argument("--model", default=None,
-                   help="model directory or hub id (default: the embedded default model, a tiny shapes-world toy)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory or hub id (default: the embedded default model, a tiny shapes-world toy)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: the checkpoint's own)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
-                        "for many or long generations (default: off)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype (default: the checkpoint's own)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
+        "for many or long generations (default: off)",
+    )
 
 
-def _add_sampling(p: argparse.ArgumentParser, temperature: float, *, guidance: bool = False, top: bool = False,
-                  seed: int | None = None) -> None:
+def _add_sampling(
+    p: argparse.ArgumentParser,
+    temperature: float,
+    *,
+    guidance: bool = False,
+    top: bool = False,
+    seed: int | None = None,
+) -> None:
     """The sampling flags, defined once for every command that samples: temperature, seed and,
     where asked, image guidance (--cfg-scale) and top-k / top-p."""
     if guidance:
-        p.add_argument("--cfg-scale", type=float, default=None,
-                       help=f"classifier-free guidance weight of image codes, 0 to {MAX_SCALE:g}; 1 turns it off "
-                            "(default: the model's own, else 5.0)")
-    p.add_argument("--temperature", type=float, default=temperature,
-                   help=f"sampling temperature: 0 (greedy) or {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
-                        "(default: %(default)s)")
+        p.add_argument(
+            "--cfg-scale",
+            type=float,
+            default=None,
+            help=f"classifier-free guidance weight of image codes, 0 to {MAX_SCALE:g}; 1 turns it off "
+            "(default: the model's own, else 5.0)",
+        )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"sampling temperature: 0 (greedy) or {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} (default: %(default)s)",
+    )
     if top:
-        p.add_argument("--top-k", type=int, default=None,
-                       help="sample among the k likeliest tokens only, k >= 1 (default: all tokens)")
-        p.add_argument("--top-p", type=float, default=None,
-                       help="sample among the likeliest tokens that make up this much probability, in (0, 1] "
-                            "(default: all tokens)")
-    p.add_argument("--seed", type=int, default=seed,
-                   help="random seed, 0 to 2**63-1 (default: %(default)s)" if seed is not None else
-                        "random seed, 0 to 2**63-1 (default: a new random one each run; --out folders record it "
-                        "in settings.json)")
+        p.add_argument(
+            "--top-k",
+            type=int,
+            default=None,
+            help="sample among the k likeliest tokens only, k >= 1 (default: all tokens)",
+        )
+        p.add_argument(
+            "--top-p",
+            type=float,
+            default=None,
+            help="sample among the likeliest tokens that make up this much probability, in (0, 1] "
+            "(default: all tokens)",
+        )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=seed,
+        help="random seed, 0 to 2**63-1 (default: %(default)s)"
+        if seed is not None
+        else "random seed, 0 to 2**63-1 (default: a new random one each run; --out folders record it in settings.json)",
+    )
 
 
 def _add_max_new_tokens(p: argparse.ArgumentParser, default: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=default,
-                   help="text tokens to write at most, >= 1 (default: %(default)s)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=default, help="text tokens to write at most, >= 1 (default: %(default)s)"
+    )
 
 
 def _image_guidance_needs_images(args: argparse.Namespace) -> str | None:
@@ -94,17 +134,29 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text (+ images) -> images")
     p.add_argument("prompt", nargs="*", help="one prompt, or several drawn in one batch")
     _add_model(p)
-    p.add_argument("--prompts-file", default=None,
-                   help=f"more prompts, one per line (drawn in batches of up to {MAX_IMAGES_PER_PROMPT} images; "
-                        "seeds count up per batch) (default: none)")
-    p.add_argument("--image", action="append", default=[],
-                   help="input image for edits/variations, repeatable (default: none)")
-    p.add_argument("--num-images", type=int, default=4,
-                   help=f"images per prompt, 1 to {MAX_IMAGES_PER_PROMPT} (default: %(default)s)")
+    p.add_argument(
+        "--prompts-file",
+        default=None,
+        help=f"more prompts, one per line (drawn in batches of up to {MAX_IMAGES_PER_PROMPT} images; "
+        "seeds count up per batch) (default: none)",
+    )
+    p.add_argument(
+        "--image", action="append", default=[], help="input image for edits/variations, repeatable (default: none)"
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=4,
+        help=f"images per prompt, 1 to {MAX_IMAGES_PER_PROMPT} (default: %(default)s)",
+    )
     _add_sampling(p, 1.0, guidance=True, top=True)
-    p.add_argument("--image-cfg-scale", type=float, default=None,
-                   help=f"with --image: InstructPix2Pix's weight of the input images, 0 to {MAX_SCALE:g} "
-                        "(default: 1, no separate term)")
+    p.add_argument(
+        "--image-cfg-scale",
+        type=float,
+        default=None,
+        help=f"with --image: InstructPix2Pix's weight of the input images, 0 to {MAX_SCALE:g} "
+        "(default: 1, no separate term)",
+    )
     p.add_argument("--out", default="out", help=OUT_HELP)
     p.set_defaults(handler="janus_like.commands:generate", check=_image_guidance_needs_images)
 
@@ -124,8 +176,12 @@ def add_interleave(sub) -> None:
     p.add_argument("prompt", help="what to write and draw")
     _add_model(p)
     _add_max_new_tokens(p, 512)
-    p.add_argument("--max-images", type=int, default=4,
-                   help=f"images the answer may draw, 0 to {MAX_INTERLEAVED_IMAGES} (default: %(default)s)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=4,
+        help=f"images the answer may draw, 0 to {MAX_INTERLEAVED_IMAGES} (default: %(default)s)",
+    )
     _add_sampling(p, 1.0, guidance=True)
     p.add_argument("--out", default="out", help=OUT_HELP)
     p.set_defaults(handler="janus_like.commands:interleave")
@@ -134,23 +190,36 @@ def add_interleave(sub) -> None:
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="Gradio demo in the browser")
     _add_model(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface, "
-                        "without authentication (default: %(default)s)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface, "
+        "without authentication (default: %(default)s)",
+    )
     p.add_argument("--port", type=_port, default=7860, help="TCP port, 1 to 65535 (default: %(default)s)")
-    p.add_argument("--allow-special-tokens", action="store_true",
-                   help="let typed control tokens such as <begin_of_image> act as tokens (default: they stay text)")
+    p.add_argument(
+        "--allow-special-tokens",
+        action="store_true",
+        help="let typed control tokens such as <begin_of_image> act as tokens (default: they stay text)",
+    )
     p.set_defaults(handler="janus_like.demo:demo_command")
 
 
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a YAML config (also under accelerate launch / torchrun)")
     p.add_argument("config", help="the training config (YAML)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from this checkpoint, or from the latest one when no path is given "
-                        "(default: start afresh)")
-    p.add_argument("--skip-bad-records", action="store_true",
-                   help="skip and count bad records instead of stopping (default: stop at the first)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="resume from this checkpoint, or from the latest one when no path is given (default: start afresh)",
+    )
+    p.add_argument(
+        "--skip-bad-records",
+        action="store_true",
+        help="skip and count bad records instead of stopping (default: stop at the first)",
+    )
     p.add_argument("--check-data", action="store_true", help="validate the whole dataset and exit (default: off)")
     p.set_defaults(handler="janus_like.training.commands:train")
 
@@ -159,15 +228,20 @@ def add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a DeepSeek or transformers Janus checkpoint to this package's format")
     p.add_argument("src", help="the checkpoint directory or hub id to convert")
     p.add_argument("dst", help="a new (or empty) directory to write")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype to write (default: the checkpoint's own)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype to write (default: the checkpoint's own)",
+    )
     p.set_defaults(handler="janus_like.convert:convert_command")
 
 
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluations: " + ", ".join(EVALUATIONS))
-    suites = p.add_subparsers(dest="suite", required=True, parser_class=_Parser, metavar="NAME",
-                              help="the evaluation to run")
+    suites = p.add_subparsers(
+        dest="suite", required=True, parser_class=_Parser, metavar="NAME", help="the evaluation to run"
+    )
     for name, evaluation in EVALUATIONS.items():
         q = suites.add_parser(name, help=evaluation.help)
         _add_model(q)
@@ -179,8 +253,16 @@ def add_eval(sub) -> None:
 
 # One registration per sub-command: it adds its parser to `sub` and sets `handler` ("module:function",
 # imported only when the command runs) and, optionally, `check` (args -> a usage error message or None).
-COMMANDS: list[Callable] = [add_generate, add_chat, add_interleave, add_demo, add_train, add_convert, add_eval,
-                             serve_commands.add_parser]
+COMMANDS: list[Callable] = [
+    add_generate,
+    add_chat,
+    add_interleave,
+    add_demo,
+    add_train,
+    add_convert,
+    add_eval,
+    serve_commands.add_parser,
+]
 
 
 def _version() -> str:
@@ -192,8 +274,11 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="janus-like", description="Generate, chat, interleave, demo, train, convert and evaluate "
-                                                    "Janus-like models; COMMAND --help lists a command's options.")
+    parser = _Parser(
+        prog="janus-like",
+        description="Generate, chat, interleave, demo, train, convert and evaluate "
+        "Janus-like models; COMMAND --help lists a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks (default: one line per error)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

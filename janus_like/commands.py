@@ -15,10 +15,10 @@ from tqdm import tqdm
 
 from .errors import PromptError
 from .fileio import check_output_folder, output_set, save_image, write_json, write_text
-from .images import display_factor
-from .pipeline import JanusLikePipeline, check_prompt
 from .generation.events import Done, ImageDone, ImageProgress, TextDelta
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
+from .images import display_factor
+from .pipeline import JanusLikePipeline, check_prompt
 
 
 def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **settings) -> JanusLikePipeline:
@@ -30,10 +30,12 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
 
 
 # said once on stderr when a command loads the embedded default model
-DEFAULT_MODEL_NOTE = ("janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
-                      "that knows only a shapes world (a circle, square or triangle in red, green, blue, yellow or "
-                      "purple, on the left, center or right of a 32 px image); --model DIR or a hub id loads real "
-                      "Janus weights")
+DEFAULT_MODEL_NOTE = (
+    "janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
+    "that knows only a shapes world (a circle, square or triangle in red, green, blue, yellow or "
+    "purple, on the left, center or right of a 32 px image); --model DIR or a hub id loads real "
+    "Janus weights"
+)
 
 
 def load_pipeline(args: argparse.Namespace, **options) -> JanusLikePipeline:
@@ -42,8 +44,9 @@ def load_pipeline(args: argparse.Namespace, **options) -> JanusLikePipeline:
     and that --model loads real weights."""
     if args.model is None:
         print(DEFAULT_MODEL_NOTE, file=sys.stderr)
-    return JanusLikePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                             compile=args.compile, **options)
+    return JanusLikePipeline.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, compile=args.compile, **options
+    )
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -56,35 +59,63 @@ def generate(args: argparse.Namespace) -> int:
         raise PromptError("no prompt was given; give one as an argument or a file of them with --prompts-file")
     check_num_images(args.num_images)
     check_output_folder(args.out)
-    pipe = _pipeline(args, prompts, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    pipe = _pipeline(
+        args,
+        prompts,
+        cfg_scale=args.cfg_scale,
+        image_cfg_scale=args.image_cfg_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     seed = _seed(args)
     per_batch = MAX_IMAGES_PER_PROMPT // args.num_images
-    batches = [prompts[i:i + per_batch] for i in range(0, len(prompts), per_batch)]
+    batches = [prompts[i : i + per_batch] for i in range(0, len(prompts), per_batch)]
     out, images = Path(args.out), []
     codes = pipe.processor.num_gen_tokens
     with tqdm(total=len(batches) * codes, desc="drawing", unit="code", file=sys.stderr) as bar:
         for b, batch in enumerate(batches):
-            for event in pipe.stream(batch, mode="images", images=args.image, num_images=args.num_images,
-                                     cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
-                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                     seed=(seed + b) % (MAX_SEED + 1)):
+            for event in pipe.stream(
+                batch,
+                mode="images",
+                images=args.image,
+                num_images=args.num_images,
+                cfg_scale=args.cfg_scale,
+                image_cfg_scale=args.image_cfg_scale,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=(seed + b) % (MAX_SEED + 1),
+            ):
                 if isinstance(event, ImageProgress) and event.row == 0:
                     bar.update(b * codes + event.done - bar.n)
                 elif isinstance(event, Done):
                     images += [im for r in event.results for im in r.images]
     n = args.num_images  # each image's file within --out: one folder per prompt when there are several
-    names = [Path(f"image_{k % n}.png") if len(prompts) == 1 else Path(f"prompt_{k // n}", f"image_{k % n}.png")
-             for k in range(len(images))]
+    names = [
+        Path(f"image_{k % n}.png") if len(prompts) == 1 else Path(f"prompt_{k // n}", f"image_{k % n}.png")
+        for k in range(len(images))
+    ]
     with output_set(out) as tmp:
         for name, image in zip(names, images):
             save_image(image, tmp / name)
         if len(prompts) > 1:
-            write_text(tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n"
-                                                    for p, prompt in enumerate(prompts)))
-        _write_settings(tmp, args, pipe, seed, prompts=prompts, images=[str(i) for i in args.image],
-                        num_images=args.num_images, top_k=args.top_k, top_p=args.top_p,
-                        seeds=f"seed + batch number, batches of up to {per_batch} prompts")
+            write_text(
+                tmp / "prompts.txt", "".join(f"prompt_{p}\t{_one_line(prompt)}\n" for p, prompt in enumerate(prompts))
+            )
+        _write_settings(
+            tmp,
+            args,
+            pipe,
+            seed,
+            prompts=prompts,
+            images=[str(i) for i in args.image],
+            num_images=args.num_images,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seeds=f"seed + batch number, batches of up to {per_batch} prompts",
+        )
     for name in names:
         print(out / name)
     return 0
@@ -98,8 +129,11 @@ def _seed(args: argparse.Namespace) -> int:
 def run_settings(args: argparse.Namespace, pipe: JanusLikePipeline, seed: int, **more) -> dict:
     """What it takes to repeat a command's run: the model, the seed, the guidance resolved to the
     model's default (and the image guidance to 1, for commands that take it), the temperature, `more`."""
-    settings = {"model": args.model or "(embedded default model)", "seed": seed,
-                "cfg_scale": pipe.default_cfg_scale if args.cfg_scale is None else args.cfg_scale}
+    settings = {
+        "model": args.model or "(embedded default model)",
+        "seed": seed,
+        "cfg_scale": pipe.default_cfg_scale if args.cfg_scale is None else args.cfg_scale,
+    }
     if hasattr(args, "image_cfg_scale"):
         settings["image_cfg_scale"] = 1.0 if args.image_cfg_scale is None else args.image_cfg_scale
     return {**settings, "temperature": args.temperature, **more}
@@ -118,8 +152,10 @@ def _read_prompts(path: str) -> list[str]:
     """One prompt per line of a UTF-8 text file; blank lines are skipped. Only a regular file: a FIFO
     or a device would block or never end."""
     if Path(path).exists() and not Path(path).is_file():
-        raise PromptError(f"--prompts-file {path} is not a regular file (a pipe, device or folder); give a text "
-                          "file with one prompt per line")
+        raise PromptError(
+            f"--prompts-file {path} is not a regular file (a pipe, device or folder); give a text "
+            "file with one prompt per line"
+        )
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -129,17 +165,31 @@ def _read_prompts(path: str) -> list[str]:
 
 def chat(args: argparse.Namespace) -> int:
     """Text (+ --image) -> the answer, streamed to stdout with its ends stripped like `pipe.chat`'s."""
-    pipe = _pipeline(args, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, seed=args.seed)
+    pipe = _pipeline(
+        args,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     pending, started = "", False
-    for event in pipe.stream(args.prompt, mode="chat", images=args.image, max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+    for event in pipe.stream(
+        args.prompt,
+        mode="chat",
+        images=args.image,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    ):
         if isinstance(event, TextDelta):
             pending = pending + event.text if started else event.text.lstrip()
             started = started or bool(pending)
             shown = pending.rstrip()  # trailing whitespace waits: it is printed only if more text follows
             print(shown, end="", flush=True)
-            pending = pending[len(shown):]
+            pending = pending[len(shown) :]
     print()
     return 0
 
@@ -148,11 +198,24 @@ def interleave(args: argparse.Namespace) -> int:
     """Text -> text and images, written as DIR/index.md and DIR/index.html with DIR/image_{i}.png,
     and DIR/settings.json (the seed included, drawn when not given)."""
     check_output_folder(args.out)
-    pipe = _pipeline(args, seed=args.seed, max_new_tokens=args.max_new_tokens, max_images=args.max_images,
-                     cfg_scale=args.cfg_scale, temperature=args.temperature)
+    pipe = _pipeline(
+        args,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        max_images=args.max_images,
+        cfg_scale=args.cfg_scale,
+        temperature=args.temperature,
+    )
     seed = _seed(args)
-    events = pipe.stream(args.prompt, mode="interleave", seed=seed, max_new_tokens=args.max_new_tokens,
-                         max_images=args.max_images, cfg_scale=args.cfg_scale, temperature=args.temperature)
+    events = pipe.stream(
+        args.prompt,
+        mode="interleave",
+        seed=seed,
+        max_new_tokens=args.max_new_tokens,
+        max_images=args.max_images,
+        cfg_scale=args.cfg_scale,
+        temperature=args.temperature,
+    )
     with tqdm(desc="writing", unit="tok", file=sys.stderr) as bar:
         for event in events:
             if isinstance(event, (TextDelta, ImageProgress)):
@@ -163,8 +226,9 @@ def interleave(args: argparse.Namespace) -> int:
                 parts = event.results[0].parts
     with output_set(args.out) as tmp:
         write_interleaved(parts, tmp)
-        _write_settings(tmp, args, pipe, seed, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                        max_images=args.max_images)
+        _write_settings(
+            tmp, args, pipe, seed, prompt=args.prompt, max_new_tokens=args.max_new_tokens, max_images=args.max_images
+        )
     print(Path(args.out) / "index.md")
     return 0
 
@@ -184,9 +248,11 @@ def write_interleaved(parts: list, folder: Path) -> None:
             md.append(_markdown_text(part.strip()))
             body.append(f"<p>{html.escape(part.strip())}</p>")
     write_text(folder / "index.md", "\n\n".join(md) + "\n")
-    write_text(folder / "index.html", "<!doctype html>\n<meta charset=\"utf-8\">\n<title>janus-like</title>\n"
-               "<style>p { white-space: pre-wrap } img { image-rendering: pixelated }</style>\n"
-               + "\n".join(body) + "\n")
+    write_text(
+        folder / "index.html",
+        '<!doctype html>\n<meta charset="utf-8">\n<title>janus-like</title>\n'
+        "<style>p { white-space: pre-wrap } img { image-rendering: pixelated }</style>\n" + "\n".join(body) + "\n",
+    )
 
 
 def _shown_size(image: Image.Image) -> str:

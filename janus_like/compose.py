@@ -10,17 +10,25 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, SiglipVisionModel
 
+from .checkpoint.own import held_load_report, load_report_rows, show_load_report
+from .checkpoint.settings import refuse_custom_code
 from .configuration import JanusLikeConfig, JanusLikeVQConfig, check_compose_settings, check_image_fits
 from .errors import CheckpointError, one_line
 from .processor import JanusLikeProcessor
 from .vq import JanusLikeVQModel
-from .checkpoint.own import held_load_report, load_report_rows, show_load_report
-from .checkpoint.settings import refuse_custom_code
 
 
-def compose(cls, llm: str | os.PathLike, vision: str | os.PathLike, vq: str | os.PathLike | None = None, *,
-            vq_config: JanusLikeVQConfig | dict | None = None, return_processor: bool = False,
-            dtype: torch.dtype | None = None, **config_overrides):
+def compose(
+    cls,
+    llm: str | os.PathLike,
+    vision: str | os.PathLike,
+    vq: str | os.PathLike | None = None,
+    *,
+    vq_config: JanusLikeVQConfig | dict | None = None,
+    return_processor: bool = False,
+    dtype: torch.dtype | None = None,
+    **config_overrides,
+):
     """A `cls` model (and, with `return_processor`, its processor) from the parts; see `from_parts`."""
     check_compose_settings(config_overrides, "from_parts")
     for name, path in (("llm", llm), ("vision", vision), ("vq", vq)):
@@ -42,10 +50,16 @@ def compose(cls, llm: str | os.PathLike, vision: str | os.PathLike, vq: str | os
         vq_model = JanusLikeVQModel(vq_config)
     # composing the config resets its parts' attention implementation to None, which transformers runs
     # as unmasked attention: each part gets back the one it was loaded with
-    attention = {"text_config": language_model.config._attn_implementation,
-                 "vision_config": vision_model.config._attn_implementation}
-    config = JanusLikeConfig(text_config=language_model.config, vision_config=vision_model.config,
-                             vq_config=vq_model.config, **config_overrides)
+    attention = {
+        "text_config": language_model.config._attn_implementation,
+        "vision_config": vision_model.config._attn_implementation,
+    }
+    config = JanusLikeConfig(
+        text_config=language_model.config,
+        vision_config=vision_model.config,
+        vq_config=vq_model.config,
+        **config_overrides,
+    )
     check_image_fits(config, "from_parts")
     new_tokens = [config.image_start_token, config.image_end_token, config.image_token]
     if tokenizer.pad_token is None:
@@ -85,12 +99,14 @@ def _load_part(name: str, path, load, kind: str, dtype: torch.dtype | None) -> P
             model, info = load(path, dtype=dtype, output_loading_info=True)
         except (OSError, ValueError, RuntimeError, TypeError) as e:
             rows = load_report_rows(held)
-            raise CheckpointError(f"{name}={path}: cannot load it as {kind} ({one_line(e)})"
-                                  + (f"; the tensors: {rows}" if rows else "")) from e
+            raise CheckpointError(
+                f"{name}={path}: cannot load it as {kind} ({one_line(e)})" + (f"; the tensors: {rows}" if rows else "")
+            ) from e
     missing = sorted(info["missing_keys"])
     if missing:
-        raise CheckpointError(f"{name}={path} is not {kind}: {len(missing)} of its tensors are missing "
-                              f"(e.g. {', '.join(missing[:3])})")
+        raise CheckpointError(
+            f"{name}={path} is not {kind}: {len(missing)} of its tensors are missing (e.g. {', '.join(missing[:3])})"
+        )
     show_load_report(held)  # e.g. unexpected tensors a part does not use (a full SigLIP as the vision tower)
     return model
 
@@ -104,5 +120,7 @@ def _require_causal(model: PreTrainedModel, path) -> None:
     logits = model(input_ids=ids).logits.float()
     scale = logits.abs().max().item() + 1e-6
     if not torch.allclose(logits[0, 0], logits[1, 0], rtol=0, atol=1e-3 * scale):
-        raise CheckpointError(f"llm={path}: {type(model).__name__} lets a token see the tokens after it; "
-                              "from_parts needs a causal decoder LM (Llama, Qwen2, Gemma, Mistral, …)")
+        raise CheckpointError(
+            f"llm={path}: {type(model).__name__} lets a token see the tokens after it; "
+            "from_parts needs a causal decoder LM (Llama, Qwen2, Gemma, Mistral, …)"
+        )

@@ -131,15 +131,17 @@ def check_compose_settings(settings, where: str) -> None:
     silently, and a size of 0 or 16.5 would fail deep inside the model's construction."""
     unknown = set(settings) - COMPOSE_SETTINGS
     if unknown:
-        raise SettingsError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; accepted: "
-                            f"{', '.join(sorted(COMPOSE_SETTINGS))}")
+        raise SettingsError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(COMPOSE_SETTINGS))}"
+        )
     for key, value in settings.items():
         if key in COMPOSE_SIZES and not (is_int(value) and value >= 1):
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be an integer >= 1")
         # the range GenerationSettings takes for cfg_scale (its MAX_SCALE; that module imports this one)
         if key == "default_cfg_scale" and not (is_number(value) and 0 <= value <= 1000):
-            raise SettingsError(f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number "
-                                "from 0 to 1000")
+            raise SettingsError(
+                f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number from 0 to 1000"
+            )
         if isinstance(JanusLikeConfig.__dataclass_fields__[key].default, str) and not isinstance(value, str):
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a string")
 
@@ -148,10 +150,14 @@ def check_image_fits(config: JanusLikeConfig, where: str) -> None:
     """The generated image must tile the VQ's grid and its codes fit the LM's context."""
     factor = config.vq_config.downsample_factor
     if config.gen_image_size % factor:
-        raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} is not a multiple of {factor}, the "
-                            "VQ tokenizer's downsampling")
+        raise SettingsError(
+            f"{where}: gen_image_size = {config.gen_image_size} is not a multiple of {factor}, the "
+            "VQ tokenizer's downsampling"
+        )
     context = getattr(config.text_config, "max_position_embeddings", None)
     if context is not None and config.num_gen_tokens >= context:
-        raise SettingsError(f"{where}: gen_image_size = {config.gen_image_size} gives {config.num_gen_tokens} codes "
-                            f"an image ({config.gen_grid_size}² at the VQ's downsampling {factor}), more than the LM's "
-                            f"context of {context} positions holds; use a smaller gen_image_size")
+        raise SettingsError(
+            f"{where}: gen_image_size = {config.gen_image_size} gives {config.num_gen_tokens} codes "
+            f"an image ({config.gen_grid_size}² at the VQ's downsampling {factor}), more than the LM's "
+            f"context of {context} positions holds; use a smaller gen_image_size"
+        )

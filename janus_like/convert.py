@@ -30,8 +30,13 @@ from .processor import JanusLikeProcessor
 IN_PROGRESS = ".janus-like-convert"  # in a convert's temporary folder: "host pid" of the process writing it
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
-            max_shard_bytes: int = 2 * 2**30, chat_roles: str | tuple[str, str] | None = None) -> Path:
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    max_shard_bytes: int = 2 * 2**30,
+    chat_roles: str | tuple[str, str] | None = None,
+) -> Path:
     """Write `src` (any foreign layout) to `dst` in this package's format; returns `dst`. `chat_roles`
     overrides the roles written into the converted config (see `options.resolve_chat_roles`)."""
     dtype = resolve_dtype(dtype)
@@ -43,8 +48,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.d
     for folder in remove_stale_temporaries(dst.parent):
         print(f"removed {folder}, the temporary folder of an interrupted convert", file=sys.stderr)
     for folder in unmarked_temporaries(dst):
-        print(f"{folder} looks like the temporary folder of an interrupted convert into {dst} (one without a mark "
-              "saying whose); remove it unless a convert into it is running", file=sys.stderr)
+        print(
+            f"{folder} looks like the temporary folder of an interrupted convert into {dst} (one without a mark "
+            "saying whose); remove it unless a convert into it is running",
+            file=sys.stderr,
+        )
     checkpoint = open_checkpoint(src, chat_roles)
     processor = JanusLikeProcessor.from_checkpoint(checkpoint)
     check_foreign(JanusLikeForConditionalGeneration, checkpoint)  # streamed: no room to check for a whole model
@@ -87,8 +95,14 @@ def unmarked_temporaries(dst: Path) -> list[Path]:
     that carry no IN_PROGRESS mark, such as those a killed convert of an earlier version left."""
     pattern = re.compile(rf"\.{re.escape(dst.name)}\.[a-z0-9_]{{8}}")
     parent = dst.parent if dst.parent.is_dir() else None
-    return sorted(folder for folder in (parent.glob(".*") if parent else []) if pattern.fullmatch(folder.name)
-                  and folder.is_dir() and not folder.is_symlink() and not (folder / IN_PROGRESS).exists())
+    return sorted(
+        folder
+        for folder in (parent.glob(".*") if parent else [])
+        if pattern.fullmatch(folder.name)
+        and folder.is_dir()
+        and not folder.is_symlink()
+        and not (folder / IN_PROGRESS).exists()
+    )
 
 
 def _writer_is_gone(mark: Path) -> bool:

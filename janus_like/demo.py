@@ -15,15 +15,16 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from .commands import load_pipeline
 from .errors import ImageError, JanusLikeError, PromptError, SettingsError
 from .generation import Done, Event, ImageDone, ImageProgress, TextDelta
-from .commands import load_pipeline
 from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
 from .images import display_factor, load_image
 from .pipeline import JanusLikePipeline, check_prompt
@@ -80,17 +81,34 @@ def _on_generation_thread(events: Iterator[Event]) -> Iterator[Event]:
 # ---------------------------------------------------------------------- handlers
 
 
-def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg_scale: float | None = None,
-                  temperature: float = 1.0, seed: str | int | None = None, image: str | None = None,
-                  image_cfg_scale: float = 1.0) -> Iterator[tuple]:
+def text_to_image(
+    pipe: JanusLikePipeline,
+    prompt: str,
+    num_images: int = 4,
+    cfg_scale: float | None = None,
+    temperature: float = 1.0,
+    seed: str | int | None = None,
+    image: str | None = None,
+    image_cfg_scale: float = 1.0,
+) -> Iterator[tuple]:
     """Prompt (+ an input image, for edits) -> (gallery images, status line), streamed with previews."""
     gr = _gradio()
     with _shown_in_ui():
         images = [_load_upload(image)] if image else None
         n, total, seed = _int(num_images), pipe.processor.num_gen_tokens, _seed(seed)
-        events = _on_generation_thread(pipe.stream(
-            prompt, mode="images", images=images, num_images=n, cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale,
-            temperature=temperature, seed=seed, preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
+        events = _on_generation_thread(
+            pipe.stream(
+                prompt,
+                mode="images",
+                images=images,
+                num_images=n,
+                cfg_scale=cfg_scale,
+                image_cfg_scale=image_cfg_scale,
+                temperature=temperature,
+                seed=seed,
+                preview_every=max(1, total // PREVIEWS_PER_IMAGE),
+            )
+        )
         start = last = time.monotonic()
         previews: dict[int, Image.Image] = {}
         for event in events:
@@ -107,19 +125,33 @@ def text_to_image(pipe: JanusLikePipeline, prompt: str, num_images: int = 4, cfg
     yield results, f"{len(results)} image(s) in {time.monotonic() - start:.1f} s · seed {seed}"
 
 
-def image_edit(pipe: JanusLikePipeline, image: str | None, instruction: str, num_images: int = 4,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: str | int | None = None,
-               image_cfg_scale: float = 1.0) -> Iterator[tuple]:
+def image_edit(
+    pipe: JanusLikePipeline,
+    image: str | None,
+    instruction: str,
+    num_images: int = 4,
+    cfg_scale: float | None = None,
+    temperature: float = 1.0,
+    seed: str | int | None = None,
+    image_cfg_scale: float = 1.0,
+) -> Iterator[tuple]:
     """Input image + instruction -> (gallery images, status line)."""
     if not image:
         with _shown_in_ui():
             raise ImageError("upload an image to edit first")
-    yield from text_to_image(pipe, instruction, num_images, cfg_scale, temperature, seed, image=image,
-                             image_cfg_scale=image_cfg_scale)
+    yield from text_to_image(
+        pipe, instruction, num_images, cfg_scale, temperature, seed, image=image, image_cfg_scale=image_cfg_scale
+    )
 
 
-def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_new_tokens: int = 256,
-         temperature: float = 0.0, seed: str | int | None = None) -> Iterator[tuple]:
+def chat(
+    pipe: JanusLikePipeline,
+    message: dict | None,
+    turns: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: str | int | None = None,
+) -> Iterator[tuple]:
     """A question (+ uploaded images) after the earlier turns -> (chat display, turns, cleared input,
     status line), with the answer streamed. `turns` (server-side state) holds questions, checked images
     and answers."""
@@ -129,8 +161,9 @@ def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_n
         images = [_fit(_load_upload(_path(f)), HISTORY_SIDE) for f in message.get("files") or []]
         messages = _messages(turns) + [_user(text, images)]
         seed = _seed(seed)
-        events = _on_generation_thread(pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens),
-                                                   temperature=temperature, seed=seed))
+        events = _on_generation_thread(
+            pipe.stream(messages, mode="chat", max_new_tokens=_int(max_new_tokens), temperature=temperature, seed=seed)
+        )
         earlier, turns = turns, turns + [{"text": text, "images": images, "answer": ""}]
         start = last = time.monotonic()
         try:
@@ -144,21 +177,38 @@ def chat(pipe: JanusLikePipeline, message: dict | None, turns: list[dict], max_n
                     turns[-1]["answer"] = event.results[0].text.strip()
         except PromptError as e:
             if earlier:
-                raise PromptError(f"{e} (the {len(earlier)} earlier turn(s) count too: press Clear to start over)") from e
+                raise PromptError(
+                    f"{e} (the {len(earlier)} earlier turn(s) count too: press Clear to start over)"
+                ) from e
             raise
     yield _chat_display(turns), turns, None, f"answered in {time.monotonic() - start:.1f} s · seed {seed}"
 
 
-def interleave(pipe: JanusLikePipeline, prompt: str, max_new_tokens: int = 512, max_images: int = 2,
-               cfg_scale: float | None = None, temperature: float = 1.0, seed: str | int | None = None) -> Iterator[tuple]:
+def interleave(
+    pipe: JanusLikePipeline,
+    prompt: str,
+    max_new_tokens: int = 512,
+    max_images: int = 2,
+    cfg_scale: float | None = None,
+    temperature: float = 1.0,
+    seed: str | int | None = None,
+) -> Iterator[tuple]:
     """Prompt -> (the model's text and images in the order it wrote them as a chat display, status
     line), streamed."""
     with _shown_in_ui():
         total, seed = pipe.processor.num_gen_tokens, _seed(seed)
-        events = _on_generation_thread(pipe.stream(
-            prompt, mode="interleave", max_new_tokens=_int(max_new_tokens), max_images=_int(max_images),
-            cfg_scale=cfg_scale, temperature=temperature, seed=seed,
-            preview_every=max(1, total // PREVIEWS_PER_IMAGE)))
+        events = _on_generation_thread(
+            pipe.stream(
+                prompt,
+                mode="interleave",
+                max_new_tokens=_int(max_new_tokens),
+                max_images=_int(max_images),
+                cfg_scale=cfg_scale,
+                temperature=temperature,
+                seed=seed,
+                preview_every=max(1, total // PREVIEWS_PER_IMAGE),
+            )
+        )
         parts: list[str | Image.Image] = []
         drawing, preview = None, None  # the image being drawn: its progress and latest preview
         start = last = time.monotonic()
@@ -196,8 +246,12 @@ def _story(prompt: str, parts: list, drawing: ImageProgress | None, preview: Ima
     if drawing is not None:
         if preview is not None:
             shown.append({"role": "assistant", "content": gr.Image(value=_enlarged(preview), format="png")})
-        shown.append({"role": "assistant", "content": f"*drawing image {drawing.index + 1}: "
-                                                      f"{drawing.done}/{drawing.total} codes*"})
+        shown.append(
+            {
+                "role": "assistant",
+                "content": f"*drawing image {drawing.index + 1}: {drawing.done}/{drawing.total} codes*",
+            }
+        )
     return shown
 
 
@@ -265,8 +319,9 @@ def _seed(seed: str | int | float | None) -> int:
     if isinstance(seed, str):
         seed = seed.strip()
         if seed and not seed.isdigit():
-            raise SettingsError(f"seed {seed!r} is not accepted; give a whole number >= 0, or leave it empty "
-                                "for a random one")
+            raise SettingsError(
+                f"seed {seed!r} is not accepted; give a whole number >= 0, or leave it empty for a random one"
+            )
         seed = int(seed) if seed else None
     return secrets.randbelow(RANDOM_SEEDS) if seed is None else _int(seed)
 
@@ -274,7 +329,7 @@ def _seed(seed: str | int | float | None) -> int:
 # ---------------------------------------------------------------------- app
 
 
-def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
+def build_demo(pipe: JanusLikePipeline) -> gradio.Blocks:
     """The Blocks app (queued: CONCURRENT_JOBS at a time, at most QUEUE_SIZE waiting); not launched."""
     gr = _gradio()
     shortest = pipe.processor.conversation([{"role": "user", "content": "?"}])  # the room a question leaves
@@ -295,42 +350,66 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
         with gr.Tab(name):
             with gr.Row():
                 with gr.Column(scale=1):
-                    inputs = make_inputs() + [
-                        gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=num_images, step=1, label="number of images"),
-                        cfg_slider(), temperature_slider(1.0), seed_box()] + make_extra()
+                    inputs = (
+                        make_inputs()
+                        + [
+                            gr.Slider(1, MAX_IMAGES_PER_PROMPT, value=num_images, step=1, label="number of images"),
+                            cfg_slider(),
+                            temperature_slider(1.0),
+                            seed_box(),
+                        ]
+                        + make_extra()
+                    )
                     go = gr.Button(button, variant="primary")
                 with gr.Column(scale=2):
                     outputs = [gr.Gallery(label="images", columns=4, format="png"), gr.Markdown()]
-            go.click(partial(fn, pipe), inputs, outputs, api_name=fn.__name__, js=_closing_toasts(inputs),
-                     **SHARED_LIMIT)
+            go.click(
+                partial(fn, pipe), inputs, outputs, api_name=fn.__name__, js=_closing_toasts(inputs), **SHARED_LIMIT
+            )
 
     with gr.Blocks(title="janus_like", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## janus_like — one autoregressive model that reads, writes and draws")
-        drawing_tab("Text → image", lambda: [gr.Textbox(label="prompt", value="a red circle on the left", lines=2)],
-                    4, "Generate", text_to_image)
+        drawing_tab(
+            "Text → image",
+            lambda: [gr.Textbox(label="prompt", value="a red circle on the left", lines=2)],
+            4,
+            "Generate",
+            text_to_image,
+        )
 
         with gr.Tab("Chat"):
             turns = gr.State([])
             chat_view = gr.Chatbot(label="conversation", height=420)
             chat_status = gr.Markdown()
-            chat_box = gr.MultimodalTextbox(label="question", file_types=["image"], file_count="multiple",
-                                            sources=["upload"],
-                                            placeholder="Ask about an image (attach it with the clip)…")
+            chat_box = gr.MultimodalTextbox(
+                label="question",
+                file_types=["image"],
+                file_count="multiple",
+                sources=["upload"],
+                placeholder="Ask about an image (attach it with the clip)…",
+            )
             with gr.Row():
                 chat_tokens = gr.Slider(1, max_tokens, value=min(256, max_tokens), step=1, label="max new tokens")
                 chat_temp = temperature_slider(0.0)
                 chat_seed = seed_box()
                 chat_clear = gr.Button("Clear")
             chat_inputs = [chat_box, turns, chat_tokens, chat_temp, chat_seed]
-            chat_box.submit(partial(chat, pipe), chat_inputs, [chat_view, turns, chat_box, chat_status],
-                            api_name="chat", js=_closing_toasts(chat_inputs), **SHARED_LIMIT)
+            chat_box.submit(
+                partial(chat, pipe),
+                chat_inputs,
+                [chat_view, turns, chat_box, chat_status],
+                api_name="chat",
+                js=_closing_toasts(chat_inputs),
+                **SHARED_LIMIT,
+            )
             chat_clear.click(lambda: ([], [], None, ""), None, [chat_view, turns, chat_box, chat_status], queue=False)
 
         with gr.Tab("Interleaved"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    il_prompt = gr.Textbox(label="prompt", value="Draw a red circle on the left, then describe it.",
-                                           lines=2)
+                    il_prompt = gr.Textbox(
+                        label="prompt", value="Draw a red circle on the left, then describe it.", lines=2
+                    )
                     il_tokens = gr.Slider(1, max_tokens, value=min(512, max_tokens), step=1, label="max new tokens")
                     il_images = gr.Slider(0, MAX_INTERLEAVED_IMAGES, value=2, step=1, label="max images")
                     il_cfg = cfg_slider()
@@ -341,14 +420,34 @@ def build_demo(pipe: JanusLikePipeline) -> "gradio.Blocks":
                     il_out = gr.Chatbot(label="text and images, in order", height=520)
                     il_status = gr.Markdown()
             il_inputs = [il_prompt, il_tokens, il_images, il_cfg, il_temp, il_seed]
-            il_go.click(partial(interleave, pipe), il_inputs, [il_out, il_status], api_name="interleave",
-                        js=_closing_toasts(il_inputs), **SHARED_LIMIT)
+            il_go.click(
+                partial(interleave, pipe),
+                il_inputs,
+                [il_out, il_status],
+                api_name="interleave",
+                js=_closing_toasts(il_inputs),
+                **SHARED_LIMIT,
+            )
 
-        drawing_tab("Image edit", lambda: [_image_input(label="input image", sources=["upload"], height=256),
-                                           gr.Textbox(label="instruction", value="make it blue", lines=2)],
-                    2, "Edit", image_edit,
-                    lambda: [gr.Slider(0.0, 5.0, value=1.0, step=0.1,
-                                       label="image guidance (InstructPix2Pix: above 1 keeps more of the input)")])
+        drawing_tab(
+            "Image edit",
+            lambda: [
+                _image_input(label="input image", sources=["upload"], height=256),
+                gr.Textbox(label="instruction", value="make it blue", lines=2),
+            ],
+            2,
+            "Edit",
+            image_edit,
+            lambda: [
+                gr.Slider(
+                    0.0,
+                    5.0,
+                    value=1.0,
+                    step=0.1,
+                    label="image guidance (InstructPix2Pix: above 1 keeps more of the input)",
+                )
+            ],
+        )
     return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
@@ -358,7 +457,7 @@ def _closing_toasts(inputs: list) -> str:
     return f"(...values) => {{ {CLOSE_TOASTS} return values.slice(0, {len(inputs)}); }}"
 
 
-def _image_input(**kwargs) -> "gradio.Image":
+def _image_input(**kwargs) -> gradio.Image:
     """gr.Image that shows an upload but hands the handler its path, undecoded: gr.Image's own
     preprocessing opens it with PIL and fails on a bad file with a generic error, where load_image
     names the problem (and caps the pixels). Overridden on the instance: subclassing a component
@@ -368,15 +467,26 @@ def _image_input(**kwargs) -> "gradio.Image":
     return image
 
 
-def serve(demo: "gradio.Blocks", host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
+def serve(demo: gradio.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
     """Launch with the safe settings (upload cap, no extra served paths, no share link, no telemetry);
     returns the local URL. `block=False` returns at once (the server runs in a thread)."""
     gr = _gradio()
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])  # local fonts: the page fetches nothing
-    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
-                            allowed_paths=None, ssr_mode=False, show_error=False, prevent_thread_lock=not block,
-                            quiet=not block, theme=theme, footer_links=["gradio", "settings"])
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )  # local fonts: the page fetches nothing
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=None,
+        ssr_mode=False,
+        show_error=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        theme=theme,
+        footer_links=["gradio", "settings"],
+    )
     return url
 
 
@@ -384,12 +494,17 @@ def demo_command(args: argparse.Namespace) -> int:
     """`janus-like demo`: load the model and serve the app until interrupted."""
     _gradio()  # fail with the install hint before loading any weights
     if not args.host or ":" in args.host:  # Gradio writes http://{host}:{port}, which breaks on IPv6 addresses
-        raise SettingsError(f"--host {args.host!r} is not accepted; give an IPv4 address or a host name "
-                            "(127.0.0.1, the default, or 0.0.0.0 for every interface)")
+        raise SettingsError(
+            f"--host {args.host!r} is not accepted; give an IPv4 address or a host name "
+            "(127.0.0.1, the default, or 0.0.0.0 for every interface)"
+        )
     check_host(args.host)
     if args.host not in LOOPBACK:
-        print(f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
-              "the model (there is no authentication)", file=sys.stderr)
+        print(
+            f"janus-like demo: listening on {args.host}; anyone who can reach port {args.port} can use "
+            "the model (there is no authentication)",
+            file=sys.stderr,
+        )
     _check_port_free(args.host, args.port)
     pipe = load_pipeline(args)
     pipe.processor.literal_user_text = not args.allow_special_tokens  # typed `<begin_of_image>` stays text
@@ -402,9 +517,11 @@ def check_host(host: str) -> None:
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError) as e:
-        raise SettingsError(f"--host {host!r} cannot be resolved ({getattr(e, 'strerror', None) or e}); give an "
-                            "IPv4 address or a host name this machine resolves (127.0.0.1, the default, or 0.0.0.0 "
-                            "for every interface)") from None
+        raise SettingsError(
+            f"--host {host!r} cannot be resolved ({getattr(e, 'strerror', None) or e}); give an "
+            "IPv4 address or a host name this machine resolves (127.0.0.1, the default, or 0.0.0.0 "
+            "for every interface)"
+        ) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -416,5 +533,7 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise SettingsError(f"--port {port} is already in use on {host} (another server listens there); "
-                                    "stop it or choose another port with --port") from e
+                raise SettingsError(
+                    f"--port {port} is already in use on {host} (another server listens there); "
+                    "stop it or choose another port with --port"
+                ) from e

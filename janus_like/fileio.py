@@ -7,8 +7,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image
 
@@ -70,12 +70,16 @@ def _check_room(out: Path, names: list[str], setting: str) -> None:
     folder's place a file takes): moving the set in would fail halfway."""
     for name in names:
         if (out / name).is_dir():
-            raise SettingsError(f"{setting} {out}: {out / name} is a folder, where this run writes a file; "
-                                "move it away or choose another folder")
+            raise SettingsError(
+                f"{setting} {out}: {out / name} is a folder, where this run writes a file; "
+                "move it away or choose another folder"
+            )
         for parent in Path(name).parents:
             if parent != Path(".") and (out / parent).exists() and not (out / parent).is_dir():
-                raise SettingsError(f"{setting} {out}: {out / parent} is a file, where this run writes a folder; "
-                                    "move it away or choose another folder")
+                raise SettingsError(
+                    f"{setting} {out}: {out / parent} is a file, where this run writes a folder; "
+                    "move it away or choose another folder"
+                )
 
 
 def unrecorded(out: Path, names: list[str]) -> list[Path]:
@@ -106,8 +110,15 @@ def _last_outputs(out: Path) -> list[str]:
     except (OSError, UnicodeDecodeError):
         return []
     root = out.resolve()
-    return [name for name in lines if name and name != MANIFEST and not Path(name).is_absolute()
-            and ".." not in Path(name).parts and (out / name).parent.resolve().is_relative_to(root)]
+    return [
+        name
+        for name in lines
+        if name
+        and name != MANIFEST
+        and not Path(name).is_absolute()
+        and ".." not in Path(name).parts
+        and (out / name).parent.resolve().is_relative_to(root)
+    ]
 
 
 def check_output_folder(out: str | os.PathLike, setting: str = "--out") -> Path:

@@ -40,7 +40,9 @@ def load_image(image: str | os.PathLike | Image.Image, max_pixels: int = MAX_IMA
     if width <= 0 or height <= 0:
         raise ImageError(f"image {name} has no pixels ({width}x{height}); need at least 1x1")
     if width * height > max_pixels:
-        raise ImageError(f"image {name} has {width}x{height} = {width * height:,} pixels; at most {max_pixels:,} are accepted")
+        raise ImageError(
+            f"image {name} has {width}x{height} = {width * height:,} pixels; at most {max_pixels:,} are accepted"
+        )
     try:
         img.load()
     except Exception as e:
@@ -60,8 +62,9 @@ def _image_path(image) -> Path:
     """An existing image file's path; other types (bytes, arrays, tensors, open files) are refused
     by name, since PIL would read them differently than a user expects or not at all."""
     if not isinstance(image, (str, os.PathLike)):
-        raise ImageError(f"an image must be a file path (str or os.PathLike) or a PIL.Image.Image, "
-                         f"got {type(image).__name__}")
+        raise ImageError(
+            f"an image must be a file path (str or os.PathLike) or a PIL.Image.Image, got {type(image).__name__}"
+        )
     if os.fspath(image) in ("", b""):
         raise ImageError("the image path is empty; give a file path or a PIL.Image.Image")
     path = Path(os.fsdecode(image))
@@ -129,7 +132,11 @@ def expand_to_square(img: Image.Image, background: tuple[int, int, int]) -> Imag
 
 
 def understanding_pixels(
-    img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...], do_normalize: bool = True,
+    img: Image.Image,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    do_normalize: bool = True,
     min_size: int = 14,
 ) -> torch.Tensor:
     """Janus understanding preprocessing: long side to `size` (bicubic; sides truncated, at least

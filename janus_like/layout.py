@@ -9,8 +9,8 @@ The model, the processor, the engine and the trainer import these names from her
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -43,11 +43,15 @@ class TokenSequence:
 def special_token_ids(tokenizer, config) -> dict[str, int]:
     """The ids a tokenizer gives the config's special tokens (by name), as config field -> id;
     a CheckpointError names a token the vocabulary lacks."""
-    ids = {f"{name}_id": _token_id(tokenizer, getattr(config, name))
-           for name in ("image_start_token", "image_end_token", "image_token", "pad_token")}
+    ids = {
+        f"{name}_id": _token_id(tokenizer, getattr(config, name))
+        for name in ("image_start_token", "image_end_token", "image_token", "pad_token")
+    }
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise CheckpointError("the tokenizer needs a BOS and an EOS token; it has "
-                              f"bos={tokenizer.bos_token!r}, eos={tokenizer.eos_token!r}")
+        raise CheckpointError(
+            "the tokenizer needs a BOS and an EOS token; it has "
+            f"bos={tokenizer.bos_token!r}, eos={tokenizer.eos_token!r}"
+        )
     return {**ids, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
@@ -60,6 +64,8 @@ def fill_special_token_ids(config, tokenizer) -> None:
 def _token_id(tokenizer, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
-        raise CheckpointError(f"the tokenizer's vocabulary lacks the special token {token!r}; add it "
-                              "(JanusLikeForConditionalGeneration.from_parts does) or use the checkpoint's own tokenizer")
+        raise CheckpointError(
+            f"the tokenizer's vocabulary lacks the special token {token!r}; add it "
+            "(JanusLikeForConditionalGeneration.from_parts does) or use the checkpoint's own tokenizer"
+        )
     return token_id

@@ -14,7 +14,6 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,6 @@ from transformers.utils import ModelOutput
 from .checkpoint import load_model
 from .checkpoint.own import load_own_format
 from .configuration import JanusLikeConfig, JanusLikeVQConfig
-from .errors import CheckpointError, SettingsError, is_int, is_number, one_line
 from .layout import GEN_IMAGE, IGNORE_INDEX, TEXT, UND_IMAGE
 from .vq import JanusLikeVQModel
 
@@ -93,7 +91,7 @@ def _unused(output: torch.Tensor) -> torch.Tensor:
     return output.sum() * 0.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cache_kwarg(decoder_class: type) -> str:
     """The decoder's KV-cache argument: `cache` in transformers >= 5.24, `past_key_values` before."""
     return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
@@ -194,11 +192,15 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
                 image_features = self.image_features(pixel_values)
             features = image_features.reshape(-1, embeds.shape[-1]).to(embeds.device, embeds.dtype)
             if features.shape[0] != int(und.sum()):
-                raise ValueError(f"{int(und.sum())} understanding-image positions but {features.shape[0]} image features")
+                raise ValueError(
+                    f"{int(und.sum())} understanding-image positions but {features.shape[0]} image features"
+                )
             embeds = embeds.masked_scatter(und.unsqueeze(-1), features)
         gen = modality == GEN_IMAGE
         if gen.any():
-            gen_embeds = self.gen_image_embeddings(input_ids[gen].to(self.gen_embed.weight.device)).to(embeds.device, embeds.dtype)
+            gen_embeds = self.gen_image_embeddings(input_ids[gen].to(self.gen_embed.weight.device)).to(
+                embeds.device, embeds.dtype
+            )
             embeds = embeds.masked_scatter(gen.unsqueeze(-1), gen_embeds)
         if run_all_parts and not und.any():
             size = self.config.vision_config.image_size
@@ -208,8 +210,13 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
             embeds = embeds + _unused(self.gen_image_embeddings(input_ids.new_zeros(1)))
         return embeds
 
-    def fill_gen_codes(self, input_ids: torch.Tensor, modality: torch.Tensor, labels: torch.Tensor | None,
-                       gen_pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def fill_gen_codes(
+        self,
+        input_ids: torch.Tensor,
+        modality: torch.Tensor,
+        labels: torch.Tensor | None,
+        gen_pixel_values: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode generation images with the (frozen) VQ tokenizer and write the codes into the
         generation positions of `input_ids` and, where they are targets, of `labels`."""
         codes = self.vq.encode(gen_pixel_values).to(input_ids.device)
@@ -253,16 +260,27 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         decoder = self.decoder
         cache_name = cache_kwarg(type(decoder))
         kwargs[cache_name] = cache
-        out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=use_cache, **kwargs)
+        out = decoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
         hidden = out.last_hidden_state
         result = JanusLikeOutput(last_hidden_state=hidden, cache=out.get(cache_name))
         if labels is None:
             return result
         return self._task_masked_loss(hidden, labels, modality, result, run_all_parts)
 
-    def _task_masked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor,
-                          result: JanusLikeOutput, run_all_parts: bool = False) -> JanusLikeOutput:
+    def _task_masked_loss(
+        self,
+        hidden: torch.Tensor,
+        labels: torch.Tensor,
+        modality: torch.Tensor,
+        result: JanusLikeOutput,
+        run_all_parts: bool = False,
+    ) -> JanusLikeOutput:
         targets, target_modality, states = labels[:, 1:], modality[:, 1:], hidden[:, :-1]
         is_target = targets != IGNORE_INDEX
         text_sel = is_target & (target_modality == TEXT)
@@ -318,5 +336,13 @@ class JanusLikeForConditionalGeneration(PreTrainedModel):
         # imported on use: composing builds a processor, which the model itself never needs
         from .compose import compose
 
-        return compose(cls, llm, vision, vq, vq_config=vq_config, return_processor=return_processor, dtype=dtype,
-                       **config_overrides)
+        return compose(
+            cls,
+            llm,
+            vision,
+            vq,
+            vq_config=vq_config,
+            return_processor=return_processor,
+            dtype=dtype,
+            **config_overrides,
+        )

@@ -15,8 +15,9 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -30,8 +31,16 @@ from .checkpoint.settings import JANUS_MEAN, channels, load_tokenizer, read_json
 from .configuration import JanusLikeConfig
 from .errors import DataError, JanusLikeError, PromptError
 from .images import generation_pixels, load_image, understanding_pixels
-from .layout import (GEN_IMAGE, IGNORE_INDEX, TASKS, TEXT, UND_IMAGE, TokenSequence, fill_special_token_ids,
-                     special_token_ids)
+from .layout import (
+    GEN_IMAGE,
+    IGNORE_INDEX,
+    TASKS,
+    TEXT,
+    UND_IMAGE,
+    TokenSequence,
+    fill_special_token_ids,
+    special_token_ids,
+)
 
 ROLES = ("system", "user", "assistant")
 PROCESSOR_CONFIG_NAME = "processor_config.json"
@@ -75,8 +84,12 @@ class JanusLikeProcessor:
         config.bos_token_id, config.eos_token_id = self.bos_id, self.eos_id
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, config: JanusLikeConfig | None = None,
-                        chat_roles: str | tuple[str, str] | None = None) -> "JanusLikeProcessor":
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike | None = None,
+        config: JanusLikeConfig | None = None,
+        chat_roles: str | tuple[str, str] | None = None,
+    ) -> JanusLikeProcessor:
         """Load the tokenizer and processor settings saved beside a model (any supported layout;
         no path: the embedded default model's). `chat_roles` overrides the chat roles: a release
         ("janus-pro", "janus-1.3b", "janusflow") or a (user, assistant) pair."""
@@ -97,7 +110,7 @@ class JanusLikeProcessor:
         return cls.from_checkpoint(checkpoint)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: ForeignCheckpoint) -> "JanusLikeProcessor":
+    def from_checkpoint(cls, checkpoint: ForeignCheckpoint) -> JanusLikeProcessor:
         """The processor of an opened DeepSeek or transformers Janus checkpoint."""
         images = checkpoint.images
         return cls(checkpoint.tokenizer, checkpoint.config, images.image_mean, images.image_std, images.do_normalize)
@@ -106,12 +119,16 @@ class JanusLikeProcessor:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
-        settings = {"image_mean": list(self.image_mean), "image_std": list(self.image_std),
-                    "do_normalize": self.do_normalize, "processor_class": type(self).__name__}
+        settings = {
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "do_normalize": self.do_normalize,
+            "processor_class": type(self).__name__,
+        }
         (path / PROCESSOR_CONFIG_NAME).write_text(json.dumps(settings, indent=2))
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, config: JanusLikeConfig) -> "JanusLikeProcessor":
+    def from_dir(cls, path: str | os.PathLike, config: JanusLikeConfig) -> JanusLikeProcessor:
         """This package's own layout: tokenizer files + processor_config.json beside config.json."""
         path = Path(path)
         settings = read_json(path / PROCESSOR_CONFIG_NAME)
@@ -150,20 +167,21 @@ class JanusLikeProcessor:
     # ---------------------------------------------------------------- images
 
     def understanding_pixels(self, image) -> torch.Tensor:
-        return understanding_pixels(load_image(image), self.image_size, self.image_mean, self.image_std,
-                                    self.do_normalize)
+        return understanding_pixels(
+            load_image(image), self.image_size, self.image_mean, self.image_std, self.do_normalize
+        )
 
     def generation_pixels(self, image) -> torch.Tensor:
         return generation_pixels(load_image(image), self.config.gen_image_size)
 
-    def add_und_image(self, b: "SequenceBuilder", image) -> None:
+    def add_und_image(self, b: SequenceBuilder, image) -> None:
         """`<begin_of_image>` + N SigLIP placeholders + `<end_of_image>`; never trained."""
         b.seq.und_pixels.append(self.understanding_pixels(image))
         b.ids([self.image_start_id], TEXT, False)
         b.ids([self.image_token_id] * self.num_image_tokens, UND_IMAGE, False)
         b.ids([self.image_end_id], TEXT, False)
 
-    def add_gen_image(self, b: "SequenceBuilder", image, train_start: bool) -> None:
+    def add_gen_image(self, b: SequenceBuilder, image, train_start: bool) -> None:
         """`<begin_of_image>` (a target only where the model must decide to draw) + N VQ codes
         (targets; filled in by the model's VQ encoder) + `<end_of_image>` (forced, never trained)."""
         b.seq.gen_pixels.append(self.generation_pixels(image))
@@ -173,7 +191,7 @@ class JanusLikeProcessor:
 
     # ---------------------------------------------------------------- chat template
 
-    def _add_content(self, b: "SequenceBuilder", items: list[dict], trainable: bool) -> None:
+    def _add_content(self, b: SequenceBuilder, items: list[dict], trainable: bool) -> None:
         """Content items laid out by `_joined`: text as is, images as understanding spans."""
         for item in items:
             if item["type"] == "text":
@@ -181,8 +199,9 @@ class JanusLikeProcessor:
             else:
                 self.add_und_image(b, _image_of(item))
 
-    def _conversation(self, b: "SequenceBuilder", messages: list[dict], system_prompt: str | None,
-                      add_generation_prompt: bool) -> None:
+    def _conversation(
+        self, b: SequenceBuilder, messages: list[dict], system_prompt: str | None, add_generation_prompt: bool
+    ) -> None:
         cfg = self.config
         system = cfg.system_prompt if system_prompt is None else system_prompt
         system_by_user = system_prompt is not None  # the model's own system prompt is part of the template
@@ -215,8 +234,9 @@ class JanusLikeProcessor:
         if add_generation_prompt:
             b.text(f"{cfg.assistant_role}:", False)
 
-    def conversation(self, messages: list[dict], system_prompt: str | None = None,
-                     add_generation_prompt: bool = True) -> TokenSequence:
+    def conversation(
+        self, messages: list[dict], system_prompt: str | None = None, add_generation_prompt: bool = True
+    ) -> TokenSequence:
         """DeepSeek SFT format. Assistant turns are targets (` {answer}<eos>`); the rest is prompt.
         With `add_generation_prompt` the last message must be the user's and the sequence ends with
         `<|Assistant|>:` ready for the answer."""
@@ -234,7 +254,7 @@ class JanusLikeProcessor:
         b.ids([self.image_start_id], TEXT, False)
         return b.done()
 
-    def _generation_prompt(self, b: "SequenceBuilder", prompt: str, images: list) -> None:
+    def _generation_prompt(self, b: SequenceBuilder, prompt: str, images: list) -> None:
         content: list[dict] = [{"type": "image", "image": im} for im in images]
         content.append({"type": "text", "text": prompt})
         self._conversation(b, [{"role": "user", "content": content}], "", True)
@@ -251,8 +271,9 @@ class JanusLikeProcessor:
 
     # ---------------------------------------------------------------- training records
 
-    def record_to_sequence(self, record: dict, base_dir: str | os.PathLike = ".", drop_prompt: bool = False,
-                           drop_images: bool = False) -> TokenSequence:
+    def record_to_sequence(
+        self, record: dict, base_dir: str | os.PathLike = ".", drop_prompt: bool = False, drop_images: bool = False
+    ) -> TokenSequence:
         """A JSONL record of docs/ARCHITECTURE.md §6 -> TokenSequence. `drop_prompt` replaces a generation
         prompt by the unconditional one (CFG training), keeping its input images like the engine's
         twin; with `drop_images` too they go as well, like the engine's third slot for
@@ -292,8 +313,10 @@ class JanusLikeProcessor:
                 raise DataError("an interleaved record needs a non-empty 'segments' list")
             prompt = record.get("prompt")
             if prompt is not None and not isinstance(prompt, (str, list)):
-                raise DataError(f"an interleaved record's 'prompt' must be a string or a list of content items, "
-                                f"got {_short(prompt)}")
+                raise DataError(
+                    f"an interleaved record's 'prompt' must be a string or a list of content items, "
+                    f"got {_short(prompt)}"
+                )
             if prompt is not None:
                 self._conversation(b, [{"role": "user", "content": prompt}], "", True)
             else:
@@ -323,10 +346,14 @@ class JanusLikeProcessor:
     def check_length(self, seq: TokenSequence, extra: int = 0) -> None:
         limit = self.config.text_config.max_position_embeddings
         if len(seq) + extra > limit:
-            raise PromptError(f"the sequence needs {len(seq) + extra} positions but the model's context holds "
-                              f"{limit}; shorten the prompt or use fewer images")
+            raise PromptError(
+                f"the sequence needs {len(seq) + extra} positions but the model's context holds "
+                f"{limit}; shorten the prompt or use fewer images"
+            )
 
-    def collate(self, sequences: Sequence[TokenSequence], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, sequences: Sequence[TokenSequence], pad_to_multiple_of: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Right-pad a list of sequences into batch tensors; labels are -100 where not a target."""
         for seq in sequences:
             self.check_length(seq)
@@ -354,12 +381,21 @@ class JanusLikeProcessor:
             out["gen_pixel_values"] = torch.stack(gen)
         return out
 
-    def __call__(self, records: Sequence[dict], base_dir: str | os.PathLike = ".", cfg_dropout: float = 0.0,
-                 rng: random.Random | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        records: Sequence[dict],
+        base_dir: str | os.PathLike = ".",
+        cfg_dropout: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> dict[str, torch.Tensor]:
         """JSONL records -> a padded training batch."""
         rng = rng or random.Random()
-        seqs = [self.record_to_sequence(r, base_dir, drop_prompt=r.get("task") == "generation" and rng.random() < cfg_dropout)
-                for r in records]
+        seqs = [
+            self.record_to_sequence(
+                r, base_dir, drop_prompt=r.get("task") == "generation" and rng.random() < cfg_dropout
+            )
+            for r in records
+        ]
         return self.collate(seqs)
 
 
@@ -393,8 +429,10 @@ class SequenceBuilder:
         context = self.processor.config.text_config.max_position_embeddings
         limit = context * MAX_CHARS_PER_POSITION
         if self._characters > limit:
-            raise self.error(f"the text has {self._characters:,} characters, more than the model's context of "
-                             f"{context} tokens can hold (at most {limit:,} characters); shorten it")
+            raise self.error(
+                f"the text has {self._characters:,} characters, more than the model's context of "
+                f"{context} tokens can hold (at most {limit:,} characters); shorten it"
+            )
 
     def ids(self, ids: Sequence[int], modality: int, trainable: bool) -> None:
         self.flush()
@@ -416,10 +454,12 @@ def check_unicode(text: str, error: type[JanusLikeError] = PromptError) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        near = text[max(0, e.start - 20):e.start + 20]
-        raise error(f"text must be valid Unicode: the character at position {e.start} (from 0) of {near!a} is "
-                    f"U+{ord(text[e.start]):04X}, "
-                    "a lone surrogate (bytes that were not UTF-8?)") from None
+        near = text[max(0, e.start - 20) : e.start + 20]
+        raise error(
+            f"text must be valid Unicode: the character at position {e.start} (from 0) of {near!a} is "
+            f"U+{ord(text[e.start]):04X}, "
+            "a lone surrogate (bytes that were not UTF-8?)"
+        ) from None
 
 
 def _special_split(text: str, specials: set[str]) -> list[str]:
@@ -455,8 +495,9 @@ def _image_list(images: Any, what: str, error: type[JanusLikeError]) -> list:
     if images is None:
         return []
     if not isinstance(images, (list, tuple)):
-        raise error(f"{what} must be a list of images (paths or PIL images), got {_short(images)}; "
-                    "put a single image in a list")
+        raise error(
+            f"{what} must be a list of images (paths or PIL images), got {_short(images)}; put a single image in a list"
+        )
     return list(images)
 
 
@@ -484,14 +525,19 @@ def _content_items(content: Any, error: type[JanusLikeError], where: str) -> lis
             raise error(f"a text item in {where} needs a 'text' string, got {_short(item.get('text'))}")
         image = _image_of(item) if kind == "image" else None
         if kind == "image" and image is None:
-            raise error(f"an image item in {where} needs an 'image' (or 'path', or 'url') field: a file path or a "
-                        "PIL image")
+            raise error(
+                f"an image item in {where} needs an 'image' (or 'path', or 'url') field: a file path or a PIL image"
+            )
         if _remote(image):
-            raise error(f"an image item in {where} gives {image!r}: images are read from local files only "
-                        "(nothing is downloaded); download it and give its path")
+            raise error(
+                f"an image item in {where} gives {image!r}: images are read from local files only "
+                "(nothing is downloaded); download it and give its path"
+            )
         if kind not in ("text", "image"):
-            raise error(f"unknown content item {_short(item)} in {where}; accepted: "
-                        "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}")
+            raise error(
+                f"unknown content item {_short(item)} in {where}; accepted: "
+                "{'type': 'text', 'text': ...} or {'type': 'image', 'image': ...}"
+            )
     return list(content)
 
 
@@ -505,11 +551,12 @@ def _check_turns(turns: list[tuple[str, list[dict]]], for_generation: bool, erro
         if empty and role == "user":
             raise error("a user message is empty; give it some text or an image")
         if empty and role == "assistant":
-            raise error("an assistant message is empty; give its answer (an empty one trains the model to say "
-                        "nothing)")
+            raise error("an assistant message is empty; give its answer (an empty one trains the model to say nothing)")
     if for_generation and turns[-1][0] != "user":
-        raise error(f"the last message must be the user's (the assistant answers it), not the {turns[-1][0]}'s; "
-                    "drop the trailing assistant message")
+        raise error(
+            f"the last message must be the user's (the assistant answers it), not the {turns[-1][0]}'s; "
+            "drop the trailing assistant message"
+        )
 
 
 def _joined(items: list[dict]) -> list[dict]:
@@ -542,6 +589,7 @@ def _resolve_images(message: Any, image_at) -> Any:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
         return message
+
     def local(item) -> bool:  # an image item naming a local file (a remote URL is refused by the content check)
         return isinstance(item, dict) and item.get("type") == "image" and not _remote(_image_of(item))
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from .configuration import JanusLikeConfig
 from .evaluation.shapes import Scene, render
@@ -33,13 +34,36 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_config(vocab_size: int, **overrides) -> JanusLikeConfig:
     """A few-MB model: 2-layer Llama, 1-layer SigLIP on 32² images (16 tokens), VQ with a 4×
     downsample on 16² images (16 codes of a 64-entry codebook)."""
-    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
-                max_position_embeddings=1024, tie_word_embeddings=False)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=32, patch_size=8, hidden_act="gelu", vision_use_head=False)
-    vq = dict(base_channels=16, channel_multiplier=[1, 1, 2], num_res_blocks=1, norm_num_groups=8,
-              z_channels=16, codebook_size=64, codebook_dim=8)
+    text = dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        hidden_act="gelu",
+        vision_use_head=False,
+    )
+    vq = dict(
+        base_channels=16,
+        channel_multiplier=[1, 1, 2],
+        num_res_blocks=1,
+        norm_num_groups=8,
+        z_channels=16,
+        codebook_size=64,
+        codebook_dim=8,
+    )
     for key, sub in (("text_config", text), ("vision_config", vision), ("vq_config", vq)):
         sub.update(overrides.pop(key, {}))
     params = dict(gen_head_hidden_size=64, gen_image_size=16, system_prompt="")

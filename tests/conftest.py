@@ -5,8 +5,13 @@ import warnings
 # (CLI runs, torchrun workers, servers): a machine busy with other work then slows the suite in
 # proportion, where several processes each spinning a full-width thread pool slowed it tenfold.
 TEST_THREADS = 1
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                    "NUMEXPR_NUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 for variable in THREAD_VARIABLES:
     os.environ[variable] = str(TEST_THREADS)
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -41,14 +46,25 @@ def tiny():
 def records():
     """One record of each task kind, with in-memory images."""
     return [
-        {"task": "understanding", "messages": [
-            {"role": "user", "content": [{"type": "image", "image": shape_image()},
-                                         {"type": "text", "text": "What is this?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]}]},
+        {
+            "task": "understanding",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": shape_image()}, {"type": "text", "text": "What is this?"}],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
+            ],
+        },
         {"task": "generation", "prompt": "a red circle", "image": shape_image()},
-        {"task": "interleaved", "segments": [
-            {"type": "text", "text": "A red circle:"}, {"type": "image", "image": shape_image()},
-            {"type": "text", "text": "and a blue square:"},
-            {"type": "image", "image": shape_image("square", "blue")}]},
+        {
+            "task": "interleaved",
+            "segments": [
+                {"type": "text", "text": "A red circle:"},
+                {"type": "image", "image": shape_image()},
+                {"type": "text", "text": "and a blue square:"},
+                {"type": "image", "image": shape_image("square", "blue")},
+            ],
+        },
         {"task": "text", "text": "plain text for language retention"},
     ]

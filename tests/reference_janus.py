@@ -18,12 +18,18 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 # siglip_vit.SigLIP_MODEL_CONFIG and LlamaGen's VQ ModelArgs, by name; tests add tiny entries
-SIGLIP_TABLE = {"siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16,
-                                                 mlp_ratio=4)}
-VQ_TABLE = {"VQ-16": dict(ch=128, ch_mult=[1, 1, 2, 2, 4], z_channels=256, num_res_blocks=2, codebook_size=16384,
-                          codebook_embed_dim=8)}
-SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual content "
-                 "that the user provides, and assist the user with a variety of tasks using natural language.")
+SIGLIP_TABLE = {
+    "siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16, mlp_ratio=4)
+}
+VQ_TABLE = {
+    "VQ-16": dict(
+        ch=128, ch_mult=[1, 1, 2, 2, 4], z_channels=256, num_res_blocks=2, codebook_size=16384, codebook_embed_dim=8
+    )
+}
+SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content "
+    "that the user provides, and assist the user with a variety of tasks using natural language."
+)
 
 # ----------------------------------------------------------------------------- SigLIP (timm ViT)
 
@@ -101,13 +107,15 @@ class VisionTransformer(nn.Module):
 
 
 class CLIPVisionTower(nn.Module):
-    def __init__(self, model_name: str, image_size: int = 384, select_layer: int = -1, pixel_mean=None,
-                 pixel_std=None, **_):
+    def __init__(
+        self, model_name: str, image_size: int = 384, select_layer: int = -1, pixel_mean=None, pixel_std=None, **_
+    ):
         super().__init__()
         cfg = dict(SIGLIP_TABLE[model_name])
         layers = min(cfg["layers"], cfg["layers"] + select_layer + 1 if select_layer <= 0 else select_layer)
-        self.vision_tower = VisionTransformer(image_size, cfg["patch_size"], cfg["width"], layers, cfg["heads"],
-                                              cfg["mlp_ratio"])
+        self.vision_tower = VisionTransformer(
+            image_size, cfg["patch_size"], cfg["width"], layers, cfg["heads"], cfg["mlp_ratio"]
+        )
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
 
     def forward(self, images):
@@ -295,8 +303,15 @@ class VectorQuantizer(nn.Module):
 
 
 class VQModel(nn.Module):
-    def __init__(self, ch: int, ch_mult: list[int], z_channels: int, num_res_blocks: int, codebook_size: int,
-                 codebook_embed_dim: int):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: list[int],
+        z_channels: int,
+        num_res_blocks: int,
+        codebook_size: int,
+        codebook_embed_dim: int,
+    ):
         super().__init__()
         self.encoder = Encoder(ch, ch_mult, z_channels, num_res_blocks)
         self.decoder = Decoder(ch, ch_mult, z_channels, num_res_blocks)
@@ -363,12 +378,15 @@ def process_one(raw_tokenizer, prompt: str, ids: dict, num_image_tokens: int) ->
     return out
 
 
-def chat_prompt_ids(raw_tokenizer, question: str, roles: tuple[str, str], ids: dict,
-                    num_image_tokens: int) -> list[int]:
+def chat_prompt_ids(
+    raw_tokenizer, question: str, roles: tuple[str, str], ids: dict, num_image_tokens: int
+) -> list[int]:
     """inference.py / the README's understanding example: one image and a question under the roles the
     script writes (as text, whatever the tokenizer makes of them), the processor's system prompt."""
-    prompt = sft_prompt([{"role": roles[0], "content": f"<image_placeholder>\n{question}"},
-                         {"role": roles[1], "content": ""}], SYSTEM_PROMPT)
+    prompt = sft_prompt(
+        [{"role": roles[0], "content": f"<image_placeholder>\n{question}"}, {"role": roles[1], "content": ""}],
+        SYSTEM_PROMPT,
+    )
     return process_one(raw_tokenizer, prompt, ids, num_image_tokens)
 
 
@@ -382,15 +400,22 @@ def generation_prompt_ids(raw_tokenizer, prompt: str, roles: tuple[str, str], bo
 @torch.no_grad()
 def greedy_text(model: MultiModalityCausalLM, inputs_embeds, steps: int, eos_id: int) -> list[int]:
     """inference.py: language_model.generate(inputs_embeds, do_sample=False)."""
-    out = model.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2]),
-                                        max_new_tokens=steps, do_sample=False, eos_token_id=eos_id,
-                                        pad_token_id=eos_id, use_cache=True)
+    out = model.language_model.generate(
+        inputs_embeds=inputs_embeds,
+        attention_mask=torch.ones(inputs_embeds.shape[:2]),
+        max_new_tokens=steps,
+        do_sample=False,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        use_cache=True,
+    )
     return out[0].tolist()
 
 
 @torch.no_grad()
-def greedy_image_codes(model: MultiModalityCausalLM, prompt_ids: list[int], pad_id: int, cfg_weight: float,
-                       steps: int) -> torch.Tensor:
+def greedy_image_codes(
+    model: MultiModalityCausalLM, prompt_ids: list[int], pad_id: int, cfg_weight: float, steps: int
+) -> torch.Tensor:
     """generation_inference.py's loop (parallel_size 1) with argmax in place of multinomial."""
     tokens = torch.tensor([prompt_ids, prompt_ids])
     tokens[1, 1:-1] = pad_id

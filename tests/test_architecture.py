@@ -28,8 +28,9 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             # `from pkg import sub` imports the submodule; `from pkg import name` the package itself
-            targets = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
-                       for alias in node.names]
+            targets = [
+                f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -56,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -95,9 +96,12 @@ def test_the_cycle_finder_finds_one():
 
 
 def test_the_model_imports_without_processor_engine_or_ui():
-    code = ("import sys, janus_like.modeling; "
-            "print(sorted(m for m in sys.modules if m.startswith(('janus_like.processor', 'janus_like.generation', "
-            "'janus_like.pipeline', 'janus_like.demo', 'gradio'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent).stdout
+    code = (
+        "import sys, janus_like.modeling; "
+        "print(sorted(m for m in sys.modules if m.startswith(('janus_like.processor', 'janus_like.generation', "
+        "'janus_like.pipeline', 'janus_like.demo', 'gradio'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    ).stdout
     assert out.strip() == "[]"

@@ -18,11 +18,21 @@ from janus_like.evaluation.shapes import Scene, render
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WAIT_MS = 120_000  # a generation on 2 busy CPU cores, at most
-STATUS = {"images": re.compile(r"\d+ image\(s\) in [\d.]+ s · seed \d+"),
-          "answer": re.compile(r"answered in [\d.]+ s · seed \d+")}
+STATUS = {
+    "images": re.compile(r"\d+ image\(s\) in [\d.]+ s · seed \d+"),
+    "answer": re.compile(r"answered in [\d.]+ s · seed \d+"),
+}
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +70,12 @@ def server(tmp_path_factory):
     """`janus-like demo` on loopback and a free port; yields (url, its console log path)."""
     port, log = _free_port(), tmp_path_factory.mktemp("demo") / "console.log"
     with open(log, "w") as console:
-        proc = subprocess.Popen([sys.executable, "-m", "janus_like.cli", "demo", "--port", str(port)], cwd=REPO,
-                                stdout=console, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "janus_like.cli", "demo", "--port", str(port)],
+            cwd=REPO,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180

@@ -11,26 +11,29 @@ import time
 from pathlib import Path
 
 import pytest
+import reference_janus as ref
 import torch
 from safetensors.torch import load_file, save_file
+from test_checkpoints import (
+    PRO_1B,
+    one_line_error,
+    tiny_tables,  # noqa: F401 (an autouse fixture, registering the tiny parts)
+    write_deepseek,
+    write_hf_janus,
+)
 
 from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikePipeline
 from janus_like.checkpoint import deepseek, default_model_path
-from janus_like.convert import convert
 from janus_like.checkpoint.sanity import check_before_building, room_for
-
-import reference_janus as ref
-from test_checkpoints import PRO_1B, one_line_error, write_deepseek, write_hf_janus
-from test_checkpoints import tiny_tables  # noqa: F401 (an autouse fixture, registering the tiny parts)
+from janus_like.convert import convert
 
 load = JanusLikeForConditionalGeneration.from_pretrained
 FAST_S = 0.5  # "well under a second", on a busy 2-core machine
 NO_ALLOCATION_MIB = 64  # each lie would allocate gigabytes (a 10⁹-wide norm weight alone is 4 GB)
 
 
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tiny_tables) -> dict[str, Path]:
+def checkpoints(tmp_path_factory, tiny_tables) -> dict[str, Path]:  # noqa: F811 (the fixture, requested)
     """One sound checkpoint per layout: the embedded default model (this package's format), a
     DeepSeek Janus-Pro in safetensors shards, a transformers Janus."""
     root = tmp_path_factory.mktemp("layouts")
@@ -65,9 +68,11 @@ def refused(path: Path, match: str, within_s: float | None = None) -> str:
 
 # --------------------------------------------------------------------------- size lies, every layout
 
+
 def _own(field: str, value):
     def edit(config):
         config["text_config"][field] = value
+
     return edit
 
 
@@ -78,6 +83,7 @@ def _deepseek(field: str, value):
             for part in ("aligner_config", "gen_aligner_config", "gen_head_config"):
                 config[part]["params"]["n_embed"] = value
             config["gen_head_config"]["params"]["image_token_embed"] = value
+
     return edit
 
 
@@ -87,6 +93,7 @@ def _hf_janus(field: str, value):
         if field == "hidden_size":
             config["vision_config"]["projection_dim"] = value
             config["vq_config"].update(projection_dim=value, image_token_embed_dim=value)
+
     return edit
 
 
@@ -109,23 +116,37 @@ def test_a_config_that_lies_about_sizes_is_refused_at_once(tmp_path, checkpoints
 
 
 OWN_DISAGREEMENTS = [  # edit of the default model's config.json -> what the error names
-    pytest.param(lambda c: c["vision_config"].update(num_hidden_layers=10**6),
-                 r"vision_config.num_hidden_layers = 1000000, but the weights hold 2", id="vision-layers"),
-    pytest.param(lambda c: c["vision_config"].update(hidden_size=10**8, num_attention_heads=1),
-                 r"vision_config.hidden_size = 100000000, but the weights disagree", id="vision-width"),
-    pytest.param(lambda c: c["vq_config"].update(channel_multiplier=[1] * 10**4),  # transformers reads longer slowly
-                 r"vq_config.channel_multiplier has 10000 entries, but the weights hold 3", id="vq-levels"),
-    pytest.param(lambda c: c["vq_config"].update(num_res_blocks=10**5), r"vq_config.num_res_blocks = 100000",
-                 id="vq-res-blocks"),
-    pytest.param(lambda c: c["vq_config"].update(codebook_size=10**10), r"vq_config.codebook_size = 10000000000",
-                 id="codebook"),
-    pytest.param(lambda c: c.update(aligner_depth=10**6), r"aligner_depth = 1000000, but the weights hold 2",
-                 id="aligner-depth"),
-    pytest.param(lambda c: c.update(gen_head_hidden_size=10**9), r"gen_head_hidden_size = 1000000000",
-                 id="gen-head"),
-    pytest.param(lambda c: c["text_config"].update(num_key_value_heads=6),
-                 r"shape differs: language_model.model.layers.0.self_attn.k_proj.weight \(checkpoint \(64, 192\), "
-                 r"model \(192, 192\)\)", id="kv-heads"),
+    pytest.param(
+        lambda c: c["vision_config"].update(num_hidden_layers=10**6),
+        r"vision_config.num_hidden_layers = 1000000, but the weights hold 2",
+        id="vision-layers",
+    ),
+    pytest.param(
+        lambda c: c["vision_config"].update(hidden_size=10**8, num_attention_heads=1),
+        r"vision_config.hidden_size = 100000000, but the weights disagree",
+        id="vision-width",
+    ),
+    pytest.param(
+        lambda c: c["vq_config"].update(channel_multiplier=[1] * 10**4),  # transformers reads longer slowly
+        r"vq_config.channel_multiplier has 10000 entries, but the weights hold 3",
+        id="vq-levels",
+    ),
+    pytest.param(
+        lambda c: c["vq_config"].update(num_res_blocks=10**5), r"vq_config.num_res_blocks = 100000", id="vq-res-blocks"
+    ),
+    pytest.param(
+        lambda c: c["vq_config"].update(codebook_size=10**10), r"vq_config.codebook_size = 10000000000", id="codebook"
+    ),
+    pytest.param(
+        lambda c: c.update(aligner_depth=10**6), r"aligner_depth = 1000000, but the weights hold 2", id="aligner-depth"
+    ),
+    pytest.param(lambda c: c.update(gen_head_hidden_size=10**9), r"gen_head_hidden_size = 1000000000", id="gen-head"),
+    pytest.param(
+        lambda c: c["text_config"].update(num_key_value_heads=6),
+        r"shape differs: language_model.model.layers.0.self_attn.k_proj.weight \(checkpoint \(64, 192\), "
+        r"model \(192, 192\)\)",
+        id="kv-heads",
+    ),
 ]
 
 
@@ -146,15 +167,20 @@ def test_a_model_that_cannot_fit_the_device_is_refused_before_building(checkpoin
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory())  # what this machine has free
     for layout in ("own", "deepseek", "hf_janus"):
-        refused(checkpoints[layout], r"needs \d+\.\d MiB \(\d+\.\dM values\) but cpu has 1\.0 MiB free; "
-                                             r"accepted: a model that fits")
+        refused(
+            checkpoints[layout],
+            r"needs \d+\.\d MiB \(\d+\.\dM values\) but cpu has 1\.0 MiB free; "
+            r"accepted: a model that fits",
+        )
 
 
 @pytest.mark.parametrize("layout", ["own", "deepseek"])
 def test_max_memory_of_a_placement_strategy_is_the_room(checkpoints, layout):
-    one_line_error(CheckpointError, r"needs .* in torch.bfloat16\) but max_memory \{'cpu': '1MiB'\} has 1\.0 MiB free",
-                   lambda: load(checkpoints[layout], device_map="auto", max_memory={"cpu": "1MiB"},
-                                dtype=torch.bfloat16))
+    one_line_error(
+        CheckpointError,
+        r"needs .* in torch.bfloat16\) but max_memory \{'cpu': '1MiB'\} has 1\.0 MiB free",
+        lambda: load(checkpoints[layout], device_map="auto", max_memory={"cpu": "1MiB"}, dtype=torch.bfloat16),
+    )
     model = load(checkpoints[layout], device_map="auto", max_memory={"cpu": "1GiB"})
     assert {p.device.type for p in model.parameters()} == {"cpu"}
 
@@ -171,8 +197,12 @@ def test_the_room_is_what_the_chosen_devices_have_free(monkeypatch):
     assert room_for(device_map={"": 0, "vq": "cpu", "gen_head": "cuda:0"}) == (9 * gib, "cuda:0 + cpu")
     assert room_for(device_map="auto") == (11 * gib, "cpu + cuda:0 + cuda:1")
     assert room_for(device_map="auto", max_memory={0: "1GiB", "cpu": "512MiB"})[0] == gib + gib // 2
-    for offloading in ({"device_map": {"": "cpu", "vq": "disk"}}, {"device_map": "auto", "offload_folder": "off"},
-                       {"device_map": "auto", "max_memory": {"cpu": "1GiB", "disk": "1TiB"}}, {"device": "mps"}):
+    for offloading in (
+        {"device_map": {"": "cpu", "vq": "disk"}},
+        {"device_map": "auto", "offload_folder": "off"},
+        {"device_map": "auto", "max_memory": {"cpu": "1GiB", "disk": "1TiB"}},
+        {"device": "mps"},
+    ):
         assert room_for(**offloading) is None, offloading  # unbounded, or not known
 
 
@@ -187,13 +217,24 @@ def test_real_size_janus_pro_1b_memory_estimate():
     headers, config = _janus_pro_1b_headers(), deepseek.model_config(PRO_1B)
     gib = 2**30
     start = time.perf_counter()
-    check_before_building(JanusLikeForConditionalGeneration, config, headers, "Janus-Pro-1B", layout="deepseek",
-                          room=(5 * gib, "cpu"))  # 4.2 GB bf16
+    check_before_building(
+        JanusLikeForConditionalGeneration, config, headers, "Janus-Pro-1B", layout="deepseek", room=(5 * gib, "cpu")
+    )  # 4.2 GB bf16
     assert time.perf_counter() - start < 2
-    with pytest.raises(CheckpointError, match=r"needs 7\.7\d GiB \(2\.08B values in torch.float32\) but cpu has "
-                                              r"5\.00 GiB free"):
-        check_before_building(JanusLikeForConditionalGeneration, config, headers, "Janus-Pro-1B", layout="deepseek", dtype=torch.float32,
-                              room=(5 * gib, "cpu"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"needs 7\.7\d GiB \(2\.08B values in torch.float32\) but cpu has "
+        r"5\.00 GiB free",
+    ):
+        check_before_building(
+            JanusLikeForConditionalGeneration,
+            config,
+            headers,
+            "Janus-Pro-1B",
+            layout="deepseek",
+            dtype=torch.float32,
+            room=(5 * gib, "cpu"),
+        )
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -211,8 +252,11 @@ def test_integer_boolean_or_quantized_weights_are_refused(tmp_path, checkpoints,
     key = "gen_head.vision_head.weight"
     path = shutil.copytree(checkpoints["own"], tmp_path / "own")
     edit_weights(path, lambda state: state.update({key: state[key].to(dtype)}))
-    refused(path, rf"store {key} as {dtype}, where the model holds floating-point weights; accepted: "
-                          r"torch.float32, .*quantized checkpoints are not supported")
+    refused(
+        path,
+        rf"store {key} as {dtype}, where the model holds floating-point weights; accepted: "
+        r"torch.float32, .*quantized checkpoints are not supported",
+    )
 
 
 def test_integer_weights_in_a_deepseek_checkpoint_are_refused(tmp_path, checkpoints):
@@ -228,23 +272,42 @@ def test_integer_weights_in_a_deepseek_checkpoint_are_refused(tmp_path, checkpoi
 
 
 NUMBERS = [  # edit of the default model's config.json -> what the error names
-    pytest.param(lambda c: c["text_config"].update(rms_norm_eps=math.nan),
-                 r"text_config.rms_norm_eps = nan; accepted: a finite number > 0", id="rms_norm_eps-nan"),
-    pytest.param(lambda c: c["text_config"].update(rms_norm_eps=-1e-6), "text_config.rms_norm_eps = -1e-06",
-                 id="rms_norm_eps-negative"),
-    pytest.param(lambda c: c["vision_config"].update(layer_norm_eps=0.0), "vision_config.layer_norm_eps = 0.0",
-                 id="layer_norm_eps-zero"),
-    pytest.param(lambda c: c["text_config"]["rope_parameters"].update(rope_theta=math.inf),
-                 r"text_config.rope_parameters.rope_theta = inf; accepted: a finite number > 0", id="rope_theta-inf"),
-    pytest.param(lambda c: c["text_config"]["rope_parameters"].update(rope_type="linear", factor=math.nan),
-                 r"text_config.rope_parameters.factor = nan", id="rope-factor-nan"),
-    pytest.param(lambda c: c.update(gen_image_size=7), "gen_image_size = 7 is not a multiple of 4",
-                 id="gen_image_size-off-grid"),
-    pytest.param(lambda c: c.update(gen_image_size=4 * 64),
-                 r"gen_image_size = 256 gives 4096 codes .* more than the LM's context of 1024",
-                 id="gen_image_size-past-context"),
-    pytest.param(lambda c: c.update(default_cfg_scale=math.nan), "default_cfg_scale = nan is not accepted",
-                 id="cfg-nan"),
+    pytest.param(
+        lambda c: c["text_config"].update(rms_norm_eps=math.nan),
+        r"text_config.rms_norm_eps = nan; accepted: a finite number > 0",
+        id="rms_norm_eps-nan",
+    ),
+    pytest.param(
+        lambda c: c["text_config"].update(rms_norm_eps=-1e-6),
+        "text_config.rms_norm_eps = -1e-06",
+        id="rms_norm_eps-negative",
+    ),
+    pytest.param(
+        lambda c: c["vision_config"].update(layer_norm_eps=0.0),
+        "vision_config.layer_norm_eps = 0.0",
+        id="layer_norm_eps-zero",
+    ),
+    pytest.param(
+        lambda c: c["text_config"]["rope_parameters"].update(rope_theta=math.inf),
+        r"text_config.rope_parameters.rope_theta = inf; accepted: a finite number > 0",
+        id="rope_theta-inf",
+    ),
+    pytest.param(
+        lambda c: c["text_config"]["rope_parameters"].update(rope_type="linear", factor=math.nan),
+        r"text_config.rope_parameters.factor = nan",
+        id="rope-factor-nan",
+    ),
+    pytest.param(
+        lambda c: c.update(gen_image_size=7), "gen_image_size = 7 is not a multiple of 4", id="gen_image_size-off-grid"
+    ),
+    pytest.param(
+        lambda c: c.update(gen_image_size=4 * 64),
+        r"gen_image_size = 256 gives 4096 codes .* more than the LM's context of 1024",
+        id="gen_image_size-past-context",
+    ),
+    pytest.param(
+        lambda c: c.update(default_cfg_scale=math.nan), "default_cfg_scale = nan is not accepted", id="cfg-nan"
+    ),
 ]
 
 
@@ -254,14 +317,19 @@ def test_absurd_numeric_fields_are_refused(tmp_path, checkpoints, edit, match):
 
 
 def test_a_nan_epsilon_in_a_deepseek_config_is_named_as_there(tmp_path, checkpoints):
-    path = copy_with_config(checkpoints["deepseek"], tmp_path / "ds",
-                            lambda c: c["language_config"].update(rms_norm_eps=math.nan))
+    path = copy_with_config(
+        checkpoints["deepseek"], tmp_path / "ds", lambda c: c["language_config"].update(rms_norm_eps=math.nan)
+    )
     refused(path, r"language_config.rms_norm_eps = nan; accepted: a finite number > 0")
 
 
-PART_CLASSES = [("vision_config", "'CLIPVisionTower'"), ("aligner_config", "'MlpProjector'"),
-                ("gen_aligner_config", "'MlpProjector'"), ("gen_head_config", "'vision_head'"),
-                ("gen_vision_config", "'VQ-16'")]
+PART_CLASSES = [
+    ("vision_config", "'CLIPVisionTower'"),
+    ("aligner_config", "'MlpProjector'"),
+    ("gen_aligner_config", "'MlpProjector'"),
+    ("gen_head_config", "'vision_head'"),
+    ("gen_vision_config", "'VQ-16'"),
+]
 
 
 @pytest.mark.parametrize("part,accepted", PART_CLASSES)
@@ -283,10 +351,16 @@ def test_check_weights_names_the_first_non_finite_tensor(tmp_path, checkpoints):
     path = shutil.copytree(checkpoints["own"], tmp_path / "own")
     edit_weights(path, lambda state: poison(state, key, math.nan))
     assert load(path).language_model.model.layers[1].mlp.up_proj.weight.isnan().any()  # off by default
-    one_line_error(CheckpointError, rf"{key} holds 1 NaN or infinite value \(of \d+\); accepted: finite weights",
-                   lambda: load(path, check_weights=True))
-    one_line_error(CheckpointError, rf"{key} holds 1 NaN", lambda: JanusLikePipeline.from_pretrained(
-        path, device="cpu", check_weights=True))
+    one_line_error(
+        CheckpointError,
+        rf"{key} holds 1 NaN or infinite value \(of \d+\); accepted: finite weights",
+        lambda: load(path, check_weights=True),
+    )
+    one_line_error(
+        CheckpointError,
+        rf"{key} holds 1 NaN",
+        lambda: JanusLikePipeline.from_pretrained(path, device="cpu", check_weights=True),
+    )
 
 
 def _poisoned_deepseek(tmp_path: Path, checkpoints) -> tuple[Path, str]:
@@ -302,19 +376,29 @@ def _poisoned_deepseek(tmp_path: Path, checkpoints) -> tuple[Path, str]:
 def test_check_weights_in_a_foreign_layout_and_convert_refuses_non_finite_weights(tmp_path, checkpoints):
     path, name = _poisoned_deepseek(tmp_path, checkpoints)
     load(path)  # off by default
-    one_line_error(CheckpointError, rf"{name} \(loaded as {name}\) holds 1 NaN or infinite value",
-                   lambda: load(path, check_weights=True))
-    one_line_error(CheckpointError, rf"{name} \(loaded as {name}\) holds 1 NaN or infinite value",
-                   lambda: convert(path, tmp_path / "out"))
+    one_line_error(
+        CheckpointError,
+        rf"{name} \(loaded as {name}\) holds 1 NaN or infinite value",
+        lambda: load(path, check_weights=True),
+    )
+    one_line_error(
+        CheckpointError,
+        rf"{name} \(loaded as {name}\) holds 1 NaN or infinite value",
+        lambda: convert(path, tmp_path / "out"),
+    )
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
 
 
 def test_convert_checks_the_config_against_the_headers_first(tmp_path, checkpoints):
-    path = copy_with_config(checkpoints["deepseek"], tmp_path / "ds",
-                            lambda c: c["language_config"].update(num_hidden_layers=10**6))
+    path = copy_with_config(
+        checkpoints["deepseek"], tmp_path / "ds", lambda c: c["language_config"].update(num_hidden_layers=10**6)
+    )
     start = time.perf_counter()
-    one_line_error(CheckpointError, r"language_config.num_hidden_layers = 1000000, but the weights hold 2",
-                   lambda: convert(path, tmp_path / "out"))
+    one_line_error(
+        CheckpointError,
+        r"language_config.num_hidden_layers = 1000000, but the weights hold 2",
+        lambda: convert(path, tmp_path / "out"),
+    )
     assert time.perf_counter() - start < FAST_S
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 

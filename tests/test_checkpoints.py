@@ -12,23 +12,29 @@ import shutil
 from pathlib import Path
 
 import pytest
+import reference_janus as ref
 import torch
 from safetensors.torch import save_file
 from transformers.utils import is_flash_attn_2_available
 
 from janus_like import CheckpointError, JanusLikeForConditionalGeneration, JanusLikeProcessor, SettingsError
-from janus_like.checkpoint import default_model_path, deepseek, detect_layout, hf_janus
-from janus_like.convert import convert
+from janus_like.checkpoint import deepseek, default_model_path, detect_layout, hf_janus
 from janus_like.cli import main as cli_main
+from janus_like.convert import convert
 from janus_like.layout import GEN_IMAGE, TEXT
 from janus_like.testing import BOS, EOS, PAD, byte_level_tokenizer, random_image, shape_image, tiny_model
 
-import reference_janus as ref
-
 H = 64  # language model width
 TINY_SIGLIP = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_ratio=2)
-TINY_VQ = dict(base_channels=32, channel_multiplier=[1, 1, 2], num_res_blocks=1, z_channels=32, codebook_size=64,
-               codebook_dim=8, image_size=16)
+TINY_VQ = dict(
+    base_channels=32,
+    channel_multiplier=[1, 1, 2],
+    num_res_blocks=1,
+    z_channels=32,
+    codebook_size=64,
+    codebook_dim=8,
+    image_size=16,
+)
 TINY_VQ_REF = dict(ch=32, ch_mult=[1, 1, 2], z_channels=32, num_res_blocks=1, codebook_size=64, codebook_embed_dim=8)
 ATOL = 1e-4
 
@@ -47,21 +53,50 @@ def tiny_tables():
 def deepseek_config(vocab_size: int) -> dict:
     """DeepSeek's config.json fields (Janus-Pro-7B's file, shrunk)."""
     return {
-        "aligner_config": {"cls": "MlpProjector", "model_type": "aligner",
-                           "params": {"depth": 2, "input_dim": 32, "n_embed": H, "projector_type": "mlp_gelu"}},
-        "gen_aligner_config": {"cls": "MlpProjector", "model_type": "gen_aligner",
-                               "params": {"depth": 2, "input_dim": 8, "n_embed": H, "projector_type": "mlp_gelu"}},
-        "gen_head_config": {"cls": "vision_head", "model_type": "gen_head",
-                            "params": {"image_token_embed": H, "image_token_size": 64, "n_embed": H}},
-        "gen_vision_config": {"cls": "VQ-tiny", "model_type": "gen_vision",
-                              "params": {"image_token_size": 64, "n_embed": 8}},
-        "language_config": {"hidden_size": H, "intermediate_size": 128, "num_attention_heads": 4,
-                            "num_key_value_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 512,
-                            "model_type": "llama", "torch_dtype": "bfloat16", "vocab_size": vocab_size},
-        "model_type": "multi_modality", "torch_dtype": "bfloat16", "transformers_version": "4.33.1",
-        "vision_config": {"cls": "CLIPVisionTower", "model_type": "vision",
-                          "params": {"image_size": 32, "model_name": "siglip_tiny_patch8_32",
-                                     "select_feature": "same", "select_layer": -1}},
+        "aligner_config": {
+            "cls": "MlpProjector",
+            "model_type": "aligner",
+            "params": {"depth": 2, "input_dim": 32, "n_embed": H, "projector_type": "mlp_gelu"},
+        },
+        "gen_aligner_config": {
+            "cls": "MlpProjector",
+            "model_type": "gen_aligner",
+            "params": {"depth": 2, "input_dim": 8, "n_embed": H, "projector_type": "mlp_gelu"},
+        },
+        "gen_head_config": {
+            "cls": "vision_head",
+            "model_type": "gen_head",
+            "params": {"image_token_embed": H, "image_token_size": 64, "n_embed": H},
+        },
+        "gen_vision_config": {
+            "cls": "VQ-tiny",
+            "model_type": "gen_vision",
+            "params": {"image_token_size": 64, "n_embed": 8},
+        },
+        "language_config": {
+            "hidden_size": H,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 512,
+            "model_type": "llama",
+            "torch_dtype": "bfloat16",
+            "vocab_size": vocab_size,
+        },
+        "model_type": "multi_modality",
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.33.1",
+        "vision_config": {
+            "cls": "CLIPVisionTower",
+            "model_type": "vision",
+            "params": {
+                "image_size": 32,
+                "model_name": "siglip_tiny_patch8_32",
+                "select_feature": "same",
+                "select_layer": -1,
+            },
+        },
     }
 
 
@@ -74,24 +109,72 @@ def write_deepseek_tokenizer(path: Path, pro: bool = True) -> None:
     tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([BOS, EOS, PAD, "<begin_of_image>", "<end_of_image>"]
-                           + (["<image_placeholder>", "<|User|>", "<|Assistant|>"] if pro else []))
+    tok.add_special_tokens(
+        [BOS, EOS, PAD, "<begin_of_image>", "<end_of_image>"]
+        + (["<image_placeholder>", "<|User|>", "<|Assistant|>"] if pro else [])
+    )
     path.mkdir(parents=True, exist_ok=True)
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": BOS, "clean_up_tokenization_spaces": False, "eos_token": EOS, "model_max_length": 16384,
-        "pad_token": None, "tokenizer_class": "LlamaTokenizer", "unk_token": None, "use_default_system_prompt": True}))
-    special = ["<image_placeholder>", "<patch_placeholder>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>",
-               "<|grounding|>", "<|User|>", "<|Assistant|>"] if pro else []
-    (path / "special_tokens_map.json").write_text(json.dumps(
-        {"additional_special_tokens": special, "bos_token": BOS, "eos_token": EOS, "pad_token": PAD}))
-    (path / "processor_config.json").write_text(json.dumps({
-        "add_special_token": False, "ignore_id": -100, "image_tag": "<image_placeholder>", "mask_prompt": True,
-        "num_image_tokens": 16, "processor_class": "VLChatProcessor", "sft_format": "deepseek"}))
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "background_color": [127, 127, 127], "do_normalize": pro, "image_mean": [0.5, 0.5, 0.5],
-        "image_processor_type": "VLMImageProcessor", "image_size": 32, "image_std": [0.5, 0.5, 0.5], "min_size": 14,
-        "processor_class": "VLChatProcessor", "rescale_factor": 0.00392156862745098}))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": BOS,
+                "clean_up_tokenization_spaces": False,
+                "eos_token": EOS,
+                "model_max_length": 16384,
+                "pad_token": None,
+                "tokenizer_class": "LlamaTokenizer",
+                "unk_token": None,
+                "use_default_system_prompt": True,
+            }
+        )
+    )
+    special = (
+        [
+            "<image_placeholder>",
+            "<patch_placeholder>",
+            "<|ref|>",
+            "<|/ref|>",
+            "<|det|>",
+            "<|/det|>",
+            "<|grounding|>",
+            "<|User|>",
+            "<|Assistant|>",
+        ]
+        if pro
+        else []
+    )
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({"additional_special_tokens": special, "bos_token": BOS, "eos_token": EOS, "pad_token": PAD})
+    )
+    (path / "processor_config.json").write_text(
+        json.dumps(
+            {
+                "add_special_token": False,
+                "ignore_id": -100,
+                "image_tag": "<image_placeholder>",
+                "mask_prompt": True,
+                "num_image_tokens": 16,
+                "processor_class": "VLChatProcessor",
+                "sft_format": "deepseek",
+            }
+        )
+    )
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "background_color": [127, 127, 127],
+                "do_normalize": pro,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_processor_type": "VLMImageProcessor",
+                "image_size": 32,
+                "image_std": [0.5, 0.5, 0.5],
+                "min_size": 14,
+                "processor_class": "VLChatProcessor",
+                "rescale_factor": 0.00392156862745098,
+            }
+        )
+    )
 
 
 def write_deepseek(path: Path, weights: str = "bin", pro: bool = True, seed: int = 0) -> ref.MultiModalityCausalLM:
@@ -127,8 +210,9 @@ def raw_tokenizer(path: Path):
 
 
 def understanding_batch(processor, question: str, image):
-    seq = processor.conversation([{"role": "user", "content": [{"type": "image", "image": image},
-                                                                {"type": "text", "text": question}]}])
+    seq = processor.conversation(
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+    )
     return seq, processor.collate([seq])
 
 
@@ -174,15 +258,24 @@ def test_deepseek_layout_matches_reference(deepseek_dir):
     processor = JanusLikeProcessor.from_pretrained(path)
     tokenizer = raw_tokenizer(path)
     vocab = tokenizer.get_vocab()
-    ids = {"bos": vocab[BOS], "image": vocab["<image_placeholder>"], "start": vocab["<begin_of_image>"],
-           "end": vocab["<end_of_image>"]}
+    ids = {
+        "bos": vocab[BOS],
+        "image": vocab["<image_placeholder>"],
+        "start": vocab["<begin_of_image>"],
+        "end": vocab["<end_of_image>"],
+    }
     assert processor.config.user_role == "<|User|>" and processor.pad_id == vocab[PAD]
 
     # prompts: DeepSeek's understanding prompt (system prompt, placeholder + newline) token for token
     image = random_image(40, seed=1).resize((40, 27))
     seq, batch = understanding_batch(processor, "Describe it.", image)
-    prompt = ref.sft_prompt([{"role": "<|User|>", "content": "<image_placeholder>\nDescribe it."},
-                             {"role": "<|Assistant|>", "content": ""}], ref.SYSTEM_PROMPT)
+    prompt = ref.sft_prompt(
+        [
+            {"role": "<|User|>", "content": "<image_placeholder>\nDescribe it."},
+            {"role": "<|Assistant|>", "content": ""},
+        ],
+        ref.SYSTEM_PROMPT,
+    )
     assert prompt.endswith("\n\n<|User|>: <image_placeholder>\nDescribe it.\n\n<|Assistant|>:")
     ref_ids = ref.process_one(tokenizer, prompt, ids, 16)
     assert seq.ids == ref_ids
@@ -193,8 +286,9 @@ def test_deepseek_layout_matches_reference(deepseek_dir):
     pixels = batch["pixel_values"]
     input_ids = torch.tensor([ref_ids])
     with torch.no_grad():
-        embeds = reference.prepare_inputs_embeds(input_ids, pixels[None], input_ids == ids["image"],
-                                                 torch.ones(1, 1, 16, dtype=torch.bool))
+        embeds = reference.prepare_inputs_embeds(
+            input_ids, pixels[None], input_ids == ids["image"], torch.ones(1, 1, 16, dtype=torch.bool)
+        )
         ref_hidden = reference.language_model.model(inputs_embeds=embeds).last_hidden_state
         ref_logits = reference.language_model.lm_head(ref_hidden)
         out = model(**{k: batch[k] for k in ("input_ids", "modality", "pixel_values", "attention_mask")})
@@ -219,15 +313,24 @@ def test_deepseek_layout_matches_reference(deepseek_dir):
     assert our_greedy_text(model, batch, steps=len(ref_text)) == ref_text
 
     # greedy image codes with CFG: their generation_inference loop vs ours
-    gen_prompt = ref.sft_prompt([{"role": "<|User|>", "content": "a red circle"},
-                                 {"role": "<|Assistant|>", "content": ""}], "") + "<begin_of_image>"
+    gen_prompt = (
+        ref.sft_prompt([{"role": "<|User|>", "content": "a red circle"}, {"role": "<|Assistant|>", "content": ""}], "")
+        + "<begin_of_image>"
+    )
     assert gen_prompt == "<|User|>: a red circle\n\n<|Assistant|>:<begin_of_image>"
     gen_ids = [ids["bos"]] + tokenizer.encode(gen_prompt, add_special_tokens=False).ids
     assert processor.generation_prompt("a red circle").ids == gen_ids
-    stray = ref.sft_prompt([{"role": "<|User|>", "content": "\n a red circle  "},
-                            {"role": "<|Assistant|>", "content": ""}], "") + "<begin_of_image>"
-    assert processor.generation_prompt("\n a red circle  ").ids == [ids["bos"]] + tokenizer.encode(
-        stray, add_special_tokens=False).ids == gen_ids
+    stray = (
+        ref.sft_prompt(
+            [{"role": "<|User|>", "content": "\n a red circle  "}, {"role": "<|Assistant|>", "content": ""}], ""
+        )
+        + "<begin_of_image>"
+    )
+    assert (
+        processor.generation_prompt("\n a red circle  ").ids
+        == [ids["bos"]] + tokenizer.encode(stray, add_special_tokens=False).ids
+        == gen_ids
+    )
     ref_img = ref.greedy_image_codes(reference, gen_ids, vocab[PAD], cfg_weight=5.0, steps=16)
     assert our_greedy_codes(model, processor, "a red circle", 5.0, 16) == ref_img.tolist()
 
@@ -244,10 +347,13 @@ MESSAGE_LAYOUTS = [  # content items -> the user turn transformers' Janus chat t
 @pytest.mark.parametrize("items, turn", MESSAGE_LAYOUTS)
 def test_message_content_is_laid_out_like_the_janus_chat_template(deepseek_dir, items, turn):
     processor = JanusLikeProcessor.from_pretrained(deepseek_dir[0])
-    content = [{"type": "image", "image": shape_image()} if item == "img" else {"type": "text", "text": item}
-               for item in items]
-    for role, written in (("user", f"<|User|>: {turn}\n\n<|Assistant|>:"),
-                          ("assistant", f"<|User|>: hi\n\n<|Assistant|>: {turn}<eos>")):
+    content = [
+        {"type": "image", "image": shape_image()} if item == "img" else {"type": "text", "text": item} for item in items
+    ]
+    for role, written in (
+        ("user", f"<|User|>: {turn}\n\n<|Assistant|>:"),
+        ("assistant", f"<|User|>: hi\n\n<|Assistant|>: {turn}<eos>"),
+    ):
         messages = [{"role": "user", "content": "hi"}] * (role == "assistant") + [{"role": role, "content": content}]
         seq = processor.conversation(messages, system_prompt="", add_generation_prompt=role == "user")
         text = processor.decode(seq.ids, skip_special_tokens=False).replace(EOS, "<eos>").removeprefix(BOS)
@@ -288,12 +394,18 @@ def test_janus_13b_style_checkpoint_plain_roles_added_placeholder_no_normalize(t
     assert (processor.config.user_role, processor.config.assistant_role) == ("User", "Assistant")
     assert processor.image_token_id == len(tokenizer.get_vocab())  # appended, as VLChatProcessor does
     seq, batch = understanding_batch(processor, "Convert", shape_image())
-    prompt = ref.sft_prompt([{"role": "User", "content": "<image_placeholder>\nConvert"},
-                             {"role": "Assistant", "content": ""}], ref.SYSTEM_PROMPT)
+    prompt = ref.sft_prompt(
+        [{"role": "User", "content": "<image_placeholder>\nConvert"}, {"role": "Assistant", "content": ""}],
+        ref.SYSTEM_PROMPT,
+    )
     assert prompt.endswith("language.\n\nUser: <image_placeholder>\nConvert\n\nAssistant:")
     vocab = processor.tokenizer.get_vocab()
-    ids = {"bos": vocab[BOS], "image": processor.image_token_id, "start": vocab["<begin_of_image>"],
-           "end": vocab["<end_of_image>"]}
+    ids = {
+        "bos": vocab[BOS],
+        "image": processor.image_token_id,
+        "start": vocab["<begin_of_image>"],
+        "end": vocab["<end_of_image>"],
+    }
     tokenizer.add_special_tokens(["<image_placeholder>"])
     assert tokenizer.token_to_id("<image_placeholder>") == processor.image_token_id
     assert seq.ids == ref.process_one(tokenizer, prompt, ids, 16)
@@ -302,8 +414,9 @@ def test_janus_13b_style_checkpoint_plain_roles_added_placeholder_no_normalize(t
     model = JanusLikeForConditionalGeneration.from_pretrained(path)
     with torch.no_grad():
         input_ids = batch["input_ids"]
-        embeds = reference.prepare_inputs_embeds(input_ids, batch["pixel_values"][None], input_ids == ids["image"],
-                                                 torch.ones(1, 1, 16, dtype=torch.bool))
+        embeds = reference.prepare_inputs_embeds(
+            input_ids, batch["pixel_values"][None], input_ids == ids["image"], torch.ones(1, 1, 16, dtype=torch.bool)
+        )
         ref_hidden = reference.language_model.model(inputs_embeds=embeds).last_hidden_state
         hidden = model(**{k: batch[k] for k in ("input_ids", "modality", "pixel_values")}).last_hidden_state
     assert (hidden - ref_hidden).abs().max() <= ATOL
@@ -314,28 +427,65 @@ def test_janus_13b_style_checkpoint_plain_roles_added_placeholder_no_normalize(t
 
 def write_hf_janus(path: Path, tie: bool):
     """transformers' JanusForConditionalGeneration + JanusProcessor, saved with save_pretrained."""
-    from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
-    from transformers import PreTrainedTokenizerFast
-
     from tokenizers.processors import TemplateProcessing
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessor,
+        JanusProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     tok_dir = path.parent / f"{path.name}-tok"
     base = byte_level_tokenizer()  # prepends BOS like DeepSeek's Llama tokenizer
-    base.backend_tokenizer.post_processor = TemplateProcessing(single=f"{BOS} $A",
-                                                               special_tokens=[(BOS, base.bos_token_id)])
+    base.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, base.bos_token_id)]
+    )
     base.save_pretrained(tok_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir, extra_special_tokens={
-        "image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"})
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(
+        tok_dir,
+        extra_special_tokens={
+            "image_token": "<image_placeholder>",
+            "boi_token": "<begin_of_image>",
+            "eoi_token": "<end_of_image>",
+        },
+    )
     config = JanusConfig(
-        text_config=dict(model_type="llama", hidden_size=H, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-                           mlp_ratio=2.0, projection_dim=H, num_image_tokens=16),
-        vq_config=dict(base_channels=32, channel_multiplier=[1, 1, 2], num_res_blocks=1, latent_channels=32,
-                       embed_dim=8, num_embeddings=64, projection_dim=H, image_token_embed_dim=H),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"), tie_word_embeddings=tie)
+        text_config=dict(
+            model_type="llama",
+            hidden_size=H,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=300,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            mlp_ratio=2.0,
+            projection_dim=H,
+            num_image_tokens=16,
+        ),
+        vq_config=dict(
+            base_channels=32,
+            channel_multiplier=[1, 1, 2],
+            num_res_blocks=1,
+            latent_channels=32,
+            embed_dim=8,
+            num_embeddings=64,
+            projection_dim=H,
+            image_token_embed_dim=H,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"),
+        tie_word_embeddings=tie,
+    )
     torch.manual_seed(0)
     model = JanusForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -344,8 +494,9 @@ def write_hf_janus(path: Path, tie: bool):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(path)
     image_processor = JanusImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"height": 32, "width": 32})
-    processor = JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, use_default_system_prompt=True,
-                               num_image_tokens=16)
+    processor = JanusProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, use_default_system_prompt=True, num_image_tokens=16
+    )
     processor.save_pretrained(path)
     shutil.rmtree(tok_dir)
     return model, processor
@@ -362,8 +513,9 @@ def test_transformers_layout_matches_transformers(tmp_path, tie):
 
     image = random_image(32, seed=3)  # square: transformers rounds resized sides where DeepSeek truncates
     seq, batch = understanding_batch(processor, "What is this?", image)
-    hf_inputs = hf_processor(text="<|User|>: <image_placeholder>\nWhat is this?\n\n<|Assistant|>:", images=[image],
-                             return_tensors="pt")
+    hf_inputs = hf_processor(
+        text="<|User|>: <image_placeholder>\nWhat is this?\n\n<|Assistant|>:", images=[image], return_tensors="pt"
+    )
     assert seq.ids == hf_inputs["input_ids"][0].tolist()
     assert torch.allclose(batch["pixel_values"], hf_inputs["pixel_values"].float(), atol=1e-6)
     input_ids = batch["input_ids"]
@@ -387,8 +539,13 @@ def test_transformers_layout_matches_transformers(tmp_path, tie):
         assert (model.vq.decode(codes) - vq.decode(codes)).abs().max() <= ATOL
 
     # greedy text: transformers' generate vs our model step by step
-    hf_text = hf_model.generate(input_ids=input_ids, pixel_values=batch["pixel_values"], max_new_tokens=5,
-                                do_sample=False, pad_token_id=processor.pad_id)[0, input_ids.shape[1]:].tolist()
+    hf_text = hf_model.generate(
+        input_ids=input_ids,
+        pixel_values=batch["pixel_values"],
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=processor.pad_id,
+    )[0, input_ids.shape[1] :].tolist()
     assert hf_text and our_greedy_text(model, batch, steps=len(hf_text)) == hf_text
 
     # greedy image codes with CFG 5: transformers' image-mode generate vs ours
@@ -396,8 +553,13 @@ def test_transformers_layout_matches_transformers(tmp_path, tie):
     hf_model.generation_config.pad_token_id = processor.pad_id
     hf_model.generation_config.bos_token_id = processor.bos_id
     hf_model.generation_config.generation_kwargs = {"boi_token_id": processor.image_start_id}
-    hf_codes = hf_model.generate(input_ids=torch.tensor([prompt.ids]), attention_mask=torch.ones(1, len(prompt)),
-                                 generation_mode="image", do_sample=False, guidance_scale=5.0)
+    hf_codes = hf_model.generate(
+        input_ids=torch.tensor([prompt.ids]),
+        attention_mask=torch.ones(1, len(prompt)),
+        generation_mode="image",
+        do_sample=False,
+        guidance_scale=5.0,
+    )
     assert our_greedy_codes(model, processor, "a red circle", 5.0, 16) == hf_codes[0].tolist()
 
 
@@ -410,8 +572,11 @@ def outputs(model, processor, device="cpu"):
     with torch.no_grad():
         inputs = {k: batch[k].to(device) for k in ("input_ids", "modality", "pixel_values")}
         hidden = model(**inputs).last_hidden_state
-        results = (model.text_logits(hidden), model.image_logits(hidden),
-                   model.vq.decode(torch.arange(32, device=device).view(2, 16)))
+        results = (
+            model.text_logits(hidden),
+            model.image_logits(hidden),
+            model.vq.decode(torch.arange(32, device=device).view(2, 16)),
+        )
     return [r.float().cpu() for r in results]
 
 
@@ -429,7 +594,8 @@ def test_convert_deepseek_and_transformers_to_own_format(tmp_path, deepseek_dir,
         assert detect_layout(dst) == "janus_like" and not list(tmp_path.glob(".*"))  # no temp dirs left
         # others may read a converted model as they may any file this process makes
         assert {p.stat().st_mode & 0o777 for p in (dst, *dst.iterdir())} == {0o777 & ~umask} | {
-            0o666 & ~umask for p in dst.iterdir() if p.is_file()}
+            0o666 & ~umask for p in dst.iterdir() if p.is_file()
+        }
         converted = JanusLikeForConditionalGeneration.from_pretrained(dst)
         processor = JanusLikeProcessor.from_pretrained(dst)
         assert processor.config.user_role == "<|User|>" and converted.config.image_start_token_id is not None
@@ -449,12 +615,20 @@ def test_loading_options_dtype_low_mem_and_device_map(tmp_path, deepseek_dir):
     auto = JanusLikeForConditionalGeneration.from_pretrained(path, device_map="auto")
     assert all(torch.equal(a, b) for a, b in zip(base, outputs(auto, processor)))
     # parts offloaded to disk; accelerate's hooks bring them back for the forward
-    device_map = {"language_model": "cpu", "vision_model": "disk", "aligner": "cpu", "vq": "disk", "gen_embed": "cpu",
-                  "gen_aligner": "disk", "gen_head": "cpu"}
+    device_map = {
+        "language_model": "cpu",
+        "vision_model": "disk",
+        "aligner": "cpu",
+        "vq": "disk",
+        "gen_embed": "cpu",
+        "gen_aligner": "disk",
+        "gen_head": "cpu",
+    }
     with pytest.raises(CheckpointError, match="offload_folder"):
         JanusLikeForConditionalGeneration.from_pretrained(path, device_map=device_map)
-    offloaded = JanusLikeForConditionalGeneration.from_pretrained(path, device_map=device_map,
-                                                                  offload_folder=str(tmp_path / "offload"))
+    offloaded = JanusLikeForConditionalGeneration.from_pretrained(
+        path, device_map=device_map, offload_folder=str(tmp_path / "offload")
+    )
     assert (tmp_path / "offload" / "index.json").is_file()
     assert all((a - b).abs().max() <= ATOL for a, b in zip(base, outputs(offloaded, processor)))
 
@@ -475,8 +649,15 @@ def test_gpu_device_and_device_map_with_cpu_offload(deepseek_dir, monkeypatch):
     on_gpu = JanusLikeForConditionalGeneration.from_pretrained(path, device="cuda")
     assert {p.device.type for p in on_gpu.parameters()} == {"cuda"} and close(outputs(on_gpu, processor, "cuda"))
     # decoder on the GPU, the encoders offloaded to CPU RAM and streamed in by accelerate's hooks
-    split = {"language_model": 0, "vision_model": "cpu", "aligner": 0, "vq": "cpu", "gen_embed": 0,
-             "gen_aligner": 0, "gen_head": 0}
+    split = {
+        "language_model": 0,
+        "vision_model": "cpu",
+        "aligner": 0,
+        "vq": "cpu",
+        "gen_embed": 0,
+        "gen_aligner": 0,
+        "gen_head": 0,
+    }
     offloaded = JanusLikeForConditionalGeneration.from_pretrained(path, device_map=split)
     assert offloaded.language_model.model.embed_tokens.weight.device.type == "cuda"
     assert close(outputs(offloaded, processor, "cuda"))
@@ -593,8 +774,9 @@ def edit_safetensors(file: Path, edit) -> None:
 def test_own_format_round_trips_clean_and_refuses_missing_unexpected_or_reshaped_tensors(tmp_path, own_dir):
     model, info = JanusLikeForConditionalGeneration._from_own_format(own_dir, output_loading_info=True)
     assert not any(info.values())  # tied weights and non-persistent buffers are no false alarm
-    assert not any(JanusLikeForConditionalGeneration._from_own_format(
-        default_model_path(), output_loading_info=True)[1].values())
+    assert not any(
+        JanusLikeForConditionalGeneration._from_own_format(default_model_path(), output_loading_info=True)[1].values()
+    )
     model.save_pretrained(tmp_path / "again")
     again = JanusLikeForConditionalGeneration.from_pretrained(tmp_path / "again").state_dict()
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
@@ -602,23 +784,33 @@ def test_own_format_round_trips_clean_and_refuses_missing_unexpected_or_reshaped
     bias = "gen_head.vision_head.bias"
     missing = copy_checkpoint(own_dir, tmp_path / "missing")  # transformers would initialise it fresh
     edit_safetensors(missing / "model.safetensors", lambda state: state.pop(bias))
-    one_line_error(CheckpointError, f"missing: {bias}",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(missing))
+    one_line_error(
+        CheckpointError, f"missing: {bias}", lambda: JanusLikeForConditionalGeneration.from_pretrained(missing)
+    )
     extra = copy_checkpoint(own_dir, tmp_path / "extra")
     edit_safetensors(extra / "model.safetensors", lambda state: state.update({"mystery.weight": torch.zeros(2)}))
-    one_line_error(CheckpointError, "not in the model: mystery.weight",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(extra))
+    one_line_error(
+        CheckpointError,
+        "not in the model: mystery.weight",
+        lambda: JanusLikeForConditionalGeneration.from_pretrained(extra),
+    )
     reshaped = copy_checkpoint(own_dir, tmp_path / "reshaped")
     edit_safetensors(reshaped / "model.safetensors", lambda state: state.update({bias: torch.zeros(7)}))
-    one_line_error(CheckpointError, rf"{bias} \(checkpoint \(7,\), model \(64,\)\)",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(reshaped))
+    one_line_error(
+        CheckpointError,
+        rf"{bias} \(checkpoint \(7,\), model \(64,\)\)",
+        lambda: JanusLikeForConditionalGeneration.from_pretrained(reshaped),
+    )
     vocab = copy_checkpoint(own_dir, tmp_path / "vocab")
     config = json.loads((vocab / "config.json").read_text())
     rows = config["text_config"]["vocab_size"]
     config["text_config"]["vocab_size"] = rows + 16
     (vocab / "config.json").write_text(json.dumps(config))
-    one_line_error(CheckpointError, rf"embed_tokens.weight \(checkpoint \({rows}, 64\), model \({rows + 16}, 64\)\)",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(vocab))
+    one_line_error(
+        CheckpointError,
+        rf"embed_tokens.weight \(checkpoint \({rows}, 64\), model \({rows + 16}, 64\)\)",
+        lambda: JanusLikeForConditionalGeneration.from_pretrained(vocab),
+    )
 
 
 def test_loading_at_warning_verbosity_prints_nothing_for_a_sound_model():
@@ -647,9 +839,12 @@ def test_own_format_errors_come_without_transformers_load_report(tmp_path, own_d
     log.setLevel(logging.WARNING)  # the suite runs with TRANSFORMERS_VERBOSITY=error
     try:
         reshaped = copy_checkpoint(own_dir, tmp_path / "reshaped")
-        edit_safetensors(reshaped / "model.safetensors",
-                         lambda state: state.update({"gen_head.vision_head.bias": torch.zeros(7)}))
-        one_line_error(CheckpointError, "shape differs", lambda: JanusLikeForConditionalGeneration.from_pretrained(reshaped))
+        edit_safetensors(
+            reshaped / "model.safetensors", lambda state: state.update({"gen_head.vision_head.bias": torch.zeros(7)})
+        )
+        one_line_error(
+            CheckpointError, "shape differs", lambda: JanusLikeForConditionalGeneration.from_pretrained(reshaped)
+        )
         assert not any("LOAD REPORT" in r for r in reports)  # the one-line error is the whole message
         JanusLikeForConditionalGeneration.from_pretrained(reshaped, ignore_mismatched_sizes=True)
         assert any("LOAD REPORT" in r for r in reports)  # asked to reshape: the table says what was
@@ -659,13 +854,20 @@ def test_own_format_errors_come_without_transformers_load_report(tmp_path, own_d
 
 
 OWN_FIELDS = [  # edit of the own format's config.json, what the error names
-    pytest.param(lambda c: c["text_config"].update(hidden_size="64"), "config.json: .*'hidden_size' expected int",
-                 id="hidden_size-string"),
+    pytest.param(
+        lambda c: c["text_config"].update(hidden_size="64"),
+        "config.json: .*'hidden_size' expected int",
+        id="hidden_size-string",
+    ),
     pytest.param(lambda c: c.update(vq_config=5), "config.json: .*vq_config", id="vq_config-number"),
-    pytest.param(lambda c: c["text_config"].update(vocab_size=-5), "text_config.vocab_size = -5",
-                 id="vocab_size-negative"),
-    pytest.param(lambda c: c.update(aligner_depth="x"), "aligner_depth = 'x'; accepted: an integer >= 1",
-                 id="aligner_depth-string"),
+    pytest.param(
+        lambda c: c["text_config"].update(vocab_size=-5), "text_config.vocab_size = -5", id="vocab_size-negative"
+    ),
+    pytest.param(
+        lambda c: c.update(aligner_depth="x"),
+        "aligner_depth = 'x'; accepted: an integer >= 1",
+        id="aligner_depth-string",
+    ),
 ]
 
 
@@ -710,11 +912,15 @@ OWN_DAMAGE = {  # what is done to the own-format directory -> what the error say
     "garbage": (lambda p: (p / "model.safetensors").write_bytes(b"garbage" * 10), "cannot read .*model.safetensors"),
     "empty": (lambda p: (p / "model.safetensors").write_bytes(b""), "cannot read .*model.safetensors"),
     "shard missing": (split_own_weights, "missing .*model-00002-of-00002.safetensors"),
-    "index not json": (lambda p: (split_own_weights(p), (p / "model.safetensors.index.json").write_text("{bad")),
-                       "model.safetensors.index.json is not a valid shard index"),
+    "index not json": (
+        lambda p: (split_own_weights(p), (p / "model.safetensors.index.json").write_text("{bad")),
+        "model.safetensors.index.json is not a valid shard index",
+    ),
     "pickled code": (evil_bin, "refusing to load .*pytorch_model.bin"),
-    "bin not a pickle": (lambda p: (p / "model.safetensors").rename(p / "pytorch_model.bin"),
-                         "cannot read .*pytorch_model.bin: it is not a PyTorch weights file"),
+    "bin not a pickle": (
+        lambda p: (p / "model.safetensors").rename(p / "pytorch_model.bin"),
+        "cannot read .*pytorch_model.bin: it is not a PyTorch weights file",
+    ),
 }
 
 
@@ -731,8 +937,9 @@ def test_own_format_unreadable_files_name_the_file(tmp_path, own_dir, damage):
 def test_foreign_safetensors_damage_is_a_checkpoint_error_in_load_and_convert(tmp_path, deepseek_st_dir, damage):
     path = copy_checkpoint(deepseek_st_dir, tmp_path / "ds")
     shard = path / "model-00002-of-00002.safetensors"
-    {"truncated": truncate, "garbage": lambda f: f.write_bytes(b"garbage" * 10),
-     "empty": lambda f: f.write_bytes(b"")}[damage](shard)
+    {"truncated": truncate, "garbage": lambda f: f.write_bytes(b"garbage" * 10), "empty": lambda f: f.write_bytes(b"")}[
+        damage
+    ](shard)
     match = "cannot read .*model-00002-of-00002.safetensors"
     one_line_error(CheckpointError, match, lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
     one_line_error(CheckpointError, match, lambda: convert(path, tmp_path / "out"))
@@ -750,30 +957,78 @@ def test_json_files_that_are_not_utf8_json_objects(tmp_path, deepseek_dir, name,
 
 
 DEEPSEEK_FIELDS = [  # file, edit of its JSON, what the error names
-    pytest.param("config.json", lambda c: c.update(gen_vision_config=None), "gen_vision_config = None",
-                 id="gen_vision_config-null"),
-    pytest.param("config.json", lambda c: c.update(gen_vision_config="VQ-16"), "gen_vision_config = 'VQ-16'",
-                 id="gen_vision_config-string"),
-    pytest.param("config.json", lambda c: c["vision_config"].update(params=[]), r"vision_config.params = \[\]",
-                 id="vision-params-list"),
-    pytest.param("config.json", lambda c: c["vision_config"]["params"].update(image_size="abc"),
-                 "vision_config.params.image_size = 'abc'; accepted: an integer", id="vision-image_size-string"),
-    pytest.param("config.json", lambda c: c["vision_config"]["params"].update(select_layer="x"),
-                 "vision_config.params.select_layer = 'x'; accepted: an integer", id="select_layer-string"),
-    pytest.param("config.json", lambda c: c["vision_config"]["params"].update(pixel_mean="abc"),
-                 "vision_config.params.pixel_mean = 'abc'; accepted: a list of 3 numbers", id="pixel_mean-string"),
-    pytest.param("config.json", lambda c: c["language_config"].update(hidden_size="64"),
-                 "config.json: .*'hidden_size' expected int", id="hidden_size-string"),
-    pytest.param("config.json", lambda c: c["language_config"].update(num_attention_heads=3),
-                 "config.json: .*not a multiple of the number of attention heads", id="heads-not-dividing"),
-    pytest.param("config.json", lambda c: c["language_config"].update(vocab_size=-5),
-                 "language_config.vocab_size = -5; accepted: an integer >= 1", id="vocab_size-negative"),
-    pytest.param("preprocessor_config.json", lambda c: c.update(image_mean="abc"),
-                 "image_mean = 'abc'; accepted: a list of 3", id="image_mean-string"),
-    pytest.param("preprocessor_config.json", lambda c: c.update(image_size="abc"), "image processor size = 'abc'",
-                 id="image_size-string"),
-    pytest.param("preprocessor_config.json", lambda c: c.update(image_std=[0.5, 0, 0.5]),
-                 "image_std .* 3 positive numbers", id="image_std-zero"),
+    pytest.param(
+        "config.json",
+        lambda c: c.update(gen_vision_config=None),
+        "gen_vision_config = None",
+        id="gen_vision_config-null",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c.update(gen_vision_config="VQ-16"),
+        "gen_vision_config = 'VQ-16'",
+        id="gen_vision_config-string",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["vision_config"].update(params=[]),
+        r"vision_config.params = \[\]",
+        id="vision-params-list",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["vision_config"]["params"].update(image_size="abc"),
+        "vision_config.params.image_size = 'abc'; accepted: an integer",
+        id="vision-image_size-string",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["vision_config"]["params"].update(select_layer="x"),
+        "vision_config.params.select_layer = 'x'; accepted: an integer",
+        id="select_layer-string",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["vision_config"]["params"].update(pixel_mean="abc"),
+        "vision_config.params.pixel_mean = 'abc'; accepted: a list of 3 numbers",
+        id="pixel_mean-string",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["language_config"].update(hidden_size="64"),
+        "config.json: .*'hidden_size' expected int",
+        id="hidden_size-string",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["language_config"].update(num_attention_heads=3),
+        "config.json: .*not a multiple of the number of attention heads",
+        id="heads-not-dividing",
+    ),
+    pytest.param(
+        "config.json",
+        lambda c: c["language_config"].update(vocab_size=-5),
+        "language_config.vocab_size = -5; accepted: an integer >= 1",
+        id="vocab_size-negative",
+    ),
+    pytest.param(
+        "preprocessor_config.json",
+        lambda c: c.update(image_mean="abc"),
+        "image_mean = 'abc'; accepted: a list of 3",
+        id="image_mean-string",
+    ),
+    pytest.param(
+        "preprocessor_config.json",
+        lambda c: c.update(image_size="abc"),
+        "image processor size = 'abc'",
+        id="image_size-string",
+    ),
+    pytest.param(
+        "preprocessor_config.json",
+        lambda c: c.update(image_std=[0.5, 0, 0.5]),
+        "image_std .* 3 positive numbers",
+        id="image_std-zero",
+    ),
 ]
 
 
@@ -787,14 +1042,23 @@ def test_deepseek_config_fields_of_the_wrong_type(tmp_path, deepseek_dir, name, 
 
 
 def test_transformers_config_errors_are_one_line():
-    one_line_error(CheckpointError, "not a valid transformers Janus config: .*'hidden_size' expected int",
-                   lambda: hf_janus.model_config({"vision_config": {"hidden_size": "x"}}))
-    one_line_error(CheckpointError, "text_config.vocab_size = -5",
-                   lambda: hf_janus.model_config({"text_config": {"model_type": "llama", "vocab_size": -5}}))
+    one_line_error(
+        CheckpointError,
+        "not a valid transformers Janus config: .*'hidden_size' expected int",
+        lambda: hf_janus.model_config({"vision_config": {"hidden_size": "x"}}),
+    )
+    one_line_error(
+        CheckpointError,
+        "text_config.vocab_size = -5",
+        lambda: hf_janus.model_config({"text_config": {"model_type": "llama", "vocab_size": -5}}),
+    )
 
 
-@pytest.mark.parametrize("weight_map", [["a"], {"a": 5}, {"a": "../elsewhere.safetensors"}, {}],
-                         ids=["list", "int-values", "outside-the-directory", "empty"])
+@pytest.mark.parametrize(
+    "weight_map",
+    [["a"], {"a": 5}, {"a": "../elsewhere.safetensors"}, {}],
+    ids=["list", "int-values", "outside-the-directory", "empty"],
+)
 @pytest.mark.parametrize("layout", ["deepseek", "own"])
 def test_shard_index_must_map_names_to_files_beside_it(tmp_path, deepseek_st_dir, own_dir, weight_map, layout):
     path = copy_checkpoint(deepseek_st_dir if layout == "deepseek" else own_dir, tmp_path / "ckpt")
@@ -810,8 +1074,11 @@ def test_a_tensor_stored_twice_is_refused_in_load_and_convert(tmp_path, deepseek
     (path / "model.safetensors.index.json").unlink()  # shards are then found by name: a stray one joins them
     name, tensor = next(iter(load_file(path / "model-00001-of-00002.safetensors").items()))
     save_file({name: tensor.clone()}, path / "model-00003-of-00002.safetensors", metadata={"format": "pt"})
-    one_line_error(CheckpointError, "holds .* twice .*remove the stray shard",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    one_line_error(
+        CheckpointError,
+        "holds .* twice .*remove the stray shard",
+        lambda: JanusLikeForConditionalGeneration.from_pretrained(path),
+    )
     one_line_error(CheckpointError, "holds .* twice", lambda: convert(path, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -819,10 +1086,14 @@ def test_a_tensor_stored_twice_is_refused_in_load_and_convert(tmp_path, deepseek
 def test_tensor_the_mapping_cannot_take_apart(tmp_path, deepseek_dir):
     path, reference = deepseek_dir
     path = copy_checkpoint(path, tmp_path / "ds")
-    torch.save({**reference.state_dict(), "vision_model.vision_tower.pos_embed": torch.zeros(())},
-               path / "pytorch_model.bin")
-    one_line_error(CheckpointError, r"vision_model.vision_tower.pos_embed .*shape \(\)",
-                   lambda: JanusLikeForConditionalGeneration.from_pretrained(path))
+    torch.save(
+        {**reference.state_dict(), "vision_model.vision_tower.pos_embed": torch.zeros(())}, path / "pytorch_model.bin"
+    )
+    one_line_error(
+        CheckpointError,
+        r"vision_model.vision_tower.pos_embed .*shape \(\)",
+        lambda: JanusLikeForConditionalGeneration.from_pretrained(path),
+    )
 
 
 @pytest.mark.parametrize("layout", ["own", "deepseek"])
@@ -831,26 +1102,40 @@ def test_dtype_and_device_options_are_the_same_for_every_layout(own_dir, deepsee
     model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     load = JanusLikeForConditionalGeneration.from_pretrained
-    one_line_error(SettingsError, "dtype=torch.int8 .*accepted: .*'float32', 'bfloat16', 'float16'",
-                   lambda: load(path, dtype=torch.int8))
+    one_line_error(
+        SettingsError,
+        "dtype=torch.int8 .*accepted: .*'float32', 'bfloat16', 'float16'",
+        lambda: load(path, dtype=torch.int8),
+    )
     one_line_error(SettingsError, "dtype='fp8' .*accepted", lambda: load(path, dtype="fp8"))
     one_line_error(SettingsError, "device='bogus' .*available: cpu", lambda: load(path, device="bogus"))
     if not torch.cuda.is_available():
         one_line_error(SettingsError, "device='cuda' .*available: cpu", lambda: load(path, device="cuda"))
     one_line_error(SettingsError, "either device or device_map", lambda: load(path, device="cpu", device_map="auto"))
-    one_line_error(SettingsError, "device_map='autoo' is neither a placement strategy nor a device of this machine; "
-                                  "accepted: None, 'auto'",
-                   lambda: load(path, device_map="autoo"))
-    one_line_error(SettingsError, r"device_map\['vq'\]='cuda:7' is not a device of this machine",
-                   lambda: load(path, device_map={"": "cpu", "vq": "cuda:7"}))
+    one_line_error(
+        SettingsError,
+        "device_map='autoo' is neither a placement strategy nor a device of this machine; accepted: None, 'auto'",
+        lambda: load(path, device_map="autoo"),
+    )
+    one_line_error(
+        SettingsError,
+        r"device_map\['vq'\]='cuda:7' is not a device of this machine",
+        lambda: load(path, device_map={"": "cpu", "vq": "cuda:7"}),
+    )
     one_line_error(SettingsError, r"device_map=\['cpu'\] is not a device map", lambda: load(path, device_map=["cpu"]))
-    one_line_error(SettingsError, "unsupported loading option.*dtpye.*accepted: dtype, device",
-                   lambda: load(path, dtpye="bfloat16"))
+    one_line_error(
+        SettingsError,
+        "unsupported loading option.*dtpye.*accepted: dtype, device",
+        lambda: load(path, dtpye="bfloat16"),
+    )
     sdpa = load(path, attn_implementation="sdpa")  # transformers would hand it to the VQ too, which refuses it
     assert (sdpa.language_model.config._attn_implementation, sdpa.vq.config._attn_implementation) == ("sdpa", "eager")
     if not is_flash_attn_2_available():
-        one_line_error(SettingsError, "attn_implementation = 'flash_attention_2' cannot be used here",
-                       lambda: load(path, attn_implementation="flash_attention_2"))
+        one_line_error(
+            SettingsError,
+            "attn_implementation = 'flash_attention_2' cannot be used here",
+            lambda: load(path, attn_implementation="flash_attention_2"),
+        )
     for device_map in ({"": "cpu"}, "cpu"):
         placed = load(path, device_map=device_map)
         assert {p.device.type for p in placed.parameters()} == {"cpu"}
@@ -870,29 +1155,61 @@ def test_convert_refuses_a_symlinked_destination_before_converting(tmp_path, dee
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     monkeypatch.setattr("janus_like.convert.open_checkpoint", lambda src: pytest.fail("converted first"))
     for dst in ("link", "dangling"):
-        one_line_error(CheckpointError, f"{dst} is a symbolic link", lambda: convert(deepseek_dir[0], tmp_path / dst))
+        one_line_error(
+            CheckpointError, f"{dst} is a symbolic link", lambda dst=dst: convert(deepseek_dir[0], tmp_path / dst)
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "empty", "link"] and not any(
-        (tmp_path / "empty").iterdir())
+        (tmp_path / "empty").iterdir()
+    )
 
 
 # --------------------------------------------------------------------------- real size, no memory
 
 PRO_1B = {  # Janus-Pro-1B's config.json (notes/deepseek_janus.md §1)
-    "aligner_config": {"cls": "MlpProjector", "model_type": "aligner",
-                       "params": {"depth": 2, "input_dim": 1024, "n_embed": 2048, "projector_type": "mlp_gelu"}},
-    "gen_aligner_config": {"cls": "MlpProjector", "model_type": "gen_aligner",
-                           "params": {"depth": 2, "input_dim": 8, "n_embed": 2048, "projector_type": "mlp_gelu"}},
-    "gen_head_config": {"cls": "vision_head", "model_type": "gen_head",
-                        "params": {"image_token_embed": 2048, "image_token_size": 16384, "n_embed": 2048}},
-    "gen_vision_config": {"cls": "VQ-16", "model_type": "gen_vision",
-                          "params": {"image_token_size": 16384, "n_embed": 8}},
-    "language_config": {"hidden_size": 2048, "intermediate_size": 5632, "max_position_embeddings": 16384,
-                        "model_type": "llama", "num_attention_heads": 16, "num_hidden_layers": 24,
-                        "num_key_value_heads": 16, "torch_dtype": "bfloat16", "vocab_size": 102400},
-    "model_type": "multi_modality", "torch_dtype": "bfloat16", "transformers_version": "4.33.1",
-    "vision_config": {"cls": "CLIPVisionTower", "model_type": "vision",
-                      "params": {"image_size": 384, "model_name": "siglip_large_patch16_384",
-                                 "select_feature": "same", "select_layer": -1}},
+    "aligner_config": {
+        "cls": "MlpProjector",
+        "model_type": "aligner",
+        "params": {"depth": 2, "input_dim": 1024, "n_embed": 2048, "projector_type": "mlp_gelu"},
+    },
+    "gen_aligner_config": {
+        "cls": "MlpProjector",
+        "model_type": "gen_aligner",
+        "params": {"depth": 2, "input_dim": 8, "n_embed": 2048, "projector_type": "mlp_gelu"},
+    },
+    "gen_head_config": {
+        "cls": "vision_head",
+        "model_type": "gen_head",
+        "params": {"image_token_embed": 2048, "image_token_size": 16384, "n_embed": 2048},
+    },
+    "gen_vision_config": {
+        "cls": "VQ-16",
+        "model_type": "gen_vision",
+        "params": {"image_token_size": 16384, "n_embed": 8},
+    },
+    "language_config": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "max_position_embeddings": 16384,
+        "model_type": "llama",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "num_key_value_heads": 16,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 102400,
+    },
+    "model_type": "multi_modality",
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1",
+    "vision_config": {
+        "cls": "CLIPVisionTower",
+        "model_type": "vision",
+        "params": {
+            "image_size": 384,
+            "model_name": "siglip_large_patch16_384",
+            "select_feature": "same",
+            "select_layer": -1,
+        },
+    },
 }
 
 
@@ -928,9 +1245,18 @@ def test_real_size_janus_pro_1b_key_mapping_on_meta():
 def test_real_size_transformers_janus_pro_1b_key_mapping_on_meta():
     from transformers import JanusConfig, JanusForConditionalGeneration
 
-    raw = JanusConfig(text_config=dict(model_type="llama", hidden_size=2048, intermediate_size=5632,
-                                       num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
-                                       vocab_size=102400, max_position_embeddings=16384)).to_dict()
+    raw = JanusConfig(
+        text_config=dict(
+            model_type="llama",
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            vocab_size=102400,
+            max_position_embeddings=16384,
+        )
+    ).to_dict()
     with torch.device("meta"):
         hf = JanusForConditionalGeneration(JanusConfig(**raw))
     check_mapping(hf_janus, hf.state_dict(), hf_janus.model_config(raw))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from janus_like.cli import COMMANDS, build_parser, main
-from janus_like.evaluation import EVALUATIONS
 from janus_like.commands import DEFAULT_MODEL_NOTE
+from janus_like.evaluation import EVALUATIONS
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, MAX_TEMPERATURE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,15 +20,25 @@ HEAVY = ("torch", "transformers", "gradio", "janus_like.modeling", "janus_like.p
 
 def _run_cli_and_list_heavy_imports(*argv: str) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter; on exit it prints which heavy modules got imported."""
-    code = ("import atexit, sys\n"
-            f"atexit.register(lambda: print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
-            "from janus_like.cli import main\n"
-            f"sys.exit(main({list(argv)!r}))\n")
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
+        "from janus_like.cli import main\n"
+        f"sys.exit(main({list(argv)!r}))\n"
+    )
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("argv, status", [(["--help"], 0), (["--version"], 0), (["generate", "--help"], 0),
-                                          (["demo", "--port", "99999"], 2), (["generate", "x", "--seed", "one"], 2)])
+@pytest.mark.parametrize(
+    "argv, status",
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["generate", "--help"], 0),
+        (["demo", "--port", "99999"], 2),
+        (["generate", "x", "--seed", "one"], 2),
+    ],
+)
 def test_help_version_and_usage_errors_import_no_heavy_library(argv, status):
     result = _run_cli_and_list_heavy_imports(*argv)
     assert result.returncode == status, result.stderr
@@ -87,7 +97,9 @@ def test_option_help_states_the_accepted_ranges():
 
 def test_sampling_flags_are_shared_by_the_commands_that_take_them():
     subparsers = _subparsers()
-    helps = {c: {a.dest: a.help for a in subparsers[c]._actions} for c in ("generate", "chat", "interleave", "eval shapes")}
+    helps = {
+        c: {a.dest: a.help for a in subparsers[c]._actions} for c in ("generate", "chat", "interleave", "eval shapes")
+    }
     assert len({h["temperature"] for h in helps.values()}) == 1
     assert helps["generate"]["top_k"] == helps["chat"]["top_k"]
     assert helps["generate"]["cfg_scale"] == helps["interleave"]["cfg_scale"] == helps["eval shapes"]["cfg_scale"]

@@ -19,8 +19,25 @@ def saved(tiny, tmp_path):
 
 def test_generate_writes_pngs(saved, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--seed", "0",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle",
+                "--model",
+                saved,
+                "--num-images",
+                "2",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert visible(out) == ["image_0.png", "image_1.png", "settings.json"]
     assert "image_0.png" in capsys.readouterr().out
     settings = json.loads((out / "settings.json").read_text())
@@ -30,8 +47,23 @@ def test_generate_writes_pngs(saved, tmp_path, capsys):
 def test_a_run_without_seed_records_the_one_it_drew_and_repeats_from_it(saved, tmp_path):
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--out", str(tmp_path / "a")]) == 0
     seed = json.loads((tmp_path / "a" / "settings.json").read_text())["seed"]
-    assert main(["generate", "a red circle", "--model", saved, "--num-images", "2", "--seed", str(seed),
-                 "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle",
+                "--model",
+                saved,
+                "--num-images",
+                "2",
+                "--seed",
+                str(seed),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     for name in ("image_0.png", "image_1.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -43,10 +75,30 @@ def visible(folder) -> list[str]:
 
 def test_generate_draws_several_prompts_in_one_batch(saved, tmp_path):
     out = tmp_path / "out"
-    assert main(["generate", "a red circle", "a blue square", "--model", saved, "--num-images", "2", "--seed", "0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle",
+                "a blue square",
+                "--model",
+                saved,
+                "--num-images",
+                "2",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
-        "prompt_0/image_0.png", "prompt_0/image_1.png", "prompt_1/image_0.png", "prompt_1/image_1.png"]
+        "prompt_0/image_0.png",
+        "prompt_0/image_1.png",
+        "prompt_1/image_0.png",
+        "prompt_1/image_1.png",
+    ]
     assert (out / "prompts.txt").read_text() == "prompt_0\ta red circle\nprompt_1\ta blue square\n"
     assert main(["generate", "a red circle", "a blue\tsquare\nbelow", "--model", saved, "--out", str(out)]) == 0
     assert (out / "prompts.txt").read_text().splitlines()[1] == "prompt_1\ta blue\\tsquare\\nbelow"
@@ -59,14 +111,31 @@ def test_a_new_run_replaces_the_earlier_outputs_and_files_get_the_umask_mode(sav
     (out / "prompt_archive" / "old.txt").write_text("mine")
     (out / "image_2023_holiday.png").write_bytes(b"mine")
     mine = ["image_2023_holiday.png", "keep", "prompt_archive"]
-    assert main(["generate", "a red circle", "a blue square", "--model", saved, "--num-images", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["generate", "a red circle", "a blue square", "--model", saved, "--num-images", "2", "--out", str(out)])
+        == 0
+    )
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
     assert visible(out) == sorted(["image_0.png", "settings.json", *mine])  # no prompt_*/ or prompts.txt left
     assert (out / "image_0.png").stat().st_mode & 0o777 == 0o666 & ~umask
     assert visible(out) == sorted(p.name for p in out.iterdir() if p.name != MANIFEST)  # no temp folder left
-    assert main(["interleave", "Draw a red circle.", "--model", saved, "--max-new-tokens", "4",
-                 "--max-images", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "interleave",
+                "Draw a red circle.",
+                "--model",
+                saved,
+                "--max-new-tokens",
+                "4",
+                "--max-images",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert visible(out) == sorted(["index.html", "index.md", "settings.json", *mine])
     assert main(["generate", "a red circle", "--model", saved, "--num-images", "1", "--out", str(out)]) == 0
     assert visible(out) == sorted(["image_0.png", "settings.json", *mine])  # no stale index.* from interleave
@@ -85,8 +154,22 @@ def test_generate_draws_a_prompts_file_in_batches_of_at_most_64_images(saved, tm
     monkeypatch.setattr(Scheduler, "submit", recording)
     (tmp_path / "prompts.txt").write_text("".join(f"prompt number {i}\n\n" for i in range(5)))
     out = tmp_path / "out"
-    assert main(["generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model", saved, "--num-images", "30",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompts-file",
+                str(tmp_path / "prompts.txt"),
+                "--model",
+                saved,
+                "--num-images",
+                "30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert rows == [60, 60, 30]  # 2 prompts x 30 images per batch, blank lines skipped
     assert len(list(out.rglob("*.png"))) == 150 and (out / "prompt_4" / "image_29.png").is_file()
 
@@ -110,21 +193,54 @@ def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypat
     from janus_like.generation.scheduler import Scheduler
 
     seen, submit = [], Scheduler.submit
+
     def recording(self, requests, settings):
         seen.append(settings.image_cfg_scale)
         return submit(self, requests, settings)
 
     monkeypatch.setattr(Scheduler, "submit", recording)
     image = write_image(tmp_path / "in.png", shape_image())
-    assert main(["generate", "make it blue", "--model", saved, "--image", str(image), "--num-images", "1",
-                 "--image-cfg-scale", "2.5", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "make it blue",
+                "--model",
+                saved,
+                "--image",
+                str(image),
+                "--num-images",
+                "1",
+                "--image-cfg-scale",
+                "2.5",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert seen == [2.5] and (tmp_path / "out" / "image_0.png").is_file()
 
 
 def test_interleave_writes_index_md_and_html(saved, tmp_path):
     out = tmp_path / "story"
-    assert main(["interleave", "Draw a red circle.", "--model", saved, "--seed", "0", "--max-new-tokens", "6",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "interleave",
+                "Draw a red circle.",
+                "--model",
+                saved,
+                "--seed",
+                "0",
+                "--max-new-tokens",
+                "6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "index.md").is_file() and (out / "index.html").read_text().startswith("<!doctype html>")
 
 
@@ -133,8 +249,14 @@ def test_interleave_files_list_images_in_order(tmp_path):
 
     from janus_like.commands import write_interleaved
 
-    parts = ["first <b>", shape_image("circle"), "then\nnext line ![fake](image_0.png)", shape_image("square"),
-             "  \n", "end <img src=x onerror=alert(1)>"]
+    parts = [
+        "first <b>",
+        shape_image("circle"),
+        "then\nnext line ![fake](image_0.png)",
+        shape_image("square"),
+        "  \n",
+        "end <img src=x onerror=alert(1)>",
+    ]
     write_interleaved(parts, tmp_path)
     md = (tmp_path / "index.md").read_text()
     assert md.index("first") < md.index("image_0.png") < md.index("then") < md.index("image_1.png") < md.index("end")
@@ -150,26 +272,29 @@ def test_interleave_files_list_images_in_order(tmp_path):
     assert 'width="384" height="384"' in (tmp_path / "large" / "index.html").read_text()
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["generate", "x", "--temperature", "-1"], "temperature"),
-    (["generate", "x", "--num-images", "0"], "num_images"),
-    (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
-    (["generate", "x", "--image", __file__, "--image-cfg-scale", "-2"], "image_cfg_scale"),
-    (["generate", "x", "--top-p", "0"], "top_p"),
-    (["generate", ""], "empty"),
-    (["generate"], "no prompt"),
-    (["generate", "--prompts-file", "/nonexistent/prompts.txt"], "cannot read"),
-    (["chat", "x" * 2000], "context"),
-    (["interleave", "x", "--max-images", "99"], "max_images"),
-    (["generate", "x", "--seed", str(2**64)], "seed"),
-    (["generate", "x", "--num-images", "abc"], "invalid int value"),  # argparse's errors too: one line
-    (["generate", "x", "--out", ""], "--out is empty"),
-    (["generate", "x", "--out", __file__], "is a file, not a folder"),
-    (["interleave", "x", "--out", f"{__file__}/story"], "is a file, not a folder"),
-    (["generate", "x", "--device", "nonsense"], "is not a device of this machine"),
-    (["eval", "shapes", "--out", __file__], "is a file, not a folder"),  # before any scene is drawn
-    (["eval", "shapes", "--seed", str(2**63 - 1)], "seed = "),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["generate", "x", "--temperature", "-1"], "temperature"),
+        (["generate", "x", "--num-images", "0"], "num_images"),
+        (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
+        (["generate", "x", "--image", __file__, "--image-cfg-scale", "-2"], "image_cfg_scale"),
+        (["generate", "x", "--top-p", "0"], "top_p"),
+        (["generate", ""], "empty"),
+        (["generate"], "no prompt"),
+        (["generate", "--prompts-file", "/nonexistent/prompts.txt"], "cannot read"),
+        (["chat", "x" * 2000], "context"),
+        (["interleave", "x", "--max-images", "99"], "max_images"),
+        (["generate", "x", "--seed", str(2**64)], "seed"),
+        (["generate", "x", "--num-images", "abc"], "invalid int value"),  # argparse's errors too: one line
+        (["generate", "x", "--out", ""], "--out is empty"),
+        (["generate", "x", "--out", __file__], "is a file, not a folder"),
+        (["interleave", "x", "--out", f"{__file__}/story"], "is a file, not a folder"),
+        (["generate", "x", "--device", "nonsense"], "is not a device of this machine"),
+        (["eval", "shapes", "--out", __file__], "is a file, not a folder"),  # before any scene is drawn
+        (["eval", "shapes", "--seed", str(2**63 - 1)], "seed = "),
+    ],
+)
 def test_user_errors_print_one_line_and_exit_2(saved, argv, words, capsys):
     assert main(argv + ["--model", saved]) == 2
     err = capsys.readouterr().err

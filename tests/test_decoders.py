@@ -25,8 +25,9 @@ def test_decoder_family_trains_and_generates_like_cache_free_forwards(model_type
     model, processor = _family_model(model_type)
     assert model.language_model.config.model_type == model_type
     batch = processor(records[1:])
-    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"],
-                                       batch.pop("gen_pixel_values"))
+    ids, labels = model.fill_gen_codes(
+        batch["input_ids"], batch["modality"], batch["labels"], batch.pop("gen_pixel_values")
+    )
     batch.update(input_ids=ids, labels=labels)
     model.train()
     out = model(**batch)
@@ -36,12 +37,15 @@ def test_decoder_family_trains_and_generates_like_cache_free_forwards(model_type
     _check_generation(model, processor, "hello")
 
 
-@pytest.mark.parametrize("model_type, window", [
-    ("mistral", dict(sliding_window=8)),  # every layer slides
-    ("gemma2", dict(sliding_window=8)),  # sliding and full layers alternate
-    ("gemma3_text", dict(sliding_window=8)),
-    ("qwen2", dict(sliding_window=8, use_sliding_window=True, max_window_layers=1)),
-])
+@pytest.mark.parametrize(
+    "model_type, window",
+    [
+        ("mistral", dict(sliding_window=8)),  # every layer slides
+        ("gemma2", dict(sliding_window=8)),  # sliding and full layers alternate
+        ("gemma3_text", dict(sliding_window=8)),
+        ("qwen2", dict(sliding_window=8, use_sliding_window=True, max_window_layers=1)),
+    ],
+)
 def test_sliding_window_decoders_past_their_window(model_type, window):
     """Prompt and output far longer than the window: the engine's masks cut each sliding layer's
     view as transformers' own masks do, while its cache keeps every column."""
@@ -54,8 +58,9 @@ def _check_generation(model, processor, question: str) -> None:
     """The engine's greedy text and CFG image codes equal argmaxes of cache-free forwards."""
     engine = GenerationEngine(model, processor)
     chat = processor.conversation([{"role": "user", "content": question}])
-    text = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=6, ignore_eos=True,
-                                                               max_images=0))[0].token_ids
+    text = engine.generate(
+        [Request(chat)], GenerationSettings(temperature=0, max_new_tokens=6, ignore_eos=True, max_images=0)
+    )[0].token_ids
     seq, mod = list(chat.ids), list(chat.modality)
     with torch.no_grad():
         for token in text:
@@ -70,26 +75,58 @@ def _check_generation(model, processor, question: str) -> None:
     codes = engine.generate([Request(cond, "image")], GenerationSettings(temperature=0, cfg_scale=3.0))[0].codes[0]
     with torch.no_grad():
         for k, code in enumerate(codes.tolist()):
-            c, u = (model.image_logits(model(torch.tensor([s.ids + codes[:k].tolist()]),
-                                             torch.tensor([s.modality + [GEN_IMAGE] * k])).last_hidden_state[0, -1])
-                    for s in (cond, uncond))
+            c, u = (
+                model.image_logits(
+                    model(
+                        torch.tensor([s.ids + codes[:k].tolist()]), torch.tensor([s.modality + [GEN_IMAGE] * k])
+                    ).last_hidden_state[0, -1]
+                )
+                for s in (cond, uncond)
+            )
             assert int((u + 3.0 * (c - u)).argmax()) == code
 
 
 def test_from_parts_composes_a_qwen2_decoder(tmp_path):
     tokenizer = byte_level_tokenizer()
-    config = AutoConfig.for_model("qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tokenizer),
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(
+        "qwen2",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
-    SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         image_size=32, patch_size=16)).save_pretrained(tmp_path / "siglip")
+    SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        )
+    ).save_pretrained(tmp_path / "siglip")
     model, processor = JanusLikeForConditionalGeneration.from_parts(
-        tmp_path / "llm", tmp_path / "siglip", return_processor=True, gen_head_hidden_size=32, gen_image_size=16,
-        vq_config=dict(base_channels=16, channel_multiplier=[1, 2], num_res_blocks=1, norm_num_groups=8,
-                       z_channels=16, codebook_size=32))
+        tmp_path / "llm",
+        tmp_path / "siglip",
+        return_processor=True,
+        gen_head_hidden_size=32,
+        gen_image_size=16,
+        vq_config=dict(
+            base_channels=16,
+            channel_multiplier=[1, 2],
+            num_res_blocks=1,
+            norm_num_groups=8,
+            z_channels=16,
+            codebook_size=32,
+        ),
+    )
     assert type(model.language_model).__name__ == "Qwen2ForCausalLM"
     model.save_pretrained(tmp_path / "composed")
     processor.save_pretrained(tmp_path / "composed")
@@ -121,8 +158,9 @@ def test_compiled_step_with_per_layer_type_masks_equals_eager():
     draw = GenerationSettings(temperature=0, cfg_scale=3.0)
     compiled = GenerationEngine(model, processor, compile=True)
     eager = GenerationEngine(model, processor)
-    for a, b in zip(eager.generate([Request(prompt, "image")] * 2, draw),
-                    compiled.generate([Request(prompt, "image")] * 2, draw)):
+    for a, b in zip(
+        eager.generate([Request(prompt, "image")] * 2, draw), compiled.generate([Request(prompt, "image")] * 2, draw)
+    ):
         assert torch.equal(a.codes[0], b.codes[0])
     chat = processor.conversation([{"role": "user", "content": "hello there, a question longer than the window"}])
     text = GenerationSettings(temperature=0, max_new_tokens=12, ignore_eos=True)

@@ -10,16 +10,15 @@ import json
 import logging
 
 import pytest
+import reference_janus as ref
 import torch
+from test_checkpoints import raw_tokenizer, tiny_tables, write_deepseek  # noqa: F401 (tiny_tables: autouse)
 
 from janus_like import JanusLikeForConditionalGeneration, JanusLikePipeline, JanusLikeProcessor, SettingsError
 from janus_like.checkpoint import deepseek
 from janus_like.convert import convert
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
 from janus_like.testing import BOS, EOS, PAD, shape_image
-
-import reference_janus as ref
-from test_checkpoints import raw_tokenizer, tiny_tables, write_deepseek  # noqa: F401 (tiny_tables: autouse)
 
 PRO, PLAIN = ("<|User|>", "<|Assistant|>"), ("User", "Assistant")
 ROLE_LOG = "janus_like.checkpoint"
@@ -63,8 +62,14 @@ def reference_ids(path) -> tuple[object, dict]:
     tokenizer = raw_tokenizer(path)
     tokenizer.add_special_tokens(["<image_placeholder>"])  # a no-op where the files hold it
     vocab = tokenizer.get_vocab()
-    ids = {"bos": vocab[BOS], "eos": vocab[EOS], "pad": vocab[PAD], "image": vocab["<image_placeholder>"],
-           "start": vocab["<begin_of_image>"], "end": vocab["<end_of_image>"]}
+    ids = {
+        "bos": vocab[BOS],
+        "eos": vocab[EOS],
+        "pad": vocab[PAD],
+        "image": vocab["<image_placeholder>"],
+        "start": vocab["<begin_of_image>"],
+        "end": vocab["<end_of_image>"],
+    }
     return tokenizer, ids
 
 
@@ -78,15 +83,25 @@ def assert_chat_and_image_parity(path, reference, roles, **options) -> None:
     engine = GenerationEngine(model, processor, decode=False)
 
     # chat: inference.py's understanding prompt (system prompt, image, question) and its greedy generate
-    seq = processor.conversation([{"role": "user", "content": [{"type": "image", "image": shape_image()},
-                                                               {"type": "text", "text": "Describe it."}]}])
+    seq = processor.conversation(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": shape_image()}, {"type": "text", "text": "Describe it."}],
+            }
+        ]
+    )
     prompt_ids = ref.chat_prompt_ids(tokenizer, "Describe it.", roles, ids, processor.num_image_tokens)
     assert seq.ids == prompt_ids
     pixels = processor.collate([seq])["pixel_values"]
     input_ids = torch.tensor([prompt_ids])
     with torch.no_grad():
-        embeds = reference.prepare_inputs_embeds(input_ids, pixels[None], input_ids == ids["image"],
-                                                 torch.ones(1, 1, processor.num_image_tokens, dtype=torch.bool))
+        embeds = reference.prepare_inputs_embeds(
+            input_ids,
+            pixels[None],
+            input_ids == ids["image"],
+            torch.ones(1, 1, processor.num_image_tokens, dtype=torch.bool),
+        )
     expected = ref.greedy_text(reference, embeds, steps=8, eos_id=ids["eos"])
     ours = engine.generate([Request(seq)], GenerationSettings(temperature=0, max_new_tokens=8))[0].token_ids
     assert ours == expected
@@ -94,8 +109,11 @@ def assert_chat_and_image_parity(path, reference, roles, **options) -> None:
     # more turns: sep "\n\n" after a user turn, sep2 "<｜end▁of▁sentence｜>" after an answer (conversation.py)
     turns = [("user", "Hi."), ("assistant", "Hello."), ("user", "Bye.")]
     seq = processor.conversation([{"role": role, "content": text} for role, text in turns])
-    text = ref.sft_prompt([{"role": roles[role == "assistant"], "content": text} for role, text in turns]
-                          + [{"role": roles[1], "content": ""}], ref.SYSTEM_PROMPT)
+    text = ref.sft_prompt(
+        [{"role": roles[role == "assistant"], "content": text} for role, text in turns]
+        + [{"role": roles[1], "content": ""}],
+        ref.SYSTEM_PROMPT,
+    )
     assert "Hello.<｜end▁of▁sentence｜>" in text
     assert seq.ids == [ids["bos"]] + tokenizer.encode(text, add_special_tokens=False).ids
 
@@ -104,8 +122,9 @@ def assert_chat_and_image_parity(path, reference, roles, **options) -> None:
     gen_ids = ref.generation_prompt_ids(tokenizer, "a red circle", roles, ids["bos"])
     assert gen.ids == gen_ids
     assert processor.unconditional(gen).ids == [ids["bos"]] + [ids["pad"]] * (len(gen_ids) - 2) + [ids["start"]]
-    expected_codes = ref.greedy_image_codes(reference, gen_ids, ids["pad"], cfg_weight=5.0,
-                                            steps=processor.num_gen_tokens)
+    expected_codes = ref.greedy_image_codes(
+        reference, gen_ids, ids["pad"], cfg_weight=5.0, steps=processor.num_gen_tokens
+    )
     result = engine.generate([Request(gen, "image")], GenerationSettings(temperature=0, cfg_scale=5.0))[0]
     assert len(set(expected_codes.tolist())) > 1  # not a constant image
     assert result.codes[0].tolist() == expected_codes.tolist()
@@ -121,8 +140,9 @@ PARITY = [  # folder, files, role tokens in the vocabulary, options, the roles D
 
 
 @pytest.mark.parametrize("name, release, role_tokens, options, roles", PARITY)
-def test_greedy_chat_and_image_codes_equal_deepseeks_scripts(tmp_path_factory, name, release, role_tokens, options,
-                                                             roles, caplog):
+def test_greedy_chat_and_image_codes_equal_deepseeks_scripts(
+    tmp_path_factory, name, release, role_tokens, options, roles, caplog
+):
     path, reference = checkpoint(tmp_path_factory, name, release, role_tokens)
     with caplog.at_level(logging.WARNING, logger=ROLE_LOG):
         assert_chat_and_image_parity(path, reference, roles, **options)
@@ -139,12 +159,15 @@ def test_an_unnamed_checkpoint_gets_pro_roles_and_says_so_once(tmp_path_factory,
     assert str(path) in notes[0] and "<|User|> / <|Assistant|>" in notes[0] and "chat_roles='janus-1.3b'" in notes[0]
 
 
-@pytest.mark.parametrize("folder, sft_format, roles", [
-    ("models--deepseek-ai--Janus-1.3B/snapshots/0123abcd", None, PLAIN),  # huggingface_hub's cache
-    ("models--deepseek-ai--Janus-Pro-7B/snapshots/0123abcd", None, PRO),
-    ("janus_pro_1b", None, PRO),
-    ("my-finetune", "deepseek_old", PLAIN),  # conversation.py's pre-Pro template names the plain roles
-])
+@pytest.mark.parametrize(
+    "folder, sft_format, roles",
+    [
+        ("models--deepseek-ai--Janus-1.3B/snapshots/0123abcd", None, PLAIN),  # huggingface_hub's cache
+        ("models--deepseek-ai--Janus-Pro-7B/snapshots/0123abcd", None, PRO),
+        ("janus_pro_1b", None, PRO),
+        ("my-finetune", "deepseek_old", PLAIN),  # conversation.py's pre-Pro template names the plain roles
+    ],
+)
 def test_the_release_is_told_by_its_names_and_template(tmp_path_factory, folder, sft_format, roles):
     path = tmp_path_factory.mktemp("named") / folder
     path.mkdir(parents=True)
@@ -168,13 +191,17 @@ def test_chat_roles_setting_for_every_loader(tmp_path_factory, tmp_path):
     path, _ = checkpoint(tmp_path_factory, "Janus-1.3B-tiny", "1.3b", False)
     pipe = JanusLikePipeline.from_pretrained(path, device="cpu", dtype=torch.float32, chat_roles=("Q", "A"))
     assert (pipe.model.config.user_role, pipe.processor.config.assistant_role) == ("Q", "A")
-    assert pipe.processor.conversation([{"role": "user", "content": "hi"}], system_prompt="").ids == \
-        pipe.processor.encode_text(f"{BOS}Q: hi\n\nA:")
+    assert pipe.processor.conversation(
+        [{"role": "user", "content": "hi"}], system_prompt=""
+    ).ids == pipe.processor.encode_text(f"{BOS}Q: hi\n\nA:")
     processor = JanusLikeProcessor.from_pretrained(path, chat_roles="janus-pro")
     assert processor.config.user_role == "<|User|>"
     # the given model config keeps its roles; the processor gets a copy with the override
-    assert JanusLikeProcessor.from_pretrained(path, pipe.model.config, chat_roles="janus-pro").config.user_role == \
-        "<|User|>" and pipe.model.config.user_role == "Q"
+    assert (
+        JanusLikeProcessor.from_pretrained(path, pipe.model.config, chat_roles="janus-pro").config.user_role
+        == "<|User|>"
+        and pipe.model.config.user_role == "Q"
+    )
 
     # convert writes the release's roles (or the setting's) into this package's config; loading overrides them
     own = convert(path, tmp_path / "own")
@@ -190,10 +217,15 @@ def test_chat_roles_setting_for_every_loader(tmp_path_factory, tmp_path):
 @pytest.mark.parametrize("value", ["pro", "", ("User",), ("User", ""), ("User", 5), 5, ("a", "b", "c")])
 def test_bad_chat_roles_are_refused_naming_the_accepted_values(tmp_path_factory, tmp_path, value):
     path, _ = checkpoint(tmp_path_factory, "Janus-Pro-tiny", "pro", True)
-    for load in (lambda: JanusLikeForConditionalGeneration.from_pretrained(path, chat_roles=value),
-                 lambda: JanusLikeProcessor.from_pretrained(path, chat_roles=value),
-                 lambda: convert(path, tmp_path / "out", chat_roles=value)):
-        with pytest.raises(SettingsError, match=r"chat_roles=.* is not accepted; accepted: None .*'janus-pro' "
-                                                r"\(<\|User\|> / <\|Assistant\|>\), 'janus-1.3b' .*pair of non-empty"):
+    for load in (
+        lambda: JanusLikeForConditionalGeneration.from_pretrained(path, chat_roles=value),
+        lambda: JanusLikeProcessor.from_pretrained(path, chat_roles=value),
+        lambda: convert(path, tmp_path / "out", chat_roles=value),
+    ):
+        with pytest.raises(
+            SettingsError,
+            match=r"chat_roles=.* is not accepted; accepted: None .*'janus-pro' "
+            r"\(<\|User\|> / <\|Assistant\|>\), 'janus-1.3b' .*pair of non-empty",
+        ):
             load()
     assert not (tmp_path / "out").exists()

@@ -52,8 +52,23 @@ def test_chat_names_the_colour_shape_and_position(pipe):
 
 def test_cli_generate_without_model_writes_images(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["generate", "a purple circle on the left", "--num-images", "2", "--seed", "0", "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a purple circle on the left",
+                "--num-images",
+                "2",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     images = [Image.open(out / f"image_{i}.png") for i in range(2)]
     assert [classify(im).color for im in images] == ["purple", "purple"]
 
@@ -83,9 +98,17 @@ def test_streaming_a_mode_behaves_like_its_one_call_method(pipe):
     assert sum(isinstance(e, ImageDone) for e in events) == 1
     streamed = events[-1].results[0].parts
     assert isinstance(events[-1], Done) and [p for p in streamed if isinstance(p, str)] == [
-        p for p in pipe.interleave(request, seed=0) if isinstance(p, str)]
-    question = [{"role": "user", "content": [{"type": "image", "image": render(Scene("circle", "red", "left"), 64)},
-                                             {"type": "text", "text": "What is in this image?"}]}]
+        p for p in pipe.interleave(request, seed=0) if isinstance(p, str)
+    ]
+    question = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": render(Scene("circle", "red", "left"), 64)},
+                {"type": "text", "text": "What is in this image?"},
+            ],
+        }
+    ]
     assert "".join(e.text for e in pipe.stream(question, seed=3) if hasattr(e, "text")).strip() == pipe.chat(question)
     for mode, method in (("chat", pipe.chat), ("interleave", pipe.interleave)):  # one set of defaults
         signature = inspect.signature(method).parameters
@@ -96,16 +119,31 @@ def test_streaming_a_mode_behaves_like_its_one_call_method(pipe):
 
 def test_edit_changes_the_asked_attribute_only(pipe):
     source = render(Scene("circle", "red", "left"), 64)
-    for instruction, target in (("make it blue", Scene("circle", "blue", "left")),
-                                ("move it to the right", Scene("circle", "red", "right"))):
+    for instruction, target in (
+        ("make it blue", Scene("circle", "blue", "left")),
+        ("move it to the right", Scene("circle", "red", "right")),
+    ):
         images = pipe.generate_images(instruction, images=[source], num_images=4, seed=0)
         assert sum(_reads(im) == target for im in images) >= 3, (instruction, [classify(im) for im in images])
 
 
 def test_cli_interleave_without_model_writes_the_story(tmp_path):
     out = tmp_path / "story"
-    assert main(["interleave", draw_request([Scene("square", "yellow", "left")]), "--seed", "0", "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "interleave",
+                draw_request([Scene("square", "yellow", "left")]),
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     index = (out / "index.md").read_text()
     assert "image_0.png" in index and "yellow square on the left" in index
     assert _reads(Image.open(out / "image_0.png")) == Scene("square", "yellow", "left")

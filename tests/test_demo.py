@@ -9,19 +9,16 @@ import urllib.request
 import uuid
 
 import pytest
-import torch
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
-from janus_like import JanusLikePipeline  # noqa: E402
-from janus_like import demo  # noqa: E402
-from janus_like.errors import PromptError  # noqa: E402
-from janus_like.cli import main  # noqa: E402
-from janus_like.generation import ImageProgress  # noqa: E402
-from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES  # noqa: E402
-from janus_like.testing import shape_image, tiny_model, write_image  # noqa: E402
-
+from janus_like import JanusLikePipeline, demo
+from janus_like.cli import main
+from janus_like.errors import PromptError
+from janus_like.generation import ImageProgress
+from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES
+from janus_like.testing import shape_image, tiny_model, write_image
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +93,23 @@ def test_the_edit_tab_shows_its_input_image(app):
 
 def test_image_edit_passes_image_and_settings_to_the_pipeline(pipe, picture):
     images, _ = list(demo.image_edit(pipe, picture, "make the circle blue", 1.0, 3.0, 0.5, 7, 2.0))[-1]
-    again = pipe.generate_images("make the circle blue", images=[picture], num_images=1, cfg_scale=3.0,
-                                 temperature=0.5, seed=7, image_cfg_scale=2.0)
+    again = pipe.generate_images(
+        "make the circle blue",
+        images=[picture],
+        num_images=1,
+        cfg_scale=3.0,
+        temperature=0.5,
+        seed=7,
+        image_cfg_scale=2.0,
+    )
     assert len(images) == 1 and images[0].tobytes() == again[0].tobytes()
 
 
 def test_concurrent_handlers_share_the_schedulers_decode_steps(pipe, monkeypatch):
     scheduler, calls_per_step, step = pipe.scheduler, [], pipe.scheduler._step
-    monkeypatch.setattr(scheduler, "_step", lambda: (calls_per_step.append(len({r.call for r in scheduler._rows})),
-                                                     step()))
+    monkeypatch.setattr(
+        scheduler, "_step", lambda: (calls_per_step.append(len({r.call for r in scheduler._rows})), step())
+    )
     first = demo.text_to_image(pipe, "a red circle", 4, 1.5, 1.0, 0)
     second = demo.text_to_image(pipe, "a blue square", 4, 1.5, 1.0, 1)
     next(first), next(second)  # both handlers are drawing (handlers run on Gradio's worker threads)
@@ -121,8 +126,9 @@ def test_a_generation_left_unread_stops_and_an_error_reaches_the_page(pipe, monk
         assert time.monotonic() < end, "the closed handler's rows kept their slots"
         time.sleep(0.001)
     done = []  # the next job runs (a stuck scheduler would hang it)
-    caller = threading.Thread(target=lambda: done.extend(demo.text_to_image(pipe, "a blue square", 1, 1.5, 1.0, 0)),
-                              daemon=True)
+    caller = threading.Thread(
+        target=lambda: done.extend(demo.text_to_image(pipe, "a blue square", 1, 1.5, 1.0, 0)), daemon=True
+    )
     caller.start()
     caller.join(timeout=60)
     assert done and "1 image(s)" in done[-1][1]
@@ -163,8 +169,14 @@ def test_interleaved_display_serialises_text_images_and_the_image_being_drawn(ap
     [view] = [c for c in app.blocks.values() if isinstance(c, gr.Chatbot) and c.label == "text and images, in order"]
     shown = view.postprocess(story).model_dump()
     kinds = [(m["role"], m["content"][0]["type"]) for m in shown]
-    assert kinds == [("user", "text"), ("assistant", "text"), ("assistant", "component"), ("assistant", "text"),
-                     ("assistant", "component"), ("assistant", "text")]
+    assert kinds == [
+        ("user", "text"),
+        ("assistant", "text"),
+        ("assistant", "component"),
+        ("assistant", "text"),
+        ("assistant", "component"),
+        ("assistant", "text"),
+    ]
     assert shown[-1]["content"][0]["text"] == "*drawing image 2: 8/16 codes*"
     assert str(shown[2]["content"][0]["value"]["path"]).endswith(".png")
 
@@ -192,25 +204,30 @@ def _too_large(tmp_path):
 @pytest.mark.parametrize("make_file, words", [(_corrupt, "cannot read image"), (_too_large, "at most 64,000,000")])
 def test_bad_uploads_show_the_image_error_message(pipe, tmp_path, make_file, words):
     path = make_file(tmp_path)
-    for call in (lambda: demo.image_edit(pipe, path, "make it blue", 1, 5.0, 1.0, 0),
-                 lambda: demo.chat(pipe, {"text": "What is this?", "files": [path]}, [], 8, 0.0, 0)):
+    for call in (
+        lambda: demo.image_edit(pipe, path, "make it blue", 1, 5.0, 1.0, 0),
+        lambda: demo.chat(pipe, {"text": "What is this?", "files": [path]}, [], 8, 0.0, 0),
+    ):
         with pytest.raises(gr.Error, match=words) as error:
             list(call())
         assert str(tmp_path) not in str(error.value)  # the page names the file, not the server's upload folder
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda p: demo.text_to_image(p, "x", 0), "num_images"),
-    (lambda p: demo.text_to_image(p, "x", MAX_IMAGES_PER_PROMPT + 1), "num_images"),
-    (lambda p: demo.text_to_image(p, "x", 2.5), "num_images"),
-    (lambda p: demo.text_to_image(p, "x", 1, 5.0, -1.0), "temperature"),
-    (lambda p: demo.text_to_image(p, "   ", 1), "empty"),
-    (lambda p: demo.image_edit(p, None, "x"), "upload an image"),
-    (lambda p: demo.chat(p, {"text": "", "files": []}, []), "empty"),
-    (lambda p: demo.chat(p, {"text": "x" * 2000, "files": []}, []), "context"),
-    (lambda p: demo.interleave(p, "x", 8, MAX_INTERLEAVED_IMAGES + 1), "max_images"),
-    (lambda p: demo.text_to_image(p, "x", 1, 5.0, 1.0, "1.5"), "seed '1.5'"),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda p: demo.text_to_image(p, "x", 0), "num_images"),
+        (lambda p: demo.text_to_image(p, "x", MAX_IMAGES_PER_PROMPT + 1), "num_images"),
+        (lambda p: demo.text_to_image(p, "x", 2.5), "num_images"),
+        (lambda p: demo.text_to_image(p, "x", 1, 5.0, -1.0), "temperature"),
+        (lambda p: demo.text_to_image(p, "   ", 1), "empty"),
+        (lambda p: demo.image_edit(p, None, "x"), "upload an image"),
+        (lambda p: demo.chat(p, {"text": "", "files": []}, []), "empty"),
+        (lambda p: demo.chat(p, {"text": "x" * 2000, "files": []}, []), "context"),
+        (lambda p: demo.interleave(p, "x", 8, MAX_INTERLEAVED_IMAGES + 1), "max_images"),
+        (lambda p: demo.text_to_image(p, "x", 1, 5.0, 1.0, "1.5"), "seed '1.5'"),
+    ],
+)
 def test_bad_settings_show_the_settings_error_message(pipe, call, words, capsys):
     with pytest.raises(gr.Error, match=words) as error:
         list(call(pipe))
@@ -240,8 +257,14 @@ def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> tu
 
 def _upload(url: str, size: int) -> int:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\0" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return _get(url + "gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})[0]
 
 
@@ -254,8 +277,13 @@ def test_served_demo_answers_on_loopback_and_serves_no_arbitrary_files(app, tmp_
         assert url == f"http://127.0.0.1:{port}/" and app.server_name == "127.0.0.1"
         status, page = _get(url)
         assert status == 200 and b"<html" in page.lower()
-        for path in ("file=/etc/passwd", "gradio_api/file=/etc/passwd", "gradio_api/file=pyproject.toml",
-                     f"gradio_api/file={__file__}", "static/../../../../etc/passwd"):
+        for path in (
+            "file=/etc/passwd",
+            "gradio_api/file=/etc/passwd",
+            "gradio_api/file=pyproject.toml",
+            f"gradio_api/file={__file__}",
+            "static/../../../../etc/passwd",
+        ):
             status, body = _get(url + path)
             assert status in (403, 404) and b"root:" not in body, path
         assert _upload(url, 100) == 200
@@ -265,8 +293,9 @@ def test_served_demo_answers_on_loopback_and_serves_no_arbitrary_files(app, tmp_
         gallery, status = client.predict("a red circle", 1, 5.0, 1.0, "0", api_name="/text_to_image")
         assert len(gallery) == 1 and "1 image(s)" in status
         with pytest.raises(Exception, match="cannot read image"):  # the ImageError message reaches the page
-            client.predict(gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, "0", 1.0,
-                           api_name="/image_edit")
+            client.predict(
+                gradio_client.handle_file(_corrupt(tmp_path)), "x", 1, 5.0, 1.0, "0", 1.0, api_name="/image_edit"
+            )
         with pytest.raises(Exception, match="maximum value 64"):  # sliders are bounded server-side too
             client.predict("x", MAX_IMAGES_PER_PROMPT + 1, 5.0, 1.0, "0", api_name="/text_to_image")
     finally:

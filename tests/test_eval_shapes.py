@@ -11,9 +11,19 @@ from PIL import Image
 
 from janus_like import JanusLikePipeline, SettingsError
 from janus_like.cli import main
+from janus_like.evaluation.shapes import (
+    COLORS,
+    SHAPES,
+    Scene,
+    all_scenes,
+    answer_matches,
+    classify,
+    draw_answer,
+    draw_request,
+    edits,
+    render,
+)
 from janus_like.evaluation.shapes_eval import ShapesEval
-from janus_like.evaluation.shapes import (COLORS, SHAPES, Scene, all_scenes, answer_matches, classify, draw_answer,
-                                          draw_request, edits, render)
 from janus_like.layout import GEN_IMAGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
@@ -53,26 +63,40 @@ def test_world_and_prompts():
 def test_answer_must_name_the_right_words_only():
     scene = Scene("circle", "red", "left")
     assert answer_matches("A red circle on the left.", scene) == {"color": True, "shape": True, "position": True}
-    assert answer_matches("A red or blue square on the right.", scene) == {"color": False, "shape": False,
-                                                                         "position": False}
+    assert answer_matches("A red or blue square on the right.", scene) == {
+        "color": False,
+        "shape": False,
+        "position": False,
+    }
 
 
 def test_eval_shapes_on_a_subset_prints_accuracies(tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "shapes", "--num-scenes", "2", "--images-per-prompt", "2", "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["eval", "shapes", "--num-scenes", "2", "--images-per-prompt", "2", "--out", str(out), "--device", "cpu"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "generation: color" in printed and "chat:" in printed and "interleave: image_count" in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["settings"] == {"model": "(embedded default model)", "num_scenes": 2, "images_per_prompt": 2,
-                                   "seed": 0, "cfg_scale": 1.5, "image_cfg_scale": 1.0, "temperature": 1.0}
+    assert results["settings"] == {
+        "model": "(embedded default model)",
+        "num_scenes": 2,
+        "images_per_prompt": 2,
+        "seed": 0,
+        "cfg_scale": 1.5,
+        "image_cfg_scale": 1.0,
+        "temperature": 1.0,
+    }
     assert (out / ".janus-like-outputs").read_text() == "grid.png\nresults.json\n"  # a later run replaces these
     assert len(results["samples"]) == 2 and set(results["generation"]) == {"color", "position", "shape", "overall"}
     assert set(results["interleave"]) == {"image_count", "images_right", "description", "overall"}
     requests = [s["interleave"]["request"] for s in results["samples"]]
     assert requests[0].endswith("then describe it.") and requests[1].count(" a ") == 2  # one scene, then two
-    kinds = {next(axis for axis in ("color", "position", "shape") if s["edit"]["target"][axis] not in s["prompt"])
-             for s in results["samples"]}
+    kinds = {
+        next(axis for axis in ("color", "position", "shape") if s["edit"]["target"][axis] not in s["prompt"])
+        for s in results["samples"]
+    }
     assert set(results["edit"]) == kinds | {"overall"} and "edit:" in printed  # scored per kind of edit
     edit = results["samples"][0]["edit"]
     assert len(edit["readings"]) == 2 and edit["instruction"].startswith(("make it", "move it"))
@@ -104,7 +128,7 @@ def test_shapes_data_interleaved_records_start_with_the_pipelines_prompt(tmp_pat
     for record in (interleaved[0], interleaved[-1]):
         seq = pipe.processor.record_to_sequence(record, tmp_path)
         prompt = pipe._conversation(record["prompt"], None, "")  # what pipe.interleave sends
-        assert seq.ids[:len(prompt)] == prompt.ids and not any(seq.trainable[:len(prompt)])
+        assert seq.ids[: len(prompt)] == prompt.ids and not any(seq.trainable[: len(prompt)])
         images = sum(part["type"] == "image" for part in record["segments"])
         assert seq.modality.count(GEN_IMAGE) == images * pipe.processor.num_gen_tokens
 

@@ -38,7 +38,11 @@ def test_output_set_replaces_only_the_files_the_last_run_wrote(tmp_path):
     assert (out / "prompt_0" / "image_0.png").read_text() == "run 1"
     _write_set(out, {"image_0.png": "run 2"})
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name != ".janus-like-outputs") == [
-        "image_0.png", "image_9.png", "prompt_0", "prompt_0/mine.txt"]  # prompt_1/ was ours and is gone
+        "image_0.png",
+        "image_9.png",
+        "prompt_0",
+        "prompt_0/mine.txt",
+    ]  # prompt_1/ was ours and is gone
 
 
 def test_output_set_that_fails_while_moving_leaves_every_file_listed_for_the_next_run(tmp_path, monkeypatch):

@@ -1,12 +1,20 @@
-"""The generation engine (docs/ARCHITECTURE.md §3): guidance, sampling, seeds, streaming, stops, KV size, bad settings."""
+"""The generation engine (docs/ARCHITECTURE.md §3): guidance, sampling, seeds, streaming, stops, KV size,
+bad settings."""
 
 import pytest
 import torch
 from transformers import StaticCache
 
 from janus_like import GenerationError, PromptError, SettingsError
-from janus_like.generation import (Done, GenerationEngine, GenerationSettings, ImageDone, ImageProgress, Request,
-                                   TextDelta)
+from janus_like.generation import (
+    Done,
+    GenerationEngine,
+    GenerationSettings,
+    ImageDone,
+    ImageProgress,
+    Request,
+    TextDelta,
+)
 from janus_like.generation import engine as engine_module
 from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, image_guided_logits, sample
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
@@ -32,8 +40,10 @@ def test_cfg_codes_follow_u_plus_s_times_c_minus_u_computed_by_hand(tiny):
     codes = engine.generate([Request(cond, "image")], GenerationSettings(temperature=0, cfg_scale=scale))[0].codes[0]
     # by hand: full forwards without any cache over prompt + codes, guided argmax at every step
     with torch.no_grad():
-        hidden = [model(*_with_codes(processor, s, codes[:-1].tolist())).last_hidden_state[0, len(s) - 1:]
-                  for s in (cond, uncond)]
+        hidden = [
+            model(*_with_codes(processor, s, codes[:-1].tolist())).last_hidden_state[0, len(s) - 1 :]
+            for s in (cond, uncond)
+        ]
         c, u = (model.image_logits(h) for h in hidden)
     by_hand = u + scale * (c - u)
     assert torch.equal(by_hand.argmax(-1), codes)
@@ -53,7 +63,7 @@ def test_image_conditioned_generation_keeps_the_input_image_in_the_twin(tiny):
         for s in (cond, twin):
             ids, modality = _with_codes(processor, s, codes[:-1].tolist())
             pixels = torch.stack(s.und_pixels)
-            hidden = model(ids, modality, pixel_values=pixels).last_hidden_state[0, len(s) - 1:]
+            hidden = model(ids, modality, pixel_values=pixels).last_hidden_state[0, len(s) - 1 :]
             logits.append(model.image_logits(hidden))
     assert torch.equal(guided_logits(*logits, 2.0).argmax(-1), codes)
     # the input image matters
@@ -75,11 +85,12 @@ def test_image_guidance_follows_the_instruct_pix2pix_formula_computed_by_hand(ti
         for s, out in ((cond, c), (twin, u_image), (bare, u_bare)):
             ids, modality = _with_codes(processor, s, codes[:-1].tolist())
             pixels = torch.stack(s.und_pixels) if s.und_pixels else None
-            out.append(model.image_logits(model(ids, modality, pixel_values=pixels).last_hidden_state[0, len(s) - 1:]))
+            out.append(model.image_logits(model(ids, modality, pixel_values=pixels).last_hidden_state[0, len(s) - 1 :]))
     by_hand = u_bare[0] + 1.5 * (u_image[0] - u_bare[0]) + 2.0 * (c[0] - u_image[0])
     assert torch.equal(by_hand.argmax(-1), codes)
-    assert torch.allclose(image_guided_logits(c[0], u_image[0], u_bare[0], 2.0, 1.0),
-                          guided_logits(c[0], u_image[0], 2.0))  # image scale 1: plain guidance
+    assert torch.allclose(
+        image_guided_logits(c[0], u_image[0], u_bare[0], 2.0, 1.0), guided_logits(c[0], u_image[0], 2.0)
+    )  # image scale 1: plain guidance
     plain = engine.generate([Request(cond, "image")], GenerationSettings(temperature=0, cfg_scale=2.0))[0].codes[0]
     assert not torch.equal(codes, plain)  # the image term matters
 
@@ -88,8 +99,10 @@ def test_image_guidance_needs_input_images_and_drawing_rows(tiny):
     model, processor = tiny
     engine = GenerationEngine(model, processor)
     text_only = Request(processor.generation_prompt("a red circle"), "image")
-    plain, imaged = (engine.generate([text_only], GenerationSettings(temperature=0, cfg_scale=2.0, image_cfg_scale=s))
-                     for s in (1.0, 3.0))
+    plain, imaged = (
+        engine.generate([text_only], GenerationSettings(temperature=0, cfg_scale=2.0, image_cfg_scale=s))
+        for s in (1.0, 3.0)
+    )
     assert torch.equal(plain[0].codes[0], imaged[0].codes[0])  # no input images: u_I = u∅, nothing changes
     edit = Request(processor.generation_prompt("make it blue", images=[shape_image()]), "image")
     chat = Request(processor.conversation([{"role": "user", "content": "hello"}]))
@@ -101,8 +114,12 @@ def test_same_seed_same_output_different_seed_different_images(tiny):
     model, processor = tiny
     engine = GenerationEngine(model, processor)
     prompt = processor.generation_prompt("a red circle")
-    run = lambda seed: torch.stack([r.codes[0] for r in engine.generate(
-        [Request(prompt, "image")] * 2, GenerationSettings(seed=seed, temperature=1.0))])
+    run = lambda seed: torch.stack(
+        [
+            r.codes[0]
+            for r in engine.generate([Request(prompt, "image")] * 2, GenerationSettings(seed=seed, temperature=1.0))
+        ]
+    )
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -139,7 +156,7 @@ def test_stop_strings_and_token_budget(tiny):
     assert free.finish_reason in ("length", "eos") and len(free.token_ids) <= 30
     stop = free.text[4:6]
     cut = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30, stop=[stop]))[0]
-    assert cut.finish_reason == "stop" and cut.text == free.text[:free.text.find(stop)]
+    assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
     short = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=3))[0]
     assert short.token_ids == free.token_ids[:3] and short.finish_reason == "length"
 
@@ -147,7 +164,9 @@ def test_stop_strings_and_token_budget(tiny):
 def test_kv_cache_holds_exactly_prompt_plus_generated_tokens(tiny):
     model, processor = tiny
     text = model.config.text_config
-    per_column = text.num_hidden_layers * 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 4
+    per_column = (
+        text.num_hidden_layers * 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 4
+    )
     engine = GenerationEngine(model, processor)
     prompt = processor.generation_prompt("a red circle")
     engine.generate([Request(prompt, "image")] * 3, GenerationSettings(seed=0))
@@ -208,13 +227,31 @@ def test_sampling_filters():
     assert 0.75 < draws.float().mean() < 0.85
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(cfg_scale=-1.0),
-                                 dict(top_k=0), dict(max_new_tokens=0), dict(repetition_penalty=0.0),
-                                 dict(max_images=-1), dict(temperature=float("nan")), dict(image_cfg_scale=-0.5),
-                                 # past float32: logits / 1e-38 and u + 1e300·(c − u) overflow into NaN codes
-                                 dict(temperature=1e-38), dict(temperature=1e300), dict(cfg_scale=1e300),
-                                 dict(seed=2**64), dict(seed=-1), dict(seed=True), dict(top_k=True),
-                                 dict(max_new_tokens=True), dict(stop=5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-0.1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(cfg_scale=-1.0),
+        dict(top_k=0),
+        dict(max_new_tokens=0),
+        dict(repetition_penalty=0.0),
+        dict(max_images=-1),
+        dict(temperature=float("nan")),
+        dict(image_cfg_scale=-0.5),
+        # past float32: logits / 1e-38 and u + 1e300·(c − u) overflow into NaN codes
+        dict(temperature=1e-38),
+        dict(temperature=1e300),
+        dict(cfg_scale=1e300),
+        dict(seed=2**64),
+        dict(seed=-1),
+        dict(seed=True),
+        dict(top_k=True),
+        dict(max_new_tokens=True),
+        dict(stop=5),
+    ],
+)
 def test_bad_settings_raise_a_settings_error(bad):
     name = next(iter(bad))
     with pytest.raises(SettingsError, match=name):
@@ -223,8 +260,13 @@ def test_bad_settings_raise_a_settings_error(bad):
 
 def test_numpy_scalars_are_numbers():
     np = pytest.importorskip("numpy")
-    settings = GenerationSettings(temperature=np.float32(0.5), top_k=np.int64(3), max_new_tokens=np.int32(7),
-                                  seed=np.int64(3), cfg_scale=np.float64(2.0))
+    settings = GenerationSettings(
+        temperature=np.float32(0.5),
+        top_k=np.int64(3),
+        max_new_tokens=np.int32(7),
+        seed=np.int64(3),
+        cfg_scale=np.float64(2.0),
+    )
     assert (settings.temperature, settings.top_k, settings.max_new_tokens, settings.seed) == (0.5, 3, 7, 3)
     assert type(settings.seed) is int and check_num_images(np.int64(2)) == 2
 
@@ -261,8 +303,9 @@ def test_repetition_penalty_changes_greedy_text():
     engine = GenerationEngine(model, processor)
     chat = processor.conversation([{"role": "user", "content": "hello"}])
     plain = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30))[0].token_ids
-    penal = engine.generate([Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30,
-                                                                repetition_penalty=5.0))[0].token_ids
+    penal = engine.generate(
+        [Request(chat)], GenerationSettings(temperature=0, max_new_tokens=30, repetition_penalty=5.0)
+    )[0].token_ids
     assert plain != penal
     assert len(set(penal)) >= len(set(plain))
 
@@ -278,12 +321,16 @@ def test_compiled_decode_step_matches_eager_and_is_reused(tiny):
         out = compiled.generate([Request(prompt, "image")] * 2, settings)
         assert all(torch.equal(a.codes[0], b.codes[0]) for a, b in zip(eager, out))
     seeded = GenerationSettings(temperature=1.0, cfg_scale=5.0, seed=3)
-    assert torch.equal(compiled.generate([Request(prompt, "image")] * 2, seeded)[1].codes[0],
-                       GenerationEngine(model, processor).generate([Request(prompt, "image")] * 2, seeded)[1].codes[0])
+    assert torch.equal(
+        compiled.generate([Request(prompt, "image")] * 2, seeded)[1].codes[0],
+        GenerationEngine(model, processor).generate([Request(prompt, "image")] * 2, seeded)[1].codes[0],
+    )
     chat = processor.conversation([{"role": "user", "content": "hello"}])
     text = GenerationSettings(temperature=0, max_new_tokens=10)
-    assert compiled.generate([Request(chat)], text)[0].token_ids == \
-        GenerationEngine(model, processor).generate([Request(chat)], text)[0].token_ids
+    assert (
+        compiled.generate([Request(chat)], text)[0].token_ids
+        == GenerationEngine(model, processor).generate([Request(chat)], text)[0].token_ids
+    )
 
 
 @pytest.mark.slow
@@ -297,16 +344,20 @@ def test_compiled_steps_compile_once_for_any_batch_length_width_or_setting(tiny,
     def chat(text, rows, budget):
         requests = [Request(processor.conversation([{"role": "user", "content": text}]))] * rows
         settings = GenerationSettings(temperature=0, max_new_tokens=budget, ignore_eos=True)
-        assert [r.token_ids for r in compiled.generate(requests, settings)] == \
-            [r.token_ids for r in eager.generate(requests, settings)]
+        assert [r.token_ids for r in compiled.generate(requests, settings)] == [
+            r.token_ids for r in eager.generate(requests, settings)
+        ]
 
     def draw(text, rows, cfg_scale, temperature, seed, image_cfg_scale=1.0):
         images = [shape_image()] if image_cfg_scale != 1.0 else []  # an edit, with image guidance
         requests = [Request(processor.generation_prompt(text, images), "image")] * rows
-        settings = GenerationSettings(temperature=temperature, cfg_scale=cfg_scale, seed=seed,
-                                      image_cfg_scale=image_cfg_scale)
-        assert all(torch.equal(a.codes[0], b.codes[0]) for a, b in
-                   zip(compiled.generate(requests, settings), eager.generate(requests, settings)))
+        settings = GenerationSettings(
+            temperature=temperature, cfg_scale=cfg_scale, seed=seed, image_cfg_scale=image_cfg_scale
+        )
+        assert all(
+            torch.equal(a.codes[0], b.codes[0])
+            for a, b in zip(compiled.generate(requests, settings), eager.generate(requests, settings))
+        )
 
     chat("hello", 2, 20)
     draw("a red circle", 2, 3.0, 1.0, 0)
@@ -333,19 +384,22 @@ def test_a_drawing_row_and_a_chat_row_share_a_batch(tiny):
     assert together[1].token_ids == engine.generate([chat], settings)[0].token_ids
 
 
-@pytest.mark.parametrize("stop, text, reason", [((), "A red circle.", "eos"),
-                                                (("<image_placeholder>",), "A red", "stop")])
+@pytest.mark.parametrize(
+    "stop, text, reason", [((), "A red circle.", "eos"), (("<image_placeholder>",), "A red", "stop")]
+)
 def test_special_tokens_the_text_head_samples_are_left_out_of_the_text(tiny, monkeypatch, stop, text, reason):
     """Pad or image tags sampled as text are not words: left out as skip_special_tokens does (DeepSeek,
     transformers), while stop strings still see them (a special token can be the stop)."""
     model, processor = tiny
     encode = lambda words: processor.tokenizer.encode(words, add_special_tokens=False)
-    script = iter(encode("A red") + [processor.pad_id, processor.image_token_id] + encode(" circle.")
-                  + [processor.eos_id])
+    script = iter(
+        encode("A red") + [processor.pad_id, processor.image_token_id] + encode(" circle.") + [processor.eos_id]
+    )
     monkeypatch.setattr(engine_module, "sample", lambda logits, *args, **kwargs: torch.tensor([next(script)]))
     prompt = processor.conversation([{"role": "user", "content": "hi"}])
-    events = list(GenerationEngine(model, processor).stream([Request(prompt)],
-                                                            GenerationSettings(max_new_tokens=32, stop=stop)))
+    events = list(
+        GenerationEngine(model, processor).stream([Request(prompt)], GenerationSettings(max_new_tokens=32, stop=stop))
+    )
     result = events[-1].results[0]
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == result.text == text
     assert result.finish_reason == reason

@@ -20,16 +20,35 @@ EXAMPLES = {  # prompt -> (text before the image, image, text after); different 
 @pytest.fixture(scope="module")
 def trained():
     model, processor = tiny_model(seed=0)
-    records = [{"task": "interleaved", "prompt": prompt, "segments": [
-        {"type": "text", "text": before}, {"type": "image", "image": image}, {"type": "text", "text": after}]}
-        for prompt, (before, image, after) in EXAMPLES.items()]
-    records.append({"task": "interleaved", "prompt": "two", "segments": [  # two images in one answer
-        {"type": "text", "text": " A:"}, {"type": "image", "image": shape_image("circle", "red")},
-        {"type": "text", "text": " B:"}, {"type": "image", "image": shape_image("square", "blue", position="right")},
-        {"type": "text", "text": " end"}]})
+    records = [
+        {
+            "task": "interleaved",
+            "prompt": prompt,
+            "segments": [
+                {"type": "text", "text": before},
+                {"type": "image", "image": image},
+                {"type": "text", "text": after},
+            ],
+        }
+        for prompt, (before, image, after) in EXAMPLES.items()
+    ]
+    records.append(
+        {
+            "task": "interleaved",
+            "prompt": "two",
+            "segments": [  # two images in one answer
+                {"type": "text", "text": " A:"},
+                {"type": "image", "image": shape_image("circle", "red")},
+                {"type": "text", "text": " B:"},
+                {"type": "image", "image": shape_image("square", "blue", position="right")},
+                {"type": "text", "text": " end"},
+            ],
+        }
+    )
     batch = processor(records)
-    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"],
-                                       batch.pop("gen_pixel_values"))
+    ids, labels = model.fill_gen_codes(
+        batch["input_ids"], batch["modality"], batch["labels"], batch.pop("gen_pixel_values")
+    )
     batch.update(input_ids=ids, labels=labels)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -53,13 +72,14 @@ def test_one_call_writes_text_then_an_image_of_n_codes_then_text(trained):
     before, _, after = EXAMPLES["blue"]
     assert [type(p).__name__ for p in parts] == ["str", "Image", "str"]
     assert parts[0] == before and parts[2] == after
-    result = trained.engine.generate([Request(_prompt(trained, "blue"))],
-                                     GenerationSettings(temperature=0, max_new_tokens=40, max_images=2))[0]
+    result = trained.engine.generate(
+        [Request(_prompt(trained, "blue"))], GenerationSettings(temperature=0, max_new_tokens=40, max_images=2)
+    )[0]
     p, n = trained.processor, trained.processor.num_gen_tokens
     ids = result.token_ids
     start = ids.index(p.image_start_id)
     assert ids[start + 1 + n] == p.image_end_id  # exactly N codes, then the forced end
-    assert len(result.codes) == 1 and result.codes[0].tolist() == ids[start + 1:start + 1 + n]
+    assert len(result.codes) == 1 and result.codes[0].tolist() == ids[start + 1 : start + 1 + n]
     assert ids[-1] == p.eos_id and result.finish_reason == "eos"
 
 
@@ -78,11 +98,12 @@ def test_rows_entering_image_mode_at_different_steps_batch_like_alone(trained):
 def test_interleaved_twin_is_the_unconditional_prompt_of_the_row_so_far(trained):
     p, n, scale = trained.processor, trained.processor.num_gen_tokens, 3.0
     prompt = _prompt(trained, "green")
-    result = trained.engine.generate([Request(prompt)], GenerationSettings(temperature=0, max_new_tokens=40,
-                                                                          max_images=1, cfg_scale=scale))[0]
+    result = trained.engine.generate(
+        [Request(prompt)], GenerationSettings(temperature=0, max_new_tokens=40, max_images=1, cfg_scale=scale)
+    )[0]
     start = result.token_ids.index(p.image_start_id)
     context = TokenSequence(list(prompt.ids), list(prompt.modality), list(prompt.trainable))
-    context.add(result.token_ids[:start + 1], TEXT, False)
+    context.add(result.token_ids[: start + 1], TEXT, False)
     twin = p.unconditional(context)
     codes = result.codes[0].tolist()
     with torch.no_grad():
@@ -90,7 +111,7 @@ def test_interleaved_twin_is_the_unconditional_prompt_of_the_row_so_far(trained)
         for seq in (context, twin):
             ids = torch.tensor([seq.ids + codes[:-1]])
             modality = torch.tensor([seq.modality + [GEN_IMAGE] * (n - 1)])
-            hidden = trained.model(ids, modality).last_hidden_state[0, len(seq) - 1:]
+            hidden = trained.model(ids, modality).last_hidden_state[0, len(seq) - 1 :]
             logits.append(trained.model.image_logits(hidden))
     assert guided_logits(*logits, scale).argmax(-1).tolist() == codes
 
@@ -98,8 +119,9 @@ def test_interleaved_twin_is_the_unconditional_prompt_of_the_row_so_far(trained)
 def test_max_images_zero_never_opens_an_image(trained):
     parts = trained.interleave("red", temperature=0, max_new_tokens=20, max_images=0)
     assert all(isinstance(part, str) for part in parts)
-    assert trained.chat("red", max_new_tokens=20) == trained.chat([{"role": "user", "content": "red"}],
-                                                                   max_new_tokens=20)
+    assert trained.chat("red", max_new_tokens=20) == trained.chat(
+        [{"role": "user", "content": "red"}], max_new_tokens=20
+    )
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
@@ -119,8 +141,12 @@ def test_every_token_of_a_two_image_answer_equals_cache_free_forwards(trained, s
         if in_image:
             seqs = (context, twin) if scale != 1.0 else (context,)
             with torch.no_grad():
-                logits = [model.image_logits(model(torch.tensor([s.ids]), torch.tensor([s.modality]))
-                                             .last_hidden_state[0, -1]) for s in seqs]
+                logits = [
+                    model.image_logits(
+                        model(torch.tensor([s.ids]), torch.tensor([s.modality])).last_hidden_state[0, -1]
+                    )
+                    for s in seqs
+                ]
             guided = guided_logits(*logits, scale) if scale != 1.0 else logits[0]
             assert int(guided.argmax()) == token
             for s in seqs:

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
 
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
-from hf_reference import hf_generate_images, hf_to_janus_like, random_hf_janus
 from janus_like.testing import tiny_model
 
 
@@ -21,7 +21,8 @@ def test_greedy_image_codes_equal_transformers_janus(pair, cfg_scale):
     prompt = processor.generation_prompt("a red circle on the left")
     reference = hf_generate_images(hf, torch.tensor([prompt.ids]), processor, 1, cfg_scale, do_sample=False)
     ours = GenerationEngine(model, processor).generate(
-        [Request(prompt, "image")] * 2, GenerationSettings(temperature=0, cfg_scale=cfg_scale))
+        [Request(prompt, "image")] * 2, GenerationSettings(temperature=0, cfg_scale=cfg_scale)
+    )
     assert len(set(reference[0].tolist())) > 3  # not a degenerate constant image
     for result in ours:
         assert torch.equal(result.codes[0], reference[0])
@@ -31,11 +32,18 @@ def test_greedy_text_equals_transformers_janus(pair):
     hf, model, processor = pair
     prompt = processor.conversation([{"role": "user", "content": "Describe a red circle."}])
     ids = torch.tensor([prompt.ids])
-    reference = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
-                            pad_token_id=processor.pad_id, eos_token_id=processor.eos_id)[0, len(prompt):].tolist()
+    reference = hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=24,
+        do_sample=False,
+        pad_token_id=processor.pad_id,
+        eos_token_id=processor.eos_id,
+    )[0, len(prompt) :].tolist()
     ours = GenerationEngine(model, processor).generate(
-        [Request(prompt)], GenerationSettings(temperature=0, max_new_tokens=24))[0]
-    assert ours.token_ids == reference[:len(ours.token_ids)]
+        [Request(prompt)], GenerationSettings(temperature=0, max_new_tokens=24)
+    )[0]
+    assert ours.token_ids == reference[: len(ours.token_ids)]
     assert len(ours.token_ids) == 24 or ours.token_ids[-1] == processor.eos_id
 
 

@@ -58,8 +58,11 @@ def test_gpu_bf16_training_run_learns(tmp_path):
 
     write_dataset(tmp_path)
     try:
-        trainer, state = run(tmp_path, training={"max_steps": 30, "batch_size": 8, "mixed_precision": "bf16"},
-                             logging={"every": 5, "save_every": 30, "tensorboard": False})
+        trainer, state = run(
+            tmp_path,
+            training={"max_steps": 30, "batch_size": 8, "mixed_precision": "bf16"},
+            logging={"every": 5, "save_every": 30, "tensorboard": False},
+        )
         device = trainer.accelerator.device  # read before the reset, which clears accelerate's state
     finally:
         reset_accelerate()

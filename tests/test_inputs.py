@@ -143,9 +143,11 @@ def test_records_from_jsonl_paths(tiny, tmp_path):
     _, processor = tiny
     (tmp_path / "imgs").mkdir()
     shape_image().save(tmp_path / "imgs" / "1.png")
-    line = json.loads('{"task": "understanding", "messages": [{"role": "user", "content": [{"type": "image", '
-                      '"image": "imgs/1.png"}, {"type": "text", "text": "What?"}]}, {"role": "assistant", '
-                      '"content": [{"type": "text", "text": "A circle."}]}]}')
+    line = json.loads(
+        '{"task": "understanding", "messages": [{"role": "user", "content": [{"type": "image", '
+        '"image": "imgs/1.png"}, {"type": "text", "text": "What?"}]}, {"role": "assistant", '
+        '"content": [{"type": "text", "text": "A circle."}]}]}'
+    )
     batch = processor([line], base_dir=tmp_path)
     assert batch["pixel_values"].shape == (1, 3, 32, 32)
 
@@ -170,14 +172,17 @@ BAD_MESSAGES = [  # (messages, what the message must say); the same for a prompt
     ([{"role": "user", "content": []}], "user message is empty"),
     ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "user message is empty"),
     ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}], "an assistant message is empty"),
-    ([{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}],
-     "'https://example.com/a.png': images are read from local files only"),
+    (
+        [{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}],
+        "'https://example.com/a.png': images are read from local files only",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def processor():
     from janus_like.testing import tiny_model
+
     return tiny_model()[1]
 
 
@@ -191,11 +196,15 @@ def test_malformed_messages_name_the_problem(processor, messages, match):
 
 def test_image_items_take_hf_keys_image_path_or_a_local_url(processor, tmp_path):
     shape_image().save(tmp_path / "shape.png")
-    pixels = [processor.conversation([{"role": "user", "content": [item, {"type": "text", "text": "What?"}]}]).und_pixels
-              for item in ({"type": "image", "image": str(tmp_path / "shape.png")},
-                           {"type": "image", "path": str(tmp_path / "shape.png")},
-                           {"type": "image", "url": (tmp_path / "shape.png").as_uri()},
-                           {"type": "image", "url": str(tmp_path / "shape.png")})]
+    pixels = [
+        processor.conversation([{"role": "user", "content": [item, {"type": "text", "text": "What?"}]}]).und_pixels
+        for item in (
+            {"type": "image", "image": str(tmp_path / "shape.png")},
+            {"type": "image", "path": str(tmp_path / "shape.png")},
+            {"type": "image", "url": (tmp_path / "shape.png").as_uri()},
+            {"type": "image", "url": str(tmp_path / "shape.png")},
+        )
+    ]
     assert all(torch.equal(p[0], pixels[0][0]) for p in pixels)
 
 
@@ -211,15 +220,25 @@ def test_a_prompt_to_answer_ends_with_the_users_turn(processor):
     assert processor.conversation(image_only).und_pixels  # an image alone is something to answer
 
 
-@pytest.mark.parametrize("record, match", [
-    ({"task": "interleaved", "segments": [{"type": "text", "text": 5}]}, "text segment needs a 'text' string, got int"),
-    ({"task": "interleaved", "segments": [{"type": "text", "text": ["a"]}]}, "text segment needs a 'text' string"),
-    ({"task": "interleaved", "prompt": 5, "segments": [{"type": "text", "text": "a"}]},
-     "'prompt' must be a string or a list of content items, got int 5"),
-    ({"task": "generation", "prompt": "x", "image": "out.png", "input_images": "in.png"},
-     "'input_images' must be a list of images .*got str 'in.png'; put a single image in a list"),
-    ({"task": "generation", "prompt": "x", "image": "out.png", "input_images": 5}, "'input_images' must be a list"),
-])
+@pytest.mark.parametrize(
+    "record, match",
+    [
+        (
+            {"task": "interleaved", "segments": [{"type": "text", "text": 5}]},
+            "text segment needs a 'text' string, got int",
+        ),
+        ({"task": "interleaved", "segments": [{"type": "text", "text": ["a"]}]}, "text segment needs a 'text' string"),
+        (
+            {"task": "interleaved", "prompt": 5, "segments": [{"type": "text", "text": "a"}]},
+            "'prompt' must be a string or a list of content items, got int 5",
+        ),
+        (
+            {"task": "generation", "prompt": "x", "image": "out.png", "input_images": "in.png"},
+            "'input_images' must be a list of images .*got str 'in.png'; put a single image in a list",
+        ),
+        ({"task": "generation", "prompt": "x", "image": "out.png", "input_images": 5}, "'input_images' must be a list"),
+    ],
+)
 def test_malformed_record_fields_name_the_field(processor, record, match):
     with pytest.raises(DataError, match=match):
         processor.record_to_sequence(record)
@@ -230,11 +249,14 @@ def test_null_input_images_means_none(processor):
     assert not processor.record_to_sequence(record).und_pixels
 
 
-@pytest.mark.parametrize("call, error", [
-    (lambda p, text: p.generation_prompt(text), PromptError),
-    (lambda p, text: p.conversation([{"role": "user", "content": text}]), PromptError),
-    (lambda p, text: p.record_to_sequence({"task": "text", "text": text}), DataError),
-])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda p, text: p.generation_prompt(text), PromptError),
+        (lambda p, text: p.conversation([{"role": "user", "content": text}]), PromptError),
+        (lambda p, text: p.record_to_sequence({"task": "text", "text": text}), DataError),
+    ],
+)
 @pytest.mark.parametrize("text", ["a \ud800 circle", "a \udcff circle"])  # the second: a non-UTF-8 CLI argument
 def test_text_that_is_not_unicode_is_refused(processor, call, error, text):
     with pytest.raises(error, match=r"valid Unicode: the character at position 2 \(from 0\).* U\+D"):
@@ -248,8 +270,11 @@ def test_generation_prompt_refuses_a_bare_image_or_a_non_string(processor):
         processor.generation_prompt(5)
 
 
-@pytest.mark.parametrize("image", [np.zeros((8, 8, 3), np.uint8), b"imgs/x.png", 3, torch.zeros(3, 8, 8), None],
-                         ids=["ndarray", "bytes", "int", "tensor", "None"])
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((8, 8, 3), np.uint8), b"imgs/x.png", 3, torch.zeros(3, 8, 8), None],
+    ids=["ndarray", "bytes", "int", "tensor", "None"],
+)
 def test_load_image_names_the_accepted_types(image):
     with pytest.raises(ImageError, match=r"file path \(str or os.PathLike\) or a PIL.Image.Image, got"):
         load_image(image)
@@ -279,12 +304,14 @@ def test_float_image_with_nan_and_inf_keeps_its_content(tmp_path):
 
 def test_own_format_processor_files_are_checked(processor, tmp_path):
     from janus_like import CheckpointError, JanusLikeProcessor
+
     processor.save_pretrained(tmp_path)
     settings = tmp_path / "processor_config.json"
-    for text, match in [("{bad", "processor_config.json is not valid .*JSON"),
-                        ("[1]", "processor_config.json must hold a JSON object"),
-                        ('{"image_mean": "abc"}',
-                         "processor_config.json image_mean = 'abc'; accepted: a list of 3 numbers")]:
+    for text, match in [
+        ("{bad", "processor_config.json is not valid .*JSON"),
+        ("[1]", "processor_config.json must hold a JSON object"),
+        ('{"image_mean": "abc"}', "processor_config.json image_mean = 'abc'; accepted: a list of 3 numbers"),
+    ]:
         settings.write_text(text)
         with pytest.raises(CheckpointError, match=match):
             JanusLikeProcessor.from_dir(tmp_path, processor.config)

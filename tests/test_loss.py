@@ -21,8 +21,13 @@ def test_mixed_batch_forward_backward_reaches_every_trained_part(tiny, records):
     out = model(**batch)
     assert torch.isfinite(out.loss) and out.text_tokens > 0 and out.image_tokens > 0
     out.loss.backward()
-    for name in ("language_model.lm_head.weight", "gen_head.vision_head.weight", "gen_embed.weight",
-                 "aligner.layers.0.weight", "vision_model.embeddings.patch_embedding.weight"):
+    for name in (
+        "language_model.lm_head.weight",
+        "gen_head.vision_head.weight",
+        "gen_embed.weight",
+        "aligner.layers.0.weight",
+        "vision_model.embeddings.patch_embedding.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -34,8 +39,10 @@ def test_prompt_and_und_image_labels_do_not_count(tiny, records):
     # prompt positions (system, user turn, image tags) are never targets
     first_target = int((labels[0] != IGNORE_INDEX).nonzero()[0])
     assert (labels[0, :first_target] == IGNORE_INDEX).all()
-    assert processor.decode(batch["input_ids"][0, first_target:][labels[0, first_target:] != IGNORE_INDEX].tolist()) \
+    assert (
+        processor.decode(batch["input_ids"][0, first_target:][labels[0, first_target:] != IGNORE_INDEX].tolist())
         == " A red circle."
+    )
     base = loss_of(model, batch).loss
     # und-image positions are never scored, whatever label they carry
     und_labels = torch.where(modality == UND_IMAGE, torch.randint_like(labels, 0, 200), labels)
@@ -49,7 +56,9 @@ def test_prompt_and_und_image_labels_do_not_count(tiny, records):
 def test_changing_an_image_code_changes_the_loss(tiny, records):
     model, processor = tiny
     batch = processor(records[1:2])
-    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"], batch["gen_pixel_values"])
+    ids, labels = model.fill_gen_codes(
+        batch["input_ids"], batch["modality"], batch["labels"], batch["gen_pixel_values"]
+    )
     plain = {k: v for k, v in batch.items() if k != "gen_pixel_values"}
     base = loss_of(model, plain, input_ids=ids, labels=labels).loss
     gen_positions = (batch["modality"][0] == GEN_IMAGE).nonzero().flatten()
@@ -116,8 +125,11 @@ def test_run_all_parts_runs_every_part_for_sharded_training_and_adds_nothing(rec
     plain = model(**batch)
     plain.loss.backward()
     untouched = {n for n, g in _grads(model).items() if g is None}
-    assert {"vision_model.embeddings.patch_embedding.weight", "gen_embed.weight",
-            "gen_head.vision_head.weight"} <= untouched
+    assert {
+        "vision_model.embeddings.patch_embedding.weight",
+        "gen_embed.weight",
+        "gen_head.vision_head.weight",
+    } <= untouched
     model.zero_grad(set_to_none=True)
     every = model(**batch, run_all_parts=True)
     assert torch.equal(every.loss, plain.loss) and every.image_tokens == 0
@@ -142,11 +154,15 @@ def test_cfg_prompt_dropout_gives_the_unconditional_prompt(tiny, records):
 
 def test_cfg_prompt_dropout_of_an_edit_keeps_the_input_image_like_the_engines_twin(tiny):
     _, processor = tiny
-    record = {"task": "generation", "prompt": "make it blue", "image": shape_image(color="blue"),
-              "input_images": [shape_image()]}
+    record = {
+        "task": "generation",
+        "prompt": "make it blue",
+        "image": shape_image(color="blue"),
+        "input_images": [shape_image()],
+    }
     dropped = processor.record_to_sequence(record, drop_prompt=True)
     twin = processor.unconditional(processor.generation_prompt("make it blue", [shape_image()]), keep_images=True)
-    assert dropped.ids[:len(twin)] == twin.ids and dropped.modality[:len(twin)] == twin.modality
+    assert dropped.ids[: len(twin)] == twin.ids and dropped.modality[: len(twin)] == twin.modality
     assert len(dropped.und_pixels) == 1 and torch.equal(dropped.und_pixels[0], twin.und_pixels[0])
 
 
@@ -159,14 +175,24 @@ def test_cfg_image_dropout_of_an_edit_drops_the_image_too_like_the_engines_third
     write_image(tmp_path / "out.png", shape_image(color="blue"))
     dropped = processor.record_to_sequence(record, tmp_path, drop_prompt=True, drop_images=True)
     bare = processor.unconditional(processor.generation_prompt("make it blue", [shape_image()]))
-    assert dropped.ids[:len(bare)] == bare.ids and dropped.modality[:len(bare)] == bare.modality
+    assert dropped.ids[: len(bare)] == bare.ids and dropped.modality[: len(bare)] == bare.modality
     assert not dropped.und_pixels
     # in training data: of the dropped prompts, the share cfg_image_dropout loses the images too
     (tmp_path / "edits.jsonl").write_text(json.dumps(record) + "\n")
     index = DataIndex([tmp_path / "edits.jsonl"])
-    data = lambda share: MicroBatches(index, Mixture(index, None, seed=0), processor, batch_size=1, world_size=1,
-                                      rank=0, max_length=256, packing=False, cfg_dropout=0.5, seed=0,
-                                      cfg_image_dropout=share)
+    data = lambda share: MicroBatches(
+        index,
+        Mixture(index, None, seed=0),
+        processor,
+        batch_size=1,
+        world_size=1,
+        rank=0,
+        max_length=256,
+        packing=False,
+        cfg_dropout=0.5,
+        seed=0,
+        cfg_image_dropout=share,
+    )
     kept = lambda share: [len(data(share).sequence(i).und_pixels) for i in range(200)]
     assert 0 not in kept(0.0)
     assert 60 < kept(1.0).count(0) < 140  # every dropped prompt (about half) lost its image
@@ -177,7 +203,9 @@ def test_tiny_model_overfits_one_interleaved_example(records):
     model, processor = tiny_model(seed=0)
     model.train()
     batch = processor(records[2:3])
-    ids, labels = model.fill_gen_codes(batch["input_ids"], batch["modality"], batch["labels"], batch.pop("gen_pixel_values"))
+    ids, labels = model.fill_gen_codes(
+        batch["input_ids"], batch["modality"], batch["labels"], batch.pop("gen_pixel_values")
+    )
     batch.update(input_ids=ids, labels=labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(200):

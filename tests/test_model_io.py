@@ -4,11 +4,24 @@ import shutil
 
 import pytest
 import torch
-from transformers import (BertConfig, BertLMHeadModel, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig,
-                          SiglipVisionModel)
+from transformers import (
+    BertConfig,
+    BertLMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
-from janus_like import (CheckpointError, JanusLikeConfig, JanusLikeForConditionalGeneration, JanusLikeProcessor,
-                        JanusLikeVQConfig, JanusLikeVQModel, SettingsError)
+from janus_like import (
+    CheckpointError,
+    JanusLikeConfig,
+    JanusLikeForConditionalGeneration,
+    JanusLikeProcessor,
+    JanusLikeVQConfig,
+    JanusLikeVQModel,
+    SettingsError,
+)
 from janus_like.layout import UND_IMAGE
 from janus_like.testing import BOS, EOS, shape_image
 
@@ -41,8 +54,15 @@ def test_vq_at_janus_sizes_has_janus_parameter_count():
 
 
 def test_vq_encode_decode_and_training_forward():
-    cfg = JanusLikeVQConfig(base_channels=16, channel_multiplier=[1, 2], num_res_blocks=1, norm_num_groups=8,
-                            z_channels=16, codebook_size=32, codebook_dim=4)
+    cfg = JanusLikeVQConfig(
+        base_channels=16,
+        channel_multiplier=[1, 2],
+        num_res_blocks=1,
+        norm_num_groups=8,
+        z_channels=16,
+        codebook_size=32,
+        codebook_dim=4,
+    )
     vq = JanusLikeVQModel(cfg)
     pixels = torch.rand(2, 3, 16, 16) * 2 - 1
     ids = vq.encode(pixels)
@@ -60,8 +80,9 @@ def test_vq_encode_decode_and_training_forward():
 
 
 def test_from_parts_composes_a_working_model(tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     raw = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
@@ -69,18 +90,42 @@ def test_from_parts_composes_a_working_model(tmp_path):
     raw.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS)
     tokenizer.add_tokens([BOS, EOS], special_tokens=True)
-    llm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, vocab_size=len(tokenizer)))
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=len(tokenizer)
+        )
+    )
     llm.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
-    SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, image_size=32, patch_size=16)).save_pretrained(tmp_path / "siglip")
-    JanusLikeVQModel(JanusLikeVQConfig(base_channels=16, channel_multiplier=[1, 2], num_res_blocks=1,
-                                       norm_num_groups=8, z_channels=16, codebook_size=32)).save_pretrained(tmp_path / "vq")
+    SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        )
+    ).save_pretrained(tmp_path / "siglip")
+    JanusLikeVQModel(
+        JanusLikeVQConfig(
+            base_channels=16,
+            channel_multiplier=[1, 2],
+            num_res_blocks=1,
+            norm_num_groups=8,
+            z_channels=16,
+            codebook_size=32,
+        )
+    ).save_pretrained(tmp_path / "vq")
 
     model, processor = JanusLikeForConditionalGeneration.from_parts(
-        llm=tmp_path / "llm", vision=tmp_path / "siglip", vq=tmp_path / "vq", return_processor=True,
-        gen_head_hidden_size=32, gen_image_size=16)
+        llm=tmp_path / "llm",
+        vision=tmp_path / "siglip",
+        vq=tmp_path / "vq",
+        return_processor=True,
+        gen_head_hidden_size=32,
+        gen_image_size=16,
+    )
     assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer) > len(tokenizer)
     # the parts keep the attention they were loaded with: composing the config had set it to None, which
     # transformers runs unmasked, every token seeing the later ones (and training learned to copy them)
@@ -92,9 +137,13 @@ def test_from_parts_composes_a_working_model(tmp_path):
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image_placeholder>")
     # the LLM's own weights were kept
     assert torch.equal(model.language_model.model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
-    record = {"task": "understanding", "messages": [
-        {"role": "user", "content": [{"type": "image", "image": shape_image()}, {"type": "text", "text": "hi?"}]},
-        {"role": "assistant", "content": "a circle"}]}
+    record = {
+        "task": "understanding",
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "image": shape_image()}, {"type": "text", "text": "hi?"}]},
+            {"role": "assistant", "content": "a circle"},
+        ],
+    }
     batch = processor([record, {"task": "generation", "prompt": "a circle", "image": shape_image()}])
     assert (batch["modality"] == UND_IMAGE).sum() == 4
     model.train()
@@ -110,21 +159,25 @@ def test_from_parts_composes_a_working_model(tmp_path):
 
     # a folder of another kind is refused, not built with fresh weights (transformers only logs it)
     parts = dict(llm=tmp_path / "llm", vision=tmp_path / "siglip", vq=tmp_path / "vq")
-    for name, wrong, words in [("vq", "llm", "is not a janus_like VQ tokenizer"),
-                               ("vision", "llm", "is not a SigLIP vision encoder"),
-                               ("vq", "nowhere", "no such folder"),
-                               ("llm", "siglip", "no tokenizer")]:
+    for name, wrong, words in [
+        ("vq", "llm", "is not a janus_like VQ tokenizer"),
+        ("vision", "llm", "is not a SigLIP vision encoder"),
+        ("vq", "nowhere", "no such folder"),
+        ("llm", "siglip", "no tokenizer"),
+    ]:
         with pytest.raises(CheckpointError, match=words):
             JanusLikeForConditionalGeneration.from_parts(**{**parts, name: tmp_path / wrong})
     with pytest.raises(SettingsError, match="gen_image_sise"):  # a config would take it silently
         JanusLikeForConditionalGeneration.from_parts(**parts, gen_image_sise=16)
-    for setting, words in [(dict(gen_image_size=0), "gen_image_size = 0 is not accepted; it must be an integer >= 1"),
-                           (dict(gen_image_size=16.5), "gen_image_size = 16.5"),
-                           (dict(gen_head_hidden_size="big"), "gen_head_hidden_size = 'big'"),
-                           (dict(default_cfg_scale=-1), "default_cfg_scale = -1"),
-                           (dict(user_role=5), "user_role = 5 is not accepted; it must be a string"),
-                           (dict(gen_image_size=17), "gen_image_size = 17 is not a multiple of 2"),
-                           (dict(gen_image_size=128), "gives 4096 codes an image .* more than the LM.s context of 2048")]:
+    for setting, words in [
+        (dict(gen_image_size=0), "gen_image_size = 0 is not accepted; it must be an integer >= 1"),
+        (dict(gen_image_size=16.5), "gen_image_size = 16.5"),
+        (dict(gen_head_hidden_size="big"), "gen_head_hidden_size = 'big'"),
+        (dict(default_cfg_scale=-1), "default_cfg_scale = -1"),
+        (dict(user_role=5), "user_role = 5 is not accepted; it must be a string"),
+        (dict(gen_image_size=17), "gen_image_size = 17 is not a multiple of 2"),
+        (dict(gen_image_size=128), "gives 4096 codes an image .* more than the LM.s context of 2048"),
+    ]:
         with pytest.raises(SettingsError, match=words):
             JanusLikeForConditionalGeneration.from_parts(**parts, **setting)
     # a reshaped tensor: transformers points at its LOAD REPORT table; the error carries its rows instead
@@ -137,8 +190,11 @@ def test_from_parts_composes_a_working_model(tmp_path):
     with pytest.raises(CheckpointError, match=r"the tensors: model.layers.0.mlp.up_proj.weight MISMATCH .*\[72, 32\]"):
         JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "reshaped"}, gen_image_size=16)
     # an encoder LM loads as "a causal LM" (BertLMHeadModel) but attends both ways: refused
-    BertLMHeadModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               vocab_size=len(tokenizer))).save_pretrained(tmp_path / "bert")
+    BertLMHeadModel(
+        BertConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=len(tokenizer)
+        )
+    ).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     with pytest.raises(CheckpointError, match="BertLMHeadModel lets a token see the tokens after it"):
         JanusLikeForConditionalGeneration.from_parts(**{**parts, "llm": tmp_path / "bert"}, gen_image_size=16)

@@ -35,8 +35,12 @@ def test_from_pretrained_generate_images_chat_interleave(saved, tmp_path):
     edited = pipe.generate_images("make the circle blue", images=[path], num_images=2, seed=0)
     assert len(edited) == 2
     answer = pipe.chat("What is in this image?", images=[path], max_new_tokens=8)
-    messages = [{"role": "user", "content": [{"type": "image", "image": str(path)},
-                                             {"type": "text", "text": "What is in this image?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": str(path)}, {"type": "text", "text": "What is in this image?"}],
+        }
+    ]
     assert pipe.chat(messages, max_new_tokens=8) == answer
     parts = pipe.interleave("Draw a red circle, then describe it.", seed=0, max_new_tokens=8)
     assert parts and all(isinstance(p, (str, Image.Image)) for p in parts)
@@ -61,27 +65,34 @@ def test_bfloat16_runs_on_cpu(saved):
     assert len(pipe.generate_images("a red circle", num_images=1, seed=0)) == 1
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda p: p.generate_images("x", num_images=0), SettingsError, "num_images"),
-    (lambda p: p.generate_images("x", num_images=10_000), SettingsError, "num_images"),
-    (lambda p: p.generate_images(["x"] * 40, num_images=2), SettingsError, r"\[1, 1\]"),
-    (lambda p: p.generate_images([]), SettingsError, "0 prompts"),
-    (lambda p: p.generate_images(["x", " "]), PromptError, "empty"),
-    (lambda p: p.generate_images("x", cfg_scale=-1), SettingsError, "cfg_scale"),
-    (lambda p: p.generate_images("x", temperature=-1), SettingsError, "temperature"),
-    (lambda p: p.generate_images("x", top_p=1.5), SettingsError, "top_p"),
-    (lambda p: p.generate_images("   "), PromptError, "empty"),
-    (lambda p: p.chat(""), PromptError, "empty"),
-    (lambda p: p.chat([]), PromptError, "non-empty"),
-    (lambda p: p.chat("hello", system_prompt=5), PromptError, "system_prompt must be a string"),
-    (lambda p: p.generate_images(None), PromptError, "must be a string, got NoneType"),
-    (lambda p: p.generate_images(b"a red circle"), PromptError, "must be a string, got bytes"),
-    (lambda p: p.generate_images("x" * 10**7), PromptError, "characters"),  # refused before tokenising
-    (lambda p: p.chat("x" * 2000), PromptError, "context"),
-    (lambda p: p.generate_images("x" * 2000), PromptError, "context"),
-    (lambda p: p.stream("x", mode="video"), SettingsError, "mode"),
-    (lambda p: p.stream("x", temprature=0.5), SettingsError, "unknown setting 'temprature'; accepted: max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda p: p.generate_images("x", num_images=0), SettingsError, "num_images"),
+        (lambda p: p.generate_images("x", num_images=10_000), SettingsError, "num_images"),
+        (lambda p: p.generate_images(["x"] * 40, num_images=2), SettingsError, r"\[1, 1\]"),
+        (lambda p: p.generate_images([]), SettingsError, "0 prompts"),
+        (lambda p: p.generate_images(["x", " "]), PromptError, "empty"),
+        (lambda p: p.generate_images("x", cfg_scale=-1), SettingsError, "cfg_scale"),
+        (lambda p: p.generate_images("x", temperature=-1), SettingsError, "temperature"),
+        (lambda p: p.generate_images("x", top_p=1.5), SettingsError, "top_p"),
+        (lambda p: p.generate_images("   "), PromptError, "empty"),
+        (lambda p: p.chat(""), PromptError, "empty"),
+        (lambda p: p.chat([]), PromptError, "non-empty"),
+        (lambda p: p.chat("hello", system_prompt=5), PromptError, "system_prompt must be a string"),
+        (lambda p: p.generate_images(None), PromptError, "must be a string, got NoneType"),
+        (lambda p: p.generate_images(b"a red circle"), PromptError, "must be a string, got bytes"),
+        (lambda p: p.generate_images("x" * 10**7), PromptError, "characters"),  # refused before tokenising
+        (lambda p: p.chat("x" * 2000), PromptError, "context"),
+        (lambda p: p.generate_images("x" * 2000), PromptError, "context"),
+        (lambda p: p.stream("x", mode="video"), SettingsError, "mode"),
+        (
+            lambda p: p.stream("x", temprature=0.5),
+            SettingsError,
+            "unknown setting 'temprature'; accepted: max_new_tokens",
+        ),
+    ],
+)
 def test_bad_input_raises_a_clear_error(tiny, call, error, words):
     pipe = JanusLikePipeline(*tiny)
     with pytest.raises(error, match=words):

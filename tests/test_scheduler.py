@@ -9,10 +9,8 @@ import torch
 
 from janus_like import JanusLikePipeline, PromptError, SettingsError
 from janus_like.generation import Done, GenerationSettings, ImageProgress, Request, TextDelta
-from janus_like.generation.scheduler import Scheduler
-from janus_like.generation.scheduler import _GOLDEN, _mix, exponential_noise, row_seed
+from janus_like.generation.scheduler import _GOLDEN, Scheduler, _mix, exponential_noise, row_seed
 from janus_like.testing import shape_image, tiny_model, widen_weights
-
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +23,41 @@ def _calls(picture):
     """16 seeded calls of every kind, sampled (temperature 1) and with per-call settings."""
     calls = []
     for i in range(4):
-        calls.append(lambda p, i=i: p.chat(f"question {i}?", temperature=1.0, seed=i, max_new_tokens=10 + i,
-                                           top_k=None if i % 2 else 50, repetition_penalty=1.0 + 0.2 * i))
-        calls.append(lambda p, i=i: p.generate_images(f"a red circle {i}", num_images=1, cfg_scale=3.0 + i,
-                                                      temperature=1.0, seed=100 + i, top_p=0.9 if i % 2 else None))
-        calls.append(lambda p, i=i: p.generate_images("make it blue", images=[picture], num_images=1, seed=200 + i,
-                                                      temperature=1.0, image_cfg_scale=1.0 + i % 2))
-        calls.append(lambda p, i=i: p.interleave(f"tell a story {i}", seed=300 + i, max_new_tokens=8 + i,
-                                                 max_images=1, temperature=1.0))
+        calls.append(
+            lambda p, i=i: p.chat(
+                f"question {i}?",
+                temperature=1.0,
+                seed=i,
+                max_new_tokens=10 + i,
+                top_k=None if i % 2 else 50,
+                repetition_penalty=1.0 + 0.2 * i,
+            )
+        )
+        calls.append(
+            lambda p, i=i: p.generate_images(
+                f"a red circle {i}",
+                num_images=1,
+                cfg_scale=3.0 + i,
+                temperature=1.0,
+                seed=100 + i,
+                top_p=0.9 if i % 2 else None,
+            )
+        )
+        calls.append(
+            lambda p, i=i: p.generate_images(
+                "make it blue",
+                images=[picture],
+                num_images=1,
+                seed=200 + i,
+                temperature=1.0,
+                image_cfg_scale=1.0 + i % 2,
+            )
+        )
+        calls.append(
+            lambda p, i=i: p.interleave(
+                f"tell a story {i}", seed=300 + i, max_new_tokens=8 + i, max_images=1, temperature=1.0
+            )
+        )
     return calls
 
 
@@ -57,11 +82,13 @@ def test_seeded_calls_give_the_same_output_alone_and_among_15_concurrent_calls(p
 def test_on_the_default_model_interleaved_images_and_edits_are_the_same_alone_and_concurrent():
     default = JanusLikePipeline.from_pretrained(device="cpu", dtype="float32", max_batch=32)
     picture = shape_image()
-    calls = [lambda p: p.interleave("Draw a red circle, then describe it.", seed=0, max_new_tokens=40, max_images=1),
-             lambda p: p.interleave("a red circle", seed=2, max_new_tokens=40, max_images=1),
-             lambda p: p.generate_images("a blue square", num_images=2, seed=3, temperature=1.0),
-             lambda p: p.generate_images("make it blue", images=[picture], num_images=1, seed=4, image_cfg_scale=2.0),
-             lambda p: p.chat("What is this?", images=[picture], temperature=1.0, seed=5, max_new_tokens=20)]
+    calls = [
+        lambda p: p.interleave("Draw a red circle, then describe it.", seed=0, max_new_tokens=40, max_images=1),
+        lambda p: p.interleave("a red circle", seed=2, max_new_tokens=40, max_images=1),
+        lambda p: p.generate_images("a blue square", num_images=2, seed=3, temperature=1.0),
+        lambda p: p.generate_images("make it blue", images=[picture], num_images=1, seed=4, image_cfg_scale=2.0),
+        lambda p: p.chat("What is this?", images=[picture], temperature=1.0, seed=5, max_new_tokens=20),
+    ]
     alone = [_comparable(call(default)) for call in calls]
     assert all(bytes in map(type, output) for output in alone[:2])  # the interleaved answers drew images
     with ThreadPoolExecutor(len(calls)) as pool:
@@ -72,22 +99,27 @@ def test_greedy_outputs_equal_the_static_batch_engines(pipe):
     """The engine's greedy outputs match transformers' Janus (test_generation_parity); so do these."""
     p, picture = pipe.processor, shape_image()
     chat = p.conversation([{"role": "user", "content": "hello there"}])
-    cases = [([Request(p.generation_prompt("a red circle"), "image")] * 2, dict(cfg_scale=3.0)),
-             ([Request(p.generation_prompt("make it blue", [picture]), "image")], dict(cfg_scale=3.0, image_cfg_scale=2.0)),
-             ([Request(chat)], dict(max_new_tokens=20, repetition_penalty=1.3, stop=["zz"])),
-             ([Request(chat)], dict(max_new_tokens=20, max_images=1, cfg_scale=2.0, ignore_eos=True))]
+    cases = [
+        ([Request(p.generation_prompt("a red circle"), "image")] * 2, dict(cfg_scale=3.0)),
+        ([Request(p.generation_prompt("make it blue", [picture]), "image")], dict(cfg_scale=3.0, image_cfg_scale=2.0)),
+        ([Request(chat)], dict(max_new_tokens=20, repetition_penalty=1.3, stop=["zz"])),
+        ([Request(chat)], dict(max_new_tokens=20, max_images=1, cfg_scale=2.0, ignore_eos=True)),
+    ]
     for requests, settings in cases:
         settings = GenerationSettings(temperature=0, **settings)
         engine = pipe.engine.generate(requests, settings)
         scheduler = list(pipe.scheduler.submit(requests, settings))[-1].results
-        assert [(r.token_ids, r.text, [c.tolist() for c in r.codes], r.finish_reason) for r in scheduler] == \
-               [(r.token_ids, r.text, [c.tolist() for c in r.codes], r.finish_reason) for r in engine]
+        assert [(r.token_ids, r.text, [c.tolist() for c in r.codes], r.finish_reason) for r in scheduler] == [
+            (r.token_ids, r.text, [c.tolist() for c in r.codes], r.finish_reason) for r in engine
+        ]
 
 
 def test_calls_admitted_while_others_decode_equal_greedy_outputs_alone(pipe):
     first = dict(prompt="a blue square", num_images=2, cfg_scale=3.0, temperature=0)
-    later = [dict(prompt="What is this?", mode="chat", max_new_tokens=12),
-             dict(prompt="a red circle", mode="images", num_images=1, cfg_scale=2.0, temperature=0)]
+    later = [
+        dict(prompt="What is this?", mode="chat", max_new_tokens=12),
+        dict(prompt="a red circle", mode="images", num_images=1, cfg_scale=2.0, temperature=0),
+    ]
     alone = [_events_result(pipe.stream(**kw)) for kw in [dict(first, mode="images"), *later]]
     stream = pipe.stream(**first, mode="images")
     progress = [next(stream) for _ in range(4)]  # the first call is drawing
@@ -106,8 +138,9 @@ def _events_result(stream):
 
 def test_a_cancelled_stream_frees_its_slots_within_one_step(pipe, monkeypatch):
     scheduler, free_at_step, step = pipe.scheduler, {}, pipe.scheduler._step
-    monkeypatch.setattr(scheduler, "_step", lambda: (free_at_step.setdefault(scheduler.steps, scheduler.free_slots),
-                                                     step()))
+    monkeypatch.setattr(
+        scheduler, "_step", lambda: (free_at_step.setdefault(scheduler.steps, scheduler.free_slots), step())
+    )
     keep = pipe.stream("Keep talking.", mode="chat", max_new_tokens=300, ignore_eos=True)  # 1 slot
     cancelled = pipe.stream("A long story with a picture.", mode="interleave", max_new_tokens=200, ignore_eos=True)
     next(cancelled)
@@ -145,8 +178,9 @@ def test_calls_beyond_max_batch_wait_for_slots_and_rows_that_never_fit_are_refus
     model, processor = tiny_model(seed=0)
     small = JanusLikePipeline(model, processor, max_batch=2)
     images = small.generate_images("a red circle", num_images=5, cfg_scale=3.0, temperature=0)  # 10 rows in waves
-    assert [im.tobytes() for im in images] == [small.generate_images("a red circle", num_images=1, cfg_scale=3.0,
-                                                                     temperature=0)[0].tobytes()] * 5
+    assert [im.tobytes() for im in images] == [
+        small.generate_images("a red circle", num_images=1, cfg_scale=3.0, temperature=0)[0].tobytes()
+    ] * 5
     with pytest.raises(SettingsError, match=r"needs 3 cache slots .* max_batch=2"):
         small.stream("make it blue", mode="images", images=[shape_image()], image_cfg_scale=2.0)
     for bad in (0, -1, 1.5, True, "8", 10**6):
@@ -210,12 +244,12 @@ def test_the_scheduler_thread_ends_when_idle_and_a_new_call_starts_it(pipe, monk
 
 def test_previews_and_progress_come_from_drawing_steps_that_read_nothing_back(pipe):
     plain = list(pipe.stream("a red circle", mode="images", num_images=2, seed=3, temperature=1.0))
-    previewed = list(pipe.stream("a red circle", mode="images", num_images=2, seed=3, temperature=1.0,
-                                 preview_every=4))
+    previewed = list(pipe.stream("a red circle", mode="images", num_images=2, seed=3, temperature=1.0, preview_every=4))
     n = pipe.processor.num_gen_tokens
     for events in (plain, previewed):
-        assert [(e.row, e.done) for e in events if isinstance(e, ImageProgress)] == \
-               [(row, done) for done in range(1, n + 1) for row in (0, 1)]
+        assert [(e.row, e.done) for e in events if isinstance(e, ImageProgress)] == [
+            (row, done) for done in range(1, n + 1) for row in (0, 1)
+        ]
     previews = [e.done for e in previewed if isinstance(e, ImageProgress) and e.preview is not None]
     assert previews == [done for done in range(4, n, 4) for _ in (0, 1)]
     assert [r.token_ids for r in previewed[-1].results] == [r.token_ids for r in plain[-1].results]

@@ -74,8 +74,9 @@ def served():
 @pytest.fixture(scope="module")
 def server(served):
     """The server most tests talk to, stopped after the module's tests."""
-    settings = ServerSettings(max_batch=MAX_BATCH, max_queue=MAX_QUEUE, api_key=KEY, max_body_bytes=MAX_BODY,
-                              max_image_pixels=MAX_PIXELS)
+    settings = ServerSettings(
+        max_batch=MAX_BATCH, max_queue=MAX_QUEUE, api_key=KEY, max_body_bytes=MAX_BODY, max_image_pixels=MAX_PIXELS
+    )
     with running(create_app(served, settings)) as base:
         yield base
 
@@ -110,10 +111,21 @@ def same_pixels(a: Image.Image, b: Image.Image) -> bool:
 def image_question():
     """A user turn asking about a rendered shape: OpenAI's parts, and the same turn as the processor takes it."""
     image = render(SCENE)
-    openai_turn = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
-                                                {"type": "text", "text": "What is in the image?"}]}]
-    pipeline_turn = [{"role": "user", "content": [{"type": "image", "image": image},
-                                                  {"type": "text", "text": "What is in the image?"}]}]
+    openai_turn = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(image)}},
+                {"type": "text", "text": "What is in the image?"},
+            ],
+        }
+    ]
+    pipeline_turn = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is in the image?"}],
+        }
+    ]
     return openai_turn, pipeline_turn
 
 
@@ -134,12 +146,18 @@ def wait_for(condition, seconds: float = 10.0) -> bool:
 
 # ---------------------------------------------------------------------- good requests
 
+
 def test_models_health_and_metrics_format(server, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert httpx.get(f"{server}/health", timeout=TIMEOUT).json()["status"] == "ok"
     text = httpx.get(f"{server}/metrics", timeout=TIMEOUT).text
-    for name in ("janus_like_queue_length", "janus_like_active_rows", "janus_like_tokens_per_second",
-                 "janus_like_images_per_second", "janus_like_request_duration_seconds"):
+    for name in (
+        "janus_like_queue_length",
+        "janus_like_active_rows",
+        "janus_like_tokens_per_second",
+        "janus_like_images_per_second",
+        "janus_like_request_duration_seconds",
+    ):
         assert f"# TYPE {name} " in text
     sample = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+]+$')
     assert all(line.startswith("#") or sample.match(line) for line in text.splitlines()), text
@@ -158,30 +176,46 @@ def test_chat_with_an_image_equals_the_pipeline(client, reference):
 
 def test_streamed_chat_equals_the_pipeline(client, reference):
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Describe a square."}]
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == reference.chat(messages, max_new_tokens=20, temperature=0)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (["stop"],
-                                                                                                       ["length"])
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
+        ["stop"],
+        ["length"],
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
 
 
 def test_seeded_chat_choices_and_stop(client, reference):
     messages = [{"role": "user", "content": "Describe a red circle."}]
-    answer = client.chat.completions.create(model=MODEL, messages=messages, n=2, seed=7, temperature=1.0,
-                                            max_tokens=16, stop=["."])
+    answer = client.chat.completions.create(
+        model=MODEL, messages=messages, n=2, seed=7, temperature=1.0, max_tokens=16, stop=["."]
+    )
     for i, choice in enumerate(answer.choices):
         assert choice.index == i
-        assert choice.message.content == reference.chat(messages, max_new_tokens=16, temperature=1.0, seed=7 + i,
-                                                        stop=["."])
+        assert choice.message.content == reference.chat(
+            messages, max_new_tokens=16, temperature=1.0, seed=7 + i, stop=["."]
+        )
 
 
 def test_image_generation_b64_equals_the_pipeline(client, reference):
-    result = client.images.generate(model=MODEL, prompt=SCENE.prompt, n=2, size="32x32", response_format="b64_json",
-                                    extra_body={"seed": 3, "cfg_scale": 2.0})
+    result = client.images.generate(
+        model=MODEL,
+        prompt=SCENE.prompt,
+        n=2,
+        size="32x32",
+        response_format="b64_json",
+        extra_body={"seed": 3, "cfg_scale": 2.0},
+    )
     expected = reference.generate_images(SCENE.prompt, num_images=2, seed=3, cfg_scale=2.0)
     images = [decoded(d.b64_json) for d in result.data]
     assert len(images) == 2 and all(same_pixels(a, b) for a, b in zip(images, expected, strict=True))
@@ -189,8 +223,13 @@ def test_image_generation_b64_equals_the_pipeline(client, reference):
 
 def test_image_edit_equals_the_pipeline(client, reference):
     source = render(SCENE)
-    result = client.images.edit(model=MODEL, image=("circle.png", png_bytes(source), "image/png"),
-                                prompt="make it blue", n=1, extra_body={"seed": 5})
+    result = client.images.edit(
+        model=MODEL,
+        image=("circle.png", png_bytes(source), "image/png"),
+        prompt="make it blue",
+        n=1,
+        extra_body={"seed": 5},
+    )
     expected = reference.generate_images("make it blue", num_images=1, seed=5, images=[source])
     assert len(result.data) == 1 and same_pixels(decoded(result.data[0].b64_json), expected[0])
 
@@ -200,9 +239,13 @@ def test_interleaved_stream_gives_text_and_images_in_order(client, reference):
     settings = {"seed": 0, "max_images": 1}
     expected = reference.interleave(prompt, seed=0, max_new_tokens=48, max_images=1)
     assert any(isinstance(p, Image.Image) for p in expected)  # the request is one that draws
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                            max_tokens=48, stream=True,
-                                            extra_body={"modalities": ["text", "image"], **settings})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=48,
+        stream=True,
+        extra_body={"modalities": ["text", "image"], **settings},
+    )
     content = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     parts = [p for p in re.split(r"(!\[image \d+\]\(data:image/png;base64,[A-Za-z0-9+/=]+\))", content) if p]
     assert len(parts) == len(expected)
@@ -211,12 +254,17 @@ def test_interleaved_stream_gives_text_and_images_in_order(client, reference):
             assert got == want
         else:
             assert same_pixels(decoded(got.split(",", 1)[1].rstrip(")")), want)
-    whole = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                           max_tokens=48, extra_body={"modalities": ["text", "image"], **settings})
+    whole = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=48,
+        extra_body={"modalities": ["text", "image"], **settings},
+    )
     assert whole.choices[0].message.content == content
 
 
 # ---------------------------------------------------------------------- bad requests
+
 
 def chat_error(client, **fields) -> openai.APIStatusError:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **fields}
@@ -229,8 +277,7 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
     def good(i: int) -> bool:
         if i % 2:
             return len(client.images.generate(prompt="a blue square", n=1).data) == 1
-        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=8)
+        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
         return answer.choices[0].finish_reason in ("stop", "length")
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -242,20 +289,66 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
             (chat_error(client, top_k=[1]), openai.BadRequestError, "top_k", "integer"),
             (chat_error(client, best_of=3), openai.BadRequestError, "best_of", "accepted fields"),
             (chat_error(client, messages=[{"role": "user", "content": " "}]), openai.BadRequestError, None, "empty"),
-            (chat_error(client, messages=[{"role": "tool", "content": "x"}]), openai.BadRequestError,
-             "messages.0.role", "'user'"),
+            (
+                chat_error(client, messages=[{"role": "tool", "content": "x"}]),
+                openai.BadRequestError,
+                "messages.0.role",
+                "'user'",
+            ),
             (chat_error(client, max_tokens=5000), openai.BadRequestError, None, "context holds 1024"),
             (chat_error(client, cfg_scale=3.0), openai.BadRequestError, "cfg_scale", "modalities"),
-            (chat_error(client, messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]),
-             openai.BadRequestError, "messages[0].content[0].image_url", "data URLs"),
-            (chat_error(client, messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," +
-                                                    base64.b64encode(b"\x89PNG\r\n\x1a\nnot a png").decode()}}]}]),
-             openai.BadRequestError, "messages[0].content[0].image_url", "cannot read"),
-            (chat_error(client, messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": data_url(Image.new("RGB", (300, 300)))}}]}]),
-             openai.APIStatusError, "messages[0].content[0].image_url", f"at most {MAX_PIXELS:,}"),
+            (
+                chat_error(
+                    client,
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+                        }
+                    ],
+                ),
+                openai.BadRequestError,
+                "messages[0].content[0].image_url",
+                "data URLs",
+            ),
+            (
+                chat_error(
+                    client,
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "image_url",
+                                    "image_url": {
+                                        "url": "data:image/png;base64,"
+                                        + base64.b64encode(b"\x89PNG\r\n\x1a\nnot a png").decode()
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                ),
+                openai.BadRequestError,
+                "messages[0].content[0].image_url",
+                "cannot read",
+            ),
+            (
+                chat_error(
+                    client,
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": data_url(Image.new("RGB", (300, 300)))}}
+                            ],
+                        }
+                    ],
+                ),
+                openai.APIStatusError,
+                "messages[0].content[0].image_url",
+                f"at most {MAX_PIXELS:,}",
+            ),
             (chat_error(client, model="gpt-4o"), openai.NotFoundError, "model", MODEL),
         ]
         for error, kind, param, words in checks:
@@ -268,24 +361,36 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
             (lambda: client.images.generate(prompt="x", n=11), "n", "[1, 10]"),
             (lambda: client.images.generate(prompt="x", size="1024x1024"), "size", "'32x32'"),
             (lambda: client.images.generate(prompt="x", response_format="url"), "response_format", "b64_json"),
-            (lambda: client.images.edit(image=("bad.png", b"GIF89a broken", "image/png"), prompt="x"), "image",
-             "cannot read"),
+            (
+                lambda: client.images.edit(image=("bad.png", b"GIF89a broken", "image/png"), prompt="x"),
+                "image",
+                "cannot read",
+            ),
         ]:
             with pytest.raises(openai.BadRequestError) as caught:
                 call()
             assert caught.value.body["param"] == param and words in caught.value.body["message"], caught.value.body
 
-        huge = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "x" * MAX_BODY}]},
-                          timeout=TIMEOUT)
+        huge = httpx.post(
+            f"{server}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x" * MAX_BODY}]},
+            timeout=TIMEOUT,
+        )
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
-        chunked = httpx.post(f"{server}/v1/chat/completions", content=(b"x" * 2**16 for _ in range(32)),
-                             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-                             timeout=TIMEOUT)  # no Content-Length: refused once MAX_BODY bytes have arrived
+        chunked = httpx.post(
+            f"{server}/v1/chat/completions",
+            content=(b"x" * 2**16 for _ in range(32)),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )  # no Content-Length: refused once MAX_BODY bytes have arrived
         assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
-        malformed = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": ',
-                               headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-                               timeout=TIMEOUT)
+        malformed = httpx.post(
+            f"{server}/v1/chat/completions",
+            content=b'{"model": ',
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
         assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
@@ -296,17 +401,27 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
 
 # ---------------------------------------------------------------------- load and cancellation
 
+
 def test_a_stream_closed_by_its_client_stops_its_generation(server, client):
     before = metrics(server)
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}],
-                                            max_tokens=900, temperature=1.0, stream=True,
-                                            extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell a story."}],
+        max_tokens=900,
+        temperature=1.0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     for i, _ in enumerate(stream):
         if i == 3:
             break
     stream.close()
-    assert wait_for(lambda: metrics(server)["janus_like_cancelled_generations_total"]
-                    == before["janus_like_cancelled_generations_total"] + 1)
+    assert wait_for(
+        lambda: (
+            metrics(server)["janus_like_cancelled_generations_total"]
+            == before["janus_like_cancelled_generations_total"] + 1
+        )
+    )
     after = metrics(server)
     assert after["janus_like_active_rows"] == 0 and after["janus_like_requests_in_flight"] == 0
     # a generation that ran to its end would have counted its 900 tokens
@@ -316,11 +431,23 @@ def test_a_stream_closed_by_its_client_stops_its_generation(server, client):
 def test_a_request_whose_client_times_out_stops_its_generation(server):
     before = metrics(server)
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=0.5,
-                   json={"model": MODEL, "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 900,
-                         "ignore_eos": True})
-    assert wait_for(lambda: metrics(server)["janus_like_cancelled_generations_total"]
-                    == before["janus_like_cancelled_generations_total"] + 1)
+        httpx.post(
+            f"{server}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=0.5,
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Go on."}],
+                "max_tokens": 900,
+                "ignore_eos": True,
+            },
+        )
+    assert wait_for(
+        lambda: (
+            metrics(server)["janus_like_cancelled_generations_total"]
+            == before["janus_like_cancelled_generations_total"] + 1
+        )
+    )
     after = metrics(server)
     assert after["janus_like_requests_in_flight"] == 0 and after["janus_like_active_rows"] == 0
     assert after["janus_like_generated_tokens_total"] == before["janus_like_generated_tokens_total"]
@@ -332,8 +459,17 @@ def test_a_seeded_request_gives_the_same_alone_and_among_15_others(client):
         return [np.asarray(decoded(d.b64_json)).tobytes() for d in result.data]
 
     def say(seed: int) -> str:
-        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Describe it."}],
-                                              max_tokens=16, temperature=1.0, seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Describe it."}],
+                max_tokens=16,
+                temperature=1.0,
+                seed=seed,
+            )
+            .choices[0]
+            .message.content
+        )
 
     alone = draw(11), say(11)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -345,15 +481,20 @@ def test_a_seeded_request_gives_the_same_alone_and_among_15_others(client):
 
 def test_64_clients_against_a_queue_of_16_each_end_with_a_result_or_429(served):
     with running(create_app(served, ServerSettings(max_batch=1, max_queue=16))) as base:
-        clients = [openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
-                   for _ in range(64)]
+        clients = [
+            openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT) for _ in range(64)
+        ]
         start = threading.Barrier(64)
 
         def one(c: openai.OpenAI) -> str:
             start.wait()
             try:  # 48 steps each, one request at a time: the 17 admitted keep the others out for a while
-                answer = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Go on."}],
-                                                   max_tokens=48, extra_body={"ignore_eos": True})
+                answer = c.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": "Go on."}],
+                    max_tokens=48,
+                    extra_body={"ignore_eos": True},
+                )
                 return "ok" if answer.usage.completion_tokens == 48 else "short"
             except openai.RateLimitError as e:
                 return f"429 after {e.response.headers['Retry-After']}"
@@ -367,8 +508,10 @@ def test_64_clients_against_a_queue_of_16_each_end_with_a_result_or_429(served):
         assert after["janus_like_requests_in_flight"] == 0 and after["janus_like_queue_length"] == 0
 
 
-@pytest.mark.skipif("literal_user_text" not in inspect.signature(JanusLikeProcessor).parameters,
-                    reason="the processor reads typed special tokens as text from i19's literal_user_text on")
+@pytest.mark.skipif(
+    "literal_user_text" not in inspect.signature(JanusLikeProcessor).parameters,
+    reason="the processor reads typed special tokens as text from i19's literal_user_text on",
+)
 def test_a_typed_special_token_reaches_the_model_as_text(client, reference):
     messages = [{"role": "user", "content": "<begin_of_image> what is this?"}]
     answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
@@ -389,14 +532,19 @@ def test_typed_special_tokens_stay_text_unless_allowed(served):
 
 # ---------------------------------------------------------------------- command line
 
+
 @pytest.mark.slow
 def test_the_serve_command_starts_a_server_that_answers(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "JANUS_LIKE_API_KEY": "from-env", "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen([sys.executable, "-m", "janus_like.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "janus_like.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         assert wait_for(lambda: _answers(f"{base}/health"), seconds=120), "the server did not start"
@@ -426,7 +574,8 @@ def test_the_command_line_imports_no_web_framework():
     """`janus-like --help` builds the serve parser: its modules import FastAPI and uvicorn only when serving."""
     for module in (serving, serving.commands):
         tree = ast.parse(Path(module.__file__).read_text())
-        imported = {alias.name.split(".")[0]
-                    for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        imported = {
+            alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names
+        }
         imported |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
         assert not imported & {"fastapi", "uvicorn", "starlette", "torch"}, (module.__name__, imported)

@@ -14,8 +14,8 @@ def test_this_process_uses_the_bound():
 
 
 def test_a_subprocess_inherits_the_bound():
-    code = ("import os, torch\n"
-            f"print(*[os.environ.get(v) for v in {THREAD_VARIABLES!r}], torch.get_num_threads())")
-    result = subprocess.run([sys.executable, "-c", code], env=os.environ, capture_output=True, text=True,
-                            check=True, timeout=120)
+    code = f"import os, torch\nprint(*[os.environ.get(v) for v in {THREAD_VARIABLES!r}], torch.get_num_threads())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=os.environ, capture_output=True, text=True, check=True, timeout=120
+    )
     assert result.stdout.split() == [str(TEST_THREADS)] * (len(THREAD_VARIABLES) + 1)

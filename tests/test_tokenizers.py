@@ -32,9 +32,29 @@ def test_workbench_is_not_a_package_and_does_not_shadow_hf_tokenizers():
 
 def test_train_vq_improves_reconstruction_and_saves_a_loadable_model(tmp_path, capsys):
     train_vq = load_script("train_vq")
-    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "25", "--batch-size", "8",
-                                "--synthetic", "32", "--eval-images", "8", "--lr", "3e-3",
-                                "--dead-code-threshold", "1.0", "--out", str(tmp_path), "--device", "cpu"])
+    args = train_vq.parse_args(
+        [
+            "--tiny",
+            "--image-size",
+            "16",
+            "--steps",
+            "25",
+            "--batch-size",
+            "8",
+            "--synthetic",
+            "32",
+            "--eval-images",
+            "8",
+            "--lr",
+            "3e-3",
+            "--dead-code-threshold",
+            "1.0",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     report = train_vq.train(args)
     assert report["psnr"] > report["psnr_before"] + 5, report
     assert 0 < report["codebook_usage"] <= 1
@@ -54,9 +74,27 @@ def test_train_vq_holdout_never_trains_on_the_evaluation_images(tmp_path, capsys
     folder.mkdir()
     for i in range(12):
         random_image(16, seed=i).save(folder / f"{i:02d}.png")
-    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "4", "--batch-size", "4", "--images",
-                                str(folder), "--holdout", "4", "--codebook-size", "512", "--out", str(tmp_path / "out"),
-                                "--device", "cpu"])
+    args = train_vq.parse_args(
+        [
+            "--tiny",
+            "--image-size",
+            "16",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--images",
+            str(folder),
+            "--holdout",
+            "4",
+            "--codebook-size",
+            "512",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     images = train_vq.image_tensors(str(folder), 16, 0, 0)
     held_out = {tuple(x.flatten().tolist()) for x in images[-4:]}
     trained_on, forward = [], train_vq.JanusLikeVQModel.forward
@@ -95,9 +133,27 @@ def test_dead_codes_are_replaced():
 
 def test_adversarial_loss_runs(tmp_path):
     train_vq = load_script("train_vq")
-    args = train_vq.parse_args(["--tiny", "--image-size", "16", "--steps", "3", "--batch-size", "4",
-                                "--synthetic", "8", "--eval-images", "4", "--adversarial-weight", "0.1",
-                                "--out", str(tmp_path), "--device", "cpu"])
+    args = train_vq.parse_args(
+        [
+            "--tiny",
+            "--image-size",
+            "16",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--synthetic",
+            "8",
+            "--eval-images",
+            "4",
+            "--adversarial-weight",
+            "0.1",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert train_vq.train(args)["psnr"] > 0
 
 
@@ -135,22 +191,26 @@ def test_train_text_into_a_folder_of_other_files_keeps_them_and_replaces_only_it
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "keep.txt").write_text("mine")
     for vocab in (270, 280):  # the corpus has room for 284
-        train_text.main(["--files", str(corpus), "--vocab-size", str(vocab), "--min-frequency", "1",
-                         "--out", str(tmp_path)])
+        train_text.main(
+            ["--files", str(corpus), "--vocab-size", str(vocab), "--min-frequency", "1", "--out", str(tmp_path)]
+        )
         assert corpus.read_text().startswith("green") and (tmp_path / "sub" / "keep.txt").read_text() == "mine"
         assert len(AutoTokenizer.from_pretrained(tmp_path)) == vocab
 
 
-@pytest.mark.parametrize("script, argv, words", [
-    ("train_text", ["--files", "{tmp}/missing.txt"], "not a file"),
-    ("train_text", ["--files", "{tmp}/latin1.txt"], "not UTF-8 text"),
-    ("train_text", ["--files", "{tmp}/latin1.txt", "--vocab-size", "-5"], "--vocab-size must be at least"),
-    ("train_vq", ["--tiny", "--batch-size", "0"], "--batch-size"),
-    ("train_vq", ["--tiny", "--lr", "nan"], "--lr"),
-    ("train_vq", ["--tiny", "--out", "{tmp}/latin1.txt"], "is a file, not a folder"),
-    ("train_vq", ["--tiny", "--image-size", "18"], "--image-size 18 is not a multiple of 4"),
-    ("train_vq", ["--image-size", "24"], "--image-size 24 is not a multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "script, argv, words",
+    [
+        ("train_text", ["--files", "{tmp}/missing.txt"], "not a file"),
+        ("train_text", ["--files", "{tmp}/latin1.txt"], "not UTF-8 text"),
+        ("train_text", ["--files", "{tmp}/latin1.txt", "--vocab-size", "-5"], "--vocab-size must be at least"),
+        ("train_vq", ["--tiny", "--batch-size", "0"], "--batch-size"),
+        ("train_vq", ["--tiny", "--lr", "nan"], "--lr"),
+        ("train_vq", ["--tiny", "--out", "{tmp}/latin1.txt"], "is a file, not a folder"),
+        ("train_vq", ["--tiny", "--image-size", "18"], "--image-size 18 is not a multiple of 4"),
+        ("train_vq", ["--image-size", "24"], "--image-size 24 is not a multiple of 16"),
+    ],
+)
 def test_workbench_scripts_refuse_bad_arguments(tmp_path, capsys, script, argv, words):
     """Before any training, with exit status 2 and the problem named (not a traceback)."""
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))

@@ -18,8 +18,9 @@ from janus_like.training.config import config_from_dict, load_config
 from janus_like.training.packing import collate_packed, collate_padded, first_fit_decreasing
 from janus_like.training.stages import apply_stage
 
-SHAPES = [(s, c, p) for s in ("circle", "square") for c in ("red", "blue", "green")
-          for p in ("left", "center", "right")]
+SHAPES = [
+    (s, c, p) for s in ("circle", "square") for c in ("red", "blue", "green") for p in ("left", "center", "right")
+]
 
 
 def write_dataset(root: Path, name: str = "train.jsonl") -> Path:
@@ -30,14 +31,30 @@ def write_dataset(root: Path, name: str = "train.jsonl") -> Path:
         image = f"imgs/{i}.png"
         shape_image(shape, color, size=32, position=pos).save(root / image)
         lines.append({"task": "generation", "prompt": f"a {color} {shape} on the {pos}", "image": image})
-        lines.append({"task": "understanding", "messages": [
-            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is this?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": f"A {color} {shape}."}]}]})
+        lines.append(
+            {
+                "task": "understanding",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is this?"}],
+                    },
+                    {"role": "assistant", "content": [{"type": "text", "text": f"A {color} {shape}."}]},
+                ],
+            }
+        )
         lines.append({"task": "text", "text": f"The {color} {shape} is on the {pos}."})
         if i % 3 == 0:
-            lines.append({"task": "interleaved", "segments": [
-                {"type": "text", "text": f"A {color} {shape}:"}, {"type": "image", "image": image},
-                {"type": "text", "text": f"it is on the {pos}."}]})
+            lines.append(
+                {
+                    "task": "interleaved",
+                    "segments": [
+                        {"type": "text", "text": f"A {color} {shape}:"},
+                        {"type": "image", "image": image},
+                        {"type": "text", "text": f"it is on the {pos}."},
+                    ],
+                }
+            )
     path = root / name
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return path
@@ -45,10 +62,15 @@ def write_dataset(root: Path, name: str = "train.jsonl") -> Path:
 
 def base_config(**sections) -> dict:
     config = {
-        "output_dir": "out", "seed": 0,
+        "output_dir": "out",
+        "seed": 0,
         "model": {"tiny": True},
-        "data": {"files": ["train.jsonl"], "max_length": 256, "cfg_dropout": 0.1,
-                 "mix": {"generation": 0.35, "understanding": 0.35, "interleaved": 0.1, "text": 0.2}},
+        "data": {
+            "files": ["train.jsonl"],
+            "max_length": 256,
+            "cfg_dropout": 0.1,
+            "mix": {"generation": 0.35, "understanding": 0.35, "interleaved": 0.1, "text": 0.2},
+        },
         "optimizer": {"lr": 3e-3},
         "schedule": {"name": "constant_with_warmup", "warmup_steps": 2},
         "training": {"max_steps": 6, "batch_size": 4},
@@ -91,41 +113,50 @@ def run(root: Path, resume: str | None = None, skip_bad: bool = False, **section
 # ---------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"trainig": {}}, "unknown config key 'trainig' (did you mean training?)"),
-    ({"training": {"batch_sise": 2}}, "training.batch_sise"),
-    ({"training": {"max_steps": 0}}, "training.max_steps = 0 is out of range"),
-    ({"optimizer": {"lr": "fast"}}, "optimizer.lr must be float"),
-    ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas"),
-    ({"data": {"mix": {"video": 1.0}}}, "unknown task 'video'"),
-    ({"data": {"cfg_dropout": 1.5}}, "data.cfg_dropout = 1.5 is out of range"),
-    ({"data": {"cfg_image_dropout": -0.1}}, "data.cfg_image_dropout = -0.1 is out of range"),
-    ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
-    ({"stage": 4}, "stage = 4"),
-    ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),
-    ({"model": {"tiny": True, "compose": {"gen_image_size": 64}}}, "model.compose applies to model.parts"),
-    ({"model": {"tiny": False, "parts": {"llm": "a", "vision": "b"}, "compose": {"gen_image_sise": 64}}}, "gen_image_sise"),
-    ({"seed": -1}, "seed = -1 is out of range; accepted: [0, 4294967295]"),
-    ({"seed": 2**40}, "seed = 1099511627776 is out of range"),
-    ({"model": {"tiny": True, "tiny_seed": -1}}, "model.tiny_seed = -1 is out of range"),
-    # NaN fails every comparison and infinity has no upper bound: both must be refused where a float is read
-    ({"optimizer": {"lr": float("nan")}}, "optimizer.lr = nan is not accepted; give a finite number"),
-    ({"training": {"grad_clip": float("nan")}}, "training.grad_clip = nan is not accepted"),
-    ({"data": {"mix": {"text": float("inf"), "generation": 1.0}}}, "data.mix.text = inf is not accepted"),
-    ({"data": {"mix": {"text": float("nan"), "generation": 1.0}}}, "data.mix.text = nan is not accepted"),
-    ({"optimizer": {"betas": [0.9, float("inf")]}}, "optimizer.betas[1] = inf is not accepted"),
-    ({"optimizer": {"lr": "1e-4"}}, "optimizer.lr must be float, got '1e-4'; write 1.0e-4"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"trainig": {}}, "unknown config key 'trainig' (did you mean training?)"),
+        ({"training": {"batch_sise": 2}}, "training.batch_sise"),
+        ({"training": {"max_steps": 0}}, "training.max_steps = 0 is out of range"),
+        ({"optimizer": {"lr": "fast"}}, "optimizer.lr must be float"),
+        ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas"),
+        ({"data": {"mix": {"video": 1.0}}}, "unknown task 'video'"),
+        ({"data": {"cfg_dropout": 1.5}}, "data.cfg_dropout = 1.5 is out of range"),
+        ({"data": {"cfg_image_dropout": -0.1}}, "data.cfg_image_dropout = -0.1 is out of range"),
+        ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
+        ({"stage": 4}, "stage = 4"),
+        ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),
+        ({"model": {"tiny": True, "compose": {"gen_image_size": 64}}}, "model.compose applies to model.parts"),
+        (
+            {"model": {"tiny": False, "parts": {"llm": "a", "vision": "b"}, "compose": {"gen_image_sise": 64}}},
+            "gen_image_sise",
+        ),
+        ({"seed": -1}, "seed = -1 is out of range; accepted: [0, 4294967295]"),
+        ({"seed": 2**40}, "seed = 1099511627776 is out of range"),
+        ({"model": {"tiny": True, "tiny_seed": -1}}, "model.tiny_seed = -1 is out of range"),
+        # NaN fails every comparison and infinity has no upper bound: both must be refused where a float is read
+        ({"optimizer": {"lr": float("nan")}}, "optimizer.lr = nan is not accepted; give a finite number"),
+        ({"training": {"grad_clip": float("nan")}}, "training.grad_clip = nan is not accepted"),
+        ({"data": {"mix": {"text": float("inf"), "generation": 1.0}}}, "data.mix.text = inf is not accepted"),
+        ({"data": {"mix": {"text": float("nan"), "generation": 1.0}}}, "data.mix.text = nan is not accepted"),
+        ({"optimizer": {"betas": [0.9, float("inf")]}}, "optimizer.betas[1] = inf is not accepted"),
+        ({"optimizer": {"lr": "1e-4"}}, "optimizer.lr must be float, got '1e-4'; write 1.0e-4"),
+    ],
+)
 def test_bad_config_names_the_key(change, message):
     with pytest.raises(SettingsError, match=None) as err:
         config_from_dict(base_config(**change))
     assert message in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("text, message", [
-    (b"model:\n  tiny: true\n\tdata: x\n", "config.yaml:3:1: not valid YAML: found character '\\t'"),
-    (b"\xff\xfe\x00model: 1", "config.yaml is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"model:\n  tiny: true\n\tdata: x\n", "config.yaml:3:1: not valid YAML: found character '\\t'"),
+        (b"\xff\xfe\x00model: 1", "config.yaml is not UTF-8 text"),
+    ],
+)
 def test_unreadable_config_is_one_line(tmp_path, text, message):
     (tmp_path / "config.yaml").write_bytes(text)
     with pytest.raises(SettingsError) as err:
@@ -146,8 +177,9 @@ def test_bad_eval_records_are_named_like_training_ones(tmp_path):
     """An eval record with a missing image stops the run with file:line (it was dropped silently, and
     an eval set of bad records reported a loss of 0)."""
     write_dataset(tmp_path)
-    (tmp_path / "eval.jsonl").write_text(json.dumps({"task": "generation", "prompt": "a circle",
-                                                     "image": "imgs/missing.png"}) + "\n")
+    (tmp_path / "eval.jsonl").write_text(
+        json.dumps({"task": "generation", "prompt": "a circle", "image": "imgs/missing.png"}) + "\n"
+    )
     settings = dict(training={"max_steps": 2}, eval={"files": ["eval.jsonl"], "every": 1, "batches": 1})
     with pytest.raises(DataError, match="bad record at .*eval.jsonl:1: .*missing.png"):
         run(tmp_path, **settings)
@@ -159,8 +191,12 @@ def test_bad_eval_records_are_named_like_training_ones(tmp_path):
 def test_loss_falls_on_a_small_mixed_dataset(tmp_path):
     write_dataset(tmp_path)
     write_dataset(tmp_path, "eval.jsonl")
-    trainer, state = run(tmp_path, training={"max_steps": 40}, logging={"save_every": 40, "tensorboard": True},
-                         eval={"files": ["eval.jsonl"], "every": 20, "batches": 2})
+    trainer, state = run(
+        tmp_path,
+        training={"max_steps": 40},
+        logging={"save_every": 40, "tensorboard": True},
+        eval={"files": ["eval.jsonl"], "every": 20, "batches": 2},
+    )
     losses = [h["loss"] for h in state.history]
     assert len(losses) == 40 and all(map(torch.isfinite, torch.tensor(losses)))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -183,18 +219,27 @@ def test_loss_falls_on_a_small_mixed_dataset(tmp_path):
 
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
     write_dataset(tmp_path)
-    _, big = run(tmp_path / "big", training={"batch_size": 4, "max_steps": 3},
-                 data={"files": [str(tmp_path / "train.jsonl")]})
-    _, accum = run(tmp_path / "accum", training={"batch_size": 2, "grad_accum": 2, "max_steps": 3},
-                   data={"files": [str(tmp_path / "train.jsonl")]})
+    _, big = run(
+        tmp_path / "big", training={"batch_size": 4, "max_steps": 3}, data={"files": [str(tmp_path / "train.jsonl")]}
+    )
+    _, accum = run(
+        tmp_path / "accum",
+        training={"batch_size": 2, "grad_accum": 2, "max_steps": 3},
+        data={"files": [str(tmp_path / "train.jsonl")]},
+    )
     # the same 4 samples per step (global sample numbers 0-3, 4-7, …), normalised by the step's target count
     assert [h["loss"] for h in big.history] == pytest.approx([h["loss"] for h in accum.history], rel=1e-5)
 
 
 def test_logged_learning_rate_is_the_one_each_step_used(tmp_path):
     write_dataset(tmp_path)
-    _, state = run(tmp_path, schedule={"name": "linear", "warmup_steps": 2}, optimizer={"lr": 4e-3},
-                   training={"max_steps": 4}, logging={"every": 1, "save_every": 4, "tensorboard": False})
+    _, state = run(
+        tmp_path,
+        schedule={"name": "linear", "warmup_steps": 2},
+        optimizer={"lr": 4e-3},
+        training={"max_steps": 4},
+        logging={"every": 1, "save_every": 4, "tensorboard": False},
+    )
     # linear warmup over 2 steps then linear decay to 0 at step 4: steps 1-4 train at 0, 2e-3, 4e-3, 2e-3
     assert [h["lr"] for h in state.history] == pytest.approx([0.0, 2e-3, 4e-3, 2e-3])
 
@@ -250,8 +295,14 @@ def test_stage_presets_and_custom_patterns():
 
     assert groups(apply_stage(model, 1)) == {"aligner", "gen_embed", "gen_aligner", "gen_head"}
     assert groups(apply_stage(model, 2)) == {"language_model", "aligner", "gen_embed", "gen_aligner", "gen_head"}
-    assert groups(apply_stage(model, 3)) == {"language_model", "vision_model", "aligner", "gen_embed", "gen_aligner",
-                                             "gen_head"}
+    assert groups(apply_stage(model, 3)) == {
+        "language_model",
+        "vision_model",
+        "aligner",
+        "gen_embed",
+        "gen_aligner",
+        "gen_head",
+    }
     # the VQ tokenizer stays frozen even when asked for; custom patterns add and remove
     names = apply_stage(model, 1, trainable=["vq.*", "language_model.lm_head.*"], frozen=["gen_embed.*"])
     assert groups(names) == {"aligner", "gen_aligner", "gen_head", "language_model"}
@@ -289,8 +340,11 @@ def test_nonfinite_loss_is_skipped_or_stops(tmp_path):
 @pytest.fixture
 def variable_records(records):
     texts = ["short", "a somewhat longer line of text for the packer", "mid length text"]
-    return records + [{"task": "text", "text": t} for t in texts] + [
-        {"task": "generation", "prompt": "a blue square on the left", "image": shape_image("square", "blue")}]
+    return (
+        records
+        + [{"task": "text", "text": t} for t in texts]
+        + [{"task": "generation", "prompt": "a blue square on the left", "image": shape_image("square", "blue")}]
+    )
 
 
 def test_packed_and_padded_losses_agree(tiny, variable_records):
@@ -367,14 +421,23 @@ def _bad_dataset(tmp_path: Path) -> dict[str, str]:
     write_dataset(tmp_path)
     (tmp_path / "imgs" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join([
-        json.dumps({"task": "generation", "prompt": "a red circle", "image": "imgs/missing.png"}),
-        json.dumps({"task": "generation", "prompt": "a red circle", "image": "imgs/corrupt.png"}),
-        json.dumps({"task": "video", "clip": "x.mp4"}),
-    ]) + "\n")
+    bad.write_text(
+        "\n".join(
+            [
+                json.dumps({"task": "generation", "prompt": "a red circle", "image": "imgs/missing.png"}),
+                json.dumps({"task": "generation", "prompt": "a red circle", "image": "imgs/corrupt.png"}),
+                json.dumps({"task": "video", "clip": "x.mp4"}),
+            ]
+        )
+        + "\n"
+    )
     (tmp_path / "empty.jsonl").write_text("")
-    return {"missing": f"{bad}:1: image file not found", "corrupt": f"{bad}:2: cannot read image",
-            "unknown": f"{bad}:3: unknown task 'video'", "empty": f"{tmp_path / 'empty.jsonl'}:1: the file is empty"}
+    return {
+        "missing": f"{bad}:1: image file not found",
+        "corrupt": f"{bad}:2: cannot read image",
+        "unknown": f"{bad}:3: unknown task 'video'",
+        "empty": f"{tmp_path / 'empty.jsonl'}:1: the file is empty",
+    }
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "unknown", "empty"])
@@ -384,7 +447,7 @@ def test_bad_record_stops_with_file_and_line(tmp_path, kind):
     if kind in ("missing", "corrupt"):  # keep only that line, so it is the first bad record met
         lines = (tmp_path / "bad.jsonl").read_text().splitlines()
         keep = {"missing": 0, "corrupt": 1}[kind]
-        (tmp_path / "bad.jsonl").write_text("".join(l + "\n" if i == keep else "\n" for i, l in enumerate(lines)))
+        (tmp_path / "bad.jsonl").write_text("".join(line + "\n" if i == keep else "\n" for i, line in enumerate(lines)))
     with pytest.raises(DataError) as err:
         run(tmp_path, data={"files": ["train.jsonl", bad_file], "mix": None}, training={"max_steps": 30})
     assert expected[kind] in str(err.value), str(err.value)
@@ -403,15 +466,25 @@ def test_bad_record_mid_run_leaves_checkpoints_intact(tmp_path):
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
     last_step = checkpoints.read_state(found[-1])["step"]
     reset_accelerate()
-    _, state = run(tmp_path, resume="latest", skip_bad=True, data=data,
-                   training={"max_steps": last_step + 2, "batch_size": 1}, logging={"save_every": 1})
+    _, state = run(
+        tmp_path,
+        resume="latest",
+        skip_bad=True,
+        data=data,
+        training={"max_steps": last_step + 2, "batch_size": 1},
+        logging={"save_every": 1},
+    )
     assert state.step == last_step + 2 and state.skipped_records == 1
 
 
 def test_skip_bad_records_continues_and_counts(tmp_path, capsys):
     _bad_dataset(tmp_path)
-    _, state = run(tmp_path, skip_bad=True, data={"files": ["train.jsonl", "bad.jsonl", "empty.jsonl"], "mix": None},
-                   training={"max_steps": 20, "batch_size": 4})
+    _, state = run(
+        tmp_path,
+        skip_bad=True,
+        data={"files": ["train.jsonl", "bad.jsonl", "empty.jsonl"], "mix": None},
+        training={"max_steps": 20, "batch_size": 4},
+    )
     # indexing skips the unknown task and the empty file; the image errors are met while training
     assert state.step == 20 and state.skipped_records >= 2
     err = capsys.readouterr().err
@@ -461,8 +534,18 @@ def test_processes_split_each_global_micro_batch_and_share_cfg_dropout(tmp_path)
     mixture = Mixture(index, {"generation": 1.0}, seed=0)
 
     def data(world, rank, batch, dropout):
-        return MicroBatches(index, mixture, processor, batch_size=batch, world_size=world, rank=rank,
-                            max_length=256, packing=False, cfg_dropout=dropout, seed=0)
+        return MicroBatches(
+            index,
+            mixture,
+            processor,
+            batch_size=batch,
+            world_size=world,
+            rank=rank,
+            max_length=256,
+            packing=False,
+            cfg_dropout=dropout,
+            seed=0,
+        )
 
     one = data(1, 0, 4, 0.5)
     two = [data(2, r, 2, 0.5) for r in (0, 1)]
@@ -500,16 +583,22 @@ def test_example_configs_are_valid(name):
 
 def test_half_precision_model_trains_fp32_master_copies_and_saves_in_its_dtype(tmp_path):
     write_dataset(tmp_path)
-    trainer, state = run(tmp_path, stage=1, model={"tiny": True, "dtype": "bfloat16"},
-                         training={"max_steps": 8, "mixed_precision": "bf16"})
+    trainer, state = run(
+        tmp_path,
+        stage=1,
+        model={"tiny": True, "dtype": "bfloat16"},
+        training={"max_steps": 8, "mixed_precision": "bf16"},
+    )
     params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
     assert params["gen_head.vision_head.weight"].dtype == torch.float32  # trains: fp32 master copy
     assert params["language_model.model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16  # frozen: as loaded
     assert all(math.isfinite(h["loss"]) for h in state.history)
     final = JanusLikeForConditionalGeneration.from_pretrained(tmp_path / "out" / "final")
     assert {p.dtype for p in final.parameters()} == {torch.bfloat16}
-    torch.testing.assert_close(final.state_dict()["gen_head.vision_head.weight"],
-                               params["gen_head.vision_head.weight"].detach().to(torch.bfloat16))
+    torch.testing.assert_close(
+        final.state_dict()["gen_head.vision_head.weight"],
+        params["gen_head.vision_head.weight"].detach().to(torch.bfloat16),
+    )
 
 
 def test_gradient_checkpointing_takes_the_same_steps(tmp_path):
@@ -518,12 +607,17 @@ def test_gradient_checkpointing_takes_the_same_steps(tmp_path):
     sections = dict(data={"files": [str(tmp_path / "train.jsonl")]}, training={"max_steps": 4})
     stored, _ = run(tmp_path / "stored", **sections)
     reset_accelerate()
-    recomputed, _ = run(tmp_path / "recomputed", **{**sections, "training": {"max_steps": 4,
-                                                                           "gradient_checkpointing": True}})
+    recomputed, _ = run(
+        tmp_path / "recomputed", **{**sections, "training": {"max_steps": 4, "gradient_checkpointing": True}}
+    )
     decoder = recomputed.accelerator.unwrap_model(recomputed.model).decoder
-    assert decoder.gradient_checkpointing and not stored.accelerator.unwrap_model(stored.model).decoder.gradient_checkpointing
-    assert [h["loss"] for h in recomputed.state.history] == pytest.approx([h["loss"] for h in stored.state.history],
-                                                                         rel=1e-5)
+    assert (
+        decoder.gradient_checkpointing
+        and not stored.accelerator.unwrap_model(stored.model).decoder.gradient_checkpointing
+    )
+    assert [h["loss"] for h in recomputed.state.history] == pytest.approx(
+        [h["loss"] for h in stored.state.history], rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------- refused early, named in one line
@@ -579,6 +673,7 @@ def _edit_state(change):
         path = ck / checkpoints.STATE_FILE
         state = json.loads(path.read_text())
         path.write_text(json.dumps(change(state)))
+
     return edit
 
 
@@ -594,14 +689,20 @@ def _int8_weight(ck: Path) -> None:
 DAMAGE = {  # name -> (damage the checkpoint, the problem named, found before the model loads)
     "truncated model": (lambda ck: (ck / "model.safetensors").write_bytes(b"\x00" * 999), "SafetensorError", False),
     "no model": (lambda ck: (ck / "model.safetensors").unlink(), "FileNotFoundError", False),
-    "int8 weights": (_int8_weight, "gen_head.vision_head.weight as torch.int8, where the model holds floating-point",
-                     False),
+    "int8 weights": (
+        _int8_weight,
+        "gen_head.vision_head.weight as torch.int8, where the model holds floating-point",
+        False,
+    ),
     "no optimizer": (lambda ck: (ck / "optimizer.bin").unlink(), "FileNotFoundError", False),
     "unsafe optimizer": (lambda ck: torch.save({"x": _Unsafe()}, ck / "optimizer.bin"), "UnpicklingError", False),
     "state not JSON": (lambda ck: (ck / checkpoints.STATE_FILE).write_text("{"), "JSONDecodeError", True),
     "state a list": (lambda ck: (ck / checkpoints.STATE_FILE).write_text("[]"), "holds list", True),
-    "state lacks a key": (_edit_state(lambda s: {k: v for k, v in s.items() if k != "global_micro_batch"}),
-                          "lacks global_micro_batch", True),
+    "state lacks a key": (
+        _edit_state(lambda s: {k: v for k, v in s.items() if k != "global_micro_batch"}),
+        "lacks global_micro_batch",
+        True,
+    ),
     "state extra key": (_edit_state(lambda s: {**s, "foo": 1}), "unknown keys foo", True),
     "state wrong type": (_edit_state(lambda s: {**s, "step": "2"}), "step = '2' is not a count", True),
 }
@@ -622,13 +723,17 @@ def test_damaged_checkpoint_names_itself_and_the_one_before(two_checkpoints, tmp
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("training, message", [
-    ({"max_steps": 1, "batch_size": 2}, "training.max_steps = 1 is below the checkpoint's step 2"),
-    ({"max_steps": 3, "batch_size": 1, "grad_accum": 2}, "samples per global micro-batch"),
-    ({"max_steps": 3, "batch_size": 2, "grad_accum": 2}, "training.grad_accum = 1, this run has 2"),
-])
-def test_resume_refuses_a_run_that_would_not_continue_the_checkpoint(two_checkpoints, tmp_path, monkeypatch,
-                                                                     training, message):
+@pytest.mark.parametrize(
+    "training, message",
+    [
+        ({"max_steps": 1, "batch_size": 2}, "training.max_steps = 1 is below the checkpoint's step 2"),
+        ({"max_steps": 3, "batch_size": 1, "grad_accum": 2}, "samples per global micro-batch"),
+        ({"max_steps": 3, "batch_size": 2, "grad_accum": 2}, "training.grad_accum = 1, this run has 2"),
+    ],
+)
+def test_resume_refuses_a_run_that_would_not_continue_the_checkpoint(
+    two_checkpoints, tmp_path, monkeypatch, training, message
+):
     root, _ = _copy_run(two_checkpoints, tmp_path)
     _model_must_not_load(monkeypatch)
     with pytest.raises(SettingsError) as err:
@@ -640,8 +745,9 @@ def test_resume_records_grad_accum_and_accepts_older_checkpoints_without_it(two_
     root, ck = _copy_run(two_checkpoints, tmp_path)
     assert checkpoints.read_state(ck)["grad_accum"] == 1
     _edit_state(lambda s: {k: v for k, v in s.items() if k != "grad_accum"})(ck)  # as written before the field
-    _, state = run(root, resume="latest", training={"max_steps": 3, "batch_size": 2, "grad_accum": 2},
-                   logging={"save_every": 1})
+    _, state = run(
+        root, resume="latest", training={"max_steps": 3, "batch_size": 2, "grad_accum": 2}, logging={"save_every": 1}
+    )
     assert state.step == 3
     assert checkpoints.read_state(ck.parent / "step-00000003")["grad_accum"] == 2
 
@@ -681,8 +787,12 @@ def test_records_without_targets_are_bad_records_when_training(tmp_path):
         run(tmp_path, data={"files": ["silent.jsonl"], "mix": None}, training={"max_steps": 1, "batch_size": 1})
     (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [NO_TARGETS, *WRONG_TYPES]))
     reset_accelerate()
-    _, state = run(tmp_path, skip_bad=True, data={"files": ["train.jsonl", "bad.jsonl"], "mix": None},
-                   training={"max_steps": 3, "batch_size": 4})
+    _, state = run(
+        tmp_path,
+        skip_bad=True,
+        data={"files": ["train.jsonl", "bad.jsonl"], "mix": None},
+        training={"max_steps": 3, "batch_size": 4},
+    )
     assert state.step == 3 and state.skipped_records >= 1
 
 
@@ -701,5 +811,6 @@ def test_check_data_finds_the_model_as_train_does_and_checks_its_context(tmp_pat
     assert f"fits the model's context of {context}" in capsys.readouterr().out
     write_config(tmp_path / "run", model={"tiny": False, "path": "model"}, data={"max_length": 10**9})
     assert main(["train", str(config), "--check-data"]) == 2
-    assert f"data.max_length = 1000000000 is out of range; the model's context holds {context}" in \
-        capsys.readouterr().err
+    assert (
+        f"data.max_length = 1000000000 is out of range; the model's context holds {context}" in capsys.readouterr().err
+    )

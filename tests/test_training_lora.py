@@ -54,8 +54,13 @@ def test_lora_trains_only_adapters_and_final_holds_the_merged_model(tmp_path, re
 
 def test_lora_with_stage_one_also_trains_the_generation_glue(tmp_path):
     write_dataset(tmp_path)
-    trainer, _ = run(tmp_path, stage=1, lora=dict(LORA, targets=["language_model.*.self_attn.*_proj"]),
-                     model={"tiny": True, "dtype": "bfloat16"}, training={"max_steps": 2})
+    trainer, _ = run(
+        tmp_path,
+        stage=1,
+        lora=dict(LORA, targets=["language_model.*.self_attn.*_proj"]),
+        model={"tiny": True, "dtype": "bfloat16"},
+        training={"max_steps": 2},
+    )
     params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
     q = "language_model.model.layers.0.self_attn.q_proj"
     assert params[f"{q}.base_layer.weight"].dtype == torch.bfloat16  # the model stays in bf16,
@@ -68,30 +73,57 @@ def test_lora_with_stage_one_also_trains_the_generation_glue(tmp_path):
 
 def test_resumed_lora_run_continues_exactly(tmp_path):
     write_dataset(tmp_path)
-    _, whole = run(tmp_path / "whole", lora=LORA, data={"files": [str(tmp_path / "train.jsonl")]},
-                   training={"max_steps": 6}, logging={"save_every": 3, "tensorboard": False})
+    _, whole = run(
+        tmp_path / "whole",
+        lora=LORA,
+        data={"files": [str(tmp_path / "train.jsonl")]},
+        training={"max_steps": 6},
+        logging={"save_every": 3, "tensorboard": False},
+    )
     reset_accelerate()
-    run(tmp_path / "cut", lora=LORA, data={"files": [str(tmp_path / "train.jsonl")]},
-        training={"max_steps": 3}, logging={"save_every": 3, "tensorboard": False})
+    run(
+        tmp_path / "cut",
+        lora=LORA,
+        data={"files": [str(tmp_path / "train.jsonl")]},
+        training={"max_steps": 3},
+        logging={"save_every": 3, "tensorboard": False},
+    )
     reset_accelerate()
-    _, resumed = run(tmp_path / "cut", resume="latest", lora=LORA, data={"files": [str(tmp_path / "train.jsonl")]},
-                     training={"max_steps": 6}, logging={"save_every": 3, "tensorboard": False})
+    _, resumed = run(
+        tmp_path / "cut",
+        resume="latest",
+        lora=LORA,
+        data={"files": [str(tmp_path / "train.jsonl")]},
+        training={"max_steps": 6},
+        logging={"save_every": 3, "tensorboard": False},
+    )
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-6)
 
 
 def test_merge_is_w_plus_scale_b_a():
     w, a, b = torch.randn(6, 5), torch.randn(2, 5), torch.randn(6, 2)
-    merged = merged_state_dict({"x.base_layer.weight": w, "x.base_layer.bias": torch.ones(6),
-                                "x.lora_A.default.weight": a, "x.lora_B.default.weight": b, "y.weight": w}, {"x": 0.5})
+    merged = merged_state_dict(
+        {
+            "x.base_layer.weight": w,
+            "x.base_layer.bias": torch.ones(6),
+            "x.lora_A.default.weight": a,
+            "x.lora_B.default.weight": b,
+            "y.weight": w,
+        },
+        {"x": 0.5},
+    )
     assert set(merged) == {"x.weight", "x.bias", "y.weight"}
     torch.testing.assert_close(merged["x.weight"], w + 0.5 * b @ a)
 
 
-@pytest.mark.parametrize("lora, message", [
-    ({"r": -1}, "lora.r = -1 is out of range"),
-    ({"r": 4, "dropout": 1.0}, "lora.dropout = 1.0 is out of range"),
-    ({"r": 4, "rank": 2}, "unknown config key 'lora.rank'"),
-])
+@pytest.mark.parametrize(
+    "lora, message",
+    [
+        ({"r": -1}, "lora.r = -1 is out of range"),
+        ({"r": 4, "dropout": 1.0}, "lora.dropout = 1.0 is out of range"),
+        ({"r": 4, "rank": 2}, "unknown config key 'lora.rank'"),
+    ],
+)
 def test_bad_lora_settings_name_the_key(lora, message):
     from test_training import base_config
 

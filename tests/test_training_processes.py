@@ -14,17 +14,22 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import reset_accelerate, run, write_config, write_dataset
 
 from janus_like.testing import tiny_model
-
-from test_training import reset_accelerate, run, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 def train_cmd(config: Path, *extra: str) -> list[str]:
@@ -44,10 +49,12 @@ def two_processes(script: Path, *args: str) -> None:
 
 def test_sigkill_and_resume_gives_the_uninterrupted_losses(tmp_path):
     write_dataset(tmp_path)
-    sections = dict(data={"files": [str(tmp_path / "train.jsonl")], "num_workers": 1},
-                    schedule={"name": "cosine", "warmup_steps": 3},
-                    training={"max_steps": 30, "batch_size": 2, "grad_accum": 2},
-                    logging={"save_every": 4, "keep": 2, "tensorboard": False})
+    sections = dict(
+        data={"files": [str(tmp_path / "train.jsonl")], "num_workers": 1},
+        schedule={"name": "cosine", "warmup_steps": 3},
+        training={"max_steps": 30, "batch_size": 2, "grad_accum": 2},
+        logging={"save_every": 4, "keep": 2, "tensorboard": False},
+    )
     straight = write_config(tmp_path / "straight", **sections)
     killed = write_config(tmp_path / "killed", **sections)
     subprocess.run(train_cmd(straight), env=env(), check=True, capture_output=True, timeout=300)
@@ -87,8 +94,12 @@ def test_two_ddp_processes_match_one_process_with_the_global_batch(tmp_path):
     write_dataset(tmp_path)
     (tmp_path / "train_and_dump.py").write_text(SCRIPT)
     data = str(tmp_path / "train.jsonl")
-    sections = dict(data={"files": [data]}, training={"max_steps": 5, "batch_size": 2},
-                    logging={"save_every": 5, "tensorboard": False}, eval={"files": [data], "every": 5, "batches": 2})
+    sections = dict(
+        data={"files": [data]},
+        training={"max_steps": 5, "batch_size": 2},
+        logging={"save_every": 5, "tensorboard": False},
+        eval={"files": [data], "every": 5, "batches": 2},
+    )
     config = write_config(tmp_path / "ddp", **sections)
     two_processes(tmp_path / "train_and_dump.py", str(config), str(tmp_path / "ddp"))
     rank0, rank1 = (load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1))
@@ -105,7 +116,8 @@ def test_two_ddp_processes_match_one_process_with_the_global_batch(tmp_path):
     single_losses = losses(tmp_path / "single")
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5)
     assert single.state.eval_history[0]["loss"] == pytest.approx(
-        json.loads((tmp_path / "ddp" / "out" / "metrics.json").read_text())["eval_history"][0]["loss"], rel=1e-5)
+        json.loads((tmp_path / "ddp" / "out" / "metrics.json").read_text())["eval_history"][0]["loss"], rel=1e-5
+    )
 
 
 SHIPPED_FSDP = str(REPO / "configs" / "accelerate" / "fsdp.yaml")
@@ -147,8 +159,12 @@ def test_two_fsdp_processes_match_one_process_and_resume_from_sharded_checkpoint
     write_dataset(tmp_path)
     (tmp_path / "train_fsdp.py").write_text(FSDP_SCRIPT)
     data = str(tmp_path / "train.jsonl")
-    sections = dict(data={"files": [data]}, training={"max_steps": 6, "batch_size": 2},
-                    logging={"save_every": 3, "tensorboard": False}, eval={"files": [data], "every": 3, "batches": 2})
+    sections = dict(
+        data={"files": [data]},
+        training={"max_steps": 6, "batch_size": 2},
+        logging={"save_every": 3, "tensorboard": False},
+        eval={"files": [data], "every": 3, "batches": 2},
+    )
     config = write_config(tmp_path / "fsdp", **sections)
     two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config))
     out = tmp_path / "fsdp" / "out"
@@ -174,11 +190,15 @@ def test_fsdp_trains_lora_adapters_on_a_bf16_model(tmp_path):
     weights share shard units; final/ holds merged bf16 weights, the frozen ones unchanged."""
     write_dataset(tmp_path)
     (tmp_path / "train_fsdp.py").write_text(FSDP_SCRIPT)
-    config = write_config(tmp_path / "lora", model={"tiny": True, "dtype": "bfloat16"}, stage=1,
-                          lora={"r": 4, "alpha": 8, "targets": ["language_model.*_proj"]},
-                          data={"files": [str(tmp_path / "train.jsonl")]},
-                          training={"max_steps": 4, "batch_size": 2, "mixed_precision": "bf16"},
-                          logging={"save_every": 4, "tensorboard": False})
+    config = write_config(
+        tmp_path / "lora",
+        model={"tiny": True, "dtype": "bfloat16"},
+        stage=1,
+        lora={"r": 4, "alpha": 8, "targets": ["language_model.*_proj"]},
+        data={"files": [str(tmp_path / "train.jsonl")]},
+        training={"max_steps": 4, "batch_size": 2, "mixed_precision": "bf16"},
+        logging={"save_every": 4, "tensorboard": False},
+    )
     two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config))
     final = load_file(tmp_path / "lora" / "out" / "final" / "model.safetensors")
     initial = tiny_model(seed=0)[0].to(torch.bfloat16).state_dict()

@@ -17,12 +17,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from janus_like import DataError, JanusLikeError
 from janus_like.fileio import check_output_folder, output_set
 from janus_like.testing import BOS, EOS, IMAGE_TOKENS, PAD
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = [BOS, EOS, PAD, *IMAGE_TOKENS]
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet and the special tokens, before any merge
@@ -67,18 +67,30 @@ def train_tokenizer(files: list[str], vocab_size: int, min_frequency: int = 2) -
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
     tok.train_from_iterator(read_texts(files), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   additional_special_tokens=list(IMAGE_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, additional_special_tokens=list(IMAGE_TOKENS)
+    )
 
 
 def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--files", nargs="+", required=True, help=".txt (one document per line) or .jsonl (training records, docs/training.md)")
-    p.add_argument("--vocab-size", type=int, default=8000,
-                   help=f"at least {MIN_VOCAB} (the 256 bytes and the special tokens)")
+    p.add_argument(
+        "--files",
+        nargs="+",
+        required=True,
+        help=".txt (one document per line) or .jsonl (training records, docs/training.md)",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=8000, help=f"at least {MIN_VOCAB} (the 256 bytes and the special tokens)"
+    )
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--out", default="runs/text_tokenizer")
     args = p.parse_args(argv)
@@ -96,8 +108,10 @@ def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
     with output_set(args.out) as tmp:
         tokenizer.save_pretrained(tmp)
     sample = next(read_texts(args.files), "")
-    print(f"vocabulary {len(tokenizer)} tokens; {len(sample)} characters of the first text -> "
-          f"{len(tokenizer.encode(sample, add_special_tokens=False))} tokens; wrote {args.out}")
+    print(
+        f"vocabulary {len(tokenizer)} tokens; {len(sample)} characters of the first text -> "
+        f"{len(tokenizer.encode(sample, add_special_tokens=False))} tokens; wrote {args.out}"
+    )
     return tokenizer
 
 

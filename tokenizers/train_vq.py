@@ -30,13 +30,20 @@ from tqdm.auto import tqdm
 
 from janus_like import JanusLikeError, JanusLikeVQConfig, JanusLikeVQModel
 from janus_like.checkpoint.options import check_device
+from janus_like.evaluation.shapes import all_scenes, render
 from janus_like.fileio import check_output_folder, output_set, plain_modes
 from janus_like.images import generation_pixels, load_image, pixels_to_pil
-from janus_like.evaluation.shapes import all_scenes, render
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-TINY = dict(base_channels=16, channel_multiplier=[1, 1, 2], num_res_blocks=1, norm_num_groups=8, z_channels=16,
-            codebook_size=64, codebook_dim=8)
+TINY = dict(
+    base_channels=16,
+    channel_multiplier=[1, 1, 2],
+    num_res_blocks=1,
+    norm_num_groups=8,
+    z_channels=16,
+    codebook_size=64,
+    codebook_dim=8,
+)
 
 
 class PatchDiscriminator(nn.Module):
@@ -91,8 +98,12 @@ def evaluate(model: JanusLikeVQModel, images: torch.Tensor, batch_size: int) -> 
         recons.append(model.decode(ids).float())
     model.train()
     recon = torch.cat(recons)
-    return {"psnr": psnr(recon, images.float()), "codebook_usage": used.float().mean().item(), "reconstruction": recon,
-            "codes_per_image": ids[0].numel()}
+    return {
+        "psnr": psnr(recon, images.float()),
+        "codebook_usage": used.float().mean().item(),
+        "reconstruction": recon,
+        "codes_per_image": ids[0].numel(),
+    }
 
 
 def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, n: int = 8) -> None:
@@ -110,8 +121,9 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     sizes = TINY if args.tiny else {}
-    config = JanusLikeVQConfig(**sizes, threshold_ema_dead_code=args.dead_code_threshold,
-                               codebook_decay=args.codebook_decay)
+    config = JanusLikeVQConfig(
+        **sizes, threshold_ema_dead_code=args.dead_code_threshold, codebook_decay=args.codebook_decay
+    )
     if args.codebook_size is not None:
         config.codebook_size = args.codebook_size
     image_size = args.image_size or (32 if args.tiny else 384)
@@ -119,7 +131,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.holdout:  # the last images never train: PSNR and usage measure generalisation
         if args.holdout >= len(images):
             sys.exit(f"train_vq: --holdout {args.holdout} leaves no training images (there are {len(images)})")
-        images, eval_images = images[:-args.holdout], images[-args.holdout:]
+        images, eval_images = images[: -args.holdout], images[-args.holdout :]
     else:
         eval_images = images[: args.eval_images]
     model = JanusLikeVQModel(config).to(device).train()
@@ -157,14 +169,24 @@ def train(args: argparse.Namespace) -> dict:
         save_grid(eval_images, after["reconstruction"].cpu(), tmp / "reconstructions.png")
         model.save_pretrained(tmp / "model")
         plain_modes(tmp / "model")  # a model to share: safetensors writes owner-only files
-    report = {"psnr_before": before["psnr"], "psnr": after["psnr"], "codebook_usage_before": before["codebook_usage"],
-              "codebook_usage": after["codebook_usage"]}
+    report = {
+        "psnr_before": before["psnr"],
+        "psnr": after["psnr"],
+        "codebook_usage_before": before["codebook_usage"],
+        "codebook_usage": after["codebook_usage"],
+    }
     codes = len(eval_images) * after["codes_per_image"]  # usage cannot exceed what the images hold
-    cap = f", at most {codes / config.codebook_size:.1%} with {len(eval_images)} images" if codes < config.codebook_size else ""
-    print(f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB; codebook usage "
-          f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes{cap} "
-          f"(on {len(eval_images)} {'held-out' if args.holdout else 'training'} images); "
-          f"wrote {final} and {out_dir / 'reconstructions.png'}")
+    cap = (
+        f", at most {codes / config.codebook_size:.1%} with {len(eval_images)} images"
+        if codes < config.codebook_size
+        else ""
+    )
+    print(
+        f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB; codebook usage "
+        f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes{cap} "
+        f"(on {len(eval_images)} {'held-out' if args.holdout else 'training'} images); "
+        f"wrote {final} and {out_dir / 'reconstructions.png'}"
+    )
     return report
 
 
@@ -173,11 +195,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", default=None, help="folder of images (default: synthetic shapes)")
     p.add_argument("--out", default="runs/vq")
     p.add_argument("--tiny", action="store_true", help="tiny model and 32px images: seconds on a CPU")
-    p.add_argument("--image-size", type=whole(16), default=None,
-                   help="default 384 (32 with --tiny); a multiple of the VQ's downsampling")
+    p.add_argument(
+        "--image-size",
+        type=whole(16),
+        default=None,
+        help="default 384 (32 with --tiny); a multiple of the VQ's downsampling",
+    )
     p.add_argument("--codebook-size", type=whole(2), default=None)
-    p.add_argument("--dead-code-threshold", type=number(0), default=2.0,
-                   help="replace codes whose EMA cluster size falls below this (0: never)")
+    p.add_argument(
+        "--dead-code-threshold",
+        type=number(0),
+        default=2.0,
+        help="replace codes whose EMA cluster size falls below this (0: never)",
+    )
     p.add_argument("--codebook-decay", type=number(0, 1), default=0.8, help="EMA decay of the codebook")
     p.add_argument("--adversarial-weight", type=number(0), default=0.0, help="PatchGAN hinge loss weight (0: off)")
     p.add_argument("--adversarial-start", type=whole(0), default=0, help="step at which the adversarial loss starts")
@@ -185,10 +215,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=whole(1), default=16)
     p.add_argument("--lr", type=number(0), default=1e-3)
     p.add_argument("--synthetic", type=whole(1), default=256, help="synthetic images when --images is not given")
-    p.add_argument("--eval-images", type=whole(1), default=16,
-                   help="evaluate on the first N training images (without --holdout)")
-    p.add_argument("--holdout", type=whole(0), default=0,
-                   help="keep the last N images out of training and evaluate on them (0: evaluate on training images)")
+    p.add_argument(
+        "--eval-images", type=whole(1), default=16, help="evaluate on the first N training images (without --holdout)"
+    )
+    p.add_argument(
+        "--holdout",
+        type=whole(0),
+        default=0,
+        help="keep the last N images out of training and evaluate on them (0: evaluate on training images)",
+    )
     p.add_argument("--seed", type=whole(0), default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -199,32 +234,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.exit(2, f"train_vq: {e}\n")
     factor = JanusLikeVQConfig(**(TINY if args.tiny else {})).downsample_factor
     if args.image_size is not None and args.image_size % factor:
-        p.exit(2, f"train_vq: --image-size {args.image_size} is not a multiple of {factor}, the VQ's downsampling "
-                  f"{'(--tiny) ' if args.tiny else ''}(e.g. {args.image_size // factor * factor or factor})\n")
+        p.exit(
+            2,
+            f"train_vq: --image-size {args.image_size} is not a multiple of {factor}, the VQ's downsampling "
+            f"{'(--tiny) ' if args.tiny else ''}(e.g. {args.image_size // factor * factor or factor})\n",
+        )
     if args.holdout and args.images is None:
-        p.exit(2, "train_vq: --holdout needs --images: the synthetic shapes world has 45 scenes, which repeat, "
-                  "so held-out synthetic images would be copies of training ones\n")
+        p.exit(
+            2,
+            "train_vq: --holdout needs --images: the synthetic shapes world has 45 scenes, which repeat, "
+            "so held-out synthetic images would be copies of training ones\n",
+        )
     return args
 
 
 def whole(low: int):
     """An argparse type: an integer >= low."""
+
     def parse(text: str) -> int:
         value = int(text)
         if value < low:
             raise ValueError
         return value
+
     parse.__name__ = f"integer >= {low}"
     return parse
 
 
 def number(low: float, high: float = math.inf):
     """An argparse type: a finite number in [low, high]."""
+
     def parse(text: str) -> float:
         value = float(text)
         if not (math.isfinite(value) and low <= value <= high):
             raise ValueError
         return value
+
     parse.__name__ = f"number in [{low}, {high}]" if math.isfinite(high) else f"finite number >= {low}"
     return parse
 

@@ -51,18 +51,45 @@ def write_data(work: Path, recipe: dict) -> Path:
 
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
-    write_shapes(data, size=recipe["data"]["image_size"], seed=recipe["seed"],
-                 interleaved=recipe["data"]["interleaved"], edits_per_scene=recipe["data"]["edits_per_scene"],
-                 holdout_every=0)
+    write_shapes(
+        data,
+        size=recipe["data"]["image_size"],
+        seed=recipe["seed"],
+        interleaved=recipe["data"]["interleaved"],
+        edits_per_scene=recipe["data"]["edits_per_scene"],
+        holdout_every=0,
+    )
     return data
 
 
 def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
     vq = recipe["vq"]
-    out = run([sys.executable, "tokenizers/train_vq.py", "--tiny", "--images", str(images), "--out", str(work / "vq"),
-               "--image-size", str(recipe["data"]["image_size"]), "--codebook-size", str(vq["codebook_size"]),
-               "--steps", str(vq["steps"]), "--batch-size", str(vq["batch_size"]), "--eval-images", "1000",
-               "--seed", str(recipe["seed"]), "--device", "cpu"], work / "vq.log")
+    out = run(
+        [
+            sys.executable,
+            "tokenizers/train_vq.py",
+            "--tiny",
+            "--images",
+            str(images),
+            "--out",
+            str(work / "vq"),
+            "--image-size",
+            str(recipe["data"]["image_size"]),
+            "--codebook-size",
+            str(vq["codebook_size"]),
+            "--steps",
+            str(vq["steps"]),
+            "--batch-size",
+            str(vq["batch_size"]),
+            "--eval-images",
+            "1000",
+            "--seed",
+            str(recipe["seed"]),
+            "--device",
+            "cpu",
+        ],
+        work / "vq.log",
+    )
     psnr = float(re.search(r"PSNR [-\d.]+ -> ([-\d.]+) dB", out).group(1))
     return work / "vq" / "model", psnr
 
@@ -72,16 +99,31 @@ def compose(work: Path, recipe: dict, vq: Path) -> Path:
     torch.manual_seed(recipe["seed"])
     m = recipe["model"]
     tokenizer = byte_level_tokenizer()
-    llm = LlamaForCausalLM(LlamaConfig(**m["text"], vocab_size=len(tokenizer), tie_word_embeddings=False,
-                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                       pad_token_id=tokenizer.pad_token_id))
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            **m["text"],
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     llm.save_pretrained(work / "llm")
     tokenizer.save_pretrained(work / "llm")
     SiglipVisionModel(SiglipVisionConfig(**m["vision"], hidden_act="gelu", vision_use_head=False)).save_pretrained(
-        work / "vision")
+        work / "vision"
+    )
     model, processor = JanusLikeForConditionalGeneration.from_parts(
-        work / "llm", work / "vision", vq, return_processor=True, gen_image_size=recipe["data"]["image_size"],
-        gen_head_hidden_size=m["gen_head_hidden_size"], default_cfg_scale=m["default_cfg_scale"], system_prompt="")
+        work / "llm",
+        work / "vision",
+        vq,
+        return_processor=True,
+        gen_image_size=recipe["data"]["image_size"],
+        gen_head_hidden_size=m["gen_head_hidden_size"],
+        default_cfg_scale=m["default_cfg_scale"],
+        system_prompt="",
+    )
     init = work / "init"
     model.save_pretrained(init)
     processor.save_pretrained(init)
@@ -89,8 +131,12 @@ def compose(work: Path, recipe: dict, vq: Path) -> Path:
 
 
 def train(work: Path, recipe: dict, init: Path, data: Path) -> dict:
-    config = dict(recipe["train"], output_dir=str(work / "train"), model={"path": str(init)},
-                  data=dict(recipe["train"]["data"], files=[str(data / "train.jsonl")]))
+    config = dict(
+        recipe["train"],
+        output_dir=str(work / "train"),
+        model={"path": str(init)},
+        data=dict(recipe["train"]["data"], files=[str(data / "train.jsonl")]),
+    )
     config_file = work / "train.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.rmtree(work / "train", ignore_errors=True)
@@ -131,12 +177,18 @@ def main(argv: list[str] | None = None) -> dict:
     vq_seconds = time.perf_counter() - started
     init = compose(work, recipe, vq)
     losses = train(work, recipe, init, data)
-    report = {"vq_psnr_db": psnr, "vq_seconds": round(vq_seconds), "final_losses_last50": losses,
-              "total_seconds": round(time.perf_counter() - started)}
+    report = {
+        "vq_psnr_db": psnr,
+        "vq_seconds": round(vq_seconds),
+        "final_losses_last50": losses,
+        "total_seconds": round(time.perf_counter() - started),
+    }
     if not args.no_install:
         report["size_mb"] = round(install(work / "train" / "final"), 2)
-        run([sys.executable, "-m", "janus_like.cli", "eval", "shapes", "--out", str(work / "eval_shapes")],
-            work / "eval.log")
+        run(
+            [sys.executable, "-m", "janus_like.cli", "eval", "shapes", "--out", str(work / "eval_shapes")],
+            work / "eval.log",
+        )
     text = json.dumps(report, indent=2) + "\n"
     (work / "build_report.json").write_text(text)
     if not args.no_install:

@@ -4,8 +4,9 @@
     deepseek    DeepSeek's original Janus / Janus-Pro (config.json with language_config, gen_vision_config, …)
     hf_janus    transformers' Janus (config.json with model_type "janus")
 
-Foreign layouts are registered in `loading.LAYOUTS` (detection and loading both use it); they load tensor by tensor into a model built on the meta device (`loading`), and
-`janus-like convert` rewrites them in this package's format (`janus_like.convert`).
+Foreign layouts are registered in `loading.LAYOUTS` (detection and loading both use it); they load
+tensor by tensor into a model built on the meta device (`loading`), and `janus-like convert`
+rewrites them in this package's format (`janus_like.convert`).
 """
 
 from __future__ import annotations
@@ -15,22 +16,38 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from .loading import LAYOUTS, ForeignCheckpoint, load_foreign_model, open_foreign
-from .options import (DEVICE_MAP_STRATEGIES, LOADING_OPTIONS, check_device, check_device_map, resolve_chat_roles,
-                      resolve_dtype, set_attention)
+from .options import (
+    DEVICE_MAP_STRATEGIES,
+    LOADING_OPTIONS,
+    check_device,
+    check_device_map,
+    resolve_chat_roles,
+    resolve_dtype,
+    set_attention,
+)
 from .settings import read_json_object
 
 OWN = "janus_like"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # built by apps/default_model/build.py
 DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json")
-__all__ = ["default_model_path", "detect_layout", "load_model", "model_dir", "open_checkpoint", "resolve_path",
-           "ForeignCheckpoint"]
+__all__ = [
+    "default_model_path",
+    "detect_layout",
+    "load_model",
+    "model_dir",
+    "open_checkpoint",
+    "resolve_path",
+    "ForeignCheckpoint",
+]
 
 
 def read_config_json(path: Path) -> dict:
     file = path / "config.json"
     if not file.is_file():
-        raise CheckpointError(f"{path} has no config.json; expected a model directory "
-                              "(this package's save_pretrained output, DeepSeek Janus or transformers' Janus)")
+        raise CheckpointError(
+            f"{path} has no config.json; expected a model directory "
+            "(this package's save_pretrained output, DeepSeek Janus or transformers' Janus)"
+        )
     return read_json_object(file)
 
 
@@ -46,17 +63,21 @@ def detect_layout(path: str | os.PathLike) -> str:
     config = read_config_json(Path(path))
     layout = layout_of(config)
     if layout is None:
-        raise CheckpointError(f"unknown checkpoint layout in {path} (model_type={config.get('model_type')!r}); "
-                              f"supported: this package's (model_type {OWN!r}), "
-                              + ", ".join(layout.DESCRIPTION for layout in LAYOUTS.values()))
+        raise CheckpointError(
+            f"unknown checkpoint layout in {path} (model_type={config.get('model_type')!r}); "
+            f"supported: this package's (model_type {OWN!r}), "
+            + ", ".join(layout.DESCRIPTION for layout in LAYOUTS.values())
+        )
     return layout
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
     """A local directory as is; otherwise a hub id, fetched (or found in the cache) with huggingface_hub."""
     if not isinstance(path, (str, os.PathLike)):
-        raise SettingsError(f"path must be a str or os.PathLike (a model folder or hub id) or None (the embedded "
-                            f"default model), got {type(path).__name__} {path!r:.40}")
+        raise SettingsError(
+            f"path must be a str or os.PathLike (a model folder or hub id) or None (the embedded "
+            f"default model), got {type(path).__name__} {path!r:.40}"
+        )
     local = Path(path).expanduser()
     if local.is_dir():
         return local
@@ -68,8 +89,10 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
         return Path(snapshot_download(name))
     except Exception as e:
-        raise CheckpointError(f"{path} is not a local directory and could not be fetched from the hub "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise CheckpointError(
+            f"{path} is not a local directory and could not be fetched from the hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
 
 
 def model_dir(path: str | os.PathLike | None) -> Path:
@@ -93,21 +116,40 @@ def default_model_path() -> Path:
     path = DEFAULT_MODEL_DIR
     missing = [name for name in DEFAULT_MODEL_FILES if not (path / name).is_file()]
     if missing:
-        raise ModelNotAvailableError(f"no model path given and the embedded default model in {path} lacks "
-                                     f"{', '.join(missing)}; reinstall janus_like, rebuild it with "
-                                     "`python apps/default_model/build.py`, or pass a model directory")
+        raise ModelNotAvailableError(
+            f"no model path given and the embedded default model in {path} lacks "
+            f"{', '.join(missing)}; reinstall janus_like, rebuild it with "
+            "`python apps/default_model/build.py`, or pass a model directory"
+        )
     return path
 
 
-def load_model(cls, path: str | os.PathLike | None, *, dtype=None, device=None, device_map=None,
-               low_cpu_mem_usage: bool = True, attn_implementation: str | None = None,
-               chat_roles: str | tuple[str, str] | None = None, **kwargs):
+def load_model(
+    cls,
+    path: str | os.PathLike | None,
+    *,
+    dtype=None,
+    device=None,
+    device_map=None,
+    low_cpu_mem_usage: bool = True,
+    attn_implementation: str | None = None,
+    chat_roles: str | tuple[str, str] | None = None,
+    **kwargs,
+):
     """`JanusLikeForConditionalGeneration.from_pretrained`: dispatch on the detected layout
     (no path: the embedded default model). `attn_implementation` is set once the model is built,
     alike for every layout (transformers would also hand it to the VQ tokenizer, which refuses it).
     `chat_roles` overrides the config's user_role / assistant_role (see `options.resolve_chat_roles`)."""
-    model = _load_model(cls, path, dtype=dtype, device=device, device_map=device_map,
-                        low_cpu_mem_usage=low_cpu_mem_usage, chat_roles=resolve_chat_roles(chat_roles), **kwargs)
+    model = _load_model(
+        cls,
+        path,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        low_cpu_mem_usage=low_cpu_mem_usage,
+        chat_roles=resolve_chat_roles(chat_roles),
+        **kwargs,
+    )
     if attn_implementation is not None:
         set_attention(model[0] if isinstance(model, tuple) else model, attn_implementation)
     return model
@@ -129,8 +171,17 @@ def _load_model(cls, path, *, dtype, device, device_map, low_cpu_mem_usage, chat
         return cls._from_own_format(path, dtype=dtype, device_map=device_map, **kwargs)
     unknown = set(kwargs) - {"max_memory", "offload_folder", "check_weights"}
     if unknown:
-        raise SettingsError(f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
-                              f"accepted: {LOADING_OPTIONS}")
+        raise SettingsError(
+            f"unsupported loading options for a {layout} checkpoint: {', '.join(sorted(unknown))}; "
+            f"accepted: {LOADING_OPTIONS}"
+        )
     checkpoint = open_foreign(path, layout, read_config_json(path), chat_roles)
-    return load_foreign_model(cls, checkpoint, dtype=dtype, device=device, device_map=device_map,
-                              low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
+    return load_foreign_model(
+        cls,
+        checkpoint,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        low_cpu_mem_usage=low_cpu_mem_usage,
+        **kwargs,
+    )

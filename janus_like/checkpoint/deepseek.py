@@ -20,14 +20,32 @@ from transformers import AutoConfig
 from ..configuration import JANUS_SYSTEM_PROMPT, JanusLikeConfig
 from ..errors import CheckpointError
 from .hf_janus import map_vq
-from .settings import (ImageSettings, config_errors, load_tokenizer, read_json, require, require_int, require_sizes,
-                       text_config_dict)
+from .settings import (
+    ImageSettings,
+    config_errors,
+    load_tokenizer,
+    read_json,
+    require,
+    require_int,
+    require_sizes,
+    text_config_dict,
+)
 
-PARTS = ("language_config", "vision_config", "aligner_config", "gen_vision_config", "gen_aligner_config",
-         "gen_head_config")
+PARTS = (
+    "language_config",
+    "vision_config",
+    "aligner_config",
+    "gen_vision_config",
+    "gen_aligner_config",
+    "gen_head_config",
+)
 # The class each part's `cls` names in DeepSeek's model_name_to_cls (gen_vision_config: VQ_VARIANTS)
-PART_CLASSES = {"vision_config": ("CLIPVisionTower",), "aligner_config": ("MlpProjector",),
-                "gen_aligner_config": ("MlpProjector",), "gen_head_config": ("vision_head",)}
+PART_CLASSES = {
+    "vision_config": ("CLIPVisionTower",),
+    "aligner_config": ("MlpProjector",),
+    "gen_aligner_config": ("MlpProjector",),
+    "gen_head_config": ("vision_head",),
+}
 
 # DeepSeek's siglip_vit.SigLIP_MODEL_CONFIG entry that Janus uses (tests register tiny ones).
 SIGLIP_VARIANTS: dict[str, dict] = {
@@ -36,8 +54,15 @@ SIGLIP_VARIANTS: dict[str, dict] = {
 # LlamaGen's VQ_models entry Janus uses: VQ_16() takes no arguments, so the whole VQ comes from
 # here (ModelArgs defaults); image_size is what DeepSeek's generation scripts decode (img_size=384).
 VQ_VARIANTS: dict[str, dict] = {
-    "VQ-16": dict(base_channels=128, channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=2, z_channels=256,
-                  codebook_size=16384, codebook_dim=8, image_size=384),
+    "VQ-16": dict(
+        base_channels=128,
+        channel_multiplier=[1, 1, 2, 2, 4],
+        num_res_blocks=2,
+        z_channels=256,
+        codebook_size=16384,
+        codebook_dim=8,
+        image_size=384,
+    ),
 }
 # The chat roles each release's own scripts write into the prompt text, whatever the tokenizer makes of
 # them (deepseek-ai/Janus: the conversation's "role" strings go into the prompt verbatim, see
@@ -46,9 +71,14 @@ PRO_ROLES = ("<|User|>", "<|Assistant|>")  # Janus-Pro: README.md, demo/app_janu
 PLAIN_ROLES = ("User", "Assistant")  # Janus-1.3B: README.md, inference.py, demo/app.py; JanusFlow: app_janusflow.py
 RELEASE_ROLES = {"janus-pro": PRO_ROLES, "janus-1.3b": PLAIN_ROLES, "janusflow": PLAIN_ROLES}
 # a release named in a checkpoint's folder or hub id (Janus-Pro-7B, janus_pro_1b, JanusFlow-1.3B, Janus-1.3B)
-_RELEASE_NAMES = [(re.compile(pattern, re.IGNORECASE), release) for pattern, release in
-                  ((r"janus[-_ ]?pro", "janus-pro"), (r"janus[-_ ]?flow", "janusflow"),
-                   (r"janus[-_ ]?1\.3b", "janus-1.3b"))]
+_RELEASE_NAMES = [
+    (re.compile(pattern, re.IGNORECASE), release)
+    for pattern, release in (
+        (r"janus[-_ ]?pro", "janus-pro"),
+        (r"janus[-_ ]?flow", "janusflow"),
+        (r"janus[-_ ]?1\.3b", "janus-1.3b"),
+    )
+]
 # conversation.py's templates by sft_format: "deepseek_old" is the pre-Pro template (roles User/Assistant)
 _TEMPLATE_RELEASES = {"deepseek_old": "janus-1.3b"}
 logger = logging.getLogger("janus_like.checkpoint")
@@ -56,8 +86,10 @@ logger = logging.getLogger("janus_like.checkpoint")
 _VISION_RENAMES = [
     (r"^vision_model\.vision_tower\.patch_embed\.proj\.", r"vision_model.embeddings.patch_embedding."),
     (r"^vision_model\.vision_tower\.blocks\.(\d+)\.norm(1|2)\.", r"vision_model.encoder.layers.\1.layer_norm\2."),
-    (r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.proj\.",
-     r"vision_model.encoder.layers.\1.self_attn.out_proj."),
+    (
+        r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.proj\.",
+        r"vision_model.encoder.layers.\1.self_attn.out_proj.",
+    ),
     (r"^vision_model\.vision_tower\.blocks\.(\d+)\.mlp\.", r"vision_model.encoder.layers.\1.mlp."),
     (r"^vision_model\.vision_tower\.norm\.", r"vision_model.post_layernorm."),
     (r"^(aligner|gen_aligner|gen_head|gen_embed|language_model)\.", r"\1."),  # same names here
@@ -89,7 +121,7 @@ def map_tensor(key: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]
     if _DROPPED.search(key):  # the tower's unused attention-pool head (ignore_head=True)
         return []
     if key.startswith("gen_vision_model."):
-        vq_key = key[len("gen_vision_model."):]
+        vq_key = key[len("gen_vision_model.") :]
         for pattern, repl in _VQ_TO_HF:
             vq_key = re.sub(pattern, repl, vq_key)
         return map_vq(vq_key, tensor)
@@ -98,8 +130,10 @@ def map_tensor(key: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]
     qkv = _QKV.match(key)
     if qkv:  # timm's fused projection, rows ordered q | k | v
         layer, kind = qkv.groups()
-        return [(f"vision_model.encoder.layers.{layer}.self_attn.{name}_proj.{kind}", part)
-                for name, part in zip("qkv", tensor.chunk(3, dim=0))]
+        return [
+            (f"vision_model.encoder.layers.{layer}.self_attn.{name}_proj.{kind}", part)
+            for name, part in zip("qkv", tensor.chunk(3, dim=0))
+        ]
     for pattern, repl in _VISION_RENAMES:
         new, n = re.subn(pattern, repl, key)
         if n:
@@ -114,8 +148,10 @@ def fallbacks(raw: dict) -> dict[str, str]:
 def _section(raw: dict, part: str) -> dict:
     section = raw.get(part)
     if not isinstance(section, dict):
-        raise CheckpointError(f"unsupported checkpoint config: {part} = {section!r:.60}; accepted: an object "
-                              "(as in DeepSeek's config.json)")
+        raise CheckpointError(
+            f"unsupported checkpoint config: {part} = {section!r:.60}; accepted: an object "
+            "(as in DeepSeek's config.json)"
+        )
     return section
 
 
@@ -132,11 +168,19 @@ def _params(raw: dict, part: str) -> dict:
 def _mlp_gelu(raw: dict, part: str, input_dim: int, hidden: int) -> int:
     """Check an MlpProjector config against its neighbours; return its depth."""
     params = _params(raw, part)
-    require(params.get("projector_type", "mlp_gelu") == "mlp_gelu", f"{part}.params.projector_type",
-            params.get("projector_type"), "'mlp_gelu'")
+    require(
+        params.get("projector_type", "mlp_gelu") == "mlp_gelu",
+        f"{part}.params.projector_type",
+        params.get("projector_type"),
+        "'mlp_gelu'",
+    )
     require(params.get("input_dim") == input_dim, f"{part}.params.input_dim", params.get("input_dim"), str(input_dim))
-    require(params.get("n_embed") == hidden, f"{part}.params.n_embed", params.get("n_embed"),
-            f"the language model's hidden_size {hidden}")
+    require(
+        params.get("n_embed") == hidden,
+        f"{part}.params.n_embed",
+        params.get("n_embed"),
+        f"the language model's hidden_size {hidden}",
+    )
     depth = params.get("depth", 1)
     require(isinstance(depth, int) and depth >= 1, f"{part}.params.depth", depth, "an integer >= 1")
     return depth
@@ -165,37 +209,60 @@ def model_config(raw: dict) -> JanusLikeConfig:
     # DeepSeek builds only the blocks up to select_layer, then the final norm (create_siglip_vit)
     layers = min(tower["layers"], tower["layers"] + select_layer + 1 if select_layer <= 0 else select_layer)
     image_size = require_int(vision, "image_size", tower["image_size"], "vision_config.params.image_size", minimum=1)
-    vision_config = dict(hidden_size=tower["width"], intermediate_size=int(tower["width"] * tower["mlp_ratio"]),
-                         num_hidden_layers=layers, num_attention_heads=tower["heads"],
-                         image_size=image_size, patch_size=tower["patch_size"],
-                         hidden_act="gelu", layer_norm_eps=1e-6, vision_use_head=False)
+    vision_config = dict(
+        hidden_size=tower["width"],
+        intermediate_size=int(tower["width"] * tower["mlp_ratio"]),
+        num_hidden_layers=layers,
+        num_attention_heads=tower["heads"],
+        image_size=image_size,
+        patch_size=tower["patch_size"],
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        vision_use_head=False,
+    )
 
     gen_vision = _section(raw, "gen_vision_config")
-    require(gen_vision.get("cls") in VQ_VARIANTS, "gen_vision_config.cls", gen_vision.get("cls"),
-            ", ".join(map(repr, VQ_VARIANTS)))
+    require(
+        gen_vision.get("cls") in VQ_VARIANTS,
+        "gen_vision_config.cls",
+        gen_vision.get("cls"),
+        ", ".join(map(repr, VQ_VARIANTS)),
+    )
     vq = dict(VQ_VARIANTS[gen_vision["cls"]])
     gen_image_size = vq.pop("image_size")
     gen_params = _params(raw, "gen_vision_config")
     for field, key in (("image_token_size", "codebook_size"), ("n_embed", "codebook_dim")):
-        require(gen_params.get(field, vq[key]) == vq[key], f"gen_vision_config.params.{field}", gen_params.get(field),
-                f"{vq[key]} (the {gen_vision['cls']} codebook)")
+        require(
+            gen_params.get(field, vq[key]) == vq[key],
+            f"gen_vision_config.params.{field}",
+            gen_params.get(field),
+            f"{vq[key]} (the {gen_vision['cls']} codebook)",
+        )
     head = _params(raw, "gen_head_config")
     require(head.get("n_embed") == hidden, "gen_head_config.params.n_embed", head.get("n_embed"), str(hidden))
-    require(head.get("image_token_size") == vq["codebook_size"], "gen_head_config.params.image_token_size",
-            head.get("image_token_size"), str(vq["codebook_size"]))
+    require(
+        head.get("image_token_size") == vq["codebook_size"],
+        "gen_head_config.params.image_token_size",
+        head.get("image_token_size"),
+        str(vq["codebook_size"]),
+    )
     head_hidden = require_int(head, "image_token_embed", hidden, "gen_head_config.params.image_token_embed", minimum=1)
     return JanusLikeConfig(
-        text_config=text_config_dict(text), vision_config=vision_config, vq_config=vq,
+        text_config=text_config_dict(text),
+        vision_config=vision_config,
+        vq_config=vq,
         aligner_depth=_mlp_gelu(raw, "aligner_config", tower["width"], hidden),
         gen_aligner_depth=_mlp_gelu(raw, "gen_aligner_config", vq["codebook_dim"], hidden),
-        gen_head_hidden_size=head_hidden, gen_image_size=gen_image_size,
+        gen_head_hidden_size=head_hidden,
+        gen_image_size=gen_image_size,
         # VLChatProcessor.system_prompt, the same in every release; their image-generation scripts pass ""
         system_prompt=JANUS_SYSTEM_PROMPT,
     )
 
 
-def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = None
-                 ) -> tuple[JanusLikeConfig, object, ImageSettings]:
+def build_config(
+    path: Path, raw: dict, chat_roles: tuple[str, str] | None = None
+) -> tuple[JanusLikeConfig, object, ImageSettings]:
     """DeepSeek's config.json, processor_config.json and preprocessor_config.json -> JanusLikeConfig
     (with their chat settings), the tokenizer (with VLChatProcessor's runtime addition) and image settings.
     `chat_roles` (user, assistant) overrides the roles the release would have."""
@@ -204,11 +271,19 @@ def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = Non
     tokenizer = load_tokenizer(path)
     processor_config = read_json(path / "processor_config.json")
     sft_format = processor_config.get("sft_format", "deepseek")
-    require(sft_format in ("deepseek", "deepseek_old"), "processor_config sft_format", sft_format,
-            "'deepseek' or 'deepseek_old'")
+    require(
+        sft_format in ("deepseek", "deepseek_old"),
+        "processor_config sft_format",
+        sft_format,
+        "'deepseek' or 'deepseek_old'",
+    )
     num_tokens = processor_config.get("num_image_tokens", config.num_image_tokens)
-    require(num_tokens == config.num_image_tokens, "processor_config num_image_tokens", num_tokens,
-            f"{config.num_image_tokens} (the vision encoder's patch grid)")
+    require(
+        num_tokens == config.num_image_tokens,
+        "processor_config num_image_tokens",
+        num_tokens,
+        f"{config.num_image_tokens} (the vision encoder's patch grid)",
+    )
     config.image_token = processor_config.get("image_tag", "<image_placeholder>")
     # their generation prompt is the SFT text + image_start_tag, tokenized at once; an added token splits
     # the text, so appending its id is the same (generation_inference.py, demo/app_januspro.py)
@@ -221,9 +296,12 @@ def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = Non
         tokenizer.add_tokens([config.image_token], special_tokens=True)
     config.user_role, config.assistant_role = chat_roles or release_roles(path, raw, sft_format)
     vision = _params(raw, "vision_config")
-    settings = ImageSettings.from_preprocessor(read_json(path / "preprocessor_config.json"),
-                                               config.vision_config.image_size, vision.get("pixel_mean"),
-                                               vision.get("pixel_std"))
+    settings = ImageSettings.from_preprocessor(
+        read_json(path / "preprocessor_config.json"),
+        config.vision_config.image_size,
+        vision.get("pixel_mean"),
+        vision.get("pixel_std"),
+    )
     return config, tokenizer, settings
 
 
@@ -258,6 +336,10 @@ def release_roles(path: Path, raw: dict, sft_format: str) -> tuple[str, str]:
 @functools.cache
 def _report_unidentified(path: str) -> None:
     """The load's note that the release was not told: once per checkpoint (model and processor both load it)."""
-    logger.warning("%s: no Janus release named in its folder or config (Janus-Pro-1B/-7B, Janus-1.3B, JanusFlow-1.3B); "
-                   "using Janus-Pro's chat roles %s / %s. For Janus-1.3B pass chat_roles='janus-1.3b' "
-                   "(roles User / Assistant) to from_pretrained", path, *PRO_ROLES)
+    logger.warning(
+        "%s: no Janus release named in its folder or config (Janus-Pro-1B/-7B, Janus-1.3B, JanusFlow-1.3B); "
+        "using Janus-Pro's chat roles %s / %s. For Janus-1.3B pass chat_roles='janus-1.3b' "
+        "(roles User / Assistant) to from_pretrained",
+        path,
+        *PRO_ROLES,
+    )

@@ -11,8 +11,8 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
@@ -34,8 +34,10 @@ def weight_files(path: Path) -> list[Path]:
             shards = sorted(set(_weight_map(index).values()))
             missing = [s for s in shards if not (path / s).is_file()]
             if missing:
-                raise CheckpointError(f"{index} lists {len(shards)} shards but {len(missing)} are missing from {path}: "
-                                      f"{', '.join(missing)}; download the complete checkpoint")
+                raise CheckpointError(
+                    f"{index} lists {len(shards)} shards but {len(missing)} are missing from {path}: "
+                    f"{', '.join(missing)}; download the complete checkpoint"
+                )
             return [path / s for s in shards]
     for name in SINGLE_FILES:
         if (path / name).is_file():
@@ -43,8 +45,9 @@ def weight_files(path: Path) -> list[Path]:
     shards = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if shards:
         return shards
-    raise CheckpointError(f"no weights in {path}: expected {' or '.join(SINGLE_FILES)}, or shards with "
-                          f"{' or '.join(INDEX_FILES)}")
+    raise CheckpointError(
+        f"no weights in {path}: expected {' or '.join(SINGLE_FILES)}, or shards with {' or '.join(INDEX_FILES)}"
+    )
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -52,15 +55,16 @@ def _weight_map(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index} is not a valid shard index (needs a 'weight_map' object): "
-                              f"{one_line(e)}") from e
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v and Path(v).name == v
-                                                   for v in weight_map.values()):
-        raise CheckpointError(f"{index} is not a valid shard index: 'weight_map' must map tensor names to shard "
-                              f"file names in the same directory, got {weight_map!r:.80}")
+        raise CheckpointError(f"{index} is not a valid shard index (needs a 'weight_map' object): {one_line(e)}") from e
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()
+    ):
+        raise CheckpointError(
+            f"{index} is not a valid shard index: 'weight_map' must map tensor names to shard "
+            f"file names in the same directory, got {weight_map!r:.80}"
+        )
     if not weight_map:
-        raise CheckpointError(f"{index} lists no tensors (its 'weight_map' is empty); download the complete "
-                              "checkpoint")
+        raise CheckpointError(f"{index} lists no tensors (its 'weight_map' is empty); download the complete checkpoint")
     return weight_map
 
 
@@ -79,9 +83,11 @@ def load_bin(file: Path) -> dict[str, torch.Tensor]:
         reason = next((line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()), one_line(e))
         if "Unsupported operand" in reason:
             raise CheckpointError(f"cannot read {file}: it is not a PyTorch weights file ({reason:.200})") from e
-        raise CheckpointError(f"refusing to load {file}: it contains objects other than tensors, which could run "
-                              f"code when unpickled (torch.load weights_only=True rejected it: {reason:.200}). "
-                              "Use a safetensors copy of the checkpoint") from e
+        raise CheckpointError(
+            f"refusing to load {file}: it contains objects other than tensors, which could run "
+            f"code when unpickled (torch.load weights_only=True rejected it: {reason:.200}). "
+            "Use a safetensors copy of the checkpoint"
+        ) from e
     except Exception as e:
         raise CheckpointError(f"cannot read {file}: {one_line(e)}") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -127,9 +133,20 @@ def safetensors_keys(file: Path) -> list[str]:
 
 
 # safetensors' names of the dtypes its headers give (its own table is private)
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def weight_headers(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -146,8 +163,9 @@ def weight_headers(files: list[Path]) -> dict[str, torch.Tensor]:
                     info = f.get_slice(name)
                     dtype = SAFETENSORS_DTYPES.get(info.get_dtype())
                     if dtype is None:
-                        raise CheckpointError(f"{file} stores {name} as {info.get_dtype()}; accepted: "
-                                              f"{', '.join(SAFETENSORS_DTYPES)}")
+                        raise CheckpointError(
+                            f"{file} stores {name} as {info.get_dtype()}; accepted: {', '.join(SAFETENSORS_DTYPES)}"
+                        )
                     headers[name] = torch.empty(info.get_shape(), dtype=dtype, device="meta")
         except CheckpointError:
             raise
@@ -158,8 +176,9 @@ def weight_headers(files: list[Path]) -> dict[str, torch.Tensor]:
 
 def unreadable(file: Path, error: Exception) -> CheckpointError:
     """The error for a safetensors file that is truncated, empty or not safetensors at all."""
-    return CheckpointError(f"cannot read {file}: {one_line(error)}; expected a complete safetensors file "
-                           "(download or save it again)")
+    return CheckpointError(
+        f"cannot read {file}: {one_line(error)}; expected a complete safetensors file (download or save it again)"
+    )
 
 
 class ShardWriter:
@@ -175,8 +194,10 @@ class ShardWriter:
             directory.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         except OSError as e:  # a parent is a file, or is not writable
-            raise CheckpointError(f"cannot write {directory}: {e.strerror} ({e.filename}); choose a destination "
-                                  "inside a writable directory") from e
+            raise CheckpointError(
+                f"cannot write {directory}: {e.strerror} ({e.filename}); choose a destination "
+                "inside a writable directory"
+            ) from e
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
         self.shards: list[list[str]] = []

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from ..configuration import JANUS_SYSTEM_PROMPT, JanusLikeConfig
 from ..errors import CheckpointError, one_line
-from .settings import (ImageSettings, config_errors, load_tokenizer, read_json, require, require_sizes,
-                       text_config_dict)
+from .settings import ImageSettings, config_errors, load_tokenizer, read_json, require, require_sizes, text_config_dict
 
 NAME = "hf_janus"
 DESCRIPTION = "transformers' Janus (model_type 'janus')"
@@ -56,10 +55,12 @@ def codebook_tensors(prefix: str, weight: torch.Tensor) -> list[tuple[str, torch
     """LlamaGen's raw codebook -> VectorQuantize's buffers. Janus l2-normalises the codebook at
     every use; storing it normalised (with unit EMA counts) gives the same codes and vectors."""
     embed = F.normalize(weight.float(), dim=-1).to(weight.dtype)[None]
-    return [(f"{prefix}_codebook.embed", embed), (f"{prefix}_codebook.embed_avg", embed.clone()),
-            (f"{prefix}_codebook.cluster_size",
-             torch.ones(1, weight.shape[0], dtype=weight.dtype, device=weight.device)),
-            (f"{prefix}_codebook.initted", torch.tensor(True))]
+    return [
+        (f"{prefix}_codebook.embed", embed),
+        (f"{prefix}_codebook.embed_avg", embed.clone()),
+        (f"{prefix}_codebook.cluster_size", torch.ones(1, weight.shape[0], dtype=weight.dtype, device=weight.device)),
+        (f"{prefix}_codebook.initted", torch.tensor(True)),
+    ]
 
 
 def map_vq(key: str, tensor: torch.Tensor, prefix: str = "vq.") -> list[tuple[str, torch.Tensor]] | None:
@@ -79,8 +80,10 @@ def map_vq(key: str, tensor: torch.Tensor, prefix: str = "vq.") -> list[tuple[st
 
 
 _RENAMES = [
-    (r"^model\.vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection_layer\.",
-     r"vision_model.encoder.layers.\1.self_attn.out_proj."),
+    (
+        r"^model\.vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection_layer\.",
+        r"vision_model.encoder.layers.\1.self_attn.out_proj.",
+    ),
     (r"^model\.vision_model\.", r"vision_model."),
     (r"^model\.generation_head\.proj_out\.", r"gen_head.output_mlp_projector."),
     (r"^model\.generation_head\.vision_head\.", r"gen_head.vision_head."),
@@ -98,12 +101,12 @@ def matches(raw: dict) -> bool:
 def map_tensor(key: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]] | None:
     """One transformers-Janus tensor -> this package's (name, tensor) pairs; None if unknown."""
     if key.startswith("model.vqmodel."):
-        return map_vq(key[len("model.vqmodel."):], tensor)
+        return map_vq(key[len("model.vqmodel.") :], tensor)
     aligner = re.match(r"^model\.(aligner|generation_aligner)\.(?:fc1|hidden_layers\.(\d+))\.", key)
     if aligner:  # fc1 / hidden_layers.K -> the Sequential index in Janus's mlp_gelu projector
         name = "aligner" if aligner.group(1) == "aligner" else "gen_aligner"
         layer = 0 if aligner.group(2) is None else 2 * int(aligner.group(2)) + 2
-        return [(f"{name}.layers.{layer}.{key[aligner.end():]}", tensor)]
+        return [(f"{name}.layers.{layer}.{key[aligner.end() :]}", tensor)]
     for pattern, repl in _RENAMES:
         new, n = re.subn(pattern, repl, key)
         if n:
@@ -128,32 +131,54 @@ def model_config(raw: dict) -> JanusLikeConfig:
     require(not vq.double_latent, "vq_config.double_latent", vq.double_latent, "false")
     for field, value in (("vision_config.hidden_act", vision.hidden_act), ("vq_config.hidden_act", vq.hidden_act)):
         require(value == "gelu", field, value, "'gelu' (Janus's exact GELU)")
-    for field, value in (("vision_config.projection_dim", vision.projection_dim),
-                         ("vq_config.image_token_embed_dim", vq.image_token_embed_dim),
-                         ("vq_config.projection_dim", vq.projection_dim)):
+    for field, value in (
+        ("vision_config.projection_dim", vision.projection_dim),
+        ("vq_config.image_token_embed_dim", vq.image_token_embed_dim),
+        ("vq_config.projection_dim", vq.projection_dim),
+    ):
         require(value == hidden, field, value, f"the language model's hidden_size {hidden}")
     image_size, patch_size = _side(vision.image_size), _side(vision.patch_size)
     require(patch_size >= 1, "vision_config.patch_size", vision.patch_size, "a positive integer")
-    vision_config = dict(hidden_size=vision.hidden_size, intermediate_size=int(vision.hidden_size * vision.mlp_ratio),
-                         num_hidden_layers=vision.num_hidden_layers, num_attention_heads=vision.num_attention_heads,
-                         num_channels=vision.num_channels, image_size=image_size, patch_size=patch_size,
-                         hidden_act="gelu", layer_norm_eps=vision.layer_norm_eps,
-                         attention_dropout=vision.attention_dropout, vision_use_head=False)
-    vq_config = dict(in_channels=vq.in_channels, out_channels=vq.out_channels, base_channels=vq.base_channels,
-                     channel_multiplier=list(vq.channel_multiplier), num_res_blocks=vq.num_res_blocks,
-                     norm_num_groups=32, z_channels=vq.latent_channels, codebook_size=vq.num_embeddings,
-                     codebook_dim=vq.embed_dim)
+    vision_config = dict(
+        hidden_size=vision.hidden_size,
+        intermediate_size=int(vision.hidden_size * vision.mlp_ratio),
+        num_hidden_layers=vision.num_hidden_layers,
+        num_attention_heads=vision.num_attention_heads,
+        num_channels=vision.num_channels,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=vision.layer_norm_eps,
+        attention_dropout=vision.attention_dropout,
+        vision_use_head=False,
+    )
+    vq_config = dict(
+        in_channels=vq.in_channels,
+        out_channels=vq.out_channels,
+        base_channels=vq.base_channels,
+        channel_multiplier=list(vq.channel_multiplier),
+        num_res_blocks=vq.num_res_blocks,
+        norm_num_groups=32,
+        z_channels=vq.latent_channels,
+        codebook_size=vq.num_embeddings,
+        codebook_dim=vq.embed_dim,
+    )
     # transformers decodes a grid as wide as the vision grid (vq_config.num_patches)
     gen_image_size = (image_size // patch_size) * 2 ** (len(vq.channel_multiplier) - 1)
     return JanusLikeConfig(
-        text_config=text_config_dict(text), vision_config=vision_config, vq_config=vq_config,
-        aligner_depth=vision.depth, gen_aligner_depth=vq.num_hidden_layers, gen_head_hidden_size=vq.projection_dim,
+        text_config=text_config_dict(text),
+        vision_config=vision_config,
+        vq_config=vq_config,
+        aligner_depth=vision.depth,
+        gen_aligner_depth=vq.num_hidden_layers,
+        gen_head_hidden_size=vq.projection_dim,
         gen_image_size=gen_image_size,
     )
 
 
-def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = None
-                 ) -> tuple[JanusLikeConfig, object, ImageSettings]:
+def build_config(
+    path: Path, raw: dict, chat_roles: tuple[str, str] | None = None
+) -> tuple[JanusLikeConfig, object, ImageSettings]:
     """config.json plus the JanusProcessor files saved beside it -> JanusLikeConfig (with the chat
     settings of transformers' converted Janus), the tokenizer and the image settings. `chat_roles`
     (user, assistant) overrides the converted template's roles."""
@@ -163,10 +188,15 @@ def build_config(path: Path, raw: dict, chat_roles: tuple[str, str] | None = Non
     processor_config = read_json(path / "processor_config.json")
     settings = ImageSettings.from_preprocessor(
         processor_config.get("image_processor") or read_json(path / "preprocessor_config.json"),
-        config.vision_config.image_size)
+        config.vision_config.image_size,
+    )
     num_tokens = processor_config.get("num_image_tokens", config.num_image_tokens)
-    require(num_tokens == config.num_image_tokens, "processor_config num_image_tokens", num_tokens,
-            f"{config.num_image_tokens} (the vision encoder's patch grid)")
+    require(
+        num_tokens == config.num_image_tokens,
+        "processor_config num_image_tokens",
+        num_tokens,
+        f"{config.num_image_tokens} (the vision encoder's patch grid)",
+    )
     config.image_token = getattr(tokenizer, "image_token", None) or "<image_placeholder>"
     config.image_start_token = getattr(tokenizer, "boi_token", None) or "<begin_of_image>"
     config.image_end_token = getattr(tokenizer, "eoi_token", None) or "<end_of_image>"
@@ -185,4 +215,3 @@ def fallbacks(raw: dict) -> dict[str, str]:
 
 def _side(value) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
-

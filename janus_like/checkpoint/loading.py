@@ -3,11 +3,11 @@ mapping with shape checks, and assign them into a model built on the meta device
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -50,20 +50,29 @@ def open_foreign(path: Path, layout: str, raw: dict, chat_roles: tuple[str, str]
     return ForeignCheckpoint(path, layout, raw, config, tokenizer, images)
 
 
-def check_foreign(model_class: type, checkpoint: ForeignCheckpoint, dtype: torch.dtype | None = None,
-                  room: tuple[int, str] | None = None) -> None:
+def check_foreign(
+    model_class: type,
+    checkpoint: ForeignCheckpoint,
+    dtype: torch.dtype | None = None,
+    room: tuple[int, str] | None = None,
+) -> None:
     """The translated config against the weight files' headers, before any `model_class` model is
     built (`sanity`)."""
     headers = {}
     for source, tensor in weight_headers(weight_files(checkpoint.path)).items():
         headers.update(_map(checkpoint, source, tensor) or [])  # unknown names: mapped_tensors lists them
-    check_before_building(model_class, checkpoint.config, headers, checkpoint.path, layout=checkpoint.layout, dtype=dtype,
-                          room=room)
+    check_before_building(
+        model_class, checkpoint.config, headers, checkpoint.path, layout=checkpoint.layout, dtype=dtype, room=room
+    )
 
 
-def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int, ...]],
-                   dtype: torch.dtype | None = None, desc: str = "loading",
-                   check_weights: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def mapped_tensors(
+    checkpoint: ForeignCheckpoint,
+    expected: dict[str, tuple[int, ...]],
+    dtype: torch.dtype | None = None,
+    desc: str = "loading",
+    check_weights: bool = False,
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the checkpoint under this package's name, shape-checked against `expected`
     (with `check_weights`, also for NaN / inf), floating tensors cast to `dtype`. Raises a
     CheckpointError listing unexpected or missing keys."""
@@ -72,8 +81,7 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
     kept: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
     unexpected: list[str] = []
-    for source, tensor in tqdm(iter_tensors(files), total=count_tensors(files), desc=desc, unit="tensor",
-                               leave=False):
+    for source, tensor in tqdm(iter_tensors(files), total=count_tensors(files), desc=desc, unit="tensor", leave=False):
         mapped = _map(checkpoint, source, tensor)
         if mapped is None:
             unexpected.append(source)
@@ -83,12 +91,16 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
                 unexpected.append(f"{source} (as {key})")
                 continue
             if key in seen:  # in two shards (or under two names): which copy is meant cannot be told
-                raise CheckpointError(f"{checkpoint.path} holds {key} twice (again as {source}); a checkpoint "
-                                      "stores each tensor once; remove the stray shard")
+                raise CheckpointError(
+                    f"{checkpoint.path} holds {key} twice (again as {source}); a checkpoint "
+                    "stores each tensor once; remove the stray shard"
+                )
             if tuple(value.shape) != expected[key]:
-                raise CheckpointError(f"shape mismatch for {source} (loaded as {key}): the checkpoint has "
-                                      f"{tuple(value.shape)}, the model built from its config.json expects "
-                                      f"{expected[key]}")
+                raise CheckpointError(
+                    f"shape mismatch for {source} (loaded as {key}): the checkpoint has "
+                    f"{tuple(value.shape)}, the model built from its config.json expects "
+                    f"{expected[key]}"
+                )
             if check_weights:
                 require_finite(f"{source} (loaded as {key})", value, str(checkpoint.path))
             if dtype is not None and value.is_floating_point():
@@ -98,8 +110,10 @@ def mapped_tensors(checkpoint: ForeignCheckpoint, expected: dict[str, tuple[int,
             seen.add(key)
             yield key, value
     if unexpected:
-        raise CheckpointError(f"{len(unexpected)} tensors in {checkpoint.path} are not part of the model its "
-                              f"config.json describes: {some_names(unexpected)}")
+        raise CheckpointError(
+            f"{len(unexpected)} tensors in {checkpoint.path} are not part of the model its "
+            f"config.json describes: {some_names(unexpected)}"
+        )
     for target, source in fallbacks.items():
         if target not in seen and source in kept:  # tied by transformers, so saved once
             seen.add(target)
@@ -115,8 +129,10 @@ def _map(checkpoint: ForeignCheckpoint, source: str, tensor: torch.Tensor) -> li
     try:
         return checkpoint.module.map_tensor(source, tensor)
     except (IndexError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot load {source} from {checkpoint.path}: its shape {tuple(tensor.shape)} is "
-                              f"not one the {checkpoint.layout} layout has ({one_line(e)})") from e
+        raise CheckpointError(
+            f"cannot load {source} from {checkpoint.path}: its shape {tuple(tensor.shape)} is "
+            f"not one the {checkpoint.layout} layout has ({one_line(e)})"
+        ) from e
 
 
 def some_names(names, n: int = 8) -> str:
@@ -133,10 +149,18 @@ def no_split_modules(model: nn.Module) -> list[str]:
     return names
 
 
-def load_foreign_model(cls, checkpoint: ForeignCheckpoint, *, dtype: torch.dtype | None = None,
-                       device: str | torch.device | None = None, device_map: str | dict | None = None,
-                       max_memory: dict | None = None, offload_folder: str | None = None,
-                       low_cpu_mem_usage: bool = True, check_weights: bool = False):
+def load_foreign_model(
+    cls,
+    checkpoint: ForeignCheckpoint,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
+    low_cpu_mem_usage: bool = True,
+    check_weights: bool = False,
+):
     """Check the config against the weights' headers and the devices' memory, build the model (on
     the meta device unless `low_cpu_mem_usage=False`) and assign every tensor straight to its device;
     `device_map` ("auto" or a dict) places and offloads with accelerate."""
@@ -150,8 +174,9 @@ def load_foreign_model(cls, checkpoint: ForeignCheckpoint, *, dtype: torch.dtype
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     placement = None
     if isinstance(device_map, str):
-        placement = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split_modules(model),
-                                          dtype=dtype)
+        placement = infer_auto_device_map(
+            model, max_memory=max_memory, no_split_module_classes=no_split_modules(model), dtype=dtype
+        )
     elif device_map is not None:
         placement = dict(device_map)
     if placement and "disk" in placement.values() and offload_folder is None:
@@ -159,8 +184,9 @@ def load_foreign_model(cls, checkpoint: ForeignCheckpoint, *, dtype: torch.dtype
     for key, value in mapped_tensors(checkpoint, expected, dtype, check_weights=check_weights):
         target = device if placement is None else _placed(key, placement)
         target = "cpu" if target in (None, "disk") else target
-        set_module_tensor_to_device(model, key, target, value=value,
-                                    dtype=value.dtype if value.is_floating_point() else None)
+        set_module_tensor_to_device(
+            model, key, target, value=value, dtype=value.dtype if value.is_floating_point() else None
+        )
     if placement is not None:
         model = dispatch_model(model, device_map=placement, offload_dir=offload_folder)
     elif device is not None:

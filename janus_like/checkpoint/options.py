@@ -21,8 +21,10 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return DTYPES[dtype]
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return dtype
-    raise SettingsError(f"dtype={dtype!r} is not a floating-point weight dtype; accepted: None or 'auto' (the "
-                        f"checkpoint's), {', '.join(map(repr, DTYPES))} or a floating torch dtype")
+    raise SettingsError(
+        f"dtype={dtype!r} is not a floating-point weight dtype; accepted: None or 'auto' (the "
+        f"checkpoint's), {', '.join(map(repr, DTYPES))} or a floating torch dtype"
+    )
 
 
 def available_devices() -> list[str]:
@@ -36,15 +38,18 @@ def available_devices() -> list[str]:
 def check_device(device: str | int | torch.device | None) -> str | int | torch.device | None:
     """`device` unchanged if this machine has it; otherwise a SettingsError listing those it has."""
     if device is not None and not _present(device):
-        raise SettingsError(f"device={device!r} is not a device of this machine; available: "
-                            f"{', '.join(available_devices())}")
+        raise SettingsError(
+            f"device={device!r} is not a device of this machine; available: {', '.join(available_devices())}"
+        )
     return device
 
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
 # what every layout's from_pretrained takes (the own format also takes transformers' own options)
-LOADING_OPTIONS = ("dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, "
-                   "chat_roles, check_weights")
+LOADING_OPTIONS = (
+    "dtype, device, device_map, max_memory, offload_folder, low_cpu_mem_usage, attn_implementation, "
+    "chat_roles, check_weights"
+)
 
 
 def resolve_chat_roles(chat_roles: str | Sequence[str] | None) -> tuple[str, str] | None:
@@ -54,12 +59,17 @@ def resolve_chat_roles(chat_roles: str | Sequence[str] | None) -> tuple[str, str
         return None
     if isinstance(chat_roles, str) and chat_roles.lower() in RELEASE_ROLES:
         return RELEASE_ROLES[chat_roles.lower()]
-    if (isinstance(chat_roles, (tuple, list)) and len(chat_roles) == 2
-            and all(isinstance(role, str) and role.strip() for role in chat_roles)):
+    if (
+        isinstance(chat_roles, (tuple, list))
+        and len(chat_roles) == 2
+        and all(isinstance(role, str) and role.strip() for role in chat_roles)
+    ):
         return chat_roles[0], chat_roles[1]
     releases = ", ".join(f"{name!r} ({' / '.join(roles)})" for name, roles in RELEASE_ROLES.items())
-    raise SettingsError(f"chat_roles={chat_roles!r} is not accepted; accepted: None (the checkpoint's release "
-                        f"decides), a release: {releases}, or a (user, assistant) pair of non-empty strings")
+    raise SettingsError(
+        f"chat_roles={chat_roles!r} is not accepted; accepted: None (the checkpoint's release "
+        f"decides), a release: {releases}, or a (user, assistant) pair of non-empty strings"
+    )
 
 
 def check_device_map(device_map: str | dict | None) -> str | dict | None:
@@ -67,12 +77,15 @@ def check_device_map(device_map: str | dict | None) -> str | dict | None:
     {module prefix: device} dict whose devices it has ("disk" offloads); otherwise a SettingsError."""
     if device_map is None or device_map in DEVICE_MAP_STRATEGIES:
         return device_map
-    accepted = (f"accepted: None, {', '.join(map(repr, DEVICE_MAP_STRATEGIES))}, a device "
-                f"({', '.join(available_devices())}) or a dict {{module prefix: device or 'disk'}}")
+    accepted = (
+        f"accepted: None, {', '.join(map(repr, DEVICE_MAP_STRATEGIES))}, a device "
+        f"({', '.join(available_devices())}) or a dict {{module prefix: device or 'disk'}}"
+    )
     if isinstance(device_map, (str, int, torch.device)):
         if not _present(device_map):
-            raise SettingsError(f"device_map={device_map!r} is neither a placement strategy nor a device of this "
-                                f"machine; {accepted}")
+            raise SettingsError(
+                f"device_map={device_map!r} is neither a placement strategy nor a device of this machine; {accepted}"
+            )
         return device_map
     if not isinstance(device_map, dict) or not device_map:
         raise SettingsError(f"device_map={device_map!r} is not a device map; {accepted}")
@@ -80,8 +93,10 @@ def check_device_map(device_map: str | dict | None) -> str | dict | None:
         if not isinstance(prefix, str):
             raise SettingsError(f"device_map key {prefix!r} is not a module prefix (a string; '' is the whole model)")
         if target != "disk" and not _present(target):
-            raise SettingsError(f"device_map[{prefix!r}]={target!r} is not a device of this machine; available: "
-                                f"{', '.join(available_devices())} or 'disk'")
+            raise SettingsError(
+                f"device_map[{prefix!r}]={target!r} is not a device of this machine; available: "
+                f"{', '.join(available_devices())} or 'disk'"
+            )
     return device_map
 
 

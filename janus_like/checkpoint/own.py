@@ -10,9 +10,9 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
 
 from safetensors import SafetensorError
 
@@ -27,19 +27,36 @@ from .settings import config_errors, require_sizes
 TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"  # where from_pretrained logs its LOAD REPORT
 
 
-def load_own_format(model_class: type, load: Callable, path: str | os.PathLike, *args,
-                    output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
-                    check_weights: bool = False, **kwargs):
+def load_own_format(
+    model_class: type,
+    load: Callable,
+    path: str | os.PathLike,
+    *args,
+    output_loading_info: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    check_weights: bool = False,
+    **kwargs,
+):
     """`load(path, …)` (transformers' from_pretrained of `model_class`) after checking config.json against the weight
     files' headers (and, with `check_weights`, every weight for NaN / inf), then refuse whatever
     tensor it could not load as saved (reshaped ones only unless `ignore_mismatched_sizes`)."""
     path = Path(path)
     config = check_config(path)
     files = weight_files(path)
-    room = room_for(device_map=kwargs.get("device_map"), max_memory=kwargs.get("max_memory"),
-                    offload_folder=kwargs.get("offload_folder"))
-    check_before_building(model_class, config, weight_headers(files), path, dtype=kwargs.get("dtype"), room=room,
-                          reshaped_ok=ignore_mismatched_sizes)
+    room = room_for(
+        device_map=kwargs.get("device_map"),
+        max_memory=kwargs.get("max_memory"),
+        offload_folder=kwargs.get("offload_folder"),
+    )
+    check_before_building(
+        model_class,
+        config,
+        weight_headers(files),
+        path,
+        dtype=kwargs.get("dtype"),
+        room=room,
+        reshaped_ok=ignore_mismatched_sizes,
+    )
     if check_weights:
         for name, tensor in iter_tensors(files):
             require_finite(name, tensor, str(path))
@@ -53,8 +70,10 @@ def load_own_format(model_class: type, load: Callable, path: str | os.PathLike, 
         option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if option is None:
             raise
-        raise SettingsError(f"unsupported loading option {option[1]!r}; accepted: {LOADING_OPTIONS}, and for this "
-                            "package's format also transformers' from_pretrained options and config fields") from None
+        raise SettingsError(
+            f"unsupported loading option {option[1]!r}; accepted: {LOADING_OPTIONS}, and for this "
+            "package's format also transformers' from_pretrained options and config fields"
+        ) from None
     check_loading_info(path, info, ignore_mismatched_sizes)
     return (model, info) if output_loading_info else model
 
@@ -123,9 +142,13 @@ def check_loading_info(path: Path, info: dict, ignore_mismatched_sizes: bool = F
     if info["unexpected_keys"]:
         problems.append(f"not in the model: {some_names(info['unexpected_keys'])}")
     if info["mismatched_keys"] and not ignore_mismatched_sizes:
-        shapes = [f"{key} (checkpoint {tuple(saved)}, model {tuple(model)})"
-                  for key, saved, model in sorted(info["mismatched_keys"])]
+        shapes = [
+            f"{key} (checkpoint {tuple(saved)}, model {tuple(model)})"
+            for key, saved, model in sorted(info["mismatched_keys"])
+        ]
         problems.append(f"shape differs: {some_names(shapes)}")
     if problems:
-        raise CheckpointError(f"the tensors in {path} do not match the model its config.json describes; "
-                              f"{'; '.join(problems)}. Accepted: the tensors save_pretrained writes for that config")
+        raise CheckpointError(
+            f"the tensors in {path} do not match the model its config.json describes; "
+            f"{'; '.join(problems)}. Accepted: the tensors save_pretrained writes for that config"
+        )

@@ -13,8 +13,8 @@ import copy
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -63,10 +63,17 @@ _POSITIVE_ROPE = re.compile(r"theta|factor")  # rope_theta, factor, low_freq_fac
 _SCAN_ELEMENTS = 2**24  # check_weights looks at a tensor this many values at a time
 
 
-def check_before_building(model_class: type, config: JanusLikeConfig, weights: dict[str, torch.Tensor],
-                          path: str | os.PathLike, *,
-                          layout: str = "janus_like", dtype: torch.dtype | None = None,
-                          room: tuple[int, str] | None = None, reshaped_ok: bool = False) -> None:
+def check_before_building(
+    model_class: type,
+    config: JanusLikeConfig,
+    weights: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    layout: str = "janus_like",
+    dtype: torch.dtype | None = None,
+    room: tuple[int, str] | None = None,
+    reshaped_ok: bool = False,
+) -> None:
     """Refuse a config (of the checkpoint folder `path`) that cannot describe `weights` (meta tensors
     under this package's names, read from the files' headers) or a model that does not fit `room`
     (bytes, the devices' names; None: not checked). `reshaped_ok` lets sizes differ from the weights
@@ -134,8 +141,9 @@ def _bad_numbers(settings: dict, prefix: str, in_rope: bool = False) -> Iterator
 # --------------------------------------------------------------------------- config against headers
 
 
-def check_module_counts(config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str,
-                        names: dict[str, str] | None = None) -> None:
+def check_module_counts(
+    config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, names: dict[str, str] | None = None
+) -> None:
     """Layer, level and depth counts equal the numbered modules the weights hold."""
     counts = list(MODULE_COUNTS)
     decoder = next((m[1] for m in map(_DECODER_LAYERS.match, sorted(weights)) if m), None)
@@ -147,8 +155,11 @@ def check_module_counts(config: JanusLikeConfig, weights: dict[str, torch.Tensor
         held = _numbered(weights, modules)
         if claimed != held:
             claim = f"has {claimed} entries" if isinstance(value, (list, tuple)) else f"= {value!r}"
-            raise _refuse(where, f"{_named(field, names)} {claim}, but the weights hold {held} ({modules}.N)",
-                          f"{held}, what the weights hold")
+            raise _refuse(
+                where,
+                f"{_named(field, names)} {claim}, but the weights hold {held} ({modules}.N)",
+                f"{held}, what the weights hold",
+            )
 
 
 def _numbered(weights: dict[str, torch.Tensor], modules: str) -> int:
@@ -157,17 +168,21 @@ def _numbered(weights: dict[str, torch.Tensor], modules: str) -> int:
     return len({m[1] for m in map(pattern.match, weights) if m})
 
 
-def check_sizes(config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str,
-                names: dict[str, str] | None = None) -> None:
+def check_sizes(
+    config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, names: dict[str, str] | None = None
+) -> None:
     """Each size field equals the dimension of the tensor that shows it."""
     for field, tensor, dim in SIZE_FIELDS:
         value, stored = _field(config, field), weights.get(tensor)
         if value is None or stored is None or stored.dim() <= dim or value == stored.shape[dim]:
             continue
         claimed = tuple(value if i == dim else n for i, n in enumerate(stored.shape))
-        raise _refuse(where, f"{_named(field, names)} = {value!r}, but the weights disagree: {tensor} "
-                             f"(checkpoint {tuple(stored.shape)}, model {claimed})",
-                      f"{stored.shape[dim]}, what the weights hold")
+        raise _refuse(
+            where,
+            f"{_named(field, names)} = {value!r}, but the weights disagree: {tensor} "
+            f"(checkpoint {tuple(stored.shape)}, model {claimed})",
+            f"{stored.shape[dim]}, what the weights hold",
+        )
 
 
 def meta_model(model_class: type, config: JanusLikeConfig, where: str) -> torch.nn.Module:
@@ -176,25 +191,31 @@ def meta_model(model_class: type, config: JanusLikeConfig, where: str) -> torch.
         with torch.device("meta"):
             return model_class(copy.deepcopy(config))
     except (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
-        raise CheckpointError(f"unsupported checkpoint config in {where}: the model it describes cannot be "
-                              f"built ({one_line(e)})") from e
+        raise CheckpointError(
+            f"unsupported checkpoint config in {where}: the model it describes cannot be built ({one_line(e)})"
+        ) from e
 
 
-def check_shapes_and_dtypes(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
-                            where: str, reshaped_ok: bool = False) -> None:
+def check_shapes_and_dtypes(
+    expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], where: str, reshaped_ok: bool = False
+) -> None:
     """Every tensor stored in `where` has the shape the model gives it (unless `reshaped_ok`), and
     floating-point weights are stored as floating point (missing and unexpected tensors are each
     loader's to name)."""
     for key in sorted(expected.keys() & weights.keys()):
         want, stored = expected[key], weights[key]
         if tuple(stored.shape) != tuple(want.shape) and not reshaped_ok:
-            raise CheckpointError(f"the weights in {where} do not fit the model its config describes: shape differs: "
-                                  f"{key} (checkpoint {tuple(stored.shape)}, model {tuple(want.shape)}); accepted: "
-                                  "the shapes the config gives")
+            raise CheckpointError(
+                f"the weights in {where} do not fit the model its config describes: shape differs: "
+                f"{key} (checkpoint {tuple(stored.shape)}, model {tuple(want.shape)}); accepted: "
+                "the shapes the config gives"
+            )
         if want.is_floating_point() and stored.dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"the weights in {where} store {key} as {stored.dtype}, where the model holds "
-                                  f"floating-point weights; accepted: {', '.join(map(str, WEIGHT_DTYPES))} "
-                                  "(quantized checkpoints are not supported)")
+            raise CheckpointError(
+                f"the weights in {where} store {key} as {stored.dtype}, where the model holds "
+                f"floating-point weights; accepted: {', '.join(map(str, WEIGHT_DTYPES))} "
+                "(quantized checkpoints are not supported)"
+            )
         if not want.is_floating_point() and stored.is_floating_point():
             raise CheckpointError(f"the weights in {where} store {key} as {stored.dtype}; accepted: {want.dtype}")
 
@@ -202,18 +223,25 @@ def check_shapes_and_dtypes(expected: dict[str, torch.Tensor], weights: dict[str
 # --------------------------------------------------------------------------- memory
 
 
-def check_memory(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: torch.dtype | None,
-                 room: tuple[int, str], where: str) -> None:
+def check_memory(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    dtype: torch.dtype | None,
+    room: tuple[int, str],
+    where: str,
+) -> None:
     """The model (each tensor once, at the dtype it loads in) fits the memory the chosen devices have."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
     need = sum(t.numel() * _loaded_dtype(t, weights.get(key), dtype).itemsize for key, t in tensors)
     available, devices = room
     if need > available:
         params = sum(t.numel() for _, t in tensors)
-        raise CheckpointError(f"the model in {where} needs {_size(need)} ({_count(params)} values"
-                              f"{f' in {dtype}' if dtype else ''}) but {devices} has {_size(available)} free; "
-                              "accepted: a model that fits: load it in a smaller dtype, on a device with more "
-                              "memory, or offload it (device_map='auto', offload_folder=DIR)")
+        raise CheckpointError(
+            f"the model in {where} needs {_size(need)} ({_count(params)} values"
+            f"{f' in {dtype}' if dtype else ''}) but {devices} has {_size(available)} free; "
+            "accepted: a model that fits: load it in a smaller dtype, on a device with more "
+            "memory, or offload it (device_map='auto', offload_folder=DIR)"
+        )
 
 
 def _loaded_dtype(want: torch.Tensor, stored: torch.Tensor | None, dtype: torch.dtype | None) -> torch.dtype:
@@ -230,8 +258,9 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def room_for(device=None, device_map: str | dict | None = None, max_memory: dict | None = None,
-             offload_folder: str | None = None) -> tuple[int, str] | None:
+def room_for(
+    device=None, device_map: str | dict | None = None, max_memory: dict | None = None, offload_folder: str | None = None
+) -> tuple[int, str] | None:
     """(free bytes, names) of the devices a model is loaded onto; None when disk offload makes room
     unbounded or a device cannot say its free memory."""
     if isinstance(device_map, dict):
@@ -275,5 +304,7 @@ def require_finite(name: str, tensor: torch.Tensor, where: str) -> None:
         return
     bad = sum(int((~torch.isfinite(part)).sum()) for part in tensor.detach().reshape(-1).split(_SCAN_ELEMENTS))
     if bad:
-        raise CheckpointError(f"{where}: {name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} "
-                              f"(of {tensor.numel()}); accepted: finite weights (check_weights=True refuses the rest)")
+        raise CheckpointError(
+            f"{where}: {name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} "
+            f"(of {tensor.numel()}); accepted: finite weights (check_weights=True refuses the rest)"
+        )

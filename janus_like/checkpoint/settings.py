@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -36,8 +36,12 @@ def require_sizes(config, prefix: str = "", keys: Sequence[str] = TEXT_SIZES) ->
     """Sizes a config gives are positive integers (transformers' config checks only their types)."""
     for key in keys:
         value = getattr(config, key, None)
-        require(value is None or (is_int(value) and value >= 1), f"{prefix}.{key}" if prefix else key, value,
-                "an integer >= 1")
+        require(
+            value is None or (is_int(value) and value >= 1),
+            f"{prefix}.{key}" if prefix else key,
+            value,
+            "an integer >= 1",
+        )
 
 
 @contextmanager
@@ -49,8 +53,10 @@ def config_errors(file: Path):
     except CheckpointError:
         raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, StrictDataclassError) as e:
-        raise CheckpointError(f"unsupported checkpoint config in {file}: {one_line(e)}; accepted: the fields "
-                              "and types its layout's config.json defines") from e
+        raise CheckpointError(
+            f"unsupported checkpoint config in {file}: {one_line(e)}; accepted: the fields "
+            "and types its layout's config.json defines"
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -62,14 +68,23 @@ class ImageSettings:
     do_normalize: bool = True
 
     @classmethod
-    def from_preprocessor(cls, pre: dict, image_size: int, tower_mean: Sequence[float] | None = None,
-                          tower_std: Sequence[float] | None = None) -> "ImageSettings":
+    def from_preprocessor(
+        cls,
+        pre: dict,
+        image_size: int,
+        tower_mean: Sequence[float] | None = None,
+        tower_std: Sequence[float] | None = None,
+    ) -> ImageSettings:
         """From a VLMImageProcessor / JanusImageProcessor config (Janus's published values when absent).
         DeepSeek's tower may normalise again inside the model (vision params pixel_mean/pixel_std);
         that is folded in here, since this package normalises in the processor only."""
         size = _processor_size(pre)
-        require(size is None or size == image_size, "image processor size", size,
-                f"{image_size} (the vision encoder's image_size)")
+        require(
+            size is None or size == image_size,
+            "image processor size",
+            size,
+            f"{image_size} (the vision encoder's image_size)",
+        )
         mean = channels(pre.get("image_mean") or JANUS_MEAN, "image processor image_mean")
         std = channels(pre.get("image_std") or JANUS_MEAN, "image processor image_std", positive=True)
         do_normalize = bool(pre.get("do_normalize", True))
@@ -78,8 +93,12 @@ class ImageSettings:
         tower_mean = channels(tower_mean or (0.0,) * 3, "vision_config.params.pixel_mean")
         tower_std = channels(tower_std or (1.0,) * 3, "vision_config.params.pixel_std", positive=True)
         # the padding colour comes from the processor's image_mean; one normalisation must use the same mean
-        require(not do_normalize and tower_mean == mean, "vision_config.params.pixel_mean",
-                tower_mean, f"only with do_normalize=false and image_mean {mean} (the padding colour's mean)")
+        require(
+            not do_normalize and tower_mean == mean,
+            "vision_config.params.pixel_mean",
+            tower_mean,
+            f"only with do_normalize=false and image_mean {mean} (the padding colour's mean)",
+        )
         return cls(tower_mean, tower_std, True)
 
 
@@ -98,8 +117,11 @@ def channels(value, field: str, positive: bool = False) -> tuple[float, ...]:
     """A per-channel setting (one number, or one per RGB channel) as 3 floats, or a CheckpointError."""
     if is_number(value):
         value = [value] * 3
-    ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(is_number(v) and (v > 0 or not positive) for v in value))
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(is_number(v) and (v > 0 or not positive) for v in value)
+    )
     require(ok, field, value, f"a list of 3 {'positive ' if positive else ''}numbers (one per RGB channel)")
     return tuple(float(v) for v in value)
 
@@ -110,8 +132,10 @@ def load_tokenizer(path: Path):
     from transformers.utils import logging
 
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        raise CheckpointError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); "
-                              "copy the checkpoint's tokenizer files beside its config.json")
+        raise CheckpointError(
+            f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); "
+            "copy the checkpoint's tokenizer files beside its config.json"
+        )
     refuse_custom_code(path)
     # DeepSeek's files name LlamaTokenizer for a byte-level tokenizer.json and a config.json of a model
     # type transformers does not know; transformers loads tokenizer.json as is and warns about both
@@ -130,8 +154,10 @@ def refuse_custom_code(path: Path) -> None:
     package never runs code from a model folder, and transformers would ask to run it."""
     file = path / "tokenizer_config.json"
     if file.is_file() and "auto_map" in read_json_object(file):
-        raise CheckpointError(f"{file} names custom code to run (auto_map); janus_like never runs code from a "
-                              "model folder: use a checkpoint whose tokenizer transformers loads without it")
+        raise CheckpointError(
+            f"{file} names custom code to run (auto_map); janus_like never runs code from a "
+            "model folder: use a checkpoint whose tokenizer transformers loads without it"
+        )
 
 
 def read_json(file: Path) -> dict:

@@ -5,8 +5,8 @@ command line imports it to build --help); an evaluation's code loads only when i
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..generation.settings import MAX_SCALE
 
@@ -21,15 +21,24 @@ class Evaluation:
 
 
 def _shapes_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-scenes", type=int, default=None,
-                   help="the first N scenes of the seeded order, 1 to 45 (default: all 45)")
-    p.add_argument("--images-per-prompt", type=int, default=4,
-                   help="images drawn per scene, 1 to 16 (default: %(default)s)")
-    p.add_argument("--image-cfg-scale", type=float, default=None,
-                   help=f"image guidance of the edit section, 0 to {MAX_SCALE:g} (default: 1, no separate term)")
+    p.add_argument(
+        "--num-scenes", type=int, default=None, help="the first N scenes of the seeded order, 1 to 45 (default: all 45)"
+    )
+    p.add_argument(
+        "--images-per-prompt", type=int, default=4, help="images drawn per scene, 1 to 16 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--image-cfg-scale",
+        type=float,
+        default=None,
+        help=f"image guidance of the edit section, 0 to {MAX_SCALE:g} (default: 1, no separate term)",
+    )
 
 
 EVALUATIONS: dict[str, Evaluation] = {
-    "shapes": Evaluation("ShapesEval: generation, chat, interleaving and edits on the shapes world",
-                         _shapes_arguments, "janus_like.evaluation.shapes_eval:eval_command"),
+    "shapes": Evaluation(
+        "ShapesEval: generation, chat, interleaving and edits on the shapes world",
+        _shapes_arguments,
+        "janus_like.evaluation.shapes_eval:eval_command",
+    ),
 }

@@ -16,8 +16,13 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
 # Hues far apart in RGB, so a blurred or slightly wrong shade still has one nearest colour.
-COLORS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 60, 220), "yellow": (240, 200, 0),
-          "purple": (140, 40, 180)}
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 200, 0),
+    "purple": (140, 40, 180),
+}
 POSITIONS = ("left", "center", "right")
 QUESTIONS = ("What is in this image?", "What is this?", "Describe the image.", "What do you see?")
 
@@ -71,8 +76,11 @@ def edits(scene: Scene) -> list[tuple[str, Scene]]:
     """Every single-attribute edit of a scene as (instruction, resulting scene):
     "make it blue", "move it to the right", "make it a square"."""
     out = [(f"make it {color}", replace(scene, color=color)) for color in COLORS if color != scene.color]
-    out += [(f"move it to the {position}", replace(scene, position=position))
-            for position in POSITIONS if position != scene.position]
+    out += [
+        (f"move it to the {position}", replace(scene, position=position))
+        for position in POSITIONS
+        if position != scene.position
+    ]
     out += [(f"make it a {shape}", replace(scene, shape=shape)) for shape in SHAPES if shape != scene.shape]
     return out
 
@@ -128,8 +136,11 @@ def classify(image: Image.Image) -> Reading:
     third = min(int(3 * (xs.mean() + 0.5) / width), 2)
     box_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
     fill = float(mask.sum() / box_area)
-    one_shape = (mask.sum() >= MIN_DOMINANCE * ink.sum() and fill >= MIN_FILL
-                 and max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) <= MAX_SIDE * max(rgb.shape[:2]))
+    one_shape = (
+        mask.sum() >= MIN_DOMINANCE * ink.sum()
+        and fill >= MIN_FILL
+        and max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) <= MAX_SIDE * max(rgb.shape[:2])
+    )
     if not one_shape:
         return Reading(None, None, None, fill)
     shape = "square" if fill > 0.9 else "circle" if fill > 0.67 else "triangle"
@@ -143,5 +154,8 @@ def answer_matches(answer: str, scene: Scene) -> dict[str, bool]:
     def names_only(truth: str, options) -> bool:
         return truth in words and not any(o in words for o in options if o != truth)
 
-    return {"color": names_only(scene.color, COLORS), "shape": names_only(scene.shape, SHAPES),
-            "position": names_only(scene.position, POSITIONS)}
+    return {
+        "color": names_only(scene.color, COLORS),
+        "shape": names_only(scene.shape, SHAPES),
+        "position": names_only(scene.position, POSITIONS),
+    }

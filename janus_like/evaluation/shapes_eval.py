@@ -22,9 +22,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from ..commands import load_pipeline, run_settings
 from ..errors import SettingsError, is_int
 from ..fileio import check_output_folder, output_set, save_image, write_json
-from ..commands import load_pipeline, run_settings
 from ..generation.settings import MAX_SEED
 from ..pipeline import JanusLikePipeline
 from .shapes import Scene, all_scenes, answer_matches, classify, draw_request, edits, render
@@ -44,9 +44,15 @@ class ShapesResult:
     samples: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
-        return "\n".join(f"{name + ':':<12}" + " ".join(f"{k} {v:.1%}" for k, v in scores.items())
-                         for name, scores in (("generation", self.generation), ("chat", self.chat),
-                                              ("interleave", self.interleave), ("edit", self.edit)))
+        return "\n".join(
+            f"{name + ':':<12}" + " ".join(f"{k} {v:.1%}" for k, v in scores.items())
+            for name, scores in (
+                ("generation", self.generation),
+                ("chat", self.chat),
+                ("interleave", self.interleave),
+                ("edit", self.edit),
+            )
+        )
 
 
 @dataclass
@@ -83,43 +89,77 @@ class ShapesEval:
             request = [scene] if i % 2 == 0 else [scene, partners.choice([s for s in all_scenes() if s != scene])]
             instruction, edited = instructions.choice(edits(scene))
             drawings.append(images)
-            samples.append({"prompt": scene.prompt, "readings": [asdict(classify(im)) for im in images],
-                            "answer": answer, "named": answer_matches(answer, scene),
-                            "interleave": self.interleave(request, seed),
-                            "edit": {"instruction": instruction, "target": asdict(edited), "readings": [
-                                asdict(classify(im)) for im in self._draw(instruction, seed, picture)]}})
+            samples.append(
+                {
+                    "prompt": scene.prompt,
+                    "readings": [asdict(classify(im)) for im in images],
+                    "answer": answer,
+                    "named": answer_matches(answer, scene),
+                    "interleave": self.interleave(request, seed),
+                    "edit": {
+                        "instruction": instruction,
+                        "target": asdict(edited),
+                        "readings": [asdict(classify(im)) for im in self._draw(instruction, seed, picture)],
+                    },
+                }
+            )
         generation = [_axes_right(r, scene) for scene, s in zip(scenes, samples) for r in s["readings"]]
         # per kind of edit (colour, position, shape), the images that read back as the edited scene: scoring
         # each axis of every edit would mostly count the two attributes an edit leaves alone
-        edit = [{_edited_axis(scene, target): all(_axes_right(r, target).values())}
-                for scene, s in zip(scenes, samples) for target in [Scene(**s["edit"]["target"])]
-                for r in s["edit"]["readings"]]
-        return ShapesResult(_rates(generation), _rates([s["named"] for s in samples]),
-                            _rates([s["interleave"]["scores"] for s in samples]), _rates(edit), samples), drawings
+        edit = [
+            {_edited_axis(scene, target): all(_axes_right(r, target).values())}
+            for scene, s in zip(scenes, samples)
+            for target in [Scene(**s["edit"]["target"])]
+            for r in s["edit"]["readings"]
+        ]
+        return ShapesResult(
+            _rates(generation),
+            _rates([s["named"] for s in samples]),
+            _rates([s["interleave"]["scores"] for s in samples]),
+            _rates(edit),
+            samples,
+        ), drawings
 
     def _draw(self, prompt: str, seed: int, image: Image.Image | None = None) -> list[Image.Image]:
-        return self.pipe.generate_images(prompt, images=None if image is None else [image],
-                                         num_images=self.images_per_prompt, cfg_scale=self.cfg_scale,
-                                         image_cfg_scale=self.image_cfg_scale, temperature=self.temperature,
-                                         seed=seed)
+        return self.pipe.generate_images(
+            prompt,
+            images=None if image is None else [image],
+            num_images=self.images_per_prompt,
+            cfg_scale=self.cfg_scale,
+            image_cfg_scale=self.image_cfg_scale,
+            temperature=self.temperature,
+            seed=seed,
+        )
 
     def interleave(self, scenes: list[Scene], seed: int) -> dict:
         """Ask for `draw_request(scenes)`: what came back and its scores (exactly len(scenes)
         images; each reads back as its scene; for one scene, the text after it names the scene)."""
-        parts = self.pipe.interleave(draw_request(scenes), seed=seed, max_new_tokens=256, max_images=2,
-                                     cfg_scale=self.cfg_scale, temperature=self.temperature)
+        parts = self.pipe.interleave(
+            draw_request(scenes),
+            seed=seed,
+            max_new_tokens=256,
+            max_images=2,
+            cfg_scale=self.cfg_scale,
+            temperature=self.temperature,
+        )
         images = [p for p in parts if isinstance(p, Image.Image)]
         readings = [asdict(classify(im)) for im in images]
-        scores = {"image_count": len(images) == len(scenes),
-                  "images_right": len(readings) >= len(scenes) and
-                  all(all(_axes_right(r, scene).values()) for r, scene in zip(readings, scenes))}
+        scores = {
+            "image_count": len(images) == len(scenes),
+            "images_right": len(readings) >= len(scenes)
+            and all(all(_axes_right(r, scene).values()) for r, scene in zip(readings, scenes)),
+        }
         if len(scenes) == 1:
             first_image = next((k for k, p in enumerate(parts) if isinstance(p, Image.Image)), len(parts))
             described = "".join(p for p in parts[first_image:] if isinstance(p, str))
             scores["description"] = all(answer_matches(described, scenes[0]).values())
         scores["overall"] = all(scores.values())
-        return {"request": draw_request(scenes), "text": [p for p in parts if isinstance(p, str)],
-                "readings": readings, "scores": scores}
+        return {
+            "request": draw_request(scenes),
+            "text": [p for p in parts if isinstance(p, str)],
+            "readings": readings,
+            "scores": scores,
+        }
 
 
 def _edited_axis(scene: Scene, target: Scene) -> str:
@@ -157,9 +197,12 @@ def save_grid(prompts: list[str], drawings: list[list[Image.Image]], path: Path,
 def check_settings(num_scenes: int | None, images_per_prompt: int, seed: int, image_size: int = 64) -> None:
     """The evaluation's settings in range (checked before any model loads)."""
     last_seed = MAX_SEED - len(all_scenes()) - 2  # each scene draws with seed + its index
-    for name, value, low, high in (("num_scenes", num_scenes, 1, len(all_scenes())),
-                                   ("images_per_prompt", images_per_prompt, 1, 16), ("seed", seed, 0, last_seed),
-                                   ("image_size", image_size, 16, 1024)):
+    for name, value, low, high in (
+        ("num_scenes", num_scenes, 1, len(all_scenes())),
+        ("images_per_prompt", images_per_prompt, 1, 16),
+        ("seed", seed, 0, last_seed),
+        ("image_size", image_size, 16, 1024),
+    ):
         if value is None and name == "num_scenes":
             continue
         if not is_int(value) or not low <= value <= high:
@@ -171,12 +214,19 @@ def eval_command(args: argparse.Namespace) -> int:
     check_settings(args.num_scenes, args.images_per_prompt, args.seed)
     check_output_folder(args.out)
     pipe = load_pipeline(args)
-    evaluation = ShapesEval(pipe, num_scenes=args.num_scenes, images_per_prompt=args.images_per_prompt,
-                            seed=args.seed, cfg_scale=args.cfg_scale, image_cfg_scale=args.image_cfg_scale,
-                            temperature=args.temperature)
+    evaluation = ShapesEval(
+        pipe,
+        num_scenes=args.num_scenes,
+        images_per_prompt=args.images_per_prompt,
+        seed=args.seed,
+        cfg_scale=args.cfg_scale,
+        image_cfg_scale=args.image_cfg_scale,
+        temperature=args.temperature,
+    )
     result, drawings = evaluation.run()
-    settings = run_settings(args, pipe, args.seed, num_scenes=len(result.samples),
-                            images_per_prompt=args.images_per_prompt)
+    settings = run_settings(
+        args, pipe, args.seed, num_scenes=len(result.samples), images_per_prompt=args.images_per_prompt
+    )
     with output_set(args.out) as tmp:  # replaces the previous run's files in --out, and only those
         save_grid([s["prompt"] for s in result.samples], drawings, tmp / "grid.png")
         write_json(tmp / "results.json", {"settings": settings, **asdict(result)}, indent=2)

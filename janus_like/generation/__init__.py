@@ -6,11 +6,30 @@ from importlib import import_module
 
 from .settings import MAX_IMAGES_PER_PROMPT, MAX_INTERLEAVED_IMAGES, GenerationSettings
 
-_LAZY = {"GenerationEngine": ".engine", "Request": ".engine", "Done": ".events", "Event": ".events",
-         "ImageDone": ".events", "ImageProgress": ".events", "RowResult": ".events", "TextDelta": ".events"}
+_LAZY = {
+    "GenerationEngine": ".engine",
+    "Request": ".engine",
+    "Done": ".events",
+    "Event": ".events",
+    "ImageDone": ".events",
+    "ImageProgress": ".events",
+    "RowResult": ".events",
+    "TextDelta": ".events",
+}
 
-__all__ = ["GenerationEngine", "Request", "GenerationSettings", "Done", "Event", "ImageDone", "ImageProgress",
-           "RowResult", "TextDelta", "MAX_IMAGES_PER_PROMPT", "MAX_INTERLEAVED_IMAGES"]
+__all__ = [
+    "GenerationEngine",
+    "Request",
+    "GenerationSettings",
+    "Done",
+    "Event",
+    "ImageDone",
+    "ImageProgress",
+    "RowResult",
+    "TextDelta",
+    "MAX_IMAGES_PER_PROMPT",
+    "MAX_INTERLEAVED_IMAGES",
+]
 
 
 def __getattr__(name: str):

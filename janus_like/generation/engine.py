@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import copy
 import secrets
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
 
-from ..images import pixels_to_pil
-from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
-from ..layout import GEN_IMAGE, TEXT, TokenSequence
-from ..processor import JanusLikeProcessor
 from ..errors import GenerationError, PromptError, SettingsError
+from ..images import pixels_to_pil
+from ..layout import GEN_IMAGE, TEXT, TokenSequence
+from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
+from ..processor import JanusLikeProcessor
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .sampling import guided_logits, image_guided_logits, penalize_repetition, sample
 from .settings import GenerationSettings
@@ -88,8 +88,13 @@ class _Batch:
 class GenerationEngine:
     """Batched generation over a static KV cache; `stream` yields events, `generate` results."""
 
-    def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor,
-                 compile: bool = False, decode: bool = True):
+    def __init__(
+        self,
+        model: JanusLikeForConditionalGeneration,
+        processor: JanusLikeProcessor,
+        compile: bool = False,
+        decode: bool = True,
+    ):
         """`compile`: torch.compile the decode step (CUDA graphs on GPU): the batch, the attended
         width (see `_attend`), guidance and temperature are inputs, not constants of the graph, so
         new settings need no new graph. `decode=False` returns codes only (images stay None)."""
@@ -128,9 +133,11 @@ class GenerationEngine:
         for event in self._stream(requests, settings):
             yield event
             if self._owner is not owner:
-                raise GenerationError("this generation was interrupted by a later call on the same engine or "
-                                      "pipeline, which took over its cache; read a stream to the end (or close "
-                                      "it) before the next call, or use one pipeline per concurrent stream")
+                raise GenerationError(
+                    "this generation was interrupted by a later call on the same engine or "
+                    "pipeline, which took over its cache; read a stream to the end (or close "
+                    "it) before the next call, or use one pipeline per concurrent stream"
+                )
 
     @torch.inference_mode()
     def _stream(self, requests: Sequence[Request], settings: GenerationSettings) -> Iterator[Event]:
@@ -146,14 +153,18 @@ class GenerationEngine:
         # with no input images that group would equal the twins, so it is left out
         image_guided = settings.image_guided and any(r.start == IMAGE_MODE and r.prompt.und_pixels for r in requests)
         if image_guided and any_text:
-            raise SettingsError(f"image_cfg_scale={settings.image_cfg_scale!r} applies to drawing from input images "
-                                "(text-to-image rows); text and interleaved rows need image_cfg_scale=1")
+            raise SettingsError(
+                f"image_cfg_scale={settings.image_cfg_scale!r} applies to drawing from input images "
+                "(text-to-image rows); text and interleaved rows need image_cfg_scale=1"
+            )
         guided = (settings.guided or image_guided) and may_draw  # then slots [batch, 2·batch) are the twins
 
         # sampled tokens per row -> fed-back tokens -> cache columns: prompt + what can be fed back
         # an interleaved image costs its codes and the forced <end_of_image> (its <begin_of_image> is text)
-        budgets = [n_codes if r.start == IMAGE_MODE else settings.max_new_tokens + settings.max_images * (n_codes + 1)
-                   for r in requests]
+        budgets = [
+            n_codes if r.start == IMAGE_MODE else settings.max_new_tokens + settings.max_images * (n_codes + 1)
+            for r in requests
+        ]
         for r, budget in zip(requests, budgets):
             if len(r.prompt) == 0:
                 raise PromptError("the prompt is empty; give some text")
@@ -169,15 +180,19 @@ class GenerationEngine:
         self.kv_cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
         column = length
 
-        rows = [_Row(mode=r.start, context=_copy(r.prompt) if r.start == TEXT_MODE else None,
-                     draw_only=r.start == IMAGE_MODE) for r in requests]
+        rows = [
+            _Row(
+                mode=r.start, context=_copy(r.prompt) if r.start == TEXT_MODE else None, draw_only=r.start == IMAGE_MODE
+            )
+            for r in requests
+        ]
         boi_blocked = torch.tensor([settings.max_images == 0] * batch, device=device)
         image_rows = torch.tensor([r.start == IMAGE_MODE for r in requests], device=device)
         seen = self._seen_tokens(requests) if settings.repetition_penalty != 1.0 else None
 
         if not any_text:  # text-to-image: every row draws in lockstep; nothing is read back
             yield from self._draw(state, rows, hidden, settings, column)
-        for step in range(max(budgets) if any_text else 0):
+        for _ in range(max(budgets) if any_text else 0):
             modes = {row.mode for row in rows}
             tokens = self._sample(state, hidden, settings, guided, batch, modes, image_rows, boi_blocked, seen)
             events, fed_host, code_host, changed = self._advance(state, rows, tokens.tolist(), settings, column)
@@ -187,8 +202,9 @@ class GenerationEngine:
             fed, fed_is_code = tokens, image_rows
             if changed:  # a mode changed or a token was forced: feed what the host decided
                 image_rows = torch.tensor([row.mode == IMAGE_MODE for row in rows], device=device)
-                boi_blocked = torch.tensor([len(row.result.codes) >= settings.max_images for row in rows],
-                                           device=device)
+                boi_blocked = torch.tensor(
+                    [len(row.result.codes) >= settings.max_images for row in rows], device=device
+                )
                 fed_is_code = torch.tensor(code_host, device=device)
                 fed = torch.tensor(fed_host, device=device)
             if seen is not None:
@@ -243,8 +259,12 @@ class GenerationEngine:
         specialised a second time for a contiguous cache."""
         cache_len += int(self.compile)
         cache = self.cache
-        if (self.compile and cache is not None and cache.get_max_length() == cache_len
-                and cache.layers[0].keys.shape[0] == slots):
+        if (
+            self.compile
+            and cache is not None
+            and cache.get_max_length() == cache_len
+            and cache.layers[0].keys.shape[0] == slots
+        ):
             cache.reset()
             return
         self.cache, self._views = StaticCache(config=self._cache_config, max_cache_len=cache_len), {}
@@ -263,7 +283,7 @@ class GenerationEngine:
         mask, windowed = state.mask[:, :width], None
         if self._window is not None:  # each slot's columns are contiguous, so columns count positions
             windowed = mask.clone()
-            windowed[:, :max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
+            windowed[:, : max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
         self._dynamic([0, 1], mask, windowed)  # rows and width
         if width not in self._views:
             view = copy.copy(self.cache)
@@ -272,12 +292,23 @@ class GenerationEngine:
         return mask, windowed, self._views[width]
 
     def _decoder(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache):
-        out = self._body(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
-                         **{self._cache_name: cache})
+        out = self._body(
+            inputs_embeds=embeds,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{self._cache_name: cache},
+        )
         return out.last_hidden_state
 
-    def _decode_step(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                     windowed: torch.Tensor | None, cache: StaticCache) -> torch.Tensor:
+    def _decode_step(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        windowed: torch.Tensor | None,
+        cache: StaticCache,
+    ) -> torch.Tensor:
         """One token for every slot: (slots, 1, H) -> last hidden state (slots, H). `mask` is the
         (slots, columns) additive mask of what each slot may attend to in `cache`; `windowed` the
         same cut to the sliding window, for sliding-attention layers (see `_attend`)."""
@@ -293,8 +324,9 @@ class GenerationEngine:
             return windowed
         return {"full_attention": full, "sliding_attention": windowed}
 
-    def _prefill(self, prompts: list[TokenSequence], length: int, cache_len: int, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, _Batch]:
+    def _prefill(
+        self, prompts: list[TokenSequence], length: int, cache_len: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, _Batch]:
         """Run each distinct prompt once (left-padded to `length`, with its understanding images),
         then copy its keys and values into the static cache of every slot that uses it; returns
         the slots' last hidden states and the call's state."""
@@ -311,8 +343,12 @@ class GenerationEngine:
             static.keys[:, :, :length] = dynamic.keys[index]
             static.values[:, :, :length] = dynamic.values[index]
             static.cumulative_length.fill_(length)
-        mask = torch.full((len(prompts), self.cache.get_max_length()), torch.finfo(embeds.dtype).min,
-                          dtype=embeds.dtype, device=device)
+        mask = torch.full(
+            (len(prompts), self.cache.get_max_length()),
+            torch.finfo(embeds.dtype).min,
+            dtype=embeds.dtype,
+            device=device,
+        )
         mask[:, :length].masked_fill_(real[index], 0.0)
         return hidden[index, -1], _Batch(generator, mask, lengths[index], cache_len)
 
@@ -360,8 +396,9 @@ class GenerationEngine:
             return text if text is not None else torch.zeros(batch, dtype=torch.long, device=hidden.device)
         return code if text is None else torch.where(image_rows, code, text)
 
-    def _draw(self, state: _Batch, rows: list[_Row], hidden: torch.Tensor, settings: GenerationSettings,
-              column: int) -> Iterator[Event]:
+    def _draw(
+        self, state: _Batch, rows: list[_Row], hidden: torch.Tensor, settings: GenerationSettings, column: int
+    ) -> Iterator[Event]:
         """Text-to-image rows: N codes each, one (compiled) draw step per code, no host sync."""
         batch, n_codes = len(rows), self.processor.num_gen_tokens
         codebook = self.model.gen_embed.num_embeddings
@@ -370,9 +407,13 @@ class GenerationEngine:
         # steps take plain numbers: no tensor arithmetic for a temperature of 1
         value = (lambda x: torch.tensor(float(x), device=hidden.device)) if self.compile else float
         groups = hidden.shape[0] // batch  # rows, their twins, then rows without input images
-        picks = (value(settings.temperature) if settings.temperature > 0 else 0.0, settings.top_k, settings.top_p,
-                 value(settings.cfg_scale) if groups > 1 else None,
-                 value(settings.image_cfg_scale) if groups > 2 else None)
+        picks = (
+            value(settings.temperature) if settings.temperature > 0 else 0.0,
+            settings.top_k,
+            settings.top_p,
+            value(settings.cfg_scale) if groups > 1 else None,
+            value(settings.image_cfg_scale) if groups > 2 else None,
+        )
         codes = torch.zeros(batch, n_codes, dtype=torch.long, device=hidden.device)
         for k in range(n_codes):
             noise = None
@@ -403,8 +444,9 @@ class GenerationEngine:
             logits = guided_logits(cond, twin, cfg_scale)
         return sample(logits, temperature, top_k, top_p, noise=noise)
 
-    def _image_step(self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale,
-                    image_cfg_scale):
+    def _image_step(
+        self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale, image_cfg_scale
+    ):
         """Sample a code for every row and run the decoder on it: one drawing step."""
         code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale)
         embeds = self.model.gen_image_embeddings(code)
@@ -441,8 +483,7 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------ row state machine
 
-    def _advance(self, state: _Batch, rows: list[_Row], tokens: list[int], settings: GenerationSettings,
-                 column: int):
+    def _advance(self, state: _Batch, rows: list[_Row], tokens: list[int], settings: GenerationSettings, column: int):
         """Apply one step's tokens to every row's state; return the events, the ids to feed back,
         which of them are image codes, and whether any row changed mode or was fed a forced token
         (then the device must take the fed ids from the host)."""
@@ -508,7 +549,7 @@ class GenerationEngine:
             else:  # a stop string forms in `text`; what it would cut of the shown text is at most `hold` long
                 shown = _shown(text, row.specials)
                 if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
-                    events.append(TextDelta(i, shown[row.emitted:len(shown) - hold]))
+                    events.append(TextDelta(i, shown[row.emitted : len(shown) - hold]))
                     row.emitted = len(shown) - hold
         return events, fed, is_code, changed
 
@@ -516,7 +557,7 @@ class GenerationEngine:
         """End the current text segment: stream what is left of it and add it to the parts."""
         if text is None:
             text = _shown(row.decoded, row.specials)
-        events = [TextDelta(i, text[row.emitted:])] if len(text) > row.emitted else []
+        events = [TextDelta(i, text[row.emitted :])] if len(text) > row.emitted else []
         if text:
             row.result.parts.append(text)
         row.segment, row.emitted, row.decoded, row.specials = [], 0, "", []
@@ -551,8 +592,14 @@ class GenerationEngine:
         return decode_images(self.model, codes) if self.decode else [None] * codes.shape[0]
 
 
-def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budget: int,
-               settings: GenerationSettings, holder: str = "the model's context") -> None:
+def check_room(
+    processor: JanusLikeProcessor,
+    limit: int,
+    request: Request,
+    budget: int,
+    settings: GenerationSettings,
+    holder: str = "the model's context",
+) -> None:
     """The prompt and the most a row may generate must fit `limit` positions; the message says what to cut."""
     if len(request.prompt) + budget <= limit:
         return
@@ -564,11 +611,11 @@ def check_room(processor: JanusLikeProcessor, limit: int, request: Request, budg
             what += f" and max_images={settings.max_images} × {processor.num_gen_tokens + 1} image tokens"
             knobs += " or max_images"
         cut = f"a shorter prompt (or conversation), fewer input images, or lower {knobs}"
-    raise PromptError(f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
-                      f"need {len(request.prompt) + budget} positions, but {holder} holds {limit}; "
-                      f"use {cut}")
-
-
+    raise PromptError(
+        f"the prompt's {len(request.prompt)} tokens and up to {budget} generated ones ({what}) "
+        f"need {len(request.prompt) + budget} positions, but {holder} holds {limit}; "
+        f"use {cut}"
+    )
 
 
 def decode_images(model: JanusLikeForConditionalGeneration, codes: torch.Tensor) -> list:
@@ -577,6 +624,7 @@ def decode_images(model: JanusLikeForConditionalGeneration, codes: torch.Tensor)
     for chunk in codes.split(DECODE_CHUNK):
         images += pixels_to_pil(model.vq.decode(chunk.to(model.device)))
     return images
+
 
 @dataclass
 class PrefillInputs:
@@ -590,29 +638,36 @@ class PrefillInputs:
     lengths: torch.Tensor  # (prompts,)
 
 
-def left_padded(model: JanusLikeForConditionalGeneration, pad_id: int, prompts: Sequence[TokenSequence], length: int,
-                window: int | None) -> PrefillInputs:
+def left_padded(
+    model: JanusLikeForConditionalGeneration,
+    pad_id: int,
+    prompts: Sequence[TokenSequence],
+    length: int,
+    window: int | None,
+) -> PrefillInputs:
     """The engine's and the scheduler's prefill inputs: `prompts` left-padded to `length`."""
     device = model.device
     ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     modality = torch.full_like(ids, TEXT)
     for i, s in enumerate(prompts):
-        ids[i, length - len(s):] = torch.tensor(s.ids)
-        modality[i, length - len(s):] = torch.tensor(s.modality)
+        ids[i, length - len(s) :] = torch.tensor(s.ids)
+        modality[i, length - len(s) :] = torch.tensor(s.modality)
     pixels = [x for s in prompts for x in s.und_pixels]
     pixel_values = torch.stack(pixels).to(device) if pixels else None
     embeds = model.embed_inputs(ids.to(device), modality.to(device), pixel_values)
     lengths = torch.tensor([len(s) for s in prompts], device=device)
     columns = torch.arange(length, device=device)
     real = columns[None, :] >= (length - lengths)[:, None]
-    allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(length, dtype=torch.bool,
-                                                                                      device=device)
+    allowed = (real[:, None, :] & (columns[None, :] <= columns[:, None])) | torch.eye(
+        length, dtype=torch.bool, device=device
+    )
     positions = (columns - (length - lengths)[:, None]).clamp_min(0)
     windowed = None
     if window is not None:  # left padding shifts query and key alike: columns count positions
         in_window = columns[:, None] - columns[None, :] < window
         windowed = _additive((allowed & in_window)[:, None], embeds.dtype)
     return PrefillInputs(embeds, positions, _additive(allowed[:, None], embeds.dtype), windowed, real, lengths)
+
 
 def _attention_layout(config) -> tuple[int | None, list[str] | None]:
     """(sliding window or None, per-layer attention types or None) of a decoder config. Full and
@@ -624,8 +679,10 @@ def _attention_layout(config) -> tuple[int | None, list[str] | None]:
     if layer_types is not None:
         unknown = set(layer_types) - {"full_attention", "sliding_attention"}
         if unknown:
-            raise SettingsError(f"the decoder has {', '.join(sorted(unknown))} layers; the generation engine "
-                                "supports full and sliding-window attention layers")
+            raise SettingsError(
+                f"the decoder has {', '.join(sorted(unknown))} layers; the generation engine "
+                "supports full and sliding-window attention layers"
+            )
         if "sliding_attention" not in layer_types:
             window = None
     return window, (list(layer_types) if layer_types is not None and window is not None else None)

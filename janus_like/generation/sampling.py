@@ -13,8 +13,13 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch
     return torch.lerp(uncond, cond, scale)
 
 
-def image_guided_logits(cond: torch.Tensor, twin: torch.Tensor, bare: torch.Tensor, scale: float | torch.Tensor,
-                        image_scale: float | torch.Tensor) -> torch.Tensor:
+def image_guided_logits(
+    cond: torch.Tensor,
+    twin: torch.Tensor,
+    bare: torch.Tensor,
+    scale: float | torch.Tensor,
+    image_scale: float | torch.Tensor,
+) -> torch.Tensor:
     """InstructPix2Pix's two-scale guidance for drawing from input images: `u∅ + s_I·(u_I − u∅)
     + s·(c − u_I)`, with `twin` = u_I (input images, no text) and `bare` = u∅ (neither). With
     s_I = 1 it is `guided_logits(cond, twin, scale)`."""
@@ -44,8 +49,14 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
     return logits
 
 
-def sample(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(rows, vocab) logits -> (rows,) token ids; temperature 0 is argmax.
 
     Sampling uses the exponential-race form of Gumbel-max (argmax of p / E, E ~ Exp(1)), as

@@ -39,22 +39,37 @@ import secrets
 import threading
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from ..errors import GenerationError, PromptError, SettingsError
-from .engine import (DONE_MODE, IMAGE_MODE, TEXT_MODE, WIDTH_STEP, Request, _additive,
-                                 _attention_layout, _copy, _fill, _full_history_config, _preview_due, _shown,
-                                 _special_ids, check_room, decode_images, left_padded)
+from ..layout import GEN_IMAGE, TEXT, TokenSequence
+from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
+from ..processor import JanusLikeProcessor
+from .engine import (
+    DONE_MODE,
+    IMAGE_MODE,
+    TEXT_MODE,
+    WIDTH_STEP,
+    Request,
+    _additive,
+    _attention_layout,
+    _copy,
+    _fill,
+    _full_history_config,
+    _preview_due,
+    _shown,
+    _special_ids,
+    check_room,
+    decode_images,
+    left_padded,
+)
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .settings import GenerationSettings
-from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
-from ..layout import GEN_IMAGE, TEXT, TokenSequence
-from ..processor import JanusLikeProcessor
 
 MAX_BATCH = 4096  # slots: far beyond any cache that fits a device, small enough to refuse typos
 IDLE_SECONDS = 1.0  # the scheduler thread ends after this long with nothing to do (the next submit starts one)
@@ -104,11 +119,12 @@ def exponential_noise(seeds: torch.Tensor, steps: torch.Tensor, index_hash: torc
     index (`index_hash` = _mix of the indices), in a few elementwise ops on the device."""
     key = _mix(seeds + steps * _GOLDEN)
     bits = _mix(key[:, None] ^ index_hash[None, :])
-    uniform = (_shr(bits, 40).float() + 0.5) * 2.0 ** -24  # 24 bits: exact in float32, never 0 or 1
+    uniform = (_shr(bits, 40).float() + 0.5) * 2.0**-24  # 24 bits: exact in float32, never 0 or 1
     return -torch.log(uniform)
 
 
 # ---------------------------------------------------------------------- sampling per row
+
 
 def filter_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Per-row top-k (0: off) and top-p (1: off); -inf outside, as `sampling.filter_top_k_top_p`."""
@@ -122,8 +138,13 @@ def filter_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) 
     return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
 
 
-def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor | None,
-                top_k: torch.Tensor | None = None, top_p: torch.Tensor | None = None) -> torch.Tensor:
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    noise: torch.Tensor | None,
+    top_k: torch.Tensor | None = None,
+    top_p: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(rows, vocab) -> (rows,) ids: argmax where the row's temperature is 0, else Gumbel-max with `noise`."""
     greedy = logits.argmax(dim=-1)
     if noise is None:
@@ -136,6 +157,7 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, noise: torch.Te
 
 
 # ---------------------------------------------------------------------- state
+
 
 @dataclass(eq=False)
 class _Call:
@@ -204,10 +226,10 @@ class RowState:
 class RequestStream:
     """The events of one call, in order; `close()` (or dropping it) cancels the call's rows."""
 
-    def __init__(self, scheduler: "Scheduler", call: _Call):
+    def __init__(self, scheduler: Scheduler, call: _Call):
         self._scheduler, self._call, self._finished = scheduler, call, False
 
-    def __iter__(self) -> "RequestStream":
+    def __iter__(self) -> RequestStream:
         return self
 
     def __next__(self) -> Event:
@@ -252,11 +274,18 @@ class _SlotWrites(StaticLayer):
 
 # ---------------------------------------------------------------------- the scheduler
 
+
 class Scheduler:
     """Runs the decode loop on a background thread while any row is active; `submit` is thread-safe."""
 
-    def __init__(self, model: JanusLikeForConditionalGeneration, processor: JanusLikeProcessor,
-                 max_batch: int = 32, cache_length: int | None = None, decode: bool = True):
+    def __init__(
+        self,
+        model: JanusLikeForConditionalGeneration,
+        processor: JanusLikeProcessor,
+        max_batch: int = 32,
+        cache_length: int | None = None,
+        decode: bool = True,
+    ):
         """`max_batch`: cache rows in all; `cache_length`: cache columns, the most one row's prompt and
         output may take (default: the model's context, at most DEFAULT_CACHE_LENGTH)."""
         self.context = model.config.text_config.max_position_embeddings
@@ -350,8 +379,10 @@ class Scheduler:
         any_text = any(r.start == TEXT_MODE for r in requests)
         image_guided = settings.image_guided and any(r.start == IMAGE_MODE and r.prompt.und_pixels for r in requests)
         if image_guided and any_text:
-            raise SettingsError(f"image_cfg_scale={settings.image_cfg_scale!r} applies to drawing from input images "
-                                "(text-to-image rows); text and interleaved rows need image_cfg_scale=1")
+            raise SettingsError(
+                f"image_cfg_scale={settings.image_cfg_scale!r} applies to drawing from input images "
+                "(text-to-image rows); text and interleaved rows need image_cfg_scale=1"
+            )
         waiting = []
         for i, r in enumerate(requests):
             if len(r.prompt) == 0:
@@ -363,9 +394,11 @@ class Scheduler:
             waiting.append(_Waiting(None, i, r, guided=(settings.guided or bare) and draws, bare=bare))
         most = max(w.slots for w in waiting)
         if most > self.max_batch:
-            raise SettingsError(f"a row of this request needs {most} cache slots (itself, its guidance twin"
-                                f"{' and its imageless twin' if most == 3 else ''}) but max_batch={self.max_batch}; "
-                                f"use max_batch >= {most} or turn guidance off (cfg_scale=1, image_cfg_scale=1)")
+            raise SettingsError(
+                f"a row of this request needs {most} cache slots (itself, its guidance twin"
+                f"{' and its imageless twin' if most == 3 else ''}) but max_batch={self.max_batch}; "
+                f"use max_batch >= {most} or turn guidance off (cfg_scale=1, image_cfg_scale=1)"
+            )
         return waiting
 
     def _budget(self, request: Request, settings: GenerationSettings) -> int:
@@ -456,9 +489,18 @@ class Scheduler:
                 break
             self._waiting.popleft()
             slot, twin, bare = free[0], free[1] if w.guided else None, free[1 + w.guided] if w.bare else None
-            row = RowState(w.call, w.index, w.call.settings, slot, twin, bare, mode=w.request.start,
-                           prompt=w.request.prompt, context=_copy(w.request.prompt) if w.request.start == TEXT_MODE else None,
-                           draw_only=w.request.start == IMAGE_MODE)
+            row = RowState(
+                w.call,
+                w.index,
+                w.call.settings,
+                slot,
+                twin,
+                bare,
+                mode=w.request.start,
+                prompt=w.request.prompt,
+                context=_copy(w.request.prompt) if w.request.start == TEXT_MODE else None,
+                draw_only=w.request.start == IMAGE_MODE,
+            )
             for s in row.slots:
                 self._owners[s] = row
             self._rows.append(row)
@@ -504,8 +546,8 @@ class Scheduler:
         self._allocate(temp, hidden)
         for i, (slot, s) in enumerate(prompts.items()):
             for static, dynamic in zip(self.cache.layers, temp.layers):
-                static.keys[slot, :, :len(s)] = dynamic.keys[i, :, length - len(s):]
-                static.values[slot, :, :len(s)] = dynamic.values[i, :, length - len(s):]
+                static.keys[slot, :, : len(s)] = dynamic.keys[i, :, length - len(s) :]
+                static.values[slot, :, : len(s)] = dynamic.values[i, :, length - len(s) :]
             self._hidden[slot] = hidden[i, -1]
 
     def _allocate(self, like: DynamicCache, hidden: torch.Tensor) -> None:
@@ -600,7 +642,7 @@ class Scheduler:
             return
         codes = self._codes.tolist()
         for row in unread:
-            new = codes[row.slot][len(row.codes):len(row.codes) + row.unread]
+            new = codes[row.slot][len(row.codes) : len(row.codes) + row.unread]
             row.codes += new
             row.result.token_ids.extend(new)
             if row.context is not None:
@@ -622,8 +664,11 @@ class Scheduler:
         steps = _to_device(steps, device)
         sampled = any(row.settings.temperature > 0 for row in rows)
         filtered = any(row.settings.top_k or row.settings.top_p is not None for row in rows)
-        picks = {"temperature": self._temperature[:width], "top_k": self._top_k[:width] if filtered else None,
-                 "top_p": self._top_p[:width]}
+        picks = {
+            "temperature": self._temperature[:width],
+            "top_k": self._top_k[:width] if filtered else None,
+            "top_p": self._top_p[:width],
+        }
         code = text = None
         if IMAGE_MODE in modes:
             two_scale = any(row.bare is not None for row in rows)
@@ -685,8 +730,10 @@ class Scheduler:
         span = min(self.cache_length, -(-(max(columns) + 1) // WIDTH_STEP) * WIDTH_STEP)
         cache = copy.copy(self.cache)
         rows = torch.arange(width, device=device)
-        cache.layers = [_SlotWrites(layer.keys[:width, :, :span], layer.values[:width, :, :span], rows, columns_t)
-                        for layer in self.cache.layers]
+        cache.layers = [
+            _SlotWrites(layer.keys[:width, :, :span], layer.values[:width, :, :span], rows, columns_t)
+            for layer in self.cache.layers
+        ]
         where = torch.arange(span, device=device)[None, :]
         allowed = where <= columns_t[:, None]
         windowed = None
@@ -703,8 +750,13 @@ class Scheduler:
         return torch.where(is_code[:, None], image, text)
 
     def _decoder(self, embeds, positions, mask, cache) -> torch.Tensor:
-        out = self._body(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
-                         **{self._cache_name: cache})
+        out = self._body(
+            inputs_embeds=embeds,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{self._cache_name: cache},
+        )
         return out.last_hidden_state
 
     def _layer_masks(self, full: torch.Tensor, windowed: torch.Tensor | None):
@@ -780,7 +832,7 @@ class Scheduler:
         else:
             shown = _shown(text, row.specials)
             if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
-                events.append(TextDelta(i, shown[row.emitted:len(shown) - hold]))
+                events.append(TextDelta(i, shown[row.emitted : len(shown) - hold]))
                 row.emitted = len(shown) - hold
         return events
 
@@ -788,7 +840,7 @@ class Scheduler:
         """End the current text segment: stream what is left of it and add it to the parts."""
         if text is None:
             text = _shown(row.decoded, row.specials)
-        events = [TextDelta(row.index, text[row.emitted:])] if len(text) > row.emitted else []
+        events = [TextDelta(row.index, text[row.emitted :])] if len(text) > row.emitted else []
         if text:
             row.result.parts.append(text)
         row.segment, row.emitted, row.decoded, row.specials = [], 0, "", []
@@ -832,7 +884,9 @@ def _to_device(values: list, device: torch.device) -> torch.Tensor:
 def check_max_batch(max_batch) -> int:
     """`max_batch`: a positive integer (cache rows in all)."""
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
-        raise SettingsError(f"max_batch={max_batch!r} is not accepted; max_batch must be an integer in "
-                            f"[1, {MAX_BATCH}] (cache rows; a guided image takes 2, an image edit with "
-                            "image_cfg_scale 3)")
+        raise SettingsError(
+            f"max_batch={max_batch!r} is not accepted; max_batch must be an integer in "
+            f"[1, {MAX_BATCH}] (cache rows; a guided image takes 2, an image edit with "
+            "image_cfg_scale 3)"
+        )
     return max_batch

@@ -27,8 +27,8 @@ class GenerationSettings:
     `image_cfg_scale` is InstructPix2Pix's image weight s_I for drawing from input images:
     `u∅ + s_I·(u_I − u∅) + s·(c − u_I)` (1: the twin keeps the input images, u = u_I).
     `max_new_tokens` counts tokens the text head samples (image codes and the forced
-    `<end_of_image>` come on top); `max_images` is how many images a text row may open; `preview_every` decodes a preview
-    image every that many codes (0: never)."""
+    `<end_of_image>` come on top); `max_images` is how many images a text row may open;
+    `preview_every` decodes a preview image every that many codes (0: never)."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -54,6 +54,7 @@ class GenerationSettings:
 
     def validate(self) -> None:
         """Raise a SettingsError naming the first setting outside its accepted range."""
+
         def bad(name: str, value, accepted: str) -> SettingsError:
             return SettingsError(f"{name}={value!r} is not accepted; {name} must be {accepted}")
 
@@ -70,12 +71,17 @@ class GenerationSettings:
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
             raise bad("top_p", self.top_p, "None or a number in (0, 1]")
         if not _finite(self.repetition_penalty) or not 0 < self.repetition_penalty <= MAX_SCALE:
-            raise bad("repetition_penalty", self.repetition_penalty, f"a number in (0, {MAX_SCALE:g}] (1 means no penalty)")
+            raise bad(
+                "repetition_penalty", self.repetition_penalty, f"a number in (0, {MAX_SCALE:g}] (1 means no penalty)"
+            )
         if not _finite(self.cfg_scale) or not 0 <= self.cfg_scale <= MAX_SCALE:
             raise bad("cfg_scale", self.cfg_scale, f"a number in [0, {MAX_SCALE:g}] (1 means no guidance)")
         if not _finite(self.image_cfg_scale) or not 0 <= self.image_cfg_scale <= MAX_SCALE:
-            raise bad("image_cfg_scale", self.image_cfg_scale, f"a number in [0, {MAX_SCALE:g}] (1 means the input "
-                      "images are no separate guidance term)")
+            raise bad(
+                "image_cfg_scale",
+                self.image_cfg_scale,
+                f"a number in [0, {MAX_SCALE:g}] (1 means the input images are no separate guidance term)",
+            )
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
         if not is_int(self.max_images) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
@@ -102,13 +108,16 @@ def check_num_images(num_images: int, prompts: int = 1) -> int:
     """`num_images` per prompt for `prompts` prompts: at least one, at most MAX_IMAGES_PER_PROMPT in all."""
     num_images = _integer(num_images)
     if not 1 <= prompts <= MAX_IMAGES_PER_PROMPT:
-        raise SettingsError(f"{prompts} prompts were given; give 1 to {MAX_IMAGES_PER_PROMPT} prompts per call "
-                            f"({MAX_IMAGES_PER_PROMPT} images per call in all)")
+        raise SettingsError(
+            f"{prompts} prompts were given; give 1 to {MAX_IMAGES_PER_PROMPT} prompts per call "
+            f"({MAX_IMAGES_PER_PROMPT} images per call in all)"
+        )
     if not is_int(num_images) or not 1 <= num_images * prompts <= MAX_IMAGES_PER_PROMPT:
         limit = MAX_IMAGES_PER_PROMPT // prompts
         each = "" if prompts == 1 else f" for {prompts} prompts ({MAX_IMAGES_PER_PROMPT} images per call in all)"
-        raise SettingsError(f"num_images={num_images!r} is not accepted{each}; num_images must be an integer in "
-                            f"[1, {limit}]")
+        raise SettingsError(
+            f"num_images={num_images!r} is not accepted{each}; num_images must be an integer in [1, {limit}]"
+        )
     return num_images
 
 

@@ -19,37 +19,70 @@ MAX_BATCH, MAX_QUEUE, MAX_BODY_MB = 4096, 100_000, 1024  # upper ends of the acc
 
 def add_parser(subparsers) -> None:
     """Register `serve` and its arguments on the CLI's sub-command parsers."""
-    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server: chat, image generation and edits, "
-                                            "interleaved text and images")
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible HTTP server: chat, image generation and edits, interleaved text and images"
+    )
     p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step (CUDA graphs): slow first request, then fast (default: off)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decode step (CUDA graphs): slow first request, then fast (default: off)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+    )
     p.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default: 8000)")
-    p.add_argument("--max-batch", type=int, default=32,
-                   help=f"KV-cache rows shared by the requests decoding together (a guided image takes 2), "
-                        f"1-{MAX_BATCH} (default: 32)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help=f"requests waiting beyond the batch before new ones get 429, 0-{MAX_QUEUE} (default: 64)")
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                   help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}, else no key); "
-                        "prefer the variable: a command line is visible to other users")
-    p.add_argument("--served-model-name", default=None,
-                   help="the model id clients name in requests (default: the --model folder's name, or "
-                        "janus-like-default)")
-    p.add_argument("--max-body-mb", type=float, default=32,
-                   help=f"largest request body in MiB, images included; larger gets 413, (0, {MAX_BODY_MB}] "
-                        "(default: 32)")
-    p.add_argument("--max-image-pixels", type=int, default=None,
-                   help="largest input image in pixels (width × height); larger gets 413, >= 1 "
-                        "(default: 16,777,216 = 4096²)")
-    p.add_argument("--allow-special-tokens", action="store_true",
-                   help="let special-token strings typed in messages (<begin_of_image>, …) act as those tokens "
-                        "(default: off, they are plain text)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=32,
+        help=f"KV-cache rows shared by the requests decoding together (a guided image takes 2), "
+        f"1-{MAX_BATCH} (default: 32)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help=f"requests waiting beyond the batch before new ones get 429, 0-{MAX_QUEUE} (default: 64)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}, else no key); "
+        "prefer the variable: a command line is visible to other users",
+    )
+    p.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model id clients name in requests (default: the --model folder's name, or janus-like-default)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=32,
+        help=f"largest request body in MiB, images included; larger gets 413, (0, {MAX_BODY_MB}] (default: 32)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="largest input image in pixels (width × height); larger gets 413, >= 1 (default: 16,777,216 = 4096²)",
+    )
+    p.add_argument(
+        "--allow-special-tokens",
+        action="store_true",
+        help="let special-token strings typed in messages (<begin_of_image>, …) act as those tokens "
+        "(default: off, they are plain text)",
+    )
     p.set_defaults(handler="janus_like.serving.commands:serve")
 
 
@@ -65,15 +98,23 @@ def serve(args: argparse.Namespace) -> int:
     from .server import DEFAULT_MODEL_ID, ServerSettings, create_app
 
     model_id = args.served_model_name or _model_id(args.model, DEFAULT_MODEL_ID)
-    settings = ServerSettings(model_id=model_id, max_batch=args.max_batch, max_queue=args.max_queue,
-                              api_key=args.api_key or None, max_body_bytes=int(args.max_body_mb * 2**20),
-                              allow_special_tokens=args.allow_special_tokens)
+    settings = ServerSettings(
+        model_id=model_id,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        api_key=args.api_key or None,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        allow_special_tokens=args.allow_special_tokens,
+    )
     if args.max_image_pixels is not None:
         settings.max_image_pixels = args.max_image_pixels
     pipeline = load_pipeline(args, max_batch=args.max_batch)
     if not settings.api_key and not _loopback(args.host):
-        print(f"janus-like serve: warning: listening on {args.host} without an API key (--api-key or "
-              f"${API_KEY_ENV}); anyone who reaches this address can use the server", file=sys.stderr)
+        print(
+            f"janus-like serve: warning: listening on {args.host} without an API key (--api-key or "
+            f"${API_KEY_ENV}); anyone who reaches this address can use the server",
+            file=sys.stderr,
+        )
     uvicorn.run(create_app(pipeline, settings), host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -87,8 +128,7 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.max_queue <= MAX_QUEUE:
         raise SettingsError(f"--max-queue {args.max_queue} is not accepted; give an integer in [0, {MAX_QUEUE}]")
     if not 0 < args.max_body_mb <= MAX_BODY_MB:
-        raise SettingsError(f"--max-body-mb {args.max_body_mb:g} is not accepted; give a number in "
-                            f"(0, {MAX_BODY_MB}]")
+        raise SettingsError(f"--max-body-mb {args.max_body_mb:g} is not accepted; give a number in (0, {MAX_BODY_MB}]")
     if args.max_image_pixels is not None and args.max_image_pixels < 1:
         raise SettingsError(f"--max-image-pixels {args.max_image_pixels} is not accepted; give an integer >= 1")
     if args.api_key is not None and args.api_key.strip() != args.api_key:

@@ -29,8 +29,10 @@ def image_from_data_url(url: str, name: str, max_pixels: int) -> Image.Image:
     match = _DATA_URL.fullmatch(url.strip())
     if match is None:
         scheme = url.split(":", 1)[0] if ":" in url else "no scheme"
-        raise ImageError(f"{name}: only data URLs (data:image/png;base64,...) are accepted, got a {scheme!r} URL; "
-                         "the server fetches nothing: send the image's bytes inline")
+        raise ImageError(
+            f"{name}: only data URLs (data:image/png;base64,...) are accepted, got a {scheme!r} URL; "
+            "the server fetches nothing: send the image's bytes inline"
+        )
     try:
         data = base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError) as e:
@@ -53,8 +55,9 @@ def image_from_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"cannot read {name}: not a supported image ({type(e).__name__}: {e})") from e
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageTooLargeError(f"{name} has {width}x{height} = {width * height:,} pixels; at most "
-                                 f"{max_pixels:,} are accepted")
+        raise ImageTooLargeError(
+            f"{name} has {width}x{height} = {width * height:,} pixels; at most {max_pixels:,} are accepted"
+        )
     image.filename = name  # load_image names the image by it in its messages
     return load_image(image, max_pixels)
 

@@ -64,46 +64,88 @@ class ServerMetrics:
         with self._lock:
             tokens_per_s, images_per_s = self._rates()
             out = [
-                *_metric("janus_like_requests_in_flight", "gauge", "admitted requests not yet answered",
-                         [("", self.in_flight)]),
-                *_metric("janus_like_queue_length", "gauge", "generations waiting for a batch slot",
-                         [("", self.waiting)]),
+                *_metric(
+                    "janus_like_requests_in_flight",
+                    "gauge",
+                    "admitted requests not yet answered",
+                    [("", self.in_flight)],
+                ),
+                *_metric(
+                    "janus_like_queue_length", "gauge", "generations waiting for a batch slot", [("", self.waiting)]
+                ),
                 *_metric("janus_like_active_rows", "gauge", "batch rows generating now", [("", self.active_rows)]),
-                *_metric("janus_like_generated_tokens_total", "counter",
-                         "tokens generated (text tokens and image codes)", [("", self.tokens)]),
+                *_metric(
+                    "janus_like_generated_tokens_total",
+                    "counter",
+                    "tokens generated (text tokens and image codes)",
+                    [("", self.tokens)],
+                ),
                 *_metric("janus_like_generated_images_total", "counter", "images generated", [("", self.images)]),
-                *_metric("janus_like_tokens_per_second", "gauge", f"tokens per second over the past "
-                         f"{RATE_WINDOW_S:g} s", [("", round(tokens_per_s, 3))]),
-                *_metric("janus_like_images_per_second", "gauge", f"images per second over the past "
-                         f"{RATE_WINDOW_S:g} s", [("", round(images_per_s, 3))]),
-                *_metric("janus_like_cancelled_generations_total", "counter",
-                         "generations stopped because their client disconnected", [("", self.cancelled)]),
-                *_metric("janus_like_rejected_requests_total", "counter", "requests refused with 429 (queue full)",
-                         [("", self.rejected)]),
-                *_metric("janus_like_requests_total", "counter", "answered requests by endpoint and status",
-                         [(f'{{endpoint="{e}",status="{s}"}}', n) for (e, s), n in sorted(self._requests.items())]),
+                *_metric(
+                    "janus_like_tokens_per_second",
+                    "gauge",
+                    f"tokens per second over the past {RATE_WINDOW_S:g} s",
+                    [("", round(tokens_per_s, 3))],
+                ),
+                *_metric(
+                    "janus_like_images_per_second",
+                    "gauge",
+                    f"images per second over the past {RATE_WINDOW_S:g} s",
+                    [("", round(images_per_s, 3))],
+                ),
+                *_metric(
+                    "janus_like_cancelled_generations_total",
+                    "counter",
+                    "generations stopped because their client disconnected",
+                    [("", self.cancelled)],
+                ),
+                *_metric(
+                    "janus_like_rejected_requests_total",
+                    "counter",
+                    "requests refused with 429 (queue full)",
+                    [("", self.rejected)],
+                ),
+                *_metric(
+                    "janus_like_requests_total",
+                    "counter",
+                    "answered requests by endpoint and status",
+                    [(f'{{endpoint="{e}",status="{s}"}}', n) for (e, s), n in sorted(self._requests.items())],
+                ),
                 *self._histogram(),
-                *_metric("process_resident_memory_bytes", "gauge", "resident memory of the server process",
-                         [("", _resident_bytes())]),
+                *_metric(
+                    "process_resident_memory_bytes",
+                    "gauge",
+                    "resident memory of the server process",
+                    [("", _resident_bytes())],
+                ),
             ]
         return "\n".join(out) + "\n"
 
     def _histogram(self) -> list[str]:
         name = "janus_like_request_duration_seconds"
-        lines = [f"# HELP {name} time from a request's arrival to its last byte, by endpoint",
-                 f"# TYPE {name} histogram"]
+        lines = [
+            f"# HELP {name} time from a request's arrival to its last byte, by endpoint",
+            f"# TYPE {name} histogram",
+        ]
         for endpoint, (buckets, count, total) in sorted(self._latency.items()):
             label = f'endpoint="{endpoint}"'
-            lines += [f'{name}_bucket{{{label},le="{le:g}"}} {n}'
-                      for le, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
-            lines += [f'{name}_bucket{{{label},le="+Inf"}} {count}', f"{name}_count{{{label}}} {count}",
-                      f"{name}_sum{{{label}}} {total:.6f}"]
+            lines += [
+                f'{name}_bucket{{{label},le="{le:g}"}} {n}' for le, n in zip(LATENCY_BUCKETS, buckets, strict=True)
+            ]
+            lines += [
+                f'{name}_bucket{{{label},le="+Inf"}} {count}',
+                f"{name}_count{{{label}}} {count}",
+                f"{name}_sum{{{label}}} {total:.6f}",
+            ]
         return lines
 
 
 def _metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> list[str]:
-    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}",
-            *(f"{name}{labels} {value}" for labels, value in samples)]
+    return [
+        f"# HELP {name} {help_}",
+        f"# TYPE {name} {kind}",
+        *(f"{name}{labels} {value}" for labels, value in samples),
+    ]
 
 
 def _resident_bytes() -> int:

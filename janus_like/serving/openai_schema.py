@@ -58,7 +58,8 @@ class ChatCompletionRequest(_Body):
     stream: bool = Field(False, description=BOOLEAN)
     stream_options: StreamOptions | None = None
     modalities: list[Literal["text", "image"]] | None = Field(
-        None, description='["text"] (an answer) or ["text", "image"] (interleaved text and images)')
+        None, description='["text"] (an answer) or ["text", "image"] (interleaved text and images)'
+    )
     user: str | None = None  # accepted as OpenAI clients send it; unused
     top_k: int | None = Field(None, description=TOP_K)
     repetition_penalty: float | None = Field(None, description=f"a number in (0, {MAX_SCALE:g}] (1: no penalty)")
@@ -100,23 +101,48 @@ def completion_id() -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def chat_completion(id_: str, model: str, choices: list[dict], usage_: dict) -> dict:
     """A `chat.completion` object; `choices` are (index, content, finish_reason) dicts."""
-    return {"id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["content"]},
-                         "finish_reason": c["finish_reason"], "logprobs": None} for c in choices],
-            "usage": usage_}
+    return {
+        "id": id_,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": c["index"],
+                "message": {"role": "assistant", "content": c["content"]},
+                "finish_reason": c["finish_reason"],
+                "logprobs": None,
+            }
+            for c in choices
+        ],
+        "usage": usage_,
+    }
 
 
-def chat_chunk(id_: str, model: str, created: int, index: int | None = None, delta: dict | None = None,
-               finish_reason: str | None = None, usage_: dict | None = None) -> dict:
+def chat_chunk(
+    id_: str,
+    model: str,
+    created: int,
+    index: int | None = None,
+    delta: dict | None = None,
+    finish_reason: str | None = None,
+    usage_: dict | None = None,
+) -> dict:
     """A `chat.completion.chunk`: one choice's delta, or (index None) the closing usage chunk."""
-    choices = [] if index is None else [{"index": index, "delta": delta or {}, "finish_reason": finish_reason,
-                                         "logprobs": None}]
+    choices = (
+        []
+        if index is None
+        else [{"index": index, "delta": delta or {}, "finish_reason": finish_reason, "logprobs": None}]
+    )
     chunk = {"id": id_, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
     if usage_ is not None:
         chunk["usage"] = usage_
@@ -124,8 +150,12 @@ def chat_chunk(id_: str, model: str, created: int, index: int | None = None, del
 
 
 def images_response(b64_pngs: list[str], size: str) -> dict:
-    return {"created": int(time.time()), "data": [{"b64_json": b} for b in b64_pngs],
-            "output_format": "png", "size": size}
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": b} for b in b64_pngs],
+        "output_format": "png",
+        "size": size,
+    }
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:

@@ -34,8 +34,9 @@ class Run:
         self._rows = rows
         self._metrics = metrics
         for index, start in enumerate(starts):
-            threading.Thread(target=self._work, args=(index, start), name=f"janus-like-generation-{index}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._work, args=(index, start), name=f"janus-like-generation-{index}", daemon=True
+            ).start()
 
     async def first(self) -> None:
         """Wait until a generation produces its first event; its error (bad input found while
@@ -93,15 +94,18 @@ class Run:
                         self._metrics.add(waiting=-1, active_rows=self._rows)
                     if isinstance(event, Done):
                         finished = True
-                        self._metrics.generated(sum(len(r.token_ids) for r in event.results),
-                                                sum(len(r.images) for r in event.results))
+                        self._metrics.generated(
+                            sum(len(r.token_ids) for r in event.results), sum(len(r.images) for r in event.results)
+                        )
                     if not isinstance(event, ImageProgress):
                         self._put(index, event)
             finally:
                 events.close()  # cancels the generation's rows where it stopped early
         finally:
-            self._metrics.add(**({"active_rows": -self._rows} if producing else {"waiting": -1}),
-                              cancelled=int(self._cancelled.is_set() and not finished))
+            self._metrics.add(
+                **({"active_rows": -self._rows} if producing else {"waiting": -1}),
+                cancelled=int(self._cancelled.is_set() and not finished),
+            )
 
     def _put(self, index: int, item: object) -> None:
         try:

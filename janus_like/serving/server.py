@@ -67,8 +67,15 @@ class ServerSettings:
 class ApiError(Exception):
     """An HTTP error, answered in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
@@ -97,10 +104,15 @@ class _State:
         limit = self.settings.max_batch + self.settings.max_queue
         if self.metrics.in_flight >= limit:
             self.metrics.add(rejected=1)
-            raise ApiError(429, f"the server is busy: {limit} requests are in flight (max_batch "
-                                f"{self.settings.max_batch} + max_queue {self.settings.max_queue}); retry after "
-                                f"{RETRY_AFTER_S} s", "rate_limit_error", code="queue_full",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise ApiError(
+                429,
+                f"the server is busy: {limit} requests are in flight (max_batch "
+                f"{self.settings.max_batch} + max_queue {self.settings.max_queue}); retry after "
+                f"{RETRY_AFTER_S} s",
+                "rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         self.metrics.add(in_flight=1)
         released = False
 
@@ -109,6 +121,7 @@ class _State:
             if not released:
                 released = True
                 self.metrics.add(in_flight=-1)
+
         return release
 
 
@@ -129,6 +142,7 @@ def create_app(pipeline: JanusLikePipeline, settings: ServerSettings | None = No
 
 
 # ---------------------------------------------------------------------- routes
+
 
 def _add_routes(app: FastAPI, state: _State) -> None:
     @app.get("/health")
@@ -163,8 +177,9 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         fields, files = await _edit_form(request)
         body = _validated(schema.ImageEditRequest, fields)
         if not files:
-            raise ApiError(400, "image is required: send the image to edit as a multipart file field 'image'",
-                           param="image")
+            raise ApiError(
+                400, "image is required: send the image to edit as a multipart file field 'image'", param="image"
+            )
         images = await run_in_threadpool(_read_uploads, files, state.settings.max_image_pixels)
         return await _images(request, state, body, images)
 
@@ -176,11 +191,16 @@ def _model_card(state: _State) -> dict:
 def _check_model(state: _State, model: str | None) -> None:
     """A request naming a model must name this server's (None: the images endpoints' default)."""
     if model is not None and model != state.settings.model_id:
-        raise ApiError(404, f"model {model!r} does not exist here; this server serves {state.settings.model_id!r} "
-                            "(GET /v1/models)", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"model {model!r} does not exist here; this server serves {state.settings.model_id!r} (GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
 
 
 # ---------------------------------------------------------------------- chat
+
 
 class _ChatPlan:
     """A chat request turned into the pipeline's terms (images decoded, settings checked, prompt
@@ -188,8 +208,9 @@ class _ChatPlan:
 
     def __init__(self, state: _State, body: schema.ChatCompletionRequest):
         self.mode = "interleave" if body.interleaved else "chat"
-        self.messages = [_message(m, f"messages[{i}]", state.settings.max_image_pixels)
-                         for i, m in enumerate(body.messages)]
+        self.messages = [
+            _message(m, f"messages[{i}]", state.settings.max_image_pixels) for i, m in enumerate(body.messages)
+        ]
         self.settings = _chat_settings(body, self.mode)
         GenerationSettings(**{k: v for k, v in self.settings.items() if v is not None})
         # the pipeline builds this same sequence; counted here for `usage` (interleaving uses no system prompt)
@@ -199,21 +220,38 @@ class _ChatPlan:
     def starts(self, pipeline: JanusLikePipeline, n: int) -> list[Callable]:
         """One generation per choice; a seeded request's choice i draws with seed + i."""
         seed = self.settings["seed"]
-        return [partial(pipeline.stream, self.messages, self.mode,
-                        **{**self.settings, "seed": None if seed is None else (seed + i) % (MAX_SEED + 1)})
-                for i in range(n)]
+        return [
+            partial(
+                pipeline.stream,
+                self.messages,
+                self.mode,
+                **{**self.settings, "seed": None if seed is None else (seed + i) % (MAX_SEED + 1)},
+            )
+            for i in range(n)
+        ]
 
 
 def _chat_settings(body: schema.ChatCompletionRequest, mode: str) -> dict:
-    settings = {"max_new_tokens": body.max_completion_tokens or body.max_tokens, "temperature": body.temperature,
-                "top_p": body.top_p, "top_k": body.top_k, "repetition_penalty": body.repetition_penalty,
-                "stop": body.stop, "seed": body.seed, "ignore_eos": body.ignore_eos}
+    settings = {
+        "max_new_tokens": body.max_completion_tokens or body.max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "repetition_penalty": body.repetition_penalty,
+        "stop": body.stop,
+        "seed": body.seed,
+        "ignore_eos": body.ignore_eos,
+    }
     interleave_only = {"cfg_scale": body.cfg_scale, "max_images": body.max_images}
     if mode == "chat":
         given = [name for name, value in interleave_only.items() if value is not None]
         if given:
-            raise ApiError(400, f"{given[0]} applies to interleaved output; add \"modalities\": [\"text\", \"image\"] "
-                                "to get images in the answer", param=given[0])
+            raise ApiError(
+                400,
+                f'{given[0]} applies to interleaved output; add "modalities": ["text", "image"] '
+                "to get images in the answer",
+                param=given[0],
+            )
         return settings
     return {**settings, **interleave_only}
 
@@ -225,10 +263,15 @@ def _message(message: schema.Message, where: str, max_pixels: int) -> dict:
     if isinstance(content, str):
         return {"role": role, "content": content}
     if not isinstance(content, list):
-        raise ApiError(400, f"{where}.content must be a string or a list of content parts, got "
-                            f"{type(content).__name__}", param=f"{where}.content")
-    return {"role": role, "content": [_part(part, f"{where}.content[{j}]", max_pixels)
-                                      for j, part in enumerate(content)]}
+        raise ApiError(
+            400,
+            f"{where}.content must be a string or a list of content parts, got {type(content).__name__}",
+            param=f"{where}.content",
+        )
+    return {
+        "role": role,
+        "content": [_part(part, f"{where}.content[{j}]", max_pixels) for j, part in enumerate(content)],
+    }
 
 
 def _part(part, where: str, max_pixels: int) -> dict:
@@ -242,9 +285,12 @@ def _part(part, where: str, max_pixels: int) -> dict:
             return {"type": "image", "image": image_from_data_url(url, f"{where}.image_url", max_pixels)}
         except ImageError as e:
             raise _as_api_error(e, param=f"{where}.image_url") from e
-    raise ApiError(400, f"{where}: unknown content part {_short(part)}; accepted: {{\"type\": \"text\", \"text\": "
-                        "...} or {\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,...\"}}",
-                   param=where)
+    raise ApiError(
+        400,
+        f'{where}: unknown content part {_short(part)}; accepted: {{"type": "text", "text": '
+        '...} or {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}',
+        param=where,
+    )
 
 
 async def _chat(request: Request, state: _State, body: schema.ChatCompletionRequest, plan: _ChatPlan) -> Response:
@@ -282,8 +328,10 @@ class _ChatAnswer:
         self.id, self.created = schema.completion_id(), int(time.time())
 
     def complete(self, results: list[RowResult]) -> dict:
-        choices = [{"index": i, "content": self._content(r), "finish_reason": FINISH_REASONS.get(r.finish_reason)}
-                   for i, r in enumerate(results)]
+        choices = [
+            {"index": i, "content": self._content(r), "finish_reason": FINISH_REASONS.get(r.finish_reason)}
+            for i, r in enumerate(results)
+        ]
         return schema.chat_completion(self.id, self.model, choices, self._usage(results))
 
     def _content(self, result: RowResult) -> str:
@@ -340,7 +388,7 @@ class _Trim:
             text = text.lstrip()
             self.started = bool(text)
         shown = text.rstrip()
-        self.held = text[len(shown):]
+        self.held = text[len(shown) :]
         return shown
 
 
@@ -366,15 +414,26 @@ class _EventStream(StreamingResponse):
 
 # ---------------------------------------------------------------------- images
 
-async def _images(request: Request, state: _State, body: schema.ImageGenerationRequest,
-                  inputs: list[Image.Image]) -> dict:
+
+async def _images(
+    request: Request, state: _State, body: schema.ImageGenerationRequest, inputs: list[Image.Image]
+) -> dict:
     _check_model(state, body.model)
     size = _check_size(state.pipeline, body.size)
     if body.response_format == "url":
-        raise ApiError(400, "response_format='url' is not supported: the server stores no files; use 'b64_json' "
-                            "(the default)", param="response_format")
-    settings = {"cfg_scale": body.cfg_scale, "seed": body.seed, "temperature": body.temperature,
-                "top_k": body.top_k, "top_p": body.top_p, "image_cfg_scale": getattr(body, "image_cfg_scale", None)}
+        raise ApiError(
+            400,
+            "response_format='url' is not supported: the server stores no files; use 'b64_json' (the default)",
+            param="response_format",
+        )
+    settings = {
+        "cfg_scale": body.cfg_scale,
+        "seed": body.seed,
+        "temperature": body.temperature,
+        "top_k": body.top_k,
+        "top_p": body.top_p,
+        "image_cfg_scale": getattr(body, "image_cfg_scale", None),
+    }
     await run_in_threadpool(_check_image_request, body.prompt, settings)
     start = partial(state.pipeline.stream, body.prompt, "images", images=inputs, num_images=body.n, **settings)
     release = state.admit()
@@ -394,8 +453,11 @@ def _check_size(pipeline: JanusLikePipeline, size: str | None) -> str:
     side = pipeline.model.config.gen_image_size
     accepted = f"{side}x{side}"
     if size not in (None, "auto", accepted):
-        raise ApiError(400, f"size={size!r} is not accepted; this model draws {accepted} images: size must be "
-                            f"{accepted!r} (or 'auto')", param="size")
+        raise ApiError(
+            400,
+            f"size={size!r} is not accepted; this model draws {accepted} images: size must be {accepted!r} (or 'auto')",
+            param="size",
+        )
     return accepted
 
 
@@ -407,14 +469,18 @@ def _check_image_request(prompt: str, settings: dict) -> None:
 async def _edit_form(request: Request) -> tuple[dict, list[UploadFile]]:
     """An edit request's multipart form: its fields and its image files (`image` or `image[]`)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, "an edit request is a multipart/form-data body: the file field 'image' and the fields "
-                            "'prompt', 'n', ... (the openai client's images.edit sends one)")
+        raise ApiError(
+            400,
+            "an edit request is a multipart/form-data body: the file field 'image' and the fields "
+            "'prompt', 'n', ... (the openai client's images.edit sends one)",
+        )
     form = await request.form(max_files=MAX_INPUT_IMAGES, max_fields=32)
     fields, files = {}, []
     for name, value in form.multi_items():
         if name == "mask":
-            raise ApiError(400, "mask is not supported: the prompt says what to change in the whole image",
-                           param="mask")
+            raise ApiError(
+                400, "mask is not supported: the prompt says what to change in the whole image", param="mask"
+            )
         if name in ("image", "image[]") and isinstance(value, UploadFile):
             files.append(value)
         elif isinstance(value, UploadFile):
@@ -444,6 +510,7 @@ def _validated(model: type[BaseModel], fields: dict) -> BaseModel:
 
 # ---------------------------------------------------------------------- disconnects
 
+
 async def _unless_disconnected(request: Request, awaitable: Awaitable):
     """`awaitable`'s result, or _ClientGone as soon as the client disconnects (the body is read by
     now, so the next message is the disconnect)."""
@@ -466,6 +533,7 @@ async def _disconnect(request: Request) -> None:
 
 # ---------------------------------------------------------------------- errors
 
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
@@ -484,9 +552,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: HTTPException) -> Response:
         if error.status_code == 413:
             return _body_too_large().response()
-        message = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(
-                       error.status_code, str(error.detail))
+        message = {
+            404: f"no such endpoint: {request.method} {request.url.path}",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(error.status_code, str(error.detail))
         return ApiError(error.status_code, message).response()
 
     @app.exception_handler(_ClientGone)
@@ -498,8 +567,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error_of(error).response()
 
 
-_BODY_MODELS = {"/v1/chat/completions": schema.ChatCompletionRequest,
-                "/v1/images/generations": schema.ImageGenerationRequest}
+_BODY_MODELS = {
+    "/v1/chat/completions": schema.ChatCompletionRequest,
+    "/v1/images/generations": schema.ImageGenerationRequest,
+}
 
 
 def _error_of(error: BaseException) -> ApiError:
@@ -549,6 +620,7 @@ def _short(value, limit: int = 60) -> str:
 
 # ---------------------------------------------------------------------- middleware
 
+
 class _ApiKey:
     """Every /v1/ request must carry `Authorization: Bearer <key>` (/health and /metrics stay open)."""
 
@@ -557,9 +629,13 @@ class _ApiKey:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/") and not self._allowed(scope):
-            error = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' with "
-                                  "the key the server was started with", code="invalid_api_key",
-                             headers={"WWW-Authenticate": "Bearer"})
+            error = ApiError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>' with "
+                "the key the server was started with",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
             return await error.response()(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -602,15 +678,24 @@ class _BodyLimit:
 
 
 def _body_too_large() -> ApiError:
-    return ApiError(413, "the request body is too large for this server (see janus-like serve --max-body-mb)",
-                    code="request_too_large")
+    return ApiError(
+        413,
+        "the request body is too large for this server (see janus-like serve --max-body-mb)",
+        code="request_too_large",
+    )
 
 
 class _Timing:
     """Request latencies and statuses into the metrics: from arrival to the response's last byte."""
 
-    ENDPOINTS = ("/v1/chat/completions", "/v1/images/generations", "/v1/images/edits", "/v1/models", "/health",
-                 "/metrics")
+    ENDPOINTS = (
+        "/v1/chat/completions",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/models",
+        "/health",
+        "/metrics",
+    )
 
     def __init__(self, app: ASGIApp, metrics: ServerMetrics):
         self.app, self.metrics = app, metrics

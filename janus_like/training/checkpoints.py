@@ -65,8 +65,10 @@ def resolve_resume(root: Path, resume: str) -> Path:
         return found
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"--resume {resume}: not a complete training checkpoint (no {STATE_FILE}); "
-                              f"complete ones in {root}: {[p.name for p in list_checkpoints(root)] or 'none'}")
+        raise CheckpointError(
+            f"--resume {resume}: not a complete training checkpoint (no {STATE_FILE}); "
+            f"complete ones in {root}: {[p.name for p in list_checkpoints(root)] or 'none'}"
+        )
     return path
 
 
@@ -107,8 +109,11 @@ def check_saved_weights(model, path: Path) -> None:
 def damaged(root: Path, path: Path, problem: str) -> CheckpointError:
     """A checkpoint `--resume` cannot use, and the newest other complete one in `root` to try instead."""
     others = [p for p in list_checkpoints(root) if p.resolve() != path.resolve()]
-    instead = f"the latest other complete checkpoint is {others[-1]} (--resume {others[-1]})" if others \
+    instead = (
+        f"the latest other complete checkpoint is {others[-1]} (--resume {others[-1]})"
+        if others
         else f"no other complete checkpoint in {root}"
+    )
     return CheckpointError(f"--resume {path} is damaged: {problem}; {instead}")
 
 

@@ -21,9 +21,11 @@ def train(args: argparse.Namespace) -> int:
     if not trainer.accelerator.is_main_process:
         return 0
     last = state.history[-1] if state.history else {}
-    print(f"trained to step {state.step}: loss {last.get('loss', float('nan')):.4f}; "
-          f"{state.real_tokens:,} real tokens; skipped {state.skipped_records} bad records, "
-          f"{state.nonfinite_steps} non-finite steps; model in {config.resolve(config.output_dir) / 'final'}")
+    print(
+        f"trained to step {state.step}: loss {last.get('loss', float('nan')):.4f}; "
+        f"{state.real_tokens:,} real tokens; skipped {state.skipped_records} bad records, "
+        f"{state.nonfinite_steps} non-finite steps; model in {config.resolve(config.output_dir) / 'final'}"
+    )
     return 0
 
 
@@ -49,6 +51,8 @@ def check_data(config) -> int:
         print(f"bad record at {problem}", file=sys.stderr)
     if problems:
         raise DataError(f"{len(problems)} bad records, {good} good; fix them or train with --skip-bad-records")
-    print(f"all {good} records are good; data.max_length = {config.data.max_length} fits the model's context "
-          f"of {context}; stage/trainable/frozen/lora patterns and --resume are checked when training starts")
+    print(
+        f"all {good} records are good; data.max_length = {config.data.max_length} fits the model's context "
+        f"of {context}; stage/trainable/frozen/lora patterns and --resume are checked when training starts"
+    )
     return 0

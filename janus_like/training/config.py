@@ -19,8 +19,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..errors import SettingsError, is_int, is_number
 from ..configuration import check_compose_settings
+from ..errors import SettingsError, is_int, is_number
 from ..layout import TASKS
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (accelerate.set_seed) takes no more
@@ -36,7 +36,9 @@ class ModelSettings:
 
     path: str | None = None  # a model directory (any layout of docs/ARCHITECTURE.md §5)
     parts: dict[str, str] | None = None  # {llm, vision, vq?}: JanusLikeForConditionalGeneration.from_parts
-    compose: dict[str, int | float | str | bool] | None = None  # with parts: JanusLikeConfig settings, e.g. {gen_image_size: 256, gen_head_hidden_size: 1024}
+    compose: dict[str, int | float | str | bool] | None = (
+        None  # with parts: JanusLikeConfig settings, e.g. {gen_image_size: 256, gen_head_hidden_size: 1024}
+    )
     tiny: bool = False  # the tiny random model of janus_like.testing (smoke runs, tests)
     tiny_seed: int = 0
     dtype: str = "float32"  # weights dtype; mixed precision is `training.mixed_precision`
@@ -49,8 +51,9 @@ class ModelSettings:
         if self.parts is not None:
             unknown = set(self.parts) - {"llm", "vision", "vq"}
             if unknown or not {"llm", "vision"} <= set(self.parts):
-                raise SettingsError("model.parts needs 'llm' and 'vision' (and optionally 'vq'), "
-                                    f"got {sorted(self.parts)}")
+                raise SettingsError(
+                    f"model.parts needs 'llm' and 'vision' (and optionally 'vq'), got {sorted(self.parts)}"
+                )
         if self.compose is not None:
             if self.parts is None:
                 raise SettingsError("model.compose applies to model.parts (a model directory has its own config)")
@@ -58,8 +61,11 @@ class ModelSettings:
         _range("model.tiny_seed", self.tiny_seed, *SEED_RANGE)
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.attn_implementation is not None:
-            _choice("model.attn_implementation", self.attn_implementation,
-                    ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"))
+            _choice(
+                "model.attn_implementation",
+                self.attn_implementation,
+                ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
+            )
 
 
 @dataclass
@@ -212,8 +218,16 @@ class TrainConfig:
         _range("seed", self.seed, *SEED_RANGE)
         if self.stage is not None:
             _choice("stage", self.stage, (1, 2, 3))
-        for section in (self.model, self.data, self.eval, self.optimizer, self.schedule, self.training, self.logging,
-                        self.lora):
+        for section in (
+            self.model,
+            self.data,
+            self.eval,
+            self.optimizer,
+            self.schedule,
+            self.training,
+            self.logging,
+            self.lora,
+        ):
             section.check()
 
     def resolve(self, path: str) -> Path:
@@ -230,8 +244,9 @@ class TrainConfig:
     def check_context(self, context: int) -> None:
         """Settings that must fit the model: `data.max_length` within its context (positions)."""
         if self.data.max_length > context:
-            raise SettingsError(f"data.max_length = {self.data.max_length} is out of range; "
-                                f"the model's context holds {context}")
+            raise SettingsError(
+                f"data.max_length = {self.data.max_length} is out of range; the model's context holds {context}"
+            )
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -332,8 +347,11 @@ def _float_hint(value: Any) -> str:
     if not math.isfinite(number):
         return ""
     fixed = re.sub(r"^([+-]?\d+)([eE])", r"\1.0\2", value.strip())
-    return f"; write {fixed} (YAML reads an exponent without a dot as text)" if fixed != value.strip() \
+    return (
+        f"; write {fixed} (YAML reads an exponent without a dot as text)"
+        if fixed != value.strip()
         else f"; write {fixed} without quotes"
+    )
 
 
 def _range(name: str, value, low, high, low_open: bool = False) -> None:

@@ -126,18 +126,24 @@ def parse_record(raw: bytes | None, where: str, size: int = 0) -> dict:
     """One JSONL line -> its record, or a DataError naming the line and the bound it breaks
     (`raw` None: the line is `size` bytes, past MAX_RECORD_BYTES)."""
     if raw is None:
-        raise DataError(f"{where}: the line is {size:,} bytes, more than a record may hold "
-                        f"(MAX_RECORD_BYTES = {MAX_RECORD_BYTES:,})")
+        raise DataError(
+            f"{where}: the line is {size:,} bytes, more than a record may hold "
+            f"(MAX_RECORD_BYTES = {MAX_RECORD_BYTES:,})"
+        )
     try:
         record = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{where}: not valid JSON ({e})") from e
     except RecursionError:
-        raise DataError(f"{where}: the record is nested too deep to read; accepted: at most "
-                        f"MAX_RECORD_DEPTH = {MAX_RECORD_DEPTH} levels of objects and lists") from None
+        raise DataError(
+            f"{where}: the record is nested too deep to read; accepted: at most "
+            f"MAX_RECORD_DEPTH = {MAX_RECORD_DEPTH} levels of objects and lists"
+        ) from None
     except ValueError:  # the one ValueError json.loads raises besides JSONDecodeError
-        raise DataError(f"{where}: a number in the record has more digits than accepted; accepted: at most "
-                        f"{sys.get_int_max_str_digits():,} digits (Python's limit for integers)") from None
+        raise DataError(
+            f"{where}: a number in the record has more digits than accepted; accepted: at most "
+            f"{sys.get_int_max_str_digits():,} digits (Python's limit for integers)"
+        ) from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     _check_shape(record, where)
@@ -151,20 +157,25 @@ def _check_shape(record: dict, where: str) -> None:
     while stack:
         value, depth = stack.pop()
         if depth > MAX_RECORD_DEPTH:
-            raise DataError(f"{where}: the record is nested {depth} levels deep or more; accepted: at most "
-                            f"MAX_RECORD_DEPTH = {MAX_RECORD_DEPTH}")
+            raise DataError(
+                f"{where}: the record is nested {depth} levels deep or more; accepted: at most "
+                f"MAX_RECORD_DEPTH = {MAX_RECORD_DEPTH}"
+            )
         children = list(value.values()) if isinstance(value, dict) else value
         if isinstance(value, list) and len(value) > MAX_RECORD_ITEMS:
-            raise DataError(f"{where}: a list in the record has {len(value):,} entries; accepted: at most "
-                            f"MAX_RECORD_ITEMS = {MAX_RECORD_ITEMS:,}")
+            raise DataError(
+                f"{where}: a list in the record has {len(value):,} entries; accepted: at most "
+                f"MAX_RECORD_ITEMS = {MAX_RECORD_ITEMS:,}"
+            )
         if isinstance(value, dict) and value.get("type") == "image":
             images += 1
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     inputs = record.get("input_images")
     images += (record.get("task") == "generation") + (len(inputs) if isinstance(inputs, list) else 0)
     if images > MAX_RECORD_IMAGES:
-        raise DataError(f"{where}: the record has {images:,} images; accepted: at most "
-                        f"MAX_RECORD_IMAGES = {MAX_RECORD_IMAGES}")
+        raise DataError(
+            f"{where}: the record has {images:,} images; accepted: at most MAX_RECORD_IMAGES = {MAX_RECORD_IMAGES}"
+        )
 
 
 class Mixture:
@@ -187,7 +198,7 @@ class Mixture:
         counts[np.argsort(counts - exact)[: MIX_BLOCK - counts.sum()]] += 1  # largest remainders
         self.block_counts = counts
 
-    @lru_cache(maxsize=4)
+    @lru_cache(maxsize=4)  # noqa: B019 - a few blocks per mixture, which lives as long as the run
     def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """Task of each sample in a block, and its rank among that task's samples in the block."""
         tasks = np.repeat(np.arange(len(self.tasks)), self.block_counts)
@@ -198,7 +209,7 @@ class Mixture:
             rank[where] = np.arange(where.sum())
         return tasks, rank
 
-    @lru_cache(maxsize=16)
+    @lru_cache(maxsize=16)  # noqa: B019 - bounded, and the mixture lives as long as the run
     def _permutation(self, task: int, epoch: int) -> np.ndarray:
         n = len(self.index.by_task[self.tasks[task]])
         return np.random.default_rng([self.seed, 1 + task, epoch]).permutation(n)
@@ -224,9 +235,21 @@ class MicroBatches(torch.utils.data.Dataset):
     Bad records (missing or corrupt image, bad fields, too long) are returned as messages with
     file and line, for the trainer to stop on or count; they are never trained on."""
 
-    def __init__(self, index: DataIndex, mixture: Mixture, processor: JanusLikeProcessor, *, batch_size: int,
-                 world_size: int, rank: int, max_length: int, packing: bool, cfg_dropout: float, seed: int,
-                 cfg_image_dropout: float = 0.0):
+    def __init__(
+        self,
+        index: DataIndex,
+        mixture: Mixture,
+        processor: JanusLikeProcessor,
+        *,
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        max_length: int,
+        packing: bool,
+        cfg_dropout: float,
+        seed: int,
+        cfg_image_dropout: float = 0.0,
+    ):
         self.index, self.mixture, self.processor = index, mixture, processor
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.max_length, self.packing, self.cfg_dropout, self.seed = max_length, packing, cfg_dropout, seed
@@ -251,8 +274,9 @@ class MicroBatches(torch.utils.data.Dataset):
         try:
             record = self.index.read(ref)
             drop = drop_prompt and record.get("task") == "generation"
-            seq = self.processor.record_to_sequence(record, self.index.files[ref.file].parent, drop_prompt=drop,
-                                                    drop_images=drop_images)
+            seq = self.processor.record_to_sequence(
+                record, self.index.files[ref.file].parent, drop_prompt=drop, drop_images=drop_images
+            )
         except DataError as e:
             raise e if str(e).startswith(where) else DataError(f"{where}: {e}") from e
         except JanusLikeError as e:
@@ -260,8 +284,10 @@ class MicroBatches(torch.utils.data.Dataset):
         if len(seq) > self.max_length:
             raise DataError(f"{where}: the sample has {len(seq)} tokens, more than data.max_length = {self.max_length}")
         if not any(seq.trainable[1:]):  # a row's first token is never scored
-            raise DataError(f"{where}: the {record['task']} record has nothing to train: no target tokens (an "
-                            "understanding record needs an assistant turn after the user's)")
+            raise DataError(
+                f"{where}: the {record['task']} record has nothing to train: no target tokens (an "
+                "understanding record needs an assistant turn after the user's)"
+            )
         return seq
 
     def __getitem__(self, micro_batch: int) -> dict:
@@ -273,8 +299,11 @@ class MicroBatches(torch.utils.data.Dataset):
                 bad.append(str(e))
         if not seqs:  # every record was bad: a one-token row with no targets keeps the processes in step
             seqs = [TokenSequence(ids=[self.processor.bos_id], modality=[0], trainable=[False])]
-        batch = collate_packed(self.processor, seqs, self.max_length) if self.packing else \
-            collate_padded(self.processor, seqs)
+        batch = (
+            collate_packed(self.processor, seqs, self.max_length)
+            if self.packing
+            else collate_padded(self.processor, seqs)
+        )
         batch["bad"] = bad
         batch["real_tokens"] = sum(len(s) for s in seqs)
         batch["targets"] = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -284,8 +313,18 @@ class MicroBatches(torch.utils.data.Dataset):
 def check_all(index: DataIndex, processor: JanusLikeProcessor, max_length: int) -> tuple[int, list[str]]:
     """Read every record (images included); return the number of good records and every problem."""
     problems = list(index.bad)
-    dataset = MicroBatches(index, None, processor, batch_size=1, world_size=1, rank=0, max_length=max_length,
-                           packing=False, cfg_dropout=0.0, seed=0)
+    dataset = MicroBatches(
+        index,
+        None,
+        processor,
+        batch_size=1,
+        world_size=1,
+        rank=0,
+        max_length=max_length,
+        packing=False,
+        cfg_dropout=0.0,
+        seed=0,
+    )
     refs = sorted((ref for refs in index.by_task.values() for ref in refs), key=lambda r: (r.file, r.line))
     good = 0
     for ref in tqdm(refs, desc="checking data", unit="record"):

@@ -35,10 +35,11 @@ def add_adapters(model: nn.Module, settings: LoraSettings) -> list[str]:
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith("vq.")]
     names = [n for n in linear if any(fnmatchcase(n, p) for p in settings.targets)]
     if not names:
-        raise SettingsError(f"lora.targets {settings.targets} match no Linear layer; names look like "
-                            f"{linear[0]!r}, {linear[-1]!r} (glob syntax, e.g. 'language_model.*_proj')")
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=names)
+        raise SettingsError(
+            f"lora.targets {settings.targets} match no Linear layer; names look like "
+            f"{linear[0]!r}, {linear[-1]!r} (glob syntax, e.g. 'language_model.*_proj')"
+        )
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=names)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for name, param in model.named_parameters():  # fp32 adapters on a bf16 model: AdamW steps on bf16 round away
         if is_adapter(name):

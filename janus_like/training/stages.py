@@ -1,8 +1,8 @@
 """Which parameters train: Janus's three stages, custom glob patterns, and the always-frozen VQ.
 
-    stage 1  aligners and the generation glue (aligner, gen_embed, gen_aligner, gen_head)
-    stage 2  everything but the two image encoders (SigLIP and the VQ tokenizer)
-    stage 3  everything but the VQ tokenizer (SigLIP too)
+stage 1  aligners and the generation glue (aligner, gen_embed, gen_aligner, gen_head)
+stage 2  everything but the two image encoders (SigLIP and the VQ tokenizer)
+stage 3  everything but the VQ tokenizer (SigLIP too)
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ STAGE_FROZEN = {1: [], 2: ["vision_model.*"], 3: []}
 ALWAYS_FROZEN = ["vq.*"]  # the VQ tokenizer is trained on its own (tokenizers/train_vq.py)
 
 
-def apply_stage(model: nn.Module, stage: int | None, trainable: list[str] = (), frozen: list[str] = (),
-                adapters: bool = False) -> list[str]:
+def apply_stage(
+    model: nn.Module, stage: int | None, trainable: list[str] = (), frozen: list[str] = (), adapters: bool = False
+) -> list[str]:
     """Set `requires_grad` by stage preset, then extra `trainable` patterns, then `frozen` ones,
     then freeze the VQ tokenizer. With LoRA `adapters`, the adapters train, the weights they adapt
     stay frozen, and without a stage nothing else trains unless `trainable` says so.
@@ -35,9 +36,11 @@ def apply_stage(model: nn.Module, stage: int | None, trainable: list[str] = (), 
     for key, patterns in (("trainable", trainable), ("frozen", frozen)):
         for pattern in patterns:
             if not any(fnmatchcase(n, pattern) for n in names):
-                raise SettingsError(f"{key}: the pattern {pattern!r} matches no parameter; names look like "
-                                    f"{names[0]!r}, {names[-1]!r} "
-                                    "(glob syntax, e.g. 'language_model.model.layers.0.*')")
+                raise SettingsError(
+                    f"{key}: the pattern {pattern!r} matches no parameter; names look like "
+                    f"{names[0]!r}, {names[-1]!r} "
+                    "(glob syntax, e.g. 'language_model.model.layers.0.*')"
+                )
     chosen = []
     for name, param in model.named_parameters():
         on = _matches(name, preset_on) and not _matches(name, preset_off)

@@ -52,8 +52,9 @@ def build_model(config: TrainConfig) -> tuple[torch.nn.Module, JanusLikeProcesso
         model = model.to(dtype)
     elif settings.parts is not None:
         parts = {k: str(config.model_location(v)) for k, v in settings.parts.items()}
-        model, processor = JanusLikeForConditionalGeneration.from_parts(**parts, **(settings.compose or {}),
-                                                                        dtype=dtype, return_processor=True)
+        model, processor = JanusLikeForConditionalGeneration.from_parts(
+            **parts, **(settings.compose or {}), dtype=dtype, return_processor=True
+        )
     else:
         path = config.model_location(settings.path)
         model = JanusLikeForConditionalGeneration.from_pretrained(path, dtype=dtype)
@@ -77,7 +78,7 @@ class TrainerState:
     grad_accum: int | None = None  # micro-batches per step; None: a checkpoint from before it was recorded
 
     @classmethod
-    def from_saved(cls, saved) -> "TrainerState":
+    def from_saved(cls, saved) -> TrainerState:
         """A checkpoint's trainer_state.json, checked field by field: a damaged one must not resume half-right."""
         names = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(saved, dict):
@@ -87,8 +88,9 @@ class TrainerState:
         if missing:
             raise CheckpointError(f"{checkpoints.STATE_FILE} lacks {', '.join(missing)}")
         if unknown:
-            raise CheckpointError(f"{checkpoints.STATE_FILE} has unknown keys {', '.join(unknown)}; "
-                                  f"accepted: {', '.join(names)}")
+            raise CheckpointError(
+                f"{checkpoints.STATE_FILE} has unknown keys {', '.join(unknown)}; accepted: {', '.join(names)}"
+            )
         for name, value in saved.items():
             if name.endswith("history"):
                 ok, wanted = isinstance(value, list) and all(isinstance(v, dict) for v in value), "a list of objects"
@@ -113,14 +115,18 @@ class Trainer:
         check_output_folder(self.checkpoint_root, "output_dir =")  # found now, not at the first checkpoint save
         theirs = unrecorded(self.output_dir, list(OUTPUTS))
         if theirs:  # a finished run replaces them: only an earlier run's own (listed in its manifest) may go
-            raise SettingsError(f"output_dir = {self.output_dir} holds {', '.join(map(str, theirs))}, which this run "
-                                f"would replace but no earlier janus-like run there wrote (its {MANIFEST} does not "
-                                "list them); move them away or choose another output_dir")
+            raise SettingsError(
+                f"output_dir = {self.output_dir} holds {', '.join(map(str, theirs))}, which this run "
+                f"would replace but no earlier janus-like run there wrote (its {MANIFEST} does not "
+                "list them); move them away or choose another output_dir"
+            )
         earlier = checkpoints.list_checkpoints(self.checkpoint_root)
         if resume is None and earlier:  # a fresh run would mix its checkpoints with these, and prune by name
-            raise SettingsError(f"output_dir = {self.output_dir} holds checkpoints of an earlier run (the latest: "
-                                f"{earlier[-1].name}); continue it with --resume, or start afresh in a new "
-                                f"output_dir (or after removing {self.checkpoint_root})")
+            raise SettingsError(
+                f"output_dir = {self.output_dir} holds checkpoints of an earlier run (the latest: "
+                f"{earlier[-1].name}); continue it with --resume, or start afresh in a new "
+                f"output_dir (or after removing {self.checkpoint_root})"
+            )
         resume_from = checkpoints.resolve_resume(self.checkpoint_root, resume) if resume is not None else None
         saved = self._read_checkpoint_state(resume_from) if resume_from is not None else None
         train_files = resolve_files(cfg.data.files, cfg.base_dir)
@@ -139,9 +145,11 @@ class Trainer:
         if acc.gradient_accumulation_steps != 1:  # `accelerate launch --gradient_accumulation_steps K` sets it
             # the trainer accumulates itself (normalised by the step's target count); accelerate's would divide
             # every gradient by K once more and accumulate nothing
-            raise SettingsError(f"accelerate's gradient_accumulation_steps = {acc.gradient_accumulation_steps} is not "
-                                "used by janus-like train; set training.grad_accum in the config instead and launch "
-                                "without --gradient_accumulation_steps")
+            raise SettingsError(
+                f"accelerate's gradient_accumulation_steps = {acc.gradient_accumulation_steps} is not "
+                "used by janus-like train; set training.grad_accum in the config instead and launch "
+                "without --gradient_accumulation_steps"
+            )
         self.state = TrainerState(global_micro_batch=acc.num_processes * tcfg.batch_size, grad_accum=tcfg.grad_accum)
         if saved is not None:
             self._check_resumable(resume_from, saved)
@@ -184,20 +192,35 @@ class Trainer:
             model.activation_checkpointing_enable({"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optimizer.weight_decay},
-             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-            lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
-        scheduler = get_scheduler(cfg.schedule.name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps,
-                                  num_training_steps=tcfg.max_steps)
+            [
+                {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optimizer.weight_decay},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            ],
+            lr=cfg.optimizer.lr,
+            betas=tuple(cfg.optimizer.betas),
+            eps=cfg.optimizer.eps,
+        )
+        scheduler = get_scheduler(
+            cfg.schedule.name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps, num_training_steps=tcfg.max_steps
+        )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self._set_train_mode()
 
     def _micro_batches(self, index: DataIndex, mix) -> MicroBatches:
         cfg, acc = self.config, self.accelerator
-        return MicroBatches(index, Mixture(index, mix, cfg.seed), self.processor, batch_size=cfg.training.batch_size,
-                            world_size=acc.num_processes, rank=acc.process_index, max_length=cfg.data.max_length,
-                            packing=cfg.data.packing, cfg_dropout=cfg.data.cfg_dropout,
-                            cfg_image_dropout=cfg.data.cfg_image_dropout, seed=cfg.seed)
+        return MicroBatches(
+            index,
+            Mixture(index, mix, cfg.seed),
+            self.processor,
+            batch_size=cfg.training.batch_size,
+            world_size=acc.num_processes,
+            rank=acc.process_index,
+            max_length=cfg.data.max_length,
+            packing=cfg.data.packing,
+            cfg_dropout=cfg.data.cfg_dropout,
+            cfg_image_dropout=cfg.data.cfg_image_dropout,
+            seed=cfg.seed,
+        )
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -216,14 +239,18 @@ class Trainer:
             raise SettingsError(
                 f"--resume: the checkpoint was trained with {saved.global_micro_batch} samples per global "
                 f"micro-batch (processes × training.batch_size), this run has {now.global_micro_batch}; "
-                "keep them equal to continue the same data stream")
+                "keep them equal to continue the same data stream"
+            )
         if saved.grad_accum is not None and saved.grad_accum != now.grad_accum:
             raise SettingsError(
                 f"--resume: the checkpoint was trained with training.grad_accum = {saved.grad_accum}, this run "
-                f"has {now.grad_accum}; keep them equal to continue the same data stream")
+                f"has {now.grad_accum}; keep them equal to continue the same data stream"
+            )
         if tcfg.max_steps < saved.step:
-            raise SettingsError(f"training.max_steps = {tcfg.max_steps} is below the checkpoint's step {saved.step} "
-                                f"({path}); accepted: at least {saved.step}")
+            raise SettingsError(
+                f"training.max_steps = {tcfg.max_steps} is below the checkpoint's step {saved.step} "
+                f"({path}); accepted: at least {saved.step}"
+            )
         try:
             checkpoints.check_random_states(path, self.accelerator.process_index)
         except CheckpointError as e:
@@ -244,10 +271,17 @@ class Trainer:
 
     def _loader(self, dataset: MicroBatches, start: int, stop: int):
         """Micro-batches start..stop-1, built in `data.num_workers` background processes."""
-        return iter(torch.utils.data.DataLoader(
-            dataset, batch_size=None, sampler=range(start, stop), collate_fn=identity,
-            # its own RNG: the global one stays exact on resume
-            num_workers=self.config.data.num_workers, generator=torch.Generator()))
+        return iter(
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                sampler=range(start, stop),
+                collate_fn=identity,
+                # its own RNG: the global one stays exact on resume
+                num_workers=self.config.data.num_workers,
+                generator=torch.Generator(),
+            )
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -255,8 +289,9 @@ class Trainer:
         cfg, acc, state = self.config, self.accelerator, self.state
         accum, max_steps = cfg.training.grad_accum, cfg.training.max_steps
         batches = self._loader(self.train_data, state.step * accum, max_steps * accum)
-        with tqdm(total=max_steps, initial=state.step, desc="training", unit="step",
-                  disable=not acc.is_main_process) as bar:  # closed on errors too
+        with tqdm(
+            total=max_steps, initial=state.step, desc="training", unit="step", disable=not acc.is_main_process
+        ) as bar:  # closed on errors too
             while state.step < max_steps:
                 started = time.perf_counter()  # tokens/s counts data loading too, not eval or saving
                 window = [next(batches) for _ in range(accum)]
@@ -284,8 +319,11 @@ class Trainer:
         """One optimizer step over this process's micro-batches of the step."""
         acc, tcfg = self.accelerator, self.config.training
         self._handle_bad_records(window)
-        counts = torch.tensor([[b["targets"], b["real_tokens"], b["input_ids"].numel()] for b in window],
-                              dtype=torch.float64, device=acc.device).sum(0)
+        counts = torch.tensor(
+            [[b["targets"], b["real_tokens"], b["input_ids"].numel()] for b in window],
+            dtype=torch.float64,
+            device=acc.device,
+        ).sum(0)
         counts = acc.reduce(counts, "sum")
         n_global = counts[0].clamp_min(1)
         sums = torch.zeros(5, dtype=torch.float64, device=acc.device)  # loss, text, image sums; text, image counts
@@ -302,9 +340,15 @@ class Trainer:
                 # DDP averages gradients over processes: scale so that the sum over processes is the global mean
                 scaled = local_sum * acc.num_processes / n_global if n > 0 else out.last_hidden_state.sum() * 0.0
                 acc.backward(scaled.to(torch.float32))
-            sums += torch.stack([local_sum.detach(), out.text_loss.detach() * out.text_tokens,
-                                 out.image_loss.detach() * out.image_tokens,
-                                 out.text_tokens, out.image_tokens]).double()
+            sums += torch.stack(
+                [
+                    local_sum.detach(),
+                    out.text_loss.detach() * out.text_tokens,
+                    out.image_loss.detach() * out.image_tokens,
+                    out.text_tokens,
+                    out.image_tokens,
+                ]
+            ).double()
         sums = acc.reduce(sums, "sum")
         loss = (sums[0] / n_global).item()
         # all parameters, frozen ones included (no grad, no part in the norm): FSDP needs the model's own list
@@ -344,8 +388,10 @@ class Trainer:
         if tcfg.nonfinite == "stop":
             raise TrainingError(f"{what}; stopped (training.nonfinite = stop); {where}")
         if self._consecutive_nonfinite >= tcfg.max_nonfinite:
-            raise TrainingError(f"{what}; {self._consecutive_nonfinite} steps in a row "
-                                f"(training.max_nonfinite = {tcfg.max_nonfinite}); stopped; {where}")
+            raise TrainingError(
+                f"{what}; {self._consecutive_nonfinite} steps in a row "
+                f"(training.max_nonfinite = {tcfg.max_nonfinite}); stopped; {where}"
+            )
         if self.accelerator.is_main_process:
             tqdm.write(f"{what}; update skipped (training.nonfinite = skip)", file=sys.stderr)
 
@@ -358,8 +404,10 @@ class Trainer:
             return
         if not self.skip_bad:
             first = messages[0] if messages else "another process met a bad record"
-            raise DataError(f"bad record at {first} (use --skip-bad-records to skip such records; "
-                            f"`janus-like train CONFIG --check-data` lists them all)")
+            raise DataError(
+                f"bad record at {first} (use --skip-bad-records to skip such records; "
+                f"`janus-like train CONFIG --check-data` lists them all)"
+            )
         self.state.skipped_records += total
         for message in messages:
             tqdm.write(f"skipped bad record at {message}", file=sys.stderr)
@@ -379,16 +427,19 @@ class Trainer:
         self._set_train_mode()
         sums = acc.reduce(sums, "sum")
         if sums[1] == 0:
-            raise DataError(f"eval: the first {self.config.eval.batches} eval micro-batches hold no target tokens "
-                            "(every record was skipped as bad?); fix eval.files")
+            raise DataError(
+                f"eval: the first {self.config.eval.batches} eval micro-batches hold no target tokens "
+                "(every record was skipped as bad?); fix eval.files"
+            )
         return (sums[0] / sums[1]).item()
 
     # ------------------------------------------------------------------ outputs
 
     def save_checkpoint(self) -> Path:
         state = self.state.__dict__.copy()
-        return checkpoints.save(self.accelerator, self.checkpoint_root, self.state.step, state,
-                                self.config.logging.keep)
+        return checkpoints.save(
+            self.accelerator, self.checkpoint_root, self.state.step, state, self.config.logging.keep
+        )
 
     def finish(self) -> None:
         """The trained model as a loadable directory (`final/`), metrics.json and loss_curve.png."""
@@ -405,10 +456,16 @@ class Trainer:
                 acc.unwrap_model(self.model).save_pretrained(tmp / "final", state_dict=state_dict)
                 self.processor.save_pretrained(tmp / "final")
                 plain_modes(tmp / "final")  # a model to share: safetensors writes owner-only files
-                write_json(tmp / "metrics.json", {
-                    "history": self.state.history, "eval_history": self.state.eval_history,
-                    "skipped_records": self.state.skipped_records, "nonfinite_steps": self.state.nonfinite_steps,
-                    "real_tokens": self.state.real_tokens})
+                write_json(
+                    tmp / "metrics.json",
+                    {
+                        "history": self.state.history,
+                        "eval_history": self.state.eval_history,
+                        "skipped_records": self.state.skipped_records,
+                        "nonfinite_steps": self.state.nonfinite_steps,
+                        "real_tokens": self.state.real_tokens,
+                    },
+                )
                 plot_losses(self.state.history, self.state.eval_history, tmp / "loss_curve.png")
         # every process tears the process group down together: one leaving while another still
         # writes closed gloo's connections under it (an abort at exit, seen under FSDP)
