@@ -43,6 +43,7 @@ from ..processor import JanusLikeProcessor
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .sampling import guided_logits, image_guided_logits, penalize_repetition, sample
 from .settings import GenerationSettings
+from .text import TextSegment, special_ids
 
 TEXT_MODE, IMAGE_MODE, DONE_MODE = "text", "image", "done"
 DECODE_CHUNK = 8  # images decoded by the VQ decoder at once (bounds activation memory at 384²)
@@ -64,11 +65,8 @@ class _Row:
     mode: str
     context: TokenSequence | None  # everything a text row has seen, for its twin's prompt
     result: RowResult = field(default_factory=RowResult)
-    segment: list[int] = field(default_factory=list)  # text ids since the last image
-    decoded: str = ""  # the segment decoded with its special tokens (stop strings may be special tokens)
-    specials: list[tuple[int, int]] = field(default_factory=list)  # their spans in `decoded`, left out of the text
+    text: TextSegment = field(default_factory=TextSegment)  # the text written since the last image
     forced: int | None = None  # a token fed next in place of the sampled one (<end_of_image>)
-    emitted: int = 0  # characters of the segment already streamed
     codes: list[int] = field(default_factory=list)
     text_tokens: int = 0
     draw_only: bool = False  # a text-to-image row: DONE after its image
@@ -103,7 +101,7 @@ class GenerationEngine:
         self.compile = compile
         self.decode = decode
         self._body = model.decoder  # resolved once: the property walks the LM on every access
-        self._special_ids = _special_ids(processor)
+        self._special_ids = special_ids(processor)
         self._cache_name = cache_kwarg(type(self._body))
         text = model.config.text_config
         self._window, self._layer_types = _attention_layout(text)
@@ -490,7 +488,6 @@ class GenerationEngine:
         p, n_codes = self.processor, self.processor.num_gen_tokens
         events, fed, changed = [], list(tokens), False
         is_code = [row.mode == IMAGE_MODE for row in rows]  # a sampled code is fed as a code, the last one too
-        hold = max((len(s) for s in settings.stop), default=1) - 1  # a stop string may still be forming
         for i, (row, token) in enumerate(zip(rows, tokens)):
             if row.mode == DONE_MODE:
                 continue
@@ -533,35 +530,26 @@ class GenerationEngine:
                 if settings.guided:
                     self._prefill_twin(state, i, row, column, 2 * len(rows))
                 continue
-            row.segment.append(token)
             row.context.add([token], TEXT, False)
-            text = p.decode(row.segment, skip_special_tokens=False)
-            if token in self._special_ids:  # shown text leaves it out, as skip_special_tokens does
-                row.specials.append((len(row.decoded), len(text)))
-            row.decoded = text
-            hit = min((text.find(s) for s in settings.stop if s in text), default=-1)
+            row.text.add(token, p, self._special_ids)
+            hit = row.text.stop_at(settings.stop)
             if hit >= 0:
-                events += self._close_text(i, row, _shown(text, row.specials, hit))
+                events += self._close_text(i, row, hit)
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "stop", True
             elif row.text_tokens >= settings.max_new_tokens:
-                events += self._close_text(i, row, _shown(text, row.specials))
+                events += self._close_text(i, row)
                 row.mode, row.result.finish_reason, changed = DONE_MODE, "length", True
-            else:  # a stop string forms in `text`; what it would cut of the shown text is at most `hold` long
-                shown = _shown(text, row.specials)
-                if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
-                    events.append(TextDelta(i, shown[row.emitted : len(shown) - hold]))
-                    row.emitted = len(shown) - hold
+            elif delta := row.text.delta(settings.stop):
+                events.append(TextDelta(i, delta))
         return events, fed, is_code, changed
 
-    def _close_text(self, i: int, row: _Row, text: str | None = None) -> list[Event]:
-        """End the current text segment: stream what is left of it and add it to the parts."""
-        if text is None:
-            text = _shown(row.decoded, row.specials)
-        events = [TextDelta(i, text[row.emitted :])] if len(text) > row.emitted else []
+    def _close_text(self, i: int, row: _Row, end: int | None = None) -> list[Event]:
+        """End the current text segment (at a stop string beginning at `end`): stream what is left of
+        it and add it to the parts."""
+        text, rest = row.text.close(end)
         if text:
             row.result.parts.append(text)
-        row.segment, row.emitted, row.decoded, row.specials = [], 0, "", []
-        return events
+        return [TextDelta(i, rest)] if rest else []
 
     # ------------------------------------------------------------------ images
 
@@ -714,26 +702,6 @@ def _first_columns(layer, width: int, compiled: bool):
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool 'may attend' -> additive mask (works for SDPA and eager attention alike)."""
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
-
-
-def _shown(text: str, specials: list[tuple[int, int]], end: int | None = None) -> str:
-    """`text[:end]` without the character spans in `specials` (sorted, not overlapping)."""
-    end = len(text) if end is None else end
-    parts, position = [], 0
-    for start, stop in specials:
-        if start >= end:
-            break
-        parts.append(text[position:start])
-        position = stop
-    parts.append(text[position:end])
-    return "".join(parts)
-
-
-def _special_ids(processor: JanusLikeProcessor) -> frozenset[int]:
-    """Ids that `skip_special_tokens=True` leaves out of decoded text (pad, image tags, …)."""
-    tokenizer = processor.tokenizer
-    candidates = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    return frozenset(i for i in candidates if processor.decode([i], skip_special_tokens=True) == "")
 
 
 def _placeholder(pad_id: int) -> TokenSequence:

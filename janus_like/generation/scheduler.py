@@ -62,14 +62,13 @@ from .engine import (
     _fill,
     _full_history_config,
     _preview_due,
-    _shown,
-    _special_ids,
     check_room,
     decode_images,
     left_padded,
 )
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
 from .settings import GenerationSettings
+from .text import TextSegment, special_ids
 
 MAX_BATCH = 4096  # slots: far beyond any cache that fits a device, small enough to refuse typos
 IDLE_SECONDS = 1.0  # the scheduler thread ends after this long with nothing to do (the next submit starts one)
@@ -204,11 +203,8 @@ class RowState:
     columns: dict[int, int] = field(default_factory=dict)  # slot -> next column written there
     fed_slots: list[int] = field(default_factory=list)  # slots fed this row's token each step
     step: int = 0  # tokens sampled so far: the noise counter
-    segment: list[int] = field(default_factory=list)
-    decoded: str = ""
-    specials: list[tuple[int, int]] = field(default_factory=list)
+    text: TextSegment = field(default_factory=TextSegment)  # the text written since the last image
     forced: int | None = None
-    emitted: int = 0
     codes: list[int] = field(default_factory=list)  # the current image's codes read back so far
     unread: int = 0  # codes sampled since, still only on the device (`Scheduler._codes`)
     text_tokens: int = 0
@@ -297,7 +293,7 @@ class Scheduler:
         text = model.config.text_config
         self._window, self._layer_types = _attention_layout(text)
         self._cache_config = _full_history_config(text) if self._window is not None else text
-        self._special_ids = _special_ids(processor)
+        self._special_ids = special_ids(processor)
         self._lock = threading.Condition()
         self._waiting: deque[_Waiting] = deque()
         self._owners: list[RowState | None] = [None] * self.max_batch  # slot -> the row using it
@@ -815,36 +811,26 @@ class Scheduler:
             if row.twin is not None:
                 self._prefill_twin(row)
             return events
-        row.segment.append(token)
         row.context.add([token], TEXT, False)
-        text = p.decode(row.segment, skip_special_tokens=False)
-        if token in self._special_ids:
-            row.specials.append((len(row.decoded), len(text)))
-        row.decoded = text
-        hit = min((text.find(stop) for stop in s.stop if stop in text), default=-1)
-        hold = max((len(stop) for stop in s.stop), default=1) - 1
+        row.text.add(token, p, self._special_ids)
+        hit = row.text.stop_at(s.stop)
         if hit >= 0:
-            events += self._close_text(row, _shown(text, row.specials, hit))
+            events += self._close_text(row, hit)
             row.mode, result.finish_reason = DONE_MODE, "stop"
         elif row.text_tokens >= s.max_new_tokens:
-            events += self._close_text(row, _shown(text, row.specials))
+            events += self._close_text(row)
             row.mode, result.finish_reason = DONE_MODE, "length"
-        else:
-            shown = _shown(text, row.specials)
-            if not shown.endswith("\ufffd") and len(shown) - hold > row.emitted:
-                events.append(TextDelta(i, shown[row.emitted : len(shown) - hold]))
-                row.emitted = len(shown) - hold
+        elif delta := row.text.delta(s.stop):
+            events.append(TextDelta(i, delta))
         return events
 
-    def _close_text(self, row: RowState, text: str | None = None) -> list[Event]:
-        """End the current text segment: stream what is left of it and add it to the parts."""
-        if text is None:
-            text = _shown(row.decoded, row.specials)
-        events = [TextDelta(row.index, text[row.emitted :])] if len(text) > row.emitted else []
+    def _close_text(self, row: RowState, end: int | None = None) -> list[Event]:
+        """End the current text segment (at a stop string beginning at `end`): stream what is left of
+        it and add it to the parts."""
+        text, rest = row.text.close(end)
         if text:
             row.result.parts.append(text)
-        row.segment, row.emitted, row.decoded, row.specials = [], 0, "", []
-        return events
+        return [TextDelta(row.index, rest)] if rest else []
 
     # ------------------------------------------------------------------ images
 
