@@ -67,6 +67,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
         "for many or long generations (default: off)",
     )
+    p.add_argument(
+        "--chat-roles",
+        default=None,
+        help="the chat roles of a DeepSeek-layout checkpoint: janus-pro (<|User|> / <|Assistant|>), janus-1.3b or "
+        "janusflow (User / Assistant) (default: told from the checkpoint's folder or hub name, else janus-pro)",
+    )
 
 
 def _add_sampling(

@@ -45,7 +45,7 @@ def load_pipeline(args: argparse.Namespace, **options) -> JanusLikePipeline:
     if args.model is None:
         print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     return JanusLikePipeline.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, compile=args.compile, **options
+        args.model, device=args.device, dtype=args.dtype, compile=args.compile, chat_roles=args.chat_roles, **options
     )
 
 

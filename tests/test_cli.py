@@ -125,3 +125,22 @@ def test_the_default_model_is_announced_once_when_it_loads(tmp_path, capsys):
     assert err.count(DEFAULT_MODEL_NOTE) == 1 and "--model" in DEFAULT_MODEL_NOTE
     assert main(["chat", "", "--model", str(out)]) == 2  # a named model: no note
     assert DEFAULT_MODEL_NOTE not in capsys.readouterr().err
+
+
+def test_chat_roles_reach_the_loader(monkeypatch, capsys):
+    """--chat-roles is the CLI's spelling of from_pretrained(chat_roles=...); a bad one is a one-line error."""
+    seen = {}
+
+    def load(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("janus_like.pipeline.JanusLikePipeline.from_pretrained", load)
+    with pytest.raises(SystemExit):
+        main(["chat", "hi", "--chat-roles", "janus-1.3b"])
+    assert seen["chat_roles"] == "janus-1.3b"
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["chat", "hi", "--chat-roles", "janus-2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "chat_roles='janus-2' is not accepted" in err[-1] and "janus-1.3b" in err[-1]

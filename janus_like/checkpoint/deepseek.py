@@ -339,7 +339,7 @@ def _report_unidentified(path: str) -> None:
     logger.warning(
         "%s: no Janus release named in its folder or config (Janus-Pro-1B/-7B, Janus-1.3B, JanusFlow-1.3B); "
         "using Janus-Pro's chat roles %s / %s. For Janus-1.3B pass chat_roles='janus-1.3b' "
-        "(roles User / Assistant) to from_pretrained",
+        "(roles User / Assistant) to from_pretrained, or --chat-roles janus-1.3b on the command line",
         path,
         *PRO_ROLES,
     )

@@ -25,6 +25,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available)")
     p.add_argument(
+        "--chat-roles",
+        default=None,
+        help="the chat roles of a DeepSeek-layout checkpoint: janus-pro (<|User|> / <|Assistant|>), janus-1.3b or "
+        "janusflow (User / Assistant) (default: told from the checkpoint's folder or hub name, else janus-pro)",
+    )
+    p.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
