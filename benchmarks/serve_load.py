@@ -161,7 +161,12 @@ def run_phase(name: str, base: str, requests: list[dict], clients: int, args: ar
 
 
 def server_rss(base: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=30).text
+    """The server's resident memory in bytes, from /metrics (NaN, said on stderr, when it does not answer)."""
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=30).text
+    except httpx.HTTPError as e:
+        print(f"serve_load: /metrics did not answer ({type(e).__name__}); memory not measured", file=sys.stderr)
+        return float("nan")
     found = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.MULTILINE)
     return float(found[1]) if found else 0.0
 
