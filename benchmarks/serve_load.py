@@ -196,12 +196,15 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     command += ["--compile"] if args.compile else []
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("JANUS_LIKE_API_KEY", None)
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its log goes to a file: a pipe nobody reads fills up and then blocks the server's next log line
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    server.log = log
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.start_timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            sys.exit(f"the server exited with status {server.returncode}:\n{server.stderr.read()}")
+            sys.exit(f"the server exited with status {server.returncode}:\n{server_log(server)}")
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return server, base
@@ -209,6 +212,13 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
     server.kill()
     sys.exit(f"the server did not answer /health within {args.start_timeout:g} s")
+
+
+def server_log(server: subprocess.Popen) -> str:
+    """What the server wrote on stderr so far."""
+    server.log.flush()
+    server.log.seek(0)
+    return server.log.read()
 
 
 def parse_args() -> argparse.Namespace:
@@ -288,6 +298,13 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], float, Phase, Phase]:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+        lines = server_log(server).splitlines()
+        errors = [i for i, line in enumerate(lines) if "internal error" in line]
+        if errors:  # the first one with its traceback
+            first = "\n".join(lines[errors[0] : errors[0] + 40])
+            print(
+                f"serve_load: the server logged {len(errors)} internal error(s); the first:\n{first}", file=sys.stderr
+            )
     return requests, idle_rss, one, many
 
 

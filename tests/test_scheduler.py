@@ -259,3 +259,28 @@ def test_text_streams_through_the_scheduler_in_deltas(pipe):
     events = list(pipe.stream("hello", mode="chat", max_new_tokens=12))
     deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert deltas == events[-1].results[0].text
+
+
+def test_a_slot_freed_below_a_drawing_row_is_fed_a_text_token_the_model_has():
+    """In a drawing step nothing is read back: a free slot below a row still drawing used to be fed
+    the image head's code for that slot as a text token, which is past the text vocabulary when the
+    codebook is larger (an IndexError that failed every call in the step). Outputs stay as alone."""
+    model, processor = tiny_model(seed=0, vq_config={"codebook_size": 4096})
+    vocab = model.get_input_embeddings().num_embeddings
+    pipe = JanusLikePipeline(widen_weights(model), processor, max_batch=4)
+    draw = dict(mode="images", num_images=1, cfg_scale=1.0, temperature=0)
+    alone = [_events_result(pipe.stream(prompt, **draw)) for prompt in ("a red circle", "a blue square")]
+    fed_text, holes = [], []
+    embed = pipe.scheduler._embed
+
+    def checked(tokens, is_code, any_code):
+        fed_text.extend(tokens[~is_code].tolist())
+        holes.append(len(pipe.scheduler._rows) < len(tokens))
+        return embed(tokens, is_code, any_code)
+
+    pipe.scheduler._embed = checked
+    first = pipe.stream("a red circle", **draw)
+    next(first), next(first)  # drawing in slot 0
+    second = pipe.stream("a blue square", **draw)  # slot 1: draws on after the first leaves slot 0
+    assert [_events_result(first), _events_result(second)] == alone
+    assert any(holes) and max(fed_text) < vocab

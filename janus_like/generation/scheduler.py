@@ -721,7 +721,10 @@ class Scheduler:
             slots, ids = zip(*seen)
             self._seen[list(slots), list(ids)] = True
         code_t, columns_t = _to_device(is_code, device), _to_device(columns, device)
-        fed_t = _to_device(fed, device) if sampled is None else sampled[_to_device(feeder, device)]
+        if sampled is None:
+            fed_t = _to_device(fed, device)
+        else:  # a slot no row feeds (freed below one still drawing) gets the pad, not the code sampled for it
+            fed_t = torch.where(code_t, sampled[_to_device(feeder, device)], self.processor.pad_id)
         embeds = self._embed(fed_t, code_t, any(is_code))
         span = min(self.cache_length, -(-(max(columns) + 1) // WIDTH_STEP) * WIDTH_STEP)
         cache = copy.copy(self.cache)
