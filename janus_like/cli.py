@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 
 from . import __version__
+from .arguments import add_model_arguments, port
 from .errors import JanusLikeError
 from .evaluation import EVALUATIONS
 from .generation.settings import (
@@ -38,41 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _port(text: str) -> int:
-    """A TCP port number (an argparse type: anything else is a usage error, exit 2)."""
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give a whole number from 1 to 65535")
-    return int(text)
-
-
-def _add_model(p: argparse.ArgumentParser) -> None:
-    """Where the model comes from and how it runs."""
-    p.add_argument(
-        "--model",
-        default=None,
-        help="model directory or hub id (default: the embedded default model, a tiny shapes-world toy)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: the checkpoint's own)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the decode step (CUDA graphs): slow first call, then fast; pays off on a GPU "
-        "for many or long generations (default: off)",
-    )
-    p.add_argument(
-        "--chat-roles",
-        default=None,
-        help="the chat roles of a DeepSeek-layout checkpoint: janus-pro (<|User|> / <|Assistant|>), janus-1.3b or "
-        "janusflow (User / Assistant) (default: told from the checkpoint's folder or hub name, else janus-pro)",
-    )
 
 
 def _add_sampling(
@@ -139,7 +105,7 @@ def _image_guidance_needs_images(args: argparse.Namespace) -> str | None:
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text (+ images) -> images")
     p.add_argument("prompt", nargs="*", help="one prompt, or several drawn in one batch")
-    _add_model(p)
+    add_model_arguments(p)
     p.add_argument(
         "--prompts-file",
         default=None,
@@ -170,7 +136,7 @@ def add_generate(sub) -> None:
 def add_chat(sub) -> None:
     p = sub.add_parser("chat", help="text (+ images) -> text")
     p.add_argument("prompt", help="the question")
-    _add_model(p)
+    add_model_arguments(p)
     p.add_argument("--image", action="append", default=[], help="image to ask about, repeatable (default: none)")
     _add_max_new_tokens(p, 256)
     _add_sampling(p, 0.0, top=True)
@@ -180,7 +146,7 @@ def add_chat(sub) -> None:
 def add_interleave(sub) -> None:
     p = sub.add_parser("interleave", help="text -> interleaved text and images")
     p.add_argument("prompt", help="what to write and draw")
-    _add_model(p)
+    add_model_arguments(p)
     _add_max_new_tokens(p, 512)
     p.add_argument(
         "--max-images",
@@ -195,14 +161,14 @@ def add_interleave(sub) -> None:
 
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="Gradio demo in the browser")
-    _add_model(p)
+    add_model_arguments(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface, "
         "without authentication (default: %(default)s)",
     )
-    p.add_argument("--port", type=_port, default=7860, help="TCP port, 1 to 65535 (default: %(default)s)")
+    p.add_argument("--port", type=port, default=7860, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument(
         "--allow-special-tokens",
         action="store_true",
@@ -250,7 +216,7 @@ def add_eval(sub) -> None:
     )
     for name, evaluation in EVALUATIONS.items():
         q = suites.add_parser(name, help=evaluation.help)
-        _add_model(q)
+        add_model_arguments(q)
         evaluation.add_arguments(q)
         _add_sampling(q, 1.0, guidance=True, seed=0)
         q.add_argument("--out", default=f"out/eval_{name}", help=OUT_HELP)

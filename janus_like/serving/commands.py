@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..arguments import add_model_arguments, port
 from ..errors import SettingsError
 
 API_KEY_ENV = "JANUS_LIKE_API_KEY"
@@ -22,31 +23,13 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible HTTP server: chat, image generation and edits, interleaved text and images"
     )
-    p.add_argument("--model", default=None, help="model directory or hub id (default: the embedded default model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda if available)")
-    p.add_argument(
-        "--chat-roles",
-        default=None,
-        help="the chat roles of a DeepSeek-layout checkpoint: janus-pro (<|User|> / <|Assistant|>), janus-1.3b or "
-        "janusflow (User / Assistant) (default: told from the checkpoint's folder or hub name, else janus-pro)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the decode step (CUDA graphs): slow first request, then fast (default: off)",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
     )
-    p.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default: 8000)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument(
         "--max-batch",
         type=int,
@@ -127,8 +110,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> None:
     """Each argument inside its range, named in the error."""
-    if not 1 <= args.port <= 65535:
-        raise SettingsError(f"--port {args.port} is not accepted; give a TCP port in [1, 65535]")
     if not 1 <= args.max_batch <= MAX_BATCH:
         raise SettingsError(f"--max-batch {args.max_batch} is not accepted; give an integer in [1, {MAX_BATCH}]")
     if not 0 <= args.max_queue <= MAX_QUEUE:
