@@ -180,15 +180,16 @@ def test_kv_cache_holds_exactly_prompt_plus_generated_tokens(tiny):
 
 def _record_widths(engine):
     """Wrap the engine's decoder call to record the cache width (and check the mask's) of each step."""
-    widths, decoder = [], engine._decoder
+    widths, body = [], engine._decoder.body
 
-    def recording(embeds, positions, masks, cache):
+    def recording(*, attention_mask, **kwargs):
+        cache = kwargs[engine._decoder.cache_name]
         if isinstance(cache, StaticCache):  # decode steps (prefills use a DynamicCache)
             widths.append(cache.layers[0].keys.shape[2])
-            assert masks.shape[-1] == widths[-1]
-        return decoder(embeds, positions, masks, cache)
+            assert attention_mask.shape[-1] == widths[-1]
+        return body(attention_mask=attention_mask, **kwargs)
 
-    engine._decoder = recording
+    engine._decoder.body = recording
     return widths
 
 

@@ -100,12 +100,8 @@ class GenerationEngine:
         self.processor = processor
         self.compile = compile
         self.decode = decode
-        self._body = model.decoder  # resolved once: the property walks the LM on every access
+        self._decoder = Decoder(model)
         self._special_ids = special_ids(processor)
-        self._cache_name = cache_kwarg(type(self._body))
-        text = model.config.text_config
-        self._window, self._layer_types = _attention_layout(text)
-        self._cache_config = _full_history_config(text) if self._window is not None else text
         self.cache: StaticCache | None = None
         self._views: dict[int, StaticCache] = {}  # the cache cut to each width a step has used
         # compiled: one CUDA graph per decoder step (any mode), and one that also holds the image
@@ -265,7 +261,7 @@ class GenerationEngine:
         ):
             cache.reset()
             return
-        self.cache, self._views = StaticCache(config=self._cache_config, max_cache_len=cache_len), {}
+        self.cache, self._views = StaticCache(config=self._decoder.cache_config, max_cache_len=cache_len), {}
         empty = lambda t: t.new_zeros(slots, t.shape[1], 0, t.shape[-1])  # shape, dtype and device, no data
         for static, dynamic in zip(self.cache.layers, like.layers):
             # every layer on the device of its prefill keys: a decoder split over GPUs (device_map) works too
@@ -279,25 +275,15 @@ class GenerationEngine:
         width and the row count as dynamic sizes: one graph, a CUDA graph per shape."""
         width = min(state.columns, -(-(column + 1) // WIDTH_STEP) * WIDTH_STEP)
         mask, windowed = state.mask[:, :width], None
-        if self._window is not None:  # each slot's columns are contiguous, so columns count positions
+        if self._decoder.window is not None:  # each slot's columns are contiguous, so columns count positions
             windowed = mask.clone()
-            windowed[:, : max(0, column - self._window + 1)] = torch.finfo(mask.dtype).min
+            windowed[:, : max(0, column - self._decoder.window + 1)] = torch.finfo(mask.dtype).min
         self._dynamic([0, 1], mask, windowed)  # rows and width
         if width not in self._views:
             view = copy.copy(self.cache)
             view.layers = [_first_columns(layer, width, self.compile) for layer in self.cache.layers]
             self._views[width] = view
         return mask, windowed, self._views[width]
-
-    def _decoder(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache):
-        out = self._body(
-            inputs_embeds=embeds,
-            position_ids=positions,
-            attention_mask=mask,
-            use_cache=True,
-            **{self._cache_name: cache},
-        )
-        return out.last_hidden_state
 
     def _decode_step(
         self,
@@ -310,17 +296,10 @@ class GenerationEngine:
         """One token for every slot: (slots, 1, H) -> last hidden state (slots, H). `mask` is the
         (slots, columns) additive mask of what each slot may attend to in `cache`; `windowed` the
         same cut to the sliding window, for sliding-attention layers (see `_attend`)."""
-        masks = self._layer_masks(mask[:, None, None, :], None if windowed is None else windowed[:, None, None, :])
+        masks = self._decoder.layer_masks(
+            mask[:, None, None, :], None if windowed is None else windowed[:, None, None, :]
+        )
         return self._decoder(embeds, positions, masks, cache)[:, -1]
-
-    def _layer_masks(self, full: torch.Tensor, windowed: torch.Tensor | None):
-        """The attention mask argument: one 4D mask, or one per layer type for decoders whose
-        layers mix full and sliding-window attention (transformers takes a dict then)."""
-        if self._window is None:
-            return full
-        if self._layer_types is None:  # every layer slides (Mistral)
-            return windowed
-        return {"full_attention": full, "sliding_attention": windowed}
 
     def _prefill(
         self, prompts: list[TokenSequence], length: int, cache_len: int, generator: torch.Generator
@@ -332,10 +311,10 @@ class GenerationEngine:
         distinct = list({id(s): s for s in prompts}.values())
         slot_of = {id(s): i for i, s in enumerate(distinct)}
         index = torch.tensor([slot_of[id(s)] for s in prompts], device=device)
-        inputs = left_padded(self.model, self.processor.pad_id, distinct, length, self._window)
+        inputs = left_padded(self.model, self.processor.pad_id, distinct, length, self._decoder.window)
         embeds, real, lengths = inputs.embeds, inputs.real, inputs.lengths
-        temp = DynamicCache(config=self._cache_config)
-        hidden = self._decoder(embeds, inputs.positions, self._layer_masks(inputs.mask, inputs.windowed), temp)
+        temp = DynamicCache(config=self._decoder.cache_config)
+        hidden = self._decoder(embeds, inputs.positions, self._decoder.layer_masks(inputs.mask, inputs.windowed), temp)
         self._new_cache(len(prompts), cache_len, temp)
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[:, :, :length] = dynamic.keys[index]
@@ -360,7 +339,7 @@ class GenerationEngine:
         modality = torch.tensor([twin.modality[:n]], device=device)
         pixels = torch.stack(twin.und_pixels).to(device) if twin.und_pixels else None
         embeds = self.model.embed_inputs(ids, modality, pixels)
-        temp = DynamicCache(config=self._cache_config)
+        temp = DynamicCache(config=self._decoder.cache_config)
         self._decoder(embeds, torch.arange(n, device=device)[None], None, temp)  # the model's own causal masks
         slot, start = slots // 2 + row_index, column - n
         for static, dynamic in zip(self.cache.layers, temp.layers):
@@ -604,6 +583,38 @@ def check_room(
         f"need {len(request.prompt) + budget} positions, but {holder} holds {limit}; "
         f"use {cut}"
     )
+
+
+class Decoder:
+    """The LM decoder as the engine and the scheduler call it: its KV-cache argument's name, its
+    sliding-window layout, and the config their caches are built from (full history when layers slide)."""
+
+    def __init__(self, model: JanusLikeForConditionalGeneration):
+        text = model.config.text_config
+        self.body = model.decoder  # resolved once: the property walks the LM on every access
+        self.cache_name = cache_kwarg(type(self.body))
+        self.window, self.layer_types = _attention_layout(text)
+        self.cache_config = _full_history_config(text) if self.window is not None else text
+
+    def __call__(self, embeds: torch.Tensor, positions: torch.Tensor, mask, cache) -> torch.Tensor:
+        """The decoder's last hidden states for `embeds`, written into `cache`."""
+        out = self.body(
+            inputs_embeds=embeds,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{self.cache_name: cache},
+        )
+        return out.last_hidden_state
+
+    def layer_masks(self, full: torch.Tensor, windowed: torch.Tensor | None):
+        """The attention mask argument: one 4D mask, or one per layer type for decoders whose
+        layers mix full and sliding-window attention (transformers takes a dict then)."""
+        if self.window is None:
+            return full
+        if self.layer_types is None:  # every layer slides (Mistral)
+            return windowed
+        return {"full_attention": full, "sliding_attention": windowed}
 
 
 def decode_images(model: JanusLikeForConditionalGeneration, codes: torch.Tensor) -> list:

@@ -48,19 +48,18 @@ from transformers.cache_utils import StaticLayer
 
 from ..errors import GenerationError, PromptError, SettingsError
 from ..layout import GEN_IMAGE, TEXT, TokenSequence
-from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
+from ..modeling import JanusLikeForConditionalGeneration
 from ..processor import JanusLikeProcessor
 from .engine import (
     DONE_MODE,
     IMAGE_MODE,
     TEXT_MODE,
     WIDTH_STEP,
+    Decoder,
     Request,
     _additive,
-    _attention_layout,
     _copy,
     _fill,
-    _full_history_config,
     _preview_due,
     check_room,
     decode_images,
@@ -288,11 +287,7 @@ class Scheduler:
         self.max_batch = check_max_batch(max_batch)
         self.cache_length = min(DEFAULT_CACHE_LENGTH if cache_length is None else int(cache_length), self.context)
         self.model, self.processor, self.decode = model.eval(), processor, decode
-        self._body = model.decoder
-        self._cache_name = cache_kwarg(type(self._body))
-        text = model.config.text_config
-        self._window, self._layer_types = _attention_layout(text)
-        self._cache_config = _full_history_config(text) if self._window is not None else text
+        self._decoder = Decoder(model)
         self._special_ids = special_ids(processor)
         self._lock = threading.Condition()
         self._waiting: deque[_Waiting] = deque()
@@ -536,9 +531,11 @@ class Scheduler:
         and values into columns [0, len) of its slot; its last hidden state becomes the slot's."""
         seqs = list(prompts.values())
         length = max(len(s) for s in seqs)
-        inputs = left_padded(self.model, self.processor.pad_id, seqs, length, self._window)
-        temp = DynamicCache(config=self._cache_config)
-        hidden = self._decoder(inputs.embeds, inputs.positions, self._layer_masks(inputs.mask, inputs.windowed), temp)
+        inputs = left_padded(self.model, self.processor.pad_id, seqs, length, self._decoder.window)
+        temp = DynamicCache(config=self._decoder.cache_config)
+        hidden = self._decoder(
+            inputs.embeds, inputs.positions, self._decoder.layer_masks(inputs.mask, inputs.windowed), temp
+        )
         self._allocate(temp, hidden)
         for i, (slot, s) in enumerate(prompts.items()):
             for static, dynamic in zip(self.cache.layers, temp.layers):
@@ -550,7 +547,7 @@ class Scheduler:
         """The one static cache (max_batch × cache_length), shaped like a prefill's cache; once."""
         if self.cache is not None:
             return
-        self.cache = StaticCache(config=self._cache_config, max_cache_len=self.cache_length)
+        self.cache = StaticCache(config=self._decoder.cache_config, max_cache_len=self.cache_length)
         empty = lambda t: t.new_zeros(self.max_batch, t.shape[1], 0, t.shape[-1])
         for static, dynamic in zip(self.cache.layers, like.layers):
             static.lazy_initialization(empty(dynamic.keys), empty(dynamic.values))
@@ -564,7 +561,7 @@ class Scheduler:
         ids = torch.tensor([twin.ids[:n]], device=device)
         modality = torch.tensor([twin.modality[:n]], device=device)
         pixels = torch.stack(twin.und_pixels).to(device) if twin.und_pixels else None
-        temp = DynamicCache(config=self._cache_config)
+        temp = DynamicCache(config=self._decoder.cache_config)
         self._decoder(self.model.embed_inputs(ids, modality, pixels), torch.arange(n, device=device)[None], None, temp)
         for static, dynamic in zip(self.cache.layers, temp.layers):
             static.keys[row.twin, :, :n] = dynamic.keys[0]
@@ -736,9 +733,11 @@ class Scheduler:
         where = torch.arange(span, device=device)[None, :]
         allowed = where <= columns_t[:, None]
         windowed = None
-        if self._window is not None:
-            windowed = _additive((allowed & (where > columns_t[:, None] - self._window))[:, None, None], embeds.dtype)
-        masks = self._layer_masks(_additive(allowed[:, None, None], embeds.dtype), windowed)
+        if self._decoder.window is not None:
+            windowed = _additive(
+                (allowed & (where > columns_t[:, None] - self._decoder.window))[:, None, None], embeds.dtype
+            )
+        masks = self._decoder.layer_masks(_additive(allowed[:, None, None], embeds.dtype), windowed)
         self._hidden[:width] = self._decoder(embeds[:, None], columns_t[:, None], masks, cache)[:, -1]
 
     def _embed(self, tokens: torch.Tensor, is_code: torch.Tensor, any_code: bool) -> torch.Tensor:
@@ -747,24 +746,6 @@ class Scheduler:
         text = self.model.get_input_embeddings()(torch.where(is_code, 0, tokens))
         image = self.model.gen_image_embeddings(torch.where(is_code, tokens, 0)).to(text.dtype)
         return torch.where(is_code[:, None], image, text)
-
-    def _decoder(self, embeds, positions, mask, cache) -> torch.Tensor:
-        out = self._body(
-            inputs_embeds=embeds,
-            position_ids=positions,
-            attention_mask=mask,
-            use_cache=True,
-            **{self._cache_name: cache},
-        )
-        return out.last_hidden_state
-
-    def _layer_masks(self, full: torch.Tensor, windowed: torch.Tensor | None):
-        """One mask, or one per layer type for decoders that mix full and sliding-window layers."""
-        if self._window is None:
-            return full
-        if self._layer_types is None:
-            return windowed
-        return {"full_attention": full, "sliding_attention": windowed}
 
     # ------------------------------------------------------------------ row state machine
 
