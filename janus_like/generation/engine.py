@@ -203,7 +203,7 @@ class GenerationEngine:
                 fed = torch.tensor(fed_host, device=device)
             if seen is not None:
                 seen[torch.arange(batch, device=device), torch.where(fed_is_code, 0, fed)] |= ~fed_is_code
-            embeds = self._embed_next(fed, fed_is_code, any(code_host) if changed else IMAGE_MODE in modes)
+            embeds = embed_fed(self.model, fed, fed_is_code, any(code_host) if changed else IMAGE_MODE in modes)
             if guided:
                 embeds = embeds.repeat(2, 1)  # a twin is fed what its row is fed
             state.mask[:, column] = 0.0
@@ -450,14 +450,6 @@ class GenerationEngine:
             seen[i, ids] = True
         return seen.to(self.model.device)
 
-    def _embed_next(self, tokens: torch.Tensor, is_code: torch.Tensor, any_code: bool) -> torch.Tensor:
-        """Decoder inputs for the fed tokens: text embeddings or embedded VQ codes per row."""
-        if not any_code:
-            return self.model.get_input_embeddings()(tokens)
-        text = self.model.get_input_embeddings()(torch.where(is_code, 0, tokens))
-        image = self.model.gen_image_embeddings(torch.where(is_code, tokens, 0)).to(text.dtype)
-        return torch.where(is_code[:, None], image, text)
-
     # ------------------------------------------------------------------ row state machine
 
     def _advance(self, state: _Batch, rows: list[_Row], tokens: list[int], settings: GenerationSettings, column: int):
@@ -615,6 +607,17 @@ class Decoder:
         if self.layer_types is None:  # every layer slides (Mistral)
             return windowed
         return {"full_attention": full, "sliding_attention": windowed}
+
+
+def embed_fed(
+    model: JanusLikeForConditionalGeneration, tokens: torch.Tensor, is_code: torch.Tensor, any_code: bool
+) -> torch.Tensor:
+    """Decoder inputs for the tokens fed in a step: text embeddings or embedded VQ codes per row."""
+    if not any_code:
+        return model.get_input_embeddings()(tokens)
+    text = model.get_input_embeddings()(torch.where(is_code, 0, tokens))
+    image = model.gen_image_embeddings(torch.where(is_code, tokens, 0)).to(text.dtype)
+    return torch.where(is_code[:, None], image, text)
 
 
 def decode_images(model: JanusLikeForConditionalGeneration, codes: torch.Tensor) -> list:

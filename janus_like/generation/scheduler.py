@@ -63,6 +63,7 @@ from .engine import (
     _preview_due,
     check_room,
     decode_images,
+    embed_fed,
     left_padded,
 )
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
@@ -741,11 +742,7 @@ class Scheduler:
         self._hidden[:width] = self._decoder(embeds[:, None], columns_t[:, None], masks, cache)[:, -1]
 
     def _embed(self, tokens: torch.Tensor, is_code: torch.Tensor, any_code: bool) -> torch.Tensor:
-        if not any_code:
-            return self.model.get_input_embeddings()(tokens)
-        text = self.model.get_input_embeddings()(torch.where(is_code, 0, tokens))
-        image = self.model.gen_image_embeddings(torch.where(is_code, tokens, 0)).to(text.dtype)
-        return torch.where(is_code[:, None], image, text)
+        return embed_fed(self.model, tokens, is_code, any_code)
 
     # ------------------------------------------------------------------ row state machine
 
