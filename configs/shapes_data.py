@@ -1,12 +1,19 @@
-"""Write the shapes world (janus_like.evaluation.shapes) as a training JSONL data set (docs/ARCHITECTURE.md §6).
+"""Write the shapes world v2 (janus_like.evaluation.shapes) as a training JSONL data set (docs/ARCHITECTURE.md §6).
 
-Every scene gives a generation record, understanding records (one per question), a text record
-and an interleaved record that draws and describes it; `interleaved` random pairs of scenes give
-interleaved records that draw two scenes in turn (shapes.draw_request / draw_answer), and
-`edits_per_scene` random edits of each scene give image + instruction -> image records; eval.jsonl
-holds every 4th scene's records (the embedded default model trains on every scene: `holdout_every=0`).
+Only training combinations appear (shapes.is_held_out: a seeded ~20% of the single-object
+combinations and two-object pairings never do, in any task), phrased only with the training
+phrasings (shapes_language). Records, each from a seeded random scene:
 
-    python configs/shapes_data.py data/shapes     # -> train.jsonl, eval.jsonl, imgs/*.png
+- generation: a prompt -> the scene's render (one object, or two side by side / one above the other);
+- edits: a varied view of a one-object scene + an instruction (recolour, change shape, resize, move)
+  -> the edited scene's render (a generation record with input_images);
+- understanding: a varied view (several sizes, small shifts and shades) and a conversation about it:
+  describe, what colour / shape / where / how big, how many, is there a …, with follow-up turns
+  about the same image; images with no shape (blank, noise, photo-like clutter) answered as such;
+- interleaved: draw a scene and describe it, or draw two in turn;
+- text: sentences about scenes.
+
+    python configs/shapes_data.py data/shapes     # -> train.jsonl, renders/*.png, views/*.png
 """
 
 from __future__ import annotations
@@ -16,78 +23,152 @@ import random
 import sys
 from pathlib import Path
 
-from janus_like.evaluation.shapes import QUESTIONS, Scene, all_scenes, draw_answer, draw_request, edits, render
+from tqdm.auto import tqdm
 
-VIEW_SIZES = (32, 48, 64, 96)  # sides of the understanding images, one per question
+from janus_like.evaluation import shapes_language as lang
+from janus_like.evaluation.shapes import (
+    COLORS,
+    NO_SHAPE_KINDS,
+    SHAPES,
+    SIZES,
+    Object,
+    Scene,
+    edits,
+    is_held_out,
+    no_shape_image,
+    random_scene,
+    render,
+    render_varied,
+)
 
-
-def scene_records(scene: Scene, image: str, views: list[str]) -> list[dict]:
-    """Generation, understanding (every question, each about one of `views`: the scene rendered
-    at several sizes, so that answers survive resampling) and text records about one scene."""
-    records = [{"task": "generation", "prompt": scene.prompt, "image": image}]
-    for question, view in zip(QUESTIONS, views):
-        records.append(
-            {
-                "task": "understanding",
-                "messages": [
-                    {"role": "user", "content": [{"type": "image", "image": view}, {"type": "text", "text": question}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": scene.caption}]},
-                ],
-            }
-        )
-    records.append({"task": "text", "text": f"The {scene.color} {scene.shape} is {scene.prompt.split(' ', 3)[3]}."})
-    return records
-
-
-def interleaved_record(scenes: list[tuple[Scene, str]]) -> dict:
-    """The request to draw one scene and describe it, or to draw two in turn, and its answer."""
-    images = dict(scenes)
-    segments = [
-        {"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": images[part]}
-        for part in draw_answer([scene for scene, _ in scenes])
-    ]
-    return {"task": "interleaved", "prompt": draw_request([scene for scene, _ in scenes]), "segments": segments}
+VIEW_SIZES = (48, 64, 64, 96)  # sides of understanding and edit-input views (64 twice: the usual size)
+# records of each kind; the build's recipe.yaml passes its own
+COUNTS = {"generation": 6000, "edit": 3000, "understanding": 8000, "interleaved": 1500, "text": 1000}
 
 
-def edit_records(scene: Scene, views: list[str], images: dict[Scene, str], n: int, rng: random.Random) -> list[dict]:
-    """`n` random single-attribute edits of a scene: one of its views + "make it blue" -> the edited
-    scene's image."""
-    return [
-        {"task": "generation", "prompt": instruction, "input_images": [views[k % len(views)]], "image": images[target]}
-        for k, (instruction, target) in enumerate(rng.sample(edits(scene), n))
-    ]
+class ImageWriter:
+    """Writes images under root: a scene's render once, as renders/NAME.png (what the VQ trains on:
+    exactly what generation targets), and views numbered as views/NNNNNN.png."""
+
+    def __init__(self, root: Path, size: int, rng: random.Random):
+        self.root, self.size, self.rng, self.views = root, size, rng, 0
+        for folder in ("renders", "views"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        self.renders: dict[Scene, str] = {}
+
+    def render(self, scene: Scene) -> str:
+        if scene not in self.renders:
+            name = "_".join(f"{o.size}-{o.color}-{o.shape}-{o.position}" for o in scene.objects)
+            self.renders[scene] = f"renders/{name}.png"
+            render(scene, self.size).save(self.root / self.renders[scene])
+        return self.renders[scene]
+
+    def view(self, scene: Scene | None) -> str:
+        """A varied view of the scene, or (None) an image with no shape."""
+        side = self.rng.choice(VIEW_SIZES)
+        if scene is None:
+            image = no_shape_image(self.rng.choice(NO_SHAPE_KINDS), side, self.rng)
+        else:
+            image = render_varied(scene, side, self.rng)
+        self.views += 1
+        path = f"views/{self.views:06d}.png"
+        image.save(self.root / path)
+        return path
 
 
-def write_shapes(
-    root: Path, size: int = 32, seed: int = 0, interleaved: int = 200, edits_per_scene: int = 0, holdout_every: int = 4
-) -> dict[str, int]:
-    """Write imgs/*.png, train.jsonl and eval.jsonl under `root` (eval: every `holdout_every`-th
-    scene; 0 puts every scene in train and leaves eval empty); returns the record counts."""
-    (root / "imgs").mkdir(parents=True, exist_ok=True)
-    views, images = {}, {}  # scene -> its understanding views at VIEW_SIZES; scene -> its generation image
-    for scene in all_scenes():
-        name = f"imgs/{scene.shape}_{scene.color}_{scene.position}"
-        views[scene] = [f"{name}_{side}.png" for side in VIEW_SIZES]
-        images[scene] = f"{name}_{size}.png" if size in VIEW_SIZES else f"{name}.png"
-        for side, view in zip(VIEW_SIZES, views[scene]):
-            render(scene, side).save(root / view)
-        render(scene, size).save(root / images[scene])
+def user(text: str, image: str | None = None) -> dict:
+    content = ([{"type": "image", "image": image}] if image else []) + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def training_scene(rng: random.Random, two_share: float = 0.4) -> Scene:
+    return random_scene(rng, 2 if rng.random() < two_share else 1, held=False)
+
+
+def asked_object(scene: Scene | None, rng: random.Random) -> Object:
+    """What an "is there a …" question names: half the time an object of the scene, else a random
+    one; by colour and shape, sometimes with the size or by shape alone."""
+    if scene is not None and rng.random() < 0.5:
+        o = rng.choice(scene.objects)
+    else:
+        o = Object(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(SIZES), "center")
+    form = rng.random()
+    return Object(None if form < 0.2 else o.color, o.shape, o.size if form > 0.7 else None, o.position)
+
+
+def conversation(scene: Scene | None, image: str, rng: random.Random) -> list[dict]:
+    """A first question about the image and, for one object, up to two follow-ups about it."""
+    one = scene is None or len(scene.objects) == 1
+    kinds = ["describe", "describe", "count", "exists"] + (["color", "shape", "position", "size"] if one else [])
+    kind = rng.choice(kinds)
+    if kind == "exists":
+        asked = asked_object(scene, rng)
+        question, reply = lang.exists_question(asked, rng), lang.answer("exists", scene, asked)
+    else:
+        phrasings = {"describe": lang.DESCRIBE, "count": lang.COUNT_Q, **lang.QUESTIONS}[kind]
+        question, reply = phrasings.pick(rng, "train"), lang.answer(kind, scene)
+    messages = [user(question, image), assistant(reply)]
+    if scene is not None and one:
+        for attribute in rng.sample(list(lang.FOLLOW_UP), rng.choice([0, 0, 1, 2])):
+            messages += [user(lang.FOLLOW_UP[attribute].pick(rng, "train")), assistant(lang.answer(attribute, scene))]
+    return messages
+
+
+def text_record(scene: Scene, rng: random.Random) -> str:
+    d = lang.describe(scene)
+    if len(scene.objects) == 1:
+        o = scene.object
+        options = [f"The {o.color} {o.shape} is {o.size} and {lang.WHERE[o.position]}.",
+                   f"There is {d}.", f"The picture shows {d}.", f"In this image there is {d}."]  # fmt: skip
+    else:
+        options = [f"There is {d}.", f"The picture shows {d}.", "There are two shapes in this image."]
+    return rng.choice(options)
+
+
+def write_shapes(root: Path, size: int = 64, seed: int = 0, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Write renders/, views/ and train.jsonl under `root` from training combinations only; returns
+    the record counts."""
+    counts = dict(COUNTS, **(counts or {}))
     rng = random.Random(seed)
-    splits: dict[str, list[dict]] = {"train": [], "eval": []}
-    for i, scene in enumerate(all_scenes()):
-        held_out = holdout_every > 0 and i % holdout_every == holdout_every - 1
-        rotated = views[scene][i % len(VIEW_SIZES) :] + views[scene][: i % len(VIEW_SIZES)]  # every size in turn
-        split = splits["eval" if held_out else "train"]
-        split.extend(scene_records(scene, images[scene], rotated))
-        split.extend(edit_records(scene, rotated, images, edits_per_scene, rng))
-    scenes = list(images.items())
-    splits["train"].extend(interleaved_record([scene]) for scene in scenes)
-    splits["train"].extend(interleaved_record(rng.sample(scenes, 2)) for _ in range(interleaved))
-    for name, records in splits.items():
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    counts = {name: len(records) for name, records in splits.items()}
-    print(f"wrote {counts} records to {root}")
-    return counts
+    images = ImageWriter(root, size, rng)
+    records: list[dict] = []
+    bar = tqdm(total=sum(counts.values()), desc="writing shapes data", unit="record")
+
+    def add(record: dict) -> None:
+        records.append(record)
+        bar.update()
+
+    for _ in range(counts["generation"]):
+        scene = training_scene(rng)
+        add({"task": "generation", "prompt": lang.generation_prompt(scene, rng), "image": images.render(scene)})
+    for _ in range(counts["edit"]):
+        source = random_scene(rng, 1, held=False)
+        attribute, value, target = rng.choice([e for e in edits(source) if not is_held_out(e[2])])
+        instruction = lang.edit_instruction(attribute, value, rng)
+        add({"task": "generation", "prompt": instruction, "input_images": [images.view(source)],
+             "image": images.render(target)})  # fmt: skip
+    for _ in range(counts["understanding"]):
+        scene = None if rng.random() < 0.08 else training_scene(rng)
+        add({"task": "understanding", "messages": conversation(scene, images.view(scene), rng)})
+    for _ in range(counts["interleaved"]):
+        scenes = [random_scene(rng, 1, held=False) for _ in range(rng.choice([1, 2]))]
+        segments = [
+            {"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": images.render(part)}
+            for part in lang.draw_answer(scenes)
+        ]
+        add({"task": "interleaved", "prompt": lang.draw_request(scenes, rng), "segments": segments})
+    for _ in range(counts["text"]):
+        add({"task": "text", "text": text_record(training_scene(rng), rng)})
+    bar.close()
+    rng.shuffle(records)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    by_task = {task: sum(r["task"] == task for r in records) for task in dict.fromkeys(r["task"] for r in records)}
+    print(f"wrote {len(records)} records {by_task} and {len(images.renders)} renders + {images.views} views to {root}")
+    return by_task
 
 
 if __name__ == "__main__":

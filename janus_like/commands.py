@@ -31,10 +31,10 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
 
 # said once on stderr when a command loads the embedded default model
 DEFAULT_MODEL_NOTE = (
-    "janus-like: no --model given, so this runs the embedded default model, a 2.2M-parameter toy "
-    "that knows only a shapes world (a circle, square or triangle in red, green, blue, yellow or "
-    "purple, on the left, center or right of a 32 px image); --model DIR or a hub id loads real "
-    "Janus weights"
+    "janus-like: no --model given, so this runs the embedded default model, a 5.7M-parameter toy "
+    "that knows only a shapes world (one or two small or large circles, squares, triangles or stars "
+    "in red, green, blue, yellow, purple or orange, left, right, top, bottom or center of a 64 px "
+    "image); --model DIR or a hub id loads real Janus weights"
 )
 
 

@@ -282,7 +282,7 @@ def _user(text: str, images: list[Image.Image]) -> dict:
 
 
 def _enlarged(image: Image.Image) -> Image.Image:
-    """Small images (the default model draws 32 px) blown up by a whole factor, pixels kept sharp:
+    """Small images (the default model draws 64 px) blown up by a whole factor, pixels kept sharp:
     the chat view shows images at their own size."""
     factor = display_factor(image.size)
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)

@@ -92,9 +92,11 @@ def widen_weights(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
     return model
 
 
-def shape_image(shape: str = "circle", color: str = "red", size: int = 64, position: str = "center") -> Image.Image:
-    """A scene of the shapes world (janus_like.evaluation.shapes) as a `size`² image, for tests and examples."""
-    return render(Scene(shape, color, position), size)
+def shape_image(
+    shape: str = "circle", color: str = "red", size: int = 64, position: str = "center", object_size: str = "large"
+) -> Image.Image:
+    """A one-object scene of the shapes world (janus_like.evaluation.shapes), `size`² px, for tests and examples."""
+    return render(Scene.single(color, shape, object_size, position), size)
 
 
 def write_image(path: Path, image: Image.Image | None = None) -> Path:

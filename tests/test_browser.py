@@ -112,9 +112,9 @@ def page(browser_type, server):
 
 @pytest.fixture(scope="module")
 def shape_png(tmp_path_factory) -> str:
-    """A red circle on the left, as the default model saw them in training (64 px)."""
+    """A large red circle on the left, as the default model's world draws it (64 px)."""
     path = tmp_path_factory.mktemp("upload") / "shape.png"
-    render(Scene("circle", "red", "left"), 64).save(path)
+    render(Scene.single("red", "circle", "large", "left"), 64).save(path)
     return str(path)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from janus_like import JanusLikePipeline
-from janus_like.evaluation.shapes import Scene, classify, render
+from janus_like.evaluation import shapes_language as lang
+from janus_like.evaluation.shapes import Scene, classify, reads_as, render
 from janus_like.generation import GenerationEngine, GenerationSettings, Request
 from janus_like.testing import tiny_model
 
@@ -46,10 +47,12 @@ def test_gpu_compiled_step_equals_eager_and_is_reused(tiny_pair):
 
 def test_gpu_bf16_default_model_draws_the_prompted_scenes():
     pipe = JanusLikePipeline.from_pretrained(device="cuda", dtype=torch.bfloat16)
-    scene = Scene("circle", "red", "left")
-    readings = [classify(im) for im in pipe.generate_images(scene.prompt, num_images=4, seed=0)]
-    assert sum((r.color, r.position) == (scene.color, scene.position) for r in readings) >= 3, readings
-    answer = pipe.chat("What is in this image?", images=[render(Scene("square", "yellow", "right"), 64)])
+    scene = Scene.single("red", "circle", "large", "left")
+    readings = [classify(im) for im in pipe.generate_images(lang.describe(scene), num_images=4, seed=0)]
+    assert sum(reads_as(r, scene) for r in readings) >= 3, readings
+    answer = pipe.chat(
+        "What is in this image?", images=[render(Scene.single("yellow", "square", "large", "right"), 64)]
+    )
     assert "yellow" in answer.lower(), answer
 
 

@@ -25,7 +25,8 @@ from PIL import Image
 
 from janus_like import serving
 from janus_like.cli import main
-from janus_like.evaluation.shapes import Scene, draw_request, render
+from janus_like.evaluation.shapes import Scene, render
+from janus_like.evaluation.shapes_language import describe, draw_request
 from janus_like.pipeline import JanusLikePipeline
 from janus_like.processor import JanusLikeProcessor
 from janus_like.serving.server import ServerSettings, create_app
@@ -35,7 +36,8 @@ MODEL = "janus-like-default"
 MAX_BATCH, MAX_QUEUE = 16, 16
 MAX_PIXELS = 256 * 256
 MAX_BODY = 1 * 2**20
-SCENE = Scene("circle", "red", "center")
+SCENE = Scene.single("red", "circle", "large", "center")
+SCENE_PROMPT = describe(SCENE)
 TIMEOUT = 60  # seconds any one request may take here: nothing may hang
 
 
@@ -210,13 +212,13 @@ def test_seeded_chat_choices_and_stop(client, reference):
 def test_image_generation_b64_equals_the_pipeline(client, reference):
     result = client.images.generate(
         model=MODEL,
-        prompt=SCENE.prompt,
+        prompt=SCENE_PROMPT,
         n=2,
-        size="32x32",
+        size="64x64",
         response_format="b64_json",
         extra_body={"seed": 3, "cfg_scale": 2.0},
     )
-    expected = reference.generate_images(SCENE.prompt, num_images=2, seed=3, cfg_scale=2.0)
+    expected = reference.generate_images(SCENE_PROMPT, num_images=2, seed=3, cfg_scale=2.0)
     images = [decoded(d.b64_json) for d in result.data]
     assert len(images) == 2 and all(same_pixels(a, b) for a, b in zip(images, expected, strict=True))
 
@@ -359,7 +361,7 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
         for call, param, words in [
             (lambda: client.images.generate(prompt=""), None, "empty"),
             (lambda: client.images.generate(prompt="x", n=11), "n", "[1, 10]"),
-            (lambda: client.images.generate(prompt="x", size="1024x1024"), "size", "'32x32'"),
+            (lambda: client.images.generate(prompt="x", size="1024x1024"), "size", "'64x64'"),
             (lambda: client.images.generate(prompt="x", response_format="url"), "response_format", "b64_json"),
             (
                 lambda: client.images.edit(image=("bad.png", b"GIF89a broken", "image/png"), prompt="x"),
@@ -455,7 +457,7 @@ def test_a_request_whose_client_times_out_stops_its_generation(server):
 
 def test_a_seeded_request_gives_the_same_alone_and_among_15_others(client):
     def draw(seed: int) -> list[bytes]:
-        result = client.images.generate(model=MODEL, prompt=SCENE.prompt, n=1, extra_body={"seed": seed})
+        result = client.images.generate(model=MODEL, prompt=SCENE_PROMPT, n=1, extra_body={"seed": seed})
         return [np.asarray(decoded(d.b64_json)).tobytes() for d in result.data]
 
     def say(seed: int) -> str:

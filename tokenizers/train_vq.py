@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from janus_like import JanusLikeError, JanusLikeVQConfig, JanusLikeVQModel
 from janus_like.checkpoint.options import check_device
-from janus_like.evaluation.shapes import all_scenes, render
+from janus_like.evaluation.shapes import render, single_scenes
 from janus_like.fileio import check_output_folder, output_set, plain_modes
 from janus_like.images import generation_pixels, load_image, pixels_to_pil
 
@@ -63,10 +63,10 @@ class PatchDiscriminator(nn.Module):
 
 
 def synthetic_images(n: int, size: int, seed: int) -> list[Image.Image]:
-    """Random scenes of the shapes world, drawn at 3× and downsampled: a data set that needs no download."""
+    """Random one-object scenes of the shapes world: a data set that needs no download."""
     rng = np.random.default_rng(seed)
-    scenes = all_scenes()
-    return [render(scenes[i], 3 * size) for i in rng.integers(0, len(scenes), n)]
+    scenes = single_scenes()
+    return [render(scenes[i], size) for i in rng.integers(0, len(scenes), n)]
 
 
 def image_tensors(folder: str | None, size: int, n_synthetic: int, seed: int) -> torch.Tensor:
@@ -126,6 +126,10 @@ def train(args: argparse.Namespace) -> dict:
     )
     if args.codebook_size is not None:
         config.codebook_size = args.codebook_size
+    if args.codebook_dim is not None:
+        config.codebook_dim = args.codebook_dim
+    if args.channel_multiplier is not None:  # one level per entry; each after the first halves the side
+        config.channel_multiplier = args.channel_multiplier
     image_size = args.image_size or (32 if args.tiny else 384)
     images = image_tensors(args.images, image_size, args.synthetic, args.seed)
     if args.holdout:  # the last images never train: PSNR and usage measure generalisation
@@ -202,6 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default 384 (32 with --tiny); a multiple of the VQ's downsampling",
     )
     p.add_argument("--codebook-size", type=whole(2), default=None)
+    p.add_argument("--codebook-dim", type=whole(2), default=None, help="default 8")
+    p.add_argument(
+        "--channel-multiplier",
+        type=lambda text: [whole(1)(v) for v in text.split(",")],
+        default=None,
+        help="channels per level as multiples of the base, e.g. 1,1,2,2 (4 levels: 8x downsampling); "
+        "default 1,1,2 with --tiny",
+    )
     p.add_argument(
         "--dead-code-threshold",
         type=number(0),
@@ -232,7 +244,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_device(args.device)
     except JanusLikeError as e:
         p.exit(2, f"train_vq: {e}\n")
-    factor = JanusLikeVQConfig(**(TINY if args.tiny else {})).downsample_factor
+    sizes = dict(TINY if args.tiny else {})
+    if args.channel_multiplier is not None:
+        sizes["channel_multiplier"] = args.channel_multiplier
+    factor = JanusLikeVQConfig(**sizes).downsample_factor
     if args.image_size is not None and args.image_size % factor:
         p.exit(
             2,

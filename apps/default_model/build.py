@@ -1,10 +1,12 @@
 """Build the embedded default model (janus_like/default_model/) from nothing, on a CPU, seeded.
 
-1. write the shapes world as training JSONL (configs/shapes_data.py, every scene);
-2. train the VQ image tokenizer on its images (tokenizers/train_vq.py --tiny);
-3. compose a small Llama + tiny SigLIP + that VQ with a byte-level tokenizer (from_parts);
-4. train the whole model (VQ frozen) with `janus-like train` on the task mixture;
-5. copy the result into janus_like/default_model/ and run ShapesEval on it.
+1. write the shapes world's training combinations as JSONL (configs/shapes_data.py; held-out
+   combinations never appear);
+2. train the VQ image tokenizer on its renders (tokenizers/train_vq.py --tiny, 8x downsampling);
+3. train a byte-level BPE text tokenizer on its text (tokenizers/train_text.py);
+4. compose a small Llama + tiny SigLIP + that VQ and tokenizer (from_parts);
+5. train the whole model (VQ frozen) with `janus-like train` on the task mixture;
+6. copy the result into janus_like/default_model/ and run ShapesEval on it.
 
     python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
 
@@ -25,10 +27,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from janus_like import JanusLikeForConditionalGeneration
-from janus_like.testing import byte_level_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "janus_like" / "default_model"
@@ -51,14 +52,7 @@ def write_data(work: Path, recipe: dict) -> Path:
 
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
-    write_shapes(
-        data,
-        size=recipe["data"]["image_size"],
-        seed=recipe["seed"],
-        interleaved=recipe["data"]["interleaved"],
-        edits_per_scene=recipe["data"]["edits_per_scene"],
-        holdout_every=0,
-    )
+    write_shapes(data, size=recipe["data"]["image_size"], seed=recipe["seed"], counts=recipe["data"]["counts"])
     return data
 
 
@@ -77,6 +71,10 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
             str(recipe["data"]["image_size"]),
             "--codebook-size",
             str(vq["codebook_size"]),
+            "--codebook-dim",
+            str(vq["codebook_dim"]),
+            "--channel-multiplier",
+            ",".join(map(str, vq["channel_multiplier"])),
             "--steps",
             str(vq["steps"]),
             "--batch-size",
@@ -94,11 +92,29 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
     return work / "vq" / "model", psnr
 
 
-def compose(work: Path, recipe: dict, vq: Path) -> Path:
+def train_text_tokenizer(work: Path, recipe: dict, data: Path) -> Path:
+    out = work / "text_tokenizer"
+    run(
+        [
+            sys.executable,
+            "tokenizers/train_text.py",
+            "--files",
+            str(data / "train.jsonl"),
+            "--vocab-size",
+            str(recipe["text_tokenizer"]["vocab_size"]),
+            "--out",
+            str(out),
+        ],
+        work / "text_tokenizer.log",
+    )
+    return out
+
+
+def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> Path:
     """A fresh Llama and SigLIP saved as parts, joined with the trained VQ by from_parts."""
     torch.manual_seed(recipe["seed"])
     m = recipe["model"]
-    tokenizer = byte_level_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(text_tokenizer)
     llm = LlamaForCausalLM(
         LlamaConfig(
             **m["text"],
@@ -173,9 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     data = write_data(work, recipe)
-    vq, psnr = train_vq(work, recipe, data / "imgs")
+    vq, psnr = train_vq(work, recipe, data / "renders")
     vq_seconds = time.perf_counter() - started
-    init = compose(work, recipe, vq)
+    text_tokenizer = train_text_tokenizer(work, recipe, data)
+    init = compose(work, recipe, vq, text_tokenizer)
     losses = train(work, recipe, init, data)
     report = {
         "vq_psnr_db": psnr,

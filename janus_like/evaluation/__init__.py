@@ -22,10 +22,20 @@ class Evaluation:
 
 def _shapes_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--num-scenes", type=int, default=None, help="the first N scenes of the seeded order, 1 to 45 (default: all 45)"
+        "--num-scenes",
+        type=int,
+        default=24,
+        help="prompts per section and split (seen / held-out), 1 to 48 (default: %(default)s)",
     )
     p.add_argument(
-        "--images-per-prompt", type=int, default=4, help="images drawn per scene, 1 to 16 (default: %(default)s)"
+        "--images-per-prompt", type=int, default=2, help="images drawn per prompt, 1 to 16 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--guidance-scales",
+        type=float,
+        nargs="+",
+        default=[1.0, 3.0, 5.0],
+        help=f"the generation section's guidance sweep, each 0 to {MAX_SCALE:g} (default: 1 3 5)",
     )
     p.add_argument(
         "--image-cfg-scale",
@@ -37,7 +47,7 @@ def _shapes_arguments(p: argparse.ArgumentParser) -> None:
 
 EVALUATIONS: dict[str, Evaluation] = {
     "shapes": Evaluation(
-        "ShapesEval: generation, chat, interleaving and edits on the shapes world",
+        "ShapesEval v2: generation, chat, edits and interleaving on seen and held-out combinations of the shapes world",
         _shapes_arguments,
         "janus_like.evaluation.shapes_eval:eval_command",
     ),
