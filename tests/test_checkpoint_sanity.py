@@ -118,7 +118,7 @@ def test_a_config_that_lies_about_sizes_is_refused_at_once(tmp_path, checkpoints
 OWN_DISAGREEMENTS = [  # edit of the default model's config.json -> what the error names
     pytest.param(
         lambda c: c["vision_config"].update(num_hidden_layers=10**6),
-        r"vision_config.num_hidden_layers = 1000000, but the weights hold 2",
+        r"vision_config.num_hidden_layers = 1000000, but the weights hold 3",
         id="vision-layers",
     ),
     pytest.param(
@@ -128,7 +128,7 @@ OWN_DISAGREEMENTS = [  # edit of the default model's config.json -> what the err
     ),
     pytest.param(
         lambda c: c["vq_config"].update(channel_multiplier=[1] * 10**4),  # transformers reads longer slowly
-        r"vq_config.channel_multiplier has 10000 entries, but the weights hold 3",
+        r"vq_config.channel_multiplier has 10000 entries, but the weights hold 4",
         id="vq-levels",
     ),
     pytest.param(
@@ -143,8 +143,8 @@ OWN_DISAGREEMENTS = [  # edit of the default model's config.json -> what the err
     pytest.param(lambda c: c.update(gen_head_hidden_size=10**9), r"gen_head_hidden_size = 1000000000", id="gen-head"),
     pytest.param(
         lambda c: c["text_config"].update(num_key_value_heads=6),
-        r"shape differs: language_model.model.layers.0.self_attn.k_proj.weight \(checkpoint \(64, 192\), "
-        r"model \(192, 192\)\)",
+        r"shape differs: language_model.model.layers.0.self_attn.k_proj.weight \(checkpoint \(128, 256\), "
+        r"model \(192, 256\)\)",
         id="kv-heads",
     ),
 ]
@@ -298,11 +298,11 @@ NUMBERS = [  # edit of the default model's config.json -> what the error names
         id="rope-factor-nan",
     ),
     pytest.param(
-        lambda c: c.update(gen_image_size=7), "gen_image_size = 7 is not a multiple of 4", id="gen_image_size-off-grid"
+        lambda c: c.update(gen_image_size=7), "gen_image_size = 7 is not a multiple of 8", id="gen_image_size-off-grid"
     ),
     pytest.param(
-        lambda c: c.update(gen_image_size=4 * 64),
-        r"gen_image_size = 256 gives 4096 codes .* more than the LM's context of 1024",
+        lambda c: c.update(gen_image_size=8 * 64),
+        r"gen_image_size = 512 gives 4096 codes .* more than the LM's context of 1024",
         id="gen_image_size-past-context",
     ),
     pytest.param(

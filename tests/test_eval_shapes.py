@@ -690,8 +690,8 @@ def test_no_shape_answers_are_told_from_descriptions():
 def test_every_section_reports_overall_in_both_splits_and_the_chart_draws(tmp_path):
     """--num-scenes 3 --seed 52: one split's follow-ups all ask about one attribute; "overall" is still in both."""
     result = ShapesEval(Idle(), num_scenes=3, images_per_prompt=1, seed=52).run(progress=False)
-    for section, splits in result.scores.items():
-        assert all("overall" in metrics for metrics in splits.values()), section
+    for section, splits in result.scores.items():  # the guidance sweep is one rate per scale
+        assert section == "guidance" or all("overall" in metrics for metrics in splits.values()), section
     assert set(result.scores["follow_up"]["seen"]) != set(result.scores["follow_up"]["held-out"])
     assert save_chart(result, tmp_path / "scores.png").exists()
 

@@ -170,7 +170,7 @@ def test_chat_with_an_image_equals_the_pipeline(client, reference):
     answer = client.chat.completions.create(model=MODEL, messages=openai_turn, max_tokens=24, temperature=0)
     expected = reference.chat(pipeline_turn, max_new_tokens=24, temperature=0)
     assert answer.choices[0].message.content == expected
-    assert expected.startswith("A red circle")  # the default model reads the rendered shape
+    assert expected.startswith("A large red circle")  # the default model reads the rendered shape
     assert answer.usage.prompt_tokens == len(reference.processor.conversation(pipeline_turn))
     assert 0 < answer.usage.completion_tokens <= 24
     assert answer.choices[0].finish_reason in ("stop", "length")

@@ -35,7 +35,7 @@ def _shapes_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs="+",
         default=[1.0, 3.0, 5.0],
-        help=f"the generation section's guidance sweep, each 0 to {MAX_SCALE:g} (default: 1 3 5)",
+        help=f"the generation section's guidance sweep, each 0 to {MAX_SCALE:g} (default: %(default)s)",
     )
     p.add_argument(
         "--image-cfg-scale",

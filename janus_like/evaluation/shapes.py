@@ -51,7 +51,7 @@ SMALL_LARGE_SIDE = 0.28  # bounding box side between the sizes (small 0.19, larg
 MAX_OBJECT_SIDE = 0.5
 SOLID_DISTANCE = 60  # RGB distance within which a pixel is a world colour rather than a blend with the page
 MIN_SOLID = 0.45  # a blob's share of such pixels: VQ decodes ~1.0, renders blurred by radius 4 <= 0.4
-MIN_SYMMETRY = 0.6  # overlap of a blob with its mirror image (intersection / union): scribbles have less
+MIN_SYMMETRY = 0.5  # overlap of a blob with its mirror image (intersection / union): scribbles have less
 MIN_DOMINANCE = 0.6  # the main colour's share of the blob's solid pixels
 MIN_FILL = 0.3  # pixels / bounding box; below this an ink blob is a smear, not a shape
 
