@@ -82,7 +82,8 @@ def test_cli_generate_without_model_writes_images(tmp_path):
         main(["generate", "a small purple star at the top", "--num-images", "2", "--seed", "0", "--out", str(out)]) == 0
     )
     images = [Image.open(out / f"image_{i}.png") for i in range(2)]
-    assert [classify(im).objects[0].color if classify(im).objects else None for im in images] == ["purple", "purple"]
+    readings = [classify(im).objects for im in images]
+    assert [objects[0].color if objects else None for objects in readings] == ["purple", "purple"]
 
 
 def test_interleave_draws_two_requested_scenes_in_order(pipe):

@@ -31,6 +31,7 @@ COLORS = {
     "purple": (140, 40, 180),
     "orange": (250, 120, 0),
 }
+PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # the judge's reference colours, in COLORS order
 POSITIONS = ("left", "right", "top", "bottom", "center")
 SIZES = ("small", "large")
 ATTRIBUTES = ("color", "shape", "position", "size")
@@ -342,12 +343,11 @@ def classify(image: Image.Image) -> Reading:
 
 def _read_blob(mask: np.ndarray, pixels: np.ndarray, side: int) -> Object | str:
     """One blob (its mask and its RGB pixels) as an object, or why it is not one."""
-    palette = np.array(list(COLORS.values()), dtype=np.float32)
-    distances = ((pixels[:, None, :] - palette[None]) ** 2).sum(-1)
+    distances = ((pixels[:, None, :] - PALETTE[None]) ** 2).sum(-1)
     solid = distances.min(-1) < SOLID_DISTANCE**2  # a world colour, not a blend of it with the page
     if solid.mean() < MIN_SOLID:
         return "a blurred blob"
-    votes = np.bincount(distances[solid].argmin(-1), minlength=len(palette))
+    votes = np.bincount(distances[solid].argmin(-1), minlength=len(PALETTE))
     if votes.max() < MIN_DOMINANCE * solid.sum():
         return "a blob of mixed colours"
     color = list(COLORS)[votes.argmax()]
@@ -378,7 +378,12 @@ def _read_blob(mask: np.ndarray, pixels: np.ndarray, side: int) -> Object | str:
 
 def reads_as(reading: Reading, scene: Scene) -> bool:
     """Whether the judge read exactly the scene's objects (in any order)."""
-    return sorted(map(_key, reading.objects)) == sorted(map(_key, scene.objects))
+    return same_objects(reading.objects, scene.objects)
+
+
+def same_objects(a: tuple[Object, ...], b: tuple[Object, ...]) -> bool:
+    """The same objects, in any order (a scene read from pixels or from words against the truth)."""
+    return sorted(map(_key, a)) == sorted(map(_key, b))
 
 
 def attributes_right(reading: Reading, scene: Scene) -> dict[str, bool]:

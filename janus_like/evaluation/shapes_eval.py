@@ -57,12 +57,13 @@ from .shapes import (
     reads_as,
     render,
     render_other,
+    same_objects,
     single_scenes,
 )
 
 SPLITS = ("seen", "held-out")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0)
-MAX_SCENES = round(len(single_scenes()) * 0.2)  # the held-out one-object scenes: 48
+MAX_SCENES = sum(map(is_held_out, single_scenes()))  # the held-out one-object scenes: 48
 
 
 @dataclass
@@ -302,7 +303,7 @@ class ShapesEval:
                 plans.append((kind, source, target, lang.edit_instruction(kind, value, rng, "eval")))
         drawn = self._map(lambda p: self._draw([p[3]], self.cfg_scale, [render(p[1], 64)])[0], plans)
         self.rows += [
-            (f"{split}: [{_noun(p[1])}] {p[3]}", [render(p[1], 64), *row]) for p, row in zip(plans[:4], drawn)
+            (f"{split}: [{lang.describe(p[1])}] {p[3]}", [render(p[1], 64), *row]) for p, row in zip(plans[:4], drawn)
         ]
         hits = [{kind: reads_as(classify(im), target)} for (kind, _, target, _), row in zip(plans, drawn) for im in row]
         self._record("edit", split, [
@@ -362,7 +363,7 @@ def _description_scores(answer: str, scene: Scene) -> dict[str, bool]:
     scores = {}
     if len(scene.objects) == 1:
         scores = {a: lang.names_only(answer, a, getattr(scene.object, a)) for a in ATTRIBUTES}
-    scores["all_right"] = read is not None and sorted(map(_key, read.objects)) == sorted(map(_key, scene.objects))
+    scores["all_right"] = read is not None and same_objects(read.objects, scene.objects)
     return scores
 
 
@@ -406,14 +407,6 @@ def _user(text: str, image: Image.Image | None = None) -> dict:
 
 def _assistant(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
-
-
-def _key(o: Object) -> tuple:
-    return (o.color, o.shape, o.size, o.position)
-
-
-def _noun(scene: Scene) -> str:
-    return lang.describe(scene)
 
 
 def _scene_dict(scene: Scene) -> list[dict]:
