@@ -50,7 +50,7 @@ def _add_sampling(
     seed: int | None = None,
 ) -> None:
     """The sampling flags, defined once for every command that samples: temperature, seed and,
-    where asked, image guidance (--cfg-scale) and top-k / top-p."""
+    where asked, image guidance (--cfg-scale, --cfg-plausibility) and top-k / top-p."""
     if guidance:
         p.add_argument(
             "--cfg-scale",
@@ -58,6 +58,13 @@ def _add_sampling(
             default=None,
             help=f"classifier-free guidance weight of image codes, 0 to {MAX_SCALE:g}; 1 turns it off "
             "(default: the model's own, else 5.0)",
+        )
+        p.add_argument(
+            "--cfg-plausibility",
+            type=float,
+            default=None,
+            help="draw only image codes the prompt gives at least this share of its top probability, "
+            "0 to 1 (default: the model's own, else 0: plain guidance, as Janus)",
         )
     p.add_argument(
         "--temperature",

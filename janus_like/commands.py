@@ -64,6 +64,7 @@ def generate(args: argparse.Namespace) -> int:
         prompts,
         cfg_scale=args.cfg_scale,
         image_cfg_scale=args.image_cfg_scale,
+        cfg_plausibility=args.cfg_plausibility,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
@@ -83,6 +84,7 @@ def generate(args: argparse.Namespace) -> int:
                 num_images=args.num_images,
                 cfg_scale=args.cfg_scale,
                 image_cfg_scale=args.image_cfg_scale,
+                cfg_plausibility=args.cfg_plausibility,
                 temperature=args.temperature,
                 top_k=args.top_k,
                 top_p=args.top_p,
@@ -136,6 +138,9 @@ def run_settings(args: argparse.Namespace, pipe: JanusLikePipeline, seed: int, *
     }
     if hasattr(args, "image_cfg_scale"):
         settings["image_cfg_scale"] = 1.0 if args.image_cfg_scale is None else args.image_cfg_scale
+    if hasattr(args, "cfg_plausibility"):
+        plausibility = args.cfg_plausibility
+        settings["cfg_plausibility"] = pipe.default_cfg_plausibility if plausibility is None else plausibility
     return {**settings, "temperature": args.temperature, **more}
 
 
@@ -204,6 +209,7 @@ def interleave(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_images=args.max_images,
         cfg_scale=args.cfg_scale,
+        cfg_plausibility=args.cfg_plausibility,
         temperature=args.temperature,
     )
     seed = _seed(args)
@@ -214,6 +220,7 @@ def interleave(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_images=args.max_images,
         cfg_scale=args.cfg_scale,
+        cfg_plausibility=args.cfg_plausibility,
         temperature=args.temperature,
     )
     with tqdm(desc="writing", unit="tok", file=sys.stderr) as bar:

@@ -75,6 +75,7 @@ class JanusLikeConfig(PreTrainedConfig):
     gen_head_hidden_size: int = 2048
     gen_image_size: int = 384
     default_cfg_scale: float = 5.0  # guidance used when a call gives none (Janus: 5; the embedded model: 1.5)
+    default_cfg_plausibility: float = 0.0  # GenerationSettings.cfg_plausibility when a call gives none (Janus: 0)
 
     # special tokens, by name and by id
     image_start_token: str = "<begin_of_image>"
@@ -141,6 +142,10 @@ def check_compose_settings(settings, where: str) -> None:
         if key == "default_cfg_scale" and not (is_number(value) and 0 <= value <= 1000):
             raise SettingsError(
                 f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number from 0 to 1000"
+            )
+        if key == "default_cfg_plausibility" and not (is_number(value) and 0 <= value <= 1):
+            raise SettingsError(
+                f"{where}: default_cfg_plausibility = {value!r} is not accepted; it must be a number from 0 to 1"
             )
         if isinstance(JanusLikeConfig.__dataclass_fields__[key].default, str) and not isinstance(value, str):
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a string")

@@ -52,6 +52,7 @@ class JanusLikePipeline:
         self.compile = compile
         self._engine_lock = threading.Lock()  # the compiled engine serves one call at a time
         self.default_cfg_scale = model.config.default_cfg_scale  # the guidance the model was tuned for
+        self.default_cfg_plausibility = model.config.default_cfg_plausibility
 
     @classmethod
     def from_pretrained(
@@ -92,12 +93,14 @@ class JanusLikePipeline:
         images: Sequence[ImageLike] | None = None,
         preview_every: int = 0,
         image_cfg_scale: float | None = None,
+        cfg_plausibility: float | None = None,
     ) -> list[Image.Image] | list[list[Image.Image]]:
         """Text (+ input images, for edits and variations) -> `num_images` images. A list of
         prompts is drawn in one batch and gives a list of image lists, one per prompt (the input
         images, if any, go with every prompt). `cfg_scale=None`: the model config's
         `default_cfg_scale` (5.0 for Janus). `image_cfg_scale` weighs the input images apart
-        (InstructPix2Pix; default 1: no separate term)."""
+        (InstructPix2Pix; default 1: no separate term). `cfg_plausibility=None`: the config's
+        `default_cfg_plausibility` (GenerationSettings; 0 for Janus)."""
         done = _last(
             self.stream(
                 prompt,
@@ -111,6 +114,7 @@ class JanusLikePipeline:
                 images=images,
                 preview_every=preview_every,
                 image_cfg_scale=image_cfg_scale,
+                cfg_plausibility=cfg_plausibility,
             )
         )
         drawn = [image for result in done.results for image in result.images]
@@ -161,6 +165,7 @@ class JanusLikePipeline:
         top_k: int | None = None,
         top_p: float | None = None,
         images: Sequence[ImageLike] | None = None,
+        cfg_plausibility: float | None = None,
     ) -> list[str | Image.Image]:
         """Text (+ images) -> text and images in the order the model wrote them."""
         done = _last(
@@ -171,6 +176,7 @@ class JanusLikePipeline:
                 max_new_tokens=max_new_tokens,
                 max_images=max_images,
                 cfg_scale=cfg_scale,
+                cfg_plausibility=cfg_plausibility,
                 temperature=temperature,
                 top_k=top_k,
                 top_p=top_p,
@@ -208,7 +214,8 @@ class JanusLikePipeline:
         if isinstance(images, (str, os.PathLike, Image.Image)):  # one image rather than a list of them
             images = [images]
         settings = {k: v for k, v in settings.items() if v is not None}
-        settings = {"cfg_scale": self.default_cfg_scale, **MODE_DEFAULTS.get(mode, {}), **settings}
+        defaults = {"cfg_scale": self.default_cfg_scale, "cfg_plausibility": self.default_cfg_plausibility}
+        settings = {**defaults, **MODE_DEFAULTS.get(mode, {}), **settings}
         if mode == "images":
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
             num_images = check_num_images(IMAGES_PER_PROMPT if num_images is None else num_images, len(prompts))

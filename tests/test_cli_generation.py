@@ -222,6 +222,24 @@ def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypat
     assert seen == [2.5] and (tmp_path / "out" / "image_0.png").is_file()
 
 
+def test_generate_passes_the_plausibility_cut_and_records_the_resolved_one(saved, tmp_path, monkeypatch):
+    from janus_like.generation.scheduler import Scheduler
+
+    seen, submit = [], Scheduler.submit
+
+    def recording(self, requests, settings):
+        seen.append(settings.cfg_plausibility)
+        return submit(self, requests, settings)
+
+    monkeypatch.setattr(Scheduler, "submit", recording)
+    argv = ["generate", "a red circle", "--model", saved, "--num-images", "1"]
+    assert main(argv + ["--cfg-plausibility", "0.2", "--out", str(tmp_path / "a")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0  # the model's default: 0 for this config
+    assert seen == [0.2, 0.0]
+    assert json.loads((tmp_path / "a" / "settings.json").read_text())["cfg_plausibility"] == 0.2
+    assert json.loads((tmp_path / "b" / "settings.json").read_text())["cfg_plausibility"] == 0.0
+
+
 def test_interleave_writes_index_md_and_html(saved, tmp_path):
     out = tmp_path / "story"
     assert (
@@ -280,6 +298,7 @@ def test_interleave_files_list_images_in_order(tmp_path):
         (["generate", "x", "--cfg-scale", "-2"], "cfg_scale"),
         (["generate", "x", "--image", __file__, "--image-cfg-scale", "-2"], "image_cfg_scale"),
         (["generate", "x", "--top-p", "0"], "top_p"),
+        (["generate", "x", "--cfg-plausibility", "1.5"], "cfg_plausibility"),
         (["generate", ""], "empty"),
         (["generate"], "no prompt"),
         (["generate", "--prompts-file", "/nonexistent/prompts.txt"], "cannot read"),
@@ -293,6 +312,8 @@ def test_interleave_files_list_images_in_order(tmp_path):
         (["generate", "x", "--device", "nonsense"], "is not a device of this machine"),
         (["eval", "shapes", "--out", __file__], "is a file, not a folder"),  # before any scene is drawn
         (["eval", "shapes", "--seed", str(2**63)], "seed = "),
+        (["eval", "shapes", "--cfg-plausibility", "-1"], "cfg_plausibility"),  # before any scene is drawn
+        (["interleave", "x", "--cfg-plausibility", "2"], "cfg_plausibility"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(saved, argv, words, capsys):

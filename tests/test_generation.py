@@ -16,7 +16,7 @@ from janus_like.generation import (
     TextDelta,
 )
 from janus_like.generation import engine as engine_module
-from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, image_guided_logits, sample
+from janus_like.generation.sampling import filter_top_k_top_p, guided_logits, image_guided_logits, plausible, sample
 from janus_like.generation.settings import MAX_IMAGES_PER_PROMPT, check_num_images
 from janus_like.layout import GEN_IMAGE
 from janus_like.testing import shape_image, tiny_model, widen_weights
@@ -48,6 +48,39 @@ def test_cfg_codes_follow_u_plus_s_times_c_minus_u_computed_by_hand(tiny):
     by_hand = u + scale * (c - u)
     assert torch.equal(by_hand.argmax(-1), codes)
     assert torch.allclose(guided_logits(c, u, scale), by_hand)
+
+
+def test_the_plausibility_cut_keeps_codes_within_alpha_of_the_conditional_top_probability():
+    cond = torch.log(torch.tensor([[0.5, 0.3, 0.04, 0.16], [0.97, 0.01, 0.01, 0.01]]))
+    uncond = torch.log(torch.tensor([[0.1, 0.6, 0.001, 0.299], [0.25, 0.25, 0.25, 0.25]]))
+    guided = guided_logits(cond, uncond, 5.0)
+    assert guided[0].argmax() == 2  # plain guidance picks the tail code the twin finds still less likely
+    cut = plausible(guided, cond, 0.1)  # kept: p >= 0.1 * p_max
+    assert cut.isfinite().tolist() == [[True, True, False, True], [True, False, False, False]]
+    assert torch.equal(cut[cut.isfinite()], guided[cut.isfinite()])
+    assert torch.equal(plausible(guided, cond, 0.0), guided)  # 0: every code stays
+    per_row = plausible(guided, cond, torch.tensor([[0.0], [0.1]]))  # the scheduler's per-slot α
+    assert per_row[0].isfinite().all() and per_row[1].isfinite().sum() == 1
+
+
+def test_guided_codes_with_the_plausibility_cut_follow_it_computed_by_hand(tiny):
+    model, processor = tiny
+    widen_weights(model)
+    cond = processor.generation_prompt("a red circle")
+    engine = GenerationEngine(model, processor)
+    settings = GenerationSettings(temperature=0, cfg_scale=4.0, cfg_plausibility=0.5)
+    codes = engine.generate([Request(cond, "image")], settings)[0].codes[0]
+    with torch.no_grad():
+        hidden = [
+            model(*_with_codes(processor, s, codes[:-1].tolist())).last_hidden_state[0, len(s) - 1 :]
+            for s in (cond, processor.unconditional(cond))
+        ]
+        c, u = (model.image_logits(h) for h in hidden)
+    guided = u + 4.0 * (c - u)
+    allowed = c.softmax(-1) >= 0.5 * c.softmax(-1).max(-1, keepdim=True).values
+    assert torch.equal(guided.masked_fill(~allowed, float("-inf")).argmax(-1), codes)
+    plain = engine.generate([Request(cond, "image")], GenerationSettings(temperature=0, cfg_scale=4.0))[0].codes[0]
+    assert not torch.equal(codes, plain)  # the cut matters
 
 
 def test_image_conditioned_generation_keeps_the_input_image_in_the_twin(tiny):
@@ -241,6 +274,9 @@ def test_sampling_filters():
         dict(max_images=-1),
         dict(temperature=float("nan")),
         dict(image_cfg_scale=-0.5),
+        dict(cfg_plausibility=-0.1),
+        dict(cfg_plausibility=1.5),
+        dict(cfg_plausibility=float("nan")),
         # past float32: logits / 1e-38 and u + 1e300·(c − u) overflow into NaN codes
         dict(temperature=1e-38),
         dict(temperature=1e300),

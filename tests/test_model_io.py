@@ -174,6 +174,7 @@ def test_from_parts_composes_a_working_model(tmp_path):
         (dict(gen_image_size=16.5), "gen_image_size = 16.5"),
         (dict(gen_head_hidden_size="big"), "gen_head_hidden_size = 'big'"),
         (dict(default_cfg_scale=-1), "default_cfg_scale = -1"),
+        (dict(default_cfg_plausibility=2), "default_cfg_plausibility = 2 is not accepted; it must be a number from 0"),
         (dict(user_role=5), "user_role = 5 is not accepted; it must be a string"),
         (dict(gen_image_size=17), "gen_image_size = 17 is not a multiple of 2"),
         (dict(gen_image_size=128), "gives 4096 codes an image .* more than the LM.s context of 2048"),

@@ -101,6 +101,7 @@ def test_greedy_outputs_equal_the_static_batch_engines(pipe):
     chat = p.conversation([{"role": "user", "content": "hello there"}])
     cases = [
         ([Request(p.generation_prompt("a red circle"), "image")] * 2, dict(cfg_scale=3.0)),
+        ([Request(p.generation_prompt("a red circle"), "image")], dict(cfg_scale=3.0, cfg_plausibility=0.5)),
         ([Request(p.generation_prompt("make it blue", [picture]), "image")], dict(cfg_scale=3.0, image_cfg_scale=2.0)),
         ([Request(chat)], dict(max_new_tokens=20, repetition_penalty=1.3, stop=["zz"])),
         ([Request(chat)], dict(max_new_tokens=20, max_images=1, cfg_scale=2.0, ignore_eos=True)),

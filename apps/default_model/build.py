@@ -138,6 +138,7 @@ def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> Path:
         gen_image_size=recipe["data"]["image_size"],
         gen_head_hidden_size=m["gen_head_hidden_size"],
         default_cfg_scale=m["default_cfg_scale"],
+        default_cfg_plausibility=m["default_cfg_plausibility"],
         system_prompt="",
     )
     init = work / "init"

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..commands import load_pipeline, run_settings
 from ..errors import SettingsError, is_int, is_number
 from ..fileio import check_output_folder, output_set, save_image, write_json
-from ..generation.settings import MAX_SCALE, MAX_SEED
+from ..generation.settings import MAX_SCALE, MAX_SEED, GenerationSettings
 from ..pipeline import JanusLikePipeline
 from . import shapes_language as lang
 from .shapes import (
@@ -97,6 +97,7 @@ class ShapesEval:
     cfg_scale: float | None = None  # None: the model's default guidance
     guidance_scales: tuple[float, ...] = GUIDANCE_SCALES
     image_cfg_scale: float | None = None  # the edit section's image guidance (None: 1, no separate term)
+    cfg_plausibility: float | None = None  # None: the model's default plausibility cut (docs/generation.md)
     temperature: float = 1.0
     workers: int = 16  # concurrent calls, batched together by the pipeline's scheduler
 
@@ -158,6 +159,7 @@ class ShapesEval:
             num_images=self.images_per_prompt,
             cfg_scale=scale,
             image_cfg_scale=self.image_cfg_scale,
+            cfg_plausibility=self.cfg_plausibility,
             temperature=self.temperature,
             seed=self.seed,
         )
@@ -326,6 +328,7 @@ class ShapesEval:
                 max_new_tokens=200,
                 max_images=2,
                 cfg_scale=self.cfg_scale,
+                cfg_plausibility=self.cfg_plausibility,
                 temperature=self.temperature,
             )
 
@@ -472,6 +475,8 @@ def check_settings(num_scenes: int, images_per_prompt: int, seed: int, guidance_
 def eval_command(args: argparse.Namespace) -> int:
     """`janus-like eval shapes`: print the table, write OUT/grid.png, OUT/scores.png and OUT/results.json."""
     check_settings(args.num_scenes, args.images_per_prompt, args.seed, args.guidance_scales)
+    sampling = dict(cfg_scale=args.cfg_scale, cfg_plausibility=args.cfg_plausibility, temperature=args.temperature)
+    GenerationSettings(**{k: v for k, v in sampling.items() if v is not None})  # in range, before loading
     check_output_folder(args.out)
     pipe = load_pipeline(args)
     evaluation = ShapesEval(
@@ -482,6 +487,7 @@ def eval_command(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg_scale,
         guidance_scales=tuple(args.guidance_scales),
         image_cfg_scale=args.image_cfg_scale,
+        cfg_plausibility=args.cfg_plausibility,
         temperature=args.temperature,
     )
     result = evaluation.run()

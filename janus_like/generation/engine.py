@@ -41,7 +41,7 @@ from ..layout import GEN_IMAGE, TEXT, TokenSequence
 from ..modeling import JanusLikeForConditionalGeneration, cache_kwarg
 from ..processor import JanusLikeProcessor
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
-from .sampling import guided_logits, image_guided_logits, penalize_repetition, sample
+from .sampling import guided_logits, image_guided_logits, penalize_repetition, plausible, sample
 from .settings import GenerationSettings
 from .text import TextSegment, special_ids
 
@@ -356,8 +356,11 @@ class GenerationEngine:
         code = text = None
         if IMAGE_MODE in modes:
             logits = self.model.image_logits(hidden).float()
+            cond = logits[:batch]
             if guided:
-                logits = guided_logits(logits[:batch], logits[batch:], settings.cfg_scale)
+                logits = guided_logits(cond, logits[batch:], settings.cfg_scale)
+            if settings.cfg_plausibility > 0:
+                logits = plausible(logits, cond, settings.cfg_plausibility)
             code = sample(logits, settings.temperature, settings.top_k, settings.top_p, state.generator)
         if TEXT_MODE in modes:
             logits = self.model.text_logits(hidden[:batch]).float()
@@ -390,6 +393,7 @@ class GenerationEngine:
             settings.top_p,
             value(settings.cfg_scale) if groups > 1 else None,
             value(settings.image_cfg_scale) if groups > 2 else None,
+            value(settings.cfg_plausibility) if settings.cfg_plausibility > 0 else None,
         )
         codes = torch.zeros(batch, n_codes, dtype=torch.long, device=hidden.device)
         for k in range(n_codes):
@@ -409,23 +413,40 @@ class GenerationEngine:
             yield from self._image_progress(rows, k + 1, settings, codes)
         yield from self._finish_images(rows, codes)
 
-    def _pick_codes(self, hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale) -> torch.Tensor:
+    def _pick_codes(
+        self, hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale, plausibility
+    ) -> torch.Tensor:
         """Image head on every slot, guidance when twins follow the rows (`cfg_scale` None
-        without; `image_cfg_scale` None without the third group), then a code per row."""
-        logits = self.model.image_logits(hidden).float()
+        without; `image_cfg_scale` None without the third group), the plausibility cut (None:
+        off), then a code per row."""
+        logits = cond = self.model.image_logits(hidden).float()
         if image_cfg_scale is not None:
             cond, twin, bare = logits.chunk(3)
             logits = image_guided_logits(cond, twin, bare, cfg_scale, image_cfg_scale)
         elif cfg_scale is not None:
             cond, twin = logits.chunk(2)
             logits = guided_logits(cond, twin, cfg_scale)
+        if plausibility is not None:
+            logits = plausible(logits, cond, plausibility)
         return sample(logits, temperature, top_k, top_p, noise=noise)
 
     def _image_step(
-        self, hidden, noise, positions, mask, windowed, cache, temperature, top_k, top_p, cfg_scale, image_cfg_scale
+        self,
+        hidden,
+        noise,
+        positions,
+        mask,
+        windowed,
+        cache,
+        temperature,
+        top_k,
+        top_p,
+        cfg_scale,
+        image_cfg_scale,
+        plausibility,
     ):
         """Sample a code for every row and run the decoder on it: one drawing step."""
-        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale)
+        code = self._pick_codes(hidden, noise, temperature, top_k, top_p, cfg_scale, image_cfg_scale, plausibility)
         embeds = self.model.gen_image_embeddings(code)
         groups = 1 + (cfg_scale is not None) + (image_cfg_scale is not None)
         embeds = embeds.repeat(groups, 1)  # twins (and rows without input images) are fed the row's code

@@ -1,4 +1,5 @@
-"""Logit processing and sampling: CFG, repetition penalty, temperature, top-k, top-p.
+"""Logit processing and sampling: CFG and its plausibility cut, repetition penalty, temperature,
+top-k, top-p.
 
 Everything stays on the device and never reads a value back to the host, so the decode loop runs
 without synchronisation."""
@@ -11,6 +12,16 @@ import torch
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: `u + s·(c − u)` (one fused lerp)."""
     return torch.lerp(uncond, cond, scale)
+
+
+def plausible(guided: torch.Tensor, cond: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Contrastive decoding's adaptive plausibility constraint (Li et al., 2023) for image codes:
+    only codes the conditional branch gives at least `alpha` of its top probability stay drawable.
+    `u + s·(c − u)` amplifies the far tail, where an over-confident model's c and u differ by noise
+    (the embedded model draws confetti at s ≥ 3 without it); alpha 0 (Janus) keeps every code."""
+    logp = cond.log_softmax(-1)
+    floor = logp.max(-1, keepdim=True).values + torch.log(torch.as_tensor(alpha, device=cond.device))
+    return guided.masked_fill(logp < floor, float("-inf"))
 
 
 def image_guided_logits(

@@ -67,6 +67,7 @@ from .engine import (
     left_padded,
 )
 from .events import Done, Event, ImageDone, ImageProgress, RowResult, TextDelta
+from .sampling import plausible
 from .settings import GenerationSettings
 from .text import TextSegment, special_ids
 
@@ -310,6 +311,7 @@ class Scheduler:
         self._top_p = torch.ones(n, device=device)
         self._cfg = torch.ones(n, device=device)
         self._image_cfg = torch.ones(n, device=device)
+        self._plausibility = torch.zeros(n, device=device)
         self._penalty = torch.ones(n, device=device)
         self._twin_of = torch.arange(n, device=device)
         self._bare_of = torch.arange(n, device=device)
@@ -519,6 +521,7 @@ class Scheduler:
         self._top_p[slot] = 1.0 if s.top_p is None else s.top_p
         self._cfg[slot] = s.cfg_scale if row.twin is not None else 1.0
         self._image_cfg[slot] = s.image_cfg_scale if row.bare is not None else 1.0
+        self._plausibility[slot] = s.cfg_plausibility
         self._penalty[slot] = s.repetition_penalty
         self._twin_of[slot] = slot if row.twin is None else row.twin
         self._bare_of[slot] = slot if row.bare is None else row.bare
@@ -666,7 +669,10 @@ class Scheduler:
         code = text = None
         if IMAGE_MODE in modes:
             two_scale = any(row.bare is not None for row in rows)
-            logits = self._guide(self.model.image_logits(hidden).float(), width, two_scale)
+            cond = self.model.image_logits(hidden).float()
+            logits = self._guide(cond, width, two_scale)
+            if any(row.settings.cfg_plausibility > 0 for row in rows):
+                logits = plausible(logits, cond, self._plausibility[:width, None])
             noise = self._noise(steps, logits.shape[-1], width) if sampled else None
             code = sample_rows(logits, noise=noise, **picks)
         if TEXT_MODE in modes:

@@ -26,6 +26,8 @@ class GenerationSettings:
     the classifier-free guidance weight s of `u + s·(c − u)` for image codes (1 turns guidance off).
     `image_cfg_scale` is InstructPix2Pix's image weight s_I for drawing from input images:
     `u∅ + s_I·(u_I − u∅) + s·(c − u_I)` (1: the twin keeps the input images, u = u_I).
+    `cfg_plausibility` α draws image codes only among those the conditional branch gives at least
+    α of its top probability (`sampling.plausible`; 0: every code, as Janus).
     `max_new_tokens` counts tokens the text head samples (image codes and the forced
     `<end_of_image>` come on top); `max_images` is how many images a text row may open;
     `preview_every` decodes a preview image every that many codes (0: never)."""
@@ -38,6 +40,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
     cfg_scale: float = 5.0
     image_cfg_scale: float = 1.0
+    cfg_plausibility: float = 0.0
     max_images: int = 0
     seed: int | None = None
     preview_every: int = 0
@@ -59,7 +62,7 @@ class GenerationSettings:
             return SettingsError(f"{name}={value!r} is not accepted; {name} must be {accepted}")
 
         # numpy and torch scalars are numbers too; booleans are not
-        for name in ("temperature", "top_p", "repetition_penalty", "cfg_scale", "image_cfg_scale"):
+        for name in ("temperature", "top_p", "repetition_penalty", "cfg_scale", "image_cfg_scale", "cfg_plausibility"):
             setattr(self, name, _real(getattr(self, name)))
         for name in ("top_k", "max_new_tokens", "max_images", "preview_every", "seed"):
             setattr(self, name, _integer(getattr(self, name)))
@@ -82,6 +85,8 @@ class GenerationSettings:
                 self.image_cfg_scale,
                 f"a number in [0, {MAX_SCALE:g}] (1 means the input images are no separate guidance term)",
             )
+        if not _finite(self.cfg_plausibility) or not 0 <= self.cfg_plausibility <= 1:
+            raise bad("cfg_plausibility", self.cfg_plausibility, "a number in [0, 1] (0 means every code may be drawn)")
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", self.max_new_tokens, "an integer >= 1")
         if not is_int(self.max_images) or not 0 <= self.max_images <= MAX_INTERLEAVED_IMAGES:
