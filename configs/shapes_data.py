@@ -9,7 +9,8 @@ phrasings (shapes_language). Records, each from a seeded random scene:
   -> the edited scene's render (a generation record with input_images);
 - understanding: a varied view (several sizes, small shifts and shades) and a conversation about it:
   describe, what colour / shape / where / how big, how many, is there a …, with follow-up turns
-  about the same image; images with no shape (blank, noise, photo-like clutter) answered as such;
+  about the same image; images with no shape (blank, noise, photo-like clutter, some of them not
+  square) answered as such;
 - interleaved: draw a scene and describe it, or draw two in turn;
 - text: sentences about scenes.
 
@@ -42,6 +43,9 @@ from janus_like.evaluation.shapes import (
 )
 
 VIEW_SIZES = (48, 64, 64, 96)  # sides of understanding and edit-input views (64 twice: the usual size)
+# width / height of a share of the no-shape images: a camera's page is padded to a square by the
+# processor, and the padding bars are no objects either
+PAGE_ASPECTS = (4 / 3, 3 / 4, 16 / 9, 9 / 16)
 # records of each kind; the build's recipe.yaml passes its own
 COUNTS = {"generation": 6000, "edit": 3000, "understanding": 8000, "interleaved": 1500, "text": 1000}
 
@@ -68,6 +72,9 @@ class ImageWriter:
         side = self.rng.choice(VIEW_SIZES)
         if scene is None:
             image = no_shape_image(self.rng.choice(NO_SHAPE_KINDS), side, self.rng)
+            if self.rng.random() < 0.4:
+                aspect = self.rng.choice(PAGE_ASPECTS)
+                image = image.crop((0, 0, round(side * min(aspect, 1)), round(side / max(aspect, 1))))
         else:
             image = render_varied(scene, side, self.rng)
         self.views += 1

@@ -27,6 +27,7 @@ class JanusLikeVQConfig(PreTrainedConfig):
 
     The defaults are Janus / LlamaGen VQ-16: 128·[1,1,2,2,4] channels, two res-blocks per level,
     attention at the lowest resolution, 16× downsampling, 16384 codes of dimension 8.
+    `patch_encoder` swaps the encoder for one that reads each patch alone (the decoder stays).
     """
 
     model_type = "janus_like_vq"
@@ -44,6 +45,7 @@ class JanusLikeVQConfig(PreTrainedConfig):
     codebook_decay: float = 0.99
     threshold_ema_dead_code: float = 0.0
     initializer_range: float = 0.02
+    patch_encoder: bool = False  # True: each code from its own patch alone (vq.PatchEncoder; the embedded model)
 
     @property
     def downsample_factor(self) -> int:
@@ -74,7 +76,7 @@ class JanusLikeConfig(PreTrainedConfig):
     gen_aligner_depth: int = 2
     gen_head_hidden_size: int = 2048
     gen_image_size: int = 384
-    default_cfg_scale: float = 5.0  # guidance used when a call gives none (Janus: 5; the embedded model: 1.5)
+    default_cfg_scale: float = 5.0  # guidance used when a call gives none (Janus and the embedded model: 5)
     default_cfg_plausibility: float = 0.0  # GenerationSettings.cfg_plausibility when a call gives none (Janus: 0)
 
     # special tokens, by name and by id

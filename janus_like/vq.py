@@ -18,6 +18,25 @@ from vector_quantize_pytorch import VectorQuantize
 from .configuration import JanusLikeVQConfig
 
 
+class PatchEncoder(nn.Module):
+    """Pixels -> latents, each f×f patch encoded alone (a patchify convolution, then per-patch 1×1
+    layers): a code means the same pixels wherever it stands, so a decoder that drew an object in
+    one place can draw it in another. diffusers' Encoder mixes the whole image into every latent
+    (3×3 convolutions and attention; in the shapes world 162 of 240 object patches got other codes
+    at other places, and the blank page varied too), and no setting of it makes it local."""
+
+    def __init__(self, config: JanusLikeVQConfig):
+        super().__init__()
+        f, width = config.downsample_factor, 4 * config.base_channels * max(config.channel_multiplier)
+        self.patchify = nn.Conv2d(config.in_channels, width, f, stride=f)
+        self.mlp = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(width, width, 1), nn.SiLU(), nn.Conv2d(width, config.z_channels, 1)
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.patchify(pixel_values))
+
+
 class JanusLikeVQModel(PreTrainedModel):
     """Encoder -> 1x1 quant conv -> cosine-sim VQ -> 1x1 post-quant conv -> Decoder."""
 
@@ -31,14 +50,18 @@ class JanusLikeVQModel(PreTrainedModel):
         levels = len(config.channel_multiplier)
         channels = tuple(config.base_channels * m for m in config.channel_multiplier)
         # LlamaGen puts self-attention only at the lowest resolution: the last down level, first up level.
-        self.encoder = Encoder(
-            in_channels=config.in_channels,
-            out_channels=config.z_channels,
-            down_block_types=("DownEncoderBlock2D",) * (levels - 1) + ("AttnDownEncoderBlock2D",),
-            block_out_channels=channels,
-            layers_per_block=config.num_res_blocks,
-            norm_num_groups=config.norm_num_groups,
-            double_z=False,
+        self.encoder = (
+            PatchEncoder(config)
+            if config.patch_encoder
+            else Encoder(
+                in_channels=config.in_channels,
+                out_channels=config.z_channels,
+                down_block_types=("DownEncoderBlock2D",) * (levels - 1) + ("AttnDownEncoderBlock2D",),
+                block_out_channels=channels,
+                layers_per_block=config.num_res_blocks,
+                norm_num_groups=config.norm_num_groups,
+                double_z=False,
+            )
         )
         self.decoder = Decoder(
             in_channels=config.z_channels,

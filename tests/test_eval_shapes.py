@@ -85,7 +85,7 @@ def test_judge_reads_two_object_renders(size):
 
 
 def test_judge_reads_varied_training_views():
-    """Training views (shifted, resized, reshaded) at 64 px read back as their scenes."""
+    """Training views (shifted, resized, reshaded, on toned pages, smoothed) at 64 px read back as their scenes."""
     rng = random.Random(3)
     scenes = single_scenes() + TWO_OBJECT_SAMPLE[:100]
     wrong = [s for s in scenes if not reads_as(classify(render_varied(s, 64, rng)), s)]

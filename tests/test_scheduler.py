@@ -84,7 +84,7 @@ def test_on_the_default_model_interleaved_images_and_edits_are_the_same_alone_an
     picture = shape_image()
     calls = [
         lambda p: p.interleave("Draw a red circle, then describe it.", seed=0, max_new_tokens=40, max_images=1),
-        lambda p: p.interleave("a red circle", seed=2, max_new_tokens=40, max_images=1),
+        lambda p: p.interleave("Draw a small blue square in the center.", seed=2, max_new_tokens=40, max_images=1),
         lambda p: p.generate_images("a blue square", num_images=2, seed=3, temperature=1.0),
         lambda p: p.generate_images("make it blue", images=[picture], num_images=1, seed=4, image_cfg_scale=2.0),
         lambda p: p.chat("What is this?", images=[picture], temperature=1.0, seed=5, max_new_tokens=20),

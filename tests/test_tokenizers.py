@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from janus_like import JanusLikeProcessor, JanusLikeVQModel
+from janus_like import JanusLikeProcessor, JanusLikeVQConfig, JanusLikeVQModel
 from janus_like.testing import BOS, EOS, IMAGE_TOKENS, PAD, tiny_config
 
 WORKBENCH = Path(__file__).resolve().parents[1] / "tokenizers"
@@ -64,6 +64,37 @@ def test_train_vq_improves_reconstruction_and_saves_a_loadable_model(tmp_path, c
     assert vq.config.threshold_ema_dead_code == 1.0
     codes = vq.encode(torch.zeros(1, 3, 16, 16))
     assert codes.shape == (1, 16)
+
+
+def test_a_patch_encoder_codes_each_patch_from_its_own_pixels_only(tmp_path):
+    """Pixels changed outside a patch leave its code alone (with the conv+attention encoder they do
+    not), and the model saves, passes the checkpoint checks and loads back."""
+    config = JanusLikeVQConfig(**load_script("train_vq").TINY, patch_encoder=True)
+    torch.manual_seed(0)
+    vq = JanusLikeVQModel(config).eval()
+    f = config.downsample_factor
+    image = torch.rand(1, 3, 4 * f, 4 * f) * 2 - 1
+    changed = image.clone()
+    changed[..., f:, :] = -changed[..., f:, :]  # every row of patches but the first
+    before, after = (vq.encode(x).view(4, 4) for x in (image, changed))
+    assert torch.equal(before[0], after[0]) and not torch.equal(before[1:], after[1:])
+    conv = JanusLikeVQModel(JanusLikeVQConfig(**load_script("train_vq").TINY)).eval()
+    assert not torch.equal(conv.encode(image).view(4, 4)[0], conv.encode(changed).view(4, 4)[0])
+    vq.save_pretrained(tmp_path)
+    again = JanusLikeVQModel.from_pretrained(tmp_path)
+    assert again.config.patch_encoder and torch.equal(again.encode(image), vq.encode(image))
+
+
+def test_a_composed_model_with_a_patch_encoder_passes_the_checkpoint_checks(tmp_path):
+    from janus_like import JanusLikeForConditionalGeneration
+    from janus_like.testing import tiny_model
+
+    model, processor = tiny_model(vq_config={"patch_encoder": True})
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = JanusLikeForConditionalGeneration.from_pretrained(tmp_path)  # config checked against weights
+    assert loaded.config.vq_config.patch_encoder
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_train_vq_holdout_never_trains_on_the_evaluation_images(tmp_path, capsys, monkeypatch):

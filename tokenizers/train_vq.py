@@ -130,6 +130,7 @@ def train(args: argparse.Namespace) -> dict:
         config.codebook_dim = args.codebook_dim
     if args.channel_multiplier is not None:  # one level per entry; each after the first halves the side
         config.channel_multiplier = args.channel_multiplier
+    config.patch_encoder = args.patch_encoder
     image_size = args.image_size or (32 if args.tiny else 384)
     images = image_tensors(args.images, image_size, args.synthetic, args.seed)
     if args.holdout:  # the last images never train: PSNR and usage measure generalisation
@@ -213,6 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="channels per level as multiples of the base, e.g. 1,1,2,2 (4 levels: 8x downsampling); "
         "default 1,1,2 with --tiny",
+    )
+    p.add_argument(
+        "--patch-encoder",
+        action="store_true",
+        help="encode each patch alone (vq.PatchEncoder), so that a code means the same pixels anywhere",
     )
     p.add_argument(
         "--dead-code-threshold",

@@ -75,6 +75,7 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
             str(vq["codebook_dim"]),
             "--channel-multiplier",
             ",".join(map(str, vq["channel_multiplier"])),
+            *(["--patch-encoder"] if vq.get("patch_encoder") else []),
             "--steps",
             str(vq["steps"]),
             "--batch-size",

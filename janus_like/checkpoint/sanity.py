@@ -26,12 +26,14 @@ SECTION_NAMES = {"deepseek": {"text_config": "language_config"}}
 
 # Numbered module lists whose length a config field gives (this package's tensor names; the
 # decoder's own list is found by name, as any causal LM may be the decoder)
+# (the field, the modules, how many more modules than the field says)
 MODULE_COUNTS = (
-    ("vision_config.num_hidden_layers", "vision_model.encoder.layers"),
-    ("vq_config.channel_multiplier", "vq.encoder.down_blocks"),  # one level per entry
-    ("vq_config.num_res_blocks", "vq.encoder.down_blocks.0.resnets"),
-    ("aligner_depth", "aligner.layers"),  # Linear layers at 0, 2, …: GELUs hold no tensors
-    ("gen_aligner_depth", "gen_aligner.layers"),
+    ("vision_config.num_hidden_layers", "vision_model.encoder.layers", 0),
+    ("vq_config.channel_multiplier", "vq.decoder.up_blocks", 0),  # one level per entry (either encoder)
+    ("vq_config.num_res_blocks", "vq.encoder.down_blocks.0.resnets", 0),
+    ("vq_config.num_res_blocks", "vq.decoder.up_blocks.0.resnets", 1),  # diffusers' up blocks hold one more
+    ("aligner_depth", "aligner.layers", 0),  # Linear layers at 0, 2, …: GELUs hold no tensors
+    ("gen_aligner_depth", "gen_aligner.layers", 0),
 )
 _DECODER_LAYERS = re.compile(r"^(language_model\.(?:[A-Za-z_]\w*\.)+?)(\d+)\.")
 
@@ -145,21 +147,28 @@ def check_module_counts(
     config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, names: dict[str, str] | None = None
 ) -> None:
     """Layer, level and depth counts equal the numbered modules the weights hold."""
-    counts = list(MODULE_COUNTS)
+    counts = [rule for rule in MODULE_COUNTS if _applies(config, rule[1])]
     decoder = next((m[1] for m in map(_DECODER_LAYERS.match, sorted(weights)) if m), None)
     if decoder is not None:
-        counts.insert(0, ("text_config.num_hidden_layers", decoder.rstrip(".")))
-    for field, modules in counts:
+        counts.insert(0, ("text_config.num_hidden_layers", decoder.rstrip("."), 0))
+    for field, modules, extra in counts:
         value = _field(config, field)
         claimed = len(value) if isinstance(value, (list, tuple)) else value
-        held = _numbered(weights, modules)
+        held = _numbered(weights, modules) - extra
         if claimed != held:
             claim = f"has {claimed} entries" if isinstance(value, (list, tuple)) else f"= {value!r}"
             raise _refuse(
                 where,
-                f"{_named(field, names)} {claim}, but the weights hold {held} ({modules}.N)",
+                f"{_named(field, names)} {claim}, but the weights hold {held} "
+                f"({modules}.N{f', less {extra}' if extra else ''})",
                 f"{held}, what the weights hold",
             )
+
+
+def _applies(config: JanusLikeConfig, tensor: str) -> bool:
+    """Whether a rule's tensor exists in this kind of model: a patch encoder has no levels or conv_in
+    (the whole-model shape check still covers it)."""
+    return not (tensor.startswith("vq.encoder.") and getattr(config.vq_config, "patch_encoder", False))
 
 
 def _numbered(weights: dict[str, torch.Tensor], modules: str) -> int:
@@ -172,7 +181,7 @@ def check_sizes(
     config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, names: dict[str, str] | None = None
 ) -> None:
     """Each size field equals the dimension of the tensor that shows it."""
-    for field, tensor, dim in SIZE_FIELDS:
+    for field, tensor, dim in filter(lambda rule: _applies(config, rule[1]), SIZE_FIELDS):
         value, stored = _field(config, field), weights.get(tensor)
         if value is None or stored is None or stored.dim() <= dim or value == stored.shape[dim]:
             continue

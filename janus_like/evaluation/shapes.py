@@ -233,16 +233,23 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return img
 
 
-def render_varied(scene: Scene, size: int, rng: random.Random, jitter: float = 0.03, shade: int = 12) -> Image.Image:
-    """A training view: each object moved by up to `jitter` of the side, its size ±10% and its
-    colour ±`shade` per channel, so that reading survives small changes."""
-    img = Image.new("RGB", (size, size), "white")
+def render_varied(
+    scene: Scene, size: int, rng: random.Random, jitter: float = 0.04, shade: int = 30, scale: float = 0.2
+) -> Image.Image:
+    """A training view: each object moved by up to `jitter` of the side, its size ±`scale` and its
+    colour ±`shade` per channel, on a white or light-toned page, drawn sharp or (half the time)
+    smoothed, drawn at 2× and downsampled; so that reading survives other renderers (render_other's
+    settings themselves are never used in training)."""
+    smooth = rng.random() < 0.5
+    side = 2 * size if smooth else size
+    page = tuple(rng.randint(226, 255) for _ in range(3)) if rng.random() < 0.5 else (255, 255, 255)
+    img = Image.new("RGB", (side, side), page)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
         fill = tuple(int(np.clip(v + rng.randint(-shade, shade), 0, 255)) for v in COLORS[o.color])
-        offset = (rng.uniform(-jitter, jitter) * size, rng.uniform(-jitter, jitter) * size)
-        draw_object(draw, o, size, fill=fill, scale=rng.uniform(0.9, 1.1), offset=offset)
-    return img
+        offset = (rng.uniform(-jitter, jitter) * side, rng.uniform(-jitter, jitter) * side)
+        draw_object(draw, o, side, fill=fill, scale=rng.uniform(1 - scale, 1 + scale), offset=offset)
+    return img.resize((size, size), Image.Resampling.BILINEAR) if smooth else img
 
 
 def render_other(scene: Scene, size: int, rng: random.Random) -> Image.Image:
