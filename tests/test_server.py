@@ -216,9 +216,9 @@ def test_image_generation_b64_equals_the_pipeline(client, reference):
         n=2,
         size="64x64",
         response_format="b64_json",
-        extra_body={"seed": 3, "cfg_scale": 2.0},
+        extra_body={"seed": 3, "cfg_scale": 2.0, "cfg_plausibility": 0.3},
     )
-    expected = reference.generate_images(SCENE_PROMPT, num_images=2, seed=3, cfg_scale=2.0)
+    expected = reference.generate_images(SCENE_PROMPT, num_images=2, seed=3, cfg_scale=2.0, cfg_plausibility=0.3)
     images = [decoded(d.b64_json) for d in result.data]
     assert len(images) == 2 and all(same_pixels(a, b) for a, b in zip(images, expected, strict=True))
 
@@ -363,6 +363,11 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
             (lambda: client.images.generate(prompt="x", n=11), "n", "[1, 10]"),
             (lambda: client.images.generate(prompt="x", size="1024x1024"), "size", "'64x64'"),
             (lambda: client.images.generate(prompt="x", response_format="url"), "response_format", "b64_json"),
+            (
+                lambda: client.images.generate(prompt="x", extra_body={"cfg_plausibility": 2}),
+                "cfg_plausibility",
+                "[0, 1]",
+            ),
             (
                 lambda: client.images.edit(image=("bad.png", b"GIF89a broken", "image/png"), prompt="x"),
                 "image",

@@ -73,7 +73,8 @@ class ChatCompletionRequest(_Body):
 
 
 class ImageGenerationRequest(_Body):
-    """POST /v1/images/generations; `cfg_scale`, `seed`, `temperature`, `top_k`, `top_p` are extras."""
+    """POST /v1/images/generations; `cfg_scale`, `cfg_plausibility`, `seed`, `temperature`, `top_k`,
+    `top_p` are extras."""
 
     prompt: str = Field(description="a non-empty string")
     model: str | None = Field(None, description="the served model's id (GET /v1/models)")
@@ -83,6 +84,7 @@ class ImageGenerationRequest(_Body):
     output_format: Literal["png"] | None = Field(None, description="png")
     user: str | None = None
     cfg_scale: float | None = Field(None, description=SCALE)
+    cfg_plausibility: float | None = Field(None, description="a number in [0, 1] (0: plain guidance)")
     seed: int | None = Field(None, description=SEED)
     temperature: float | None = Field(None, description=TEMPERATURE)
     top_k: int | None = Field(None, description=TOP_K)

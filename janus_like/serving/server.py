@@ -428,6 +428,7 @@ async def _images(
         )
     settings = {
         "cfg_scale": body.cfg_scale,
+        "cfg_plausibility": body.cfg_plausibility,
         "seed": body.seed,
         "temperature": body.temperature,
         "top_k": body.top_k,
