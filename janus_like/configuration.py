@@ -126,6 +126,8 @@ AutoConfig.register(JanusLikeVQConfig.model_type, JanusLikeVQConfig, exist_ok=Tr
 
 # JanusLikeConfig fields `from_parts` may set (the parts bring their own configs)
 COMPOSE_SETTINGS = set(JanusLikeConfig.__annotations__) - {"text_config", "vision_config", "vq_config"}
+# the ranges GenerationSettings takes for these settings (its MAX_SCALE; that module imports this one)
+DEFAULT_RANGES = {"default_cfg_scale": (0, 1000), "default_cfg_plausibility": (0, 1)}
 COMPOSE_SIZES = ("aligner_depth", "gen_aligner_depth", "gen_head_hidden_size", "gen_image_size")
 
 
@@ -140,15 +142,9 @@ def check_compose_settings(settings, where: str) -> None:
     for key, value in settings.items():
         if key in COMPOSE_SIZES and not (is_int(value) and value >= 1):
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be an integer >= 1")
-        # the range GenerationSettings takes for cfg_scale (its MAX_SCALE; that module imports this one)
-        if key == "default_cfg_scale" and not (is_number(value) and 0 <= value <= 1000):
-            raise SettingsError(
-                f"{where}: default_cfg_scale = {value!r} is not accepted; it must be a number from 0 to 1000"
-            )
-        if key == "default_cfg_plausibility" and not (is_number(value) and 0 <= value <= 1):
-            raise SettingsError(
-                f"{where}: default_cfg_plausibility = {value!r} is not accepted; it must be a number from 0 to 1"
-            )
+        low, high = DEFAULT_RANGES.get(key, (None, None))
+        if low is not None and not (is_number(value) and low <= value <= high):
+            raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a number from {low} to {high}")
         if isinstance(JanusLikeConfig.__dataclass_fields__[key].default, str) and not isinstance(value, str):
             raise SettingsError(f"{where}: {key} = {value!r} is not accepted; it must be a string")
 

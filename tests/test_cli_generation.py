@@ -189,16 +189,22 @@ def test_chat_with_compile_answers_like_eager(saved, capsys):
     assert capsys.readouterr().out == eager
 
 
-def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypatch):
+def _submitted_settings(monkeypatch) -> list:
+    """The GenerationSettings of every call the scheduler is given from now on (calls go through)."""
     from janus_like.generation.scheduler import Scheduler
 
     seen, submit = [], Scheduler.submit
 
     def recording(self, requests, settings):
-        seen.append(settings.image_cfg_scale)
+        seen.append(settings)
         return submit(self, requests, settings)
 
     monkeypatch.setattr(Scheduler, "submit", recording)
+    return seen
+
+
+def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypatch):
+    seen = _submitted_settings(monkeypatch)
     image = write_image(tmp_path / "in.png", shape_image())
     assert (
         main(
@@ -219,23 +225,15 @@ def test_generate_passes_image_guidance_to_the_engine(saved, tmp_path, monkeypat
         )
         == 0
     )
-    assert seen == [2.5] and (tmp_path / "out" / "image_0.png").is_file()
+    assert [s.image_cfg_scale for s in seen] == [2.5] and (tmp_path / "out" / "image_0.png").is_file()
 
 
 def test_generate_passes_the_plausibility_cut_and_records_the_resolved_one(saved, tmp_path, monkeypatch):
-    from janus_like.generation.scheduler import Scheduler
-
-    seen, submit = [], Scheduler.submit
-
-    def recording(self, requests, settings):
-        seen.append(settings.cfg_plausibility)
-        return submit(self, requests, settings)
-
-    monkeypatch.setattr(Scheduler, "submit", recording)
+    seen = _submitted_settings(monkeypatch)
     argv = ["generate", "a red circle", "--model", saved, "--num-images", "1"]
     assert main(argv + ["--cfg-plausibility", "0.2", "--out", str(tmp_path / "a")]) == 0
     assert main(argv + ["--out", str(tmp_path / "b")]) == 0  # the model's default: 0 for this config
-    assert seen == [0.2, 0.0]
+    assert [s.cfg_plausibility for s in seen] == [0.2, 0.0]
     assert json.loads((tmp_path / "a" / "settings.json").read_text())["cfg_plausibility"] == 0.2
     assert json.loads((tmp_path / "b" / "settings.json").read_text())["cfg_plausibility"] == 0.0
 

@@ -24,13 +24,12 @@ from ..errors import CheckpointError, SettingsError, is_number, one_line
 # How a layout's config.json names a section this package reads under another name
 SECTION_NAMES = {"deepseek": {"text_config": "language_config"}}
 
-# Numbered module lists whose length a config field gives (this package's tensor names; the
-# decoder's own list is found by name, as any causal LM may be the decoder)
-# (the field, the modules, how many more modules than the field says)
+# Numbered module lists whose length a config field gives, as (the field, the modules, how many
+# more modules than the field says); this package's tensor names, the VQ's counted on its decoder,
+# which either encoder has (the decoder LM's own list is found by name, as any causal LM may be it)
 MODULE_COUNTS = (
     ("vision_config.num_hidden_layers", "vision_model.encoder.layers", 0),
     ("vq_config.channel_multiplier", "vq.decoder.up_blocks", 0),  # one level per entry (either encoder)
-    ("vq_config.num_res_blocks", "vq.encoder.down_blocks.0.resnets", 0),
     ("vq_config.num_res_blocks", "vq.decoder.up_blocks.0.resnets", 1),  # diffusers' up blocks hold one more
     ("aligner_depth", "aligner.layers", 0),  # Linear layers at 0, 2, …: GELUs hold no tensors
     ("gen_aligner_depth", "gen_aligner.layers", 0),
@@ -147,7 +146,7 @@ def check_module_counts(
     config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, names: dict[str, str] | None = None
 ) -> None:
     """Layer, level and depth counts equal the numbered modules the weights hold."""
-    counts = [rule for rule in MODULE_COUNTS if _applies(config, rule[1])]
+    counts = list(MODULE_COUNTS)
     decoder = next((m[1] for m in map(_DECODER_LAYERS.match, sorted(weights)) if m), None)
     if decoder is not None:
         counts.insert(0, ("text_config.num_hidden_layers", decoder.rstrip("."), 0))
@@ -165,12 +164,6 @@ def check_module_counts(
             )
 
 
-def _applies(config: JanusLikeConfig, tensor: str) -> bool:
-    """Whether a rule's tensor exists in this kind of model: a patch encoder has no levels or conv_in
-    (the whole-model shape check still covers it)."""
-    return not (tensor.startswith("vq.encoder.") and getattr(config.vq_config, "patch_encoder", False))
-
-
 def _numbered(weights: dict[str, torch.Tensor], modules: str) -> int:
     """How many `modules.N` the tensor names hold."""
     pattern = re.compile(re.escape(modules) + r"\.(\d+)\.")
@@ -181,7 +174,7 @@ def check_sizes(
     config: JanusLikeConfig, weights: dict[str, torch.Tensor], where: str, names: dict[str, str] | None = None
 ) -> None:
     """Each size field equals the dimension of the tensor that shows it."""
-    for field, tensor, dim in filter(lambda rule: _applies(config, rule[1]), SIZE_FIELDS):
+    for field, tensor, dim in SIZE_FIELDS:  # a tensor the model lacks (a patch encoder's conv_in) is skipped
         value, stored = _field(config, field), weights.get(tensor)
         if value is None or stored is None or stored.dim() <= dim or value == stored.shape[dim]:
             continue
