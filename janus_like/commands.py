@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .errors import PromptError
 from .fileio import check_output_folder, output_set, save_image, write_json, write_text
 from .generation.events import Done, ImageDone, ImageProgress, TextDelta
-from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, GenerationSettings, check_num_images
+from .generation.settings import MAX_IMAGES_PER_PROMPT, MAX_SEED, check_num_images, check_sampling
 from .images import display_factor
 from .pipeline import JanusLikePipeline, check_prompt
 
@@ -25,7 +25,7 @@ def _pipeline(args: argparse.Namespace, prompts: list[str] | None = None, **sett
     """Check the prompt(s) and settings (fast, before any weights are read), then load the model."""
     for prompt in prompts or [args.prompt]:
         check_prompt(prompt)
-    GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
+    check_sampling(**settings)
     return load_pipeline(args)
 
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..commands import load_pipeline, run_settings
 from ..errors import SettingsError, is_int, is_number
 from ..fileio import check_output_folder, output_set, save_image, write_json
-from ..generation.settings import MAX_SCALE, MAX_SEED, GenerationSettings
+from ..generation.settings import MAX_SCALE, MAX_SEED, check_sampling
 from ..pipeline import JanusLikePipeline
 from . import shapes_language as lang
 from .shapes import (
@@ -476,7 +476,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """`janus-like eval shapes`: print the table, write OUT/grid.png, OUT/scores.png and OUT/results.json."""
     check_settings(args.num_scenes, args.images_per_prompt, args.seed, args.guidance_scales)
     sampling = dict(cfg_scale=args.cfg_scale, cfg_plausibility=args.cfg_plausibility, temperature=args.temperature)
-    GenerationSettings(**{k: v for k, v in sampling.items() if v is not None})  # in range, before loading
+    check_sampling(**sampling)  # in range, before loading
     check_output_folder(args.out)
     pipe = load_pipeline(args)
     evaluation = ShapesEval(

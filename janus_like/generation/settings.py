@@ -109,6 +109,11 @@ class GenerationSettings:
         return self.image_cfg_scale != 1.0
 
 
+def check_sampling(**settings) -> None:
+    """Refuse out-of-range settings before any weights are read (a None setting is left to its default)."""
+    GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
+
+
 def check_num_images(num_images: int, prompts: int = 1) -> int:
     """`num_images` per prompt for `prompts` prompts: at least one, at most MAX_IMAGES_PER_PROMPT in all."""
     num_images = _integer(num_images)

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ImageError, JanusLikeError
 from ..generation.events import Done, ImageDone, RowResult, TextDelta
-from ..generation.settings import MAX_SEED, GenerationSettings
+from ..generation.settings import MAX_SEED, check_sampling
 from ..pipeline import JanusLikePipeline, check_prompt
 from . import openai_schema as schema
 from .media import (
@@ -212,7 +212,7 @@ class _ChatPlan:
             _message(m, f"messages[{i}]", state.settings.max_image_pixels) for i, m in enumerate(body.messages)
         ]
         self.settings = _chat_settings(body, self.mode)
-        GenerationSettings(**{k: v for k, v in self.settings.items() if v is not None})
+        check_sampling(**self.settings)
         # the pipeline builds this same sequence; counted here for `usage` (interleaving uses no system prompt)
         system = "" if self.mode == "interleave" else None
         self.prompt_tokens = len(state.pipeline.processor.conversation(self.messages, system_prompt=system))
@@ -464,7 +464,7 @@ def _check_size(pipeline: JanusLikePipeline, size: str | None) -> str:
 
 def _check_image_request(prompt: str, settings: dict) -> None:
     check_prompt(prompt)
-    GenerationSettings(**{k: v for k, v in settings.items() if v is not None})
+    check_sampling(**settings)
 
 
 async def _edit_form(request: Request) -> tuple[dict, list[UploadFile]]:
