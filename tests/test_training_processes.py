@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,10 +41,21 @@ def losses(run_dir: Path) -> list[float]:
     return [h["loss"] for h in json.loads((run_dir / "out" / "metrics.json").read_text())["history"]]
 
 
-def two_processes(script: Path, *args: str) -> None:
-    """Run `script args` on two CPU processes under torchrun (gloo)."""
+# torch's gloo worker threads can outlive destroy_process_group (the process group object stays
+# referenced from C++) and, rarely, take the GIL during interpreter shutdown: std::terminate after the
+# run has finished (seen twice in CI under FSDP; pytorch/pytorch#179291 describes it). Only that, and
+# only once the run's outputs are all written, is let through; the callers' checks then read them.
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def two_processes(script: Path, *args: str, outputs: Path | None = None) -> None:
+    """Run `script args` on two CPU processes under torchrun (gloo); `outputs`: the run's output_dir."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
     result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=400)
+    finished = outputs is not None and (outputs / "metrics.json").is_file() and (outputs / "final").is_dir()
+    if result.returncode != 0 and finished and EXIT_ABORT in result.stderr:
+        warnings.warn(f"torchrun: a process aborted at exit after the run finished ({EXIT_ABORT})", stacklevel=2)
+        return
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -101,7 +113,7 @@ def test_two_ddp_processes_match_one_process_with_the_global_batch(tmp_path):
         eval={"files": [data], "every": 5, "batches": 2},
     )
     config = write_config(tmp_path / "ddp", **sections)
-    two_processes(tmp_path / "train_and_dump.py", str(config), str(tmp_path / "ddp"))
+    two_processes(tmp_path / "train_and_dump.py", str(config), str(tmp_path / "ddp"), outputs=tmp_path / "ddp" / "out")
     rank0, rank1 = (load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1))
 
     reset_accelerate()
@@ -166,8 +178,8 @@ def test_two_fsdp_processes_match_one_process_and_resume_from_sharded_checkpoint
         eval={"files": [data], "every": 3, "batches": 2},
     )
     config = write_config(tmp_path / "fsdp", **sections)
-    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config))
     out = tmp_path / "fsdp" / "out"
+    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config), outputs=out)
     assert (out / "checkpoints" / "step-00000003" / "pytorch_model_fsdp_0").is_dir()  # written shard-wise
     fsdp_losses, fsdp_final = losses(tmp_path / "fsdp"), load_file(out / "final" / "model.safetensors")
 
@@ -181,7 +193,7 @@ def test_two_fsdp_processes_match_one_process_and_resume_from_sharded_checkpoint
 
     shutil.rmtree(out / "checkpoints" / "step-00000006")
     shutil.rmtree(out / "final")
-    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config), "--resume")
+    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config), "--resume", outputs=out)
     assert losses(tmp_path / "fsdp") == fsdp_losses
 
 
@@ -199,7 +211,7 @@ def test_fsdp_trains_lora_adapters_on_a_bf16_model(tmp_path):
         training={"max_steps": 4, "batch_size": 2, "mixed_precision": "bf16"},
         logging={"save_every": 4, "tensorboard": False},
     )
-    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config))
+    two_processes(tmp_path / "train_fsdp.py", SHIPPED_FSDP, "train", str(config), outputs=tmp_path / "lora" / "out")
     final = load_file(tmp_path / "lora" / "out" / "final" / "model.safetensors")
     initial = tiny_model(seed=0)[0].to(torch.bfloat16).state_dict()
     assert not any("lora" in name for name in final)
