@@ -1,6 +1,7 @@
 """The scheduler: concurrent calls share decode steps over one KV cache, each call's output is the
 same as alone (seeded sampling included), cancelled calls free their slots, errors stay with their call."""
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,7 +10,7 @@ import torch
 
 from janus_like import JanusLikePipeline, PromptError, SettingsError
 from janus_like.generation import Done, GenerationSettings, ImageProgress, Request, TextDelta
-from janus_like.generation.scheduler import _GOLDEN, Scheduler, _mix, exponential_noise, row_seed
+from janus_like.generation.scheduler import _GOLDEN, Scheduler, _mix, _stop_all, exponential_noise, row_seed
 from janus_like.testing import shape_image, tiny_model, widen_weights
 
 
@@ -241,6 +242,34 @@ def test_the_scheduler_thread_ends_when_idle_and_a_new_call_starts_it(pipe, monk
     pipe.chat("hello", max_new_tokens=2)
     _wait(lambda: pipe.scheduler._thread is None)  # an unused pipeline keeps no thread (nor itself) alive
     assert pipe.chat("hello", max_new_tokens=2) == pipe.chat("hello", max_new_tokens=2)
+
+
+def test_exit_waits_for_a_scheduler_thread_that_is_ending(pipe, monkeypatch):
+    """At exit, a loop thread that has left its loop may still hold the last reference to its scheduler
+    and free its tensors as it ends; a tensor freed during interpreter shutdown aborts the process
+    (seen: `terminate called without an active exception` after pytest had finished). So the exit
+    handler waits for every loop thread, not only those of the schedulers it can still reach."""
+    pipe.scheduler.stop()  # a loop thread of an earlier test ends first: the next call starts a patched one
+    release, ending = threading.Event(), []
+    loop = Scheduler._run
+
+    def loop_then_linger(self):
+        ending.append(threading.current_thread())
+        loop(self)
+        release.wait(10)  # out of the loop, not yet ended
+
+    monkeypatch.setattr(Scheduler, "_run", loop_then_linger)
+    monkeypatch.setattr("janus_like.generation.scheduler.IDLE_SECONDS", 0.01)
+    pipe.chat("hello", max_new_tokens=2)
+    _wait(lambda: pipe.scheduler._thread is None)  # left its loop
+    at_exit = threading.Thread(target=_stop_all)
+    at_exit.start()
+    at_exit.join(0.5)
+    assert at_exit.is_alive() and ending[0].is_alive(), "the exit handler returned before the thread ended"
+    release.set()
+    at_exit.join(10)
+    assert not at_exit.is_alive() and not ending[0].is_alive()
+    assert pipe.chat("hello", max_new_tokens=2)  # a later call starts a new loop thread
 
 
 def test_previews_and_progress_come_from_drawing_steps_that_read_nothing_back(pipe):

@@ -78,6 +78,10 @@ IDLE_SECONDS = 1.0  # the scheduler thread ends after this long with nothing to 
 DEFAULT_CACHE_LENGTH = 4096
 _END = object()  # the last item of a call's event queue
 _SCHEDULERS: weakref.WeakSet = weakref.WeakSet()  # stopped at exit, before daemon threads are cut off mid-op
+# Every loop thread, joined at exit too: one that holds the last reference to its scheduler frees the
+# scheduler's tensors as it ends, and a tensor freed during interpreter shutdown aborts the process
+# (`terminate called without an active exception`); by then the scheduler has left _SCHEDULERS.
+_LOOP_THREADS: weakref.WeakSet = weakref.WeakSet()
 
 
 # ---------------------------------------------------------------------- counter-based noise
@@ -408,6 +412,7 @@ class Scheduler:
         """Start the scheduler thread unless it runs (lock held)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="janus-like-scheduler", daemon=True)
+            _LOOP_THREADS.add(self._thread)
             self._thread.start()
 
     @torch.inference_mode()
@@ -844,6 +849,8 @@ class Scheduler:
 def _stop_all() -> None:
     for scheduler in list(_SCHEDULERS):
         scheduler.stop()
+    for thread in list(_LOOP_THREADS):
+        thread.join(timeout=10)
 
 
 def _to_device(values: list, device: torch.device) -> torch.Tensor:
