@@ -159,7 +159,8 @@ def write_shapes(root: Path, size: int = 64, seed: int = 0, counts: dict[str, in
         add({"task": "generation", "prompt": instruction, "input_images": [images.view(source)],
              "image": images.render(target)})  # fmt: skip
     for _ in range(counts["understanding"]):
-        scene = None if rng.random() < 0.08 else training_scene(rng)
+        # half two-object scenes: telling which object has which colour and shape is the harder read
+        scene = None if rng.random() < 0.08 else training_scene(rng, two_share=0.5)
         add({"task": "understanding", "messages": conversation(scene, images.view(scene), rng)})
     for _ in range(counts["interleaved"]):
         scenes = [random_scene(rng, 1, held=False) for _ in range(rng.choice([1, 2]))]

@@ -148,7 +148,7 @@ def test_edit_changes_the_asked_attribute_only(pipe):
     source = render(RED_SQUARE, 64)
     for instruction, target in (
         ("make it blue", Scene.single("blue", "square", "large", "left")),
-        ("put the shape on the right", Scene.single("red", "square", "large", "right")),  # "to the right": no
+        ("move it to the right", Scene.single("red", "square", "large", "right")),
         ("make it small", Scene.single("red", "square", "small", "left")),
     ):
         images = pipe.generate_images(instruction, images=[source], num_images=4, seed=0)

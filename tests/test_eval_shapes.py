@@ -380,6 +380,10 @@ def test_answers_say_what_the_scene_holds():
         assert lang.answer("exists", s, Object(other_color, o.shape, None, None)) == "No."
         assert lang.answer("exists", s, Object(o.color, o.shape, other_size, None)) == "No."
     assert lang.read_description(lang.answer("describe", two)) == two
+    # one wording per image: the left or top object first, whichever a prompt named first
+    mirrored = Scene(two.objects[::-1])
+    assert lang.answer("describe", mirrored) == lang.answer("describe", two)
+    assert two.objects[0].position in ("left", "top")
     assert _answers(lang.answer("count", two), "count", "two")
     assert all(lang.answer("exists", two, replace(o, size=None)) == "Yes." for o in two.objects)
     assert lang.answer("describe", None) == lang.NO_SHAPE and _says_no_shape(lang.answer("describe", None))

@@ -39,6 +39,14 @@ def describe(scene: Scene) -> str:
     return f"a {noun(a)} {RELATION[a.position, b.position]} a {noun(b)}"
 
 
+def reading_order(scene: Scene) -> Scene:
+    """Two objects named left or top one first, as a page is read: an answer then has one wording
+    per image (a prompt may name either first; a describing answer learned both and split its bets)."""
+    if len(scene.objects) == 2 and scene.objects[0].position in ("right", "bottom"):
+        return Scene(scene.objects[::-1])
+    return scene
+
+
 def sentence(text: str) -> str:
     return text[0].upper() + text[1:] + "."
 
@@ -70,9 +78,12 @@ GENERATE_ONE = Phrasings(  # one object only: attributes reordered
     train=("{W}, a {n}", "a {c} {s}, {z}, {w}", "a {z} {s} in {c} {w}"),
     eval=("{w}: a {n}", "a {n}, {w}", "{W} draw a {z} {c} {s}"),
 )
-DESCRIBE = Phrasings(
+DESCRIBE = Phrasings(  # many forms ("Tell me …", "… in the picture"), so that no form cues another answer
     train=("What is in this image?", "Describe the image.", "What do you see?", "What is this?",
-           "Describe the picture.", "What does the picture show?"),
+           "Describe the picture.", "What does the picture show?", "Tell me what you see.",
+           "Tell me what is in the picture.", "Tell me about the image.", "What is in the picture?",
+           "What can you see in this image?", "Describe what you see in the image.",
+           "What is shown in the picture?", "Please describe this image."),
     eval=("What does this image show?", "What do you see in the picture?", "Tell me what the image shows."),
 )  # fmt: skip
 COLOR_Q = Phrasings(
@@ -131,7 +142,7 @@ EDIT = {  # {v}: the new value
                        "resize it to {v}", "make it a {v} one"),
                       ("change its size to {v}", "resize the shape to {v}")),
     "position": Phrasings(("move it {w}", "put it {w}", "move the shape {w}", "now move it {w}",
-                           "place it {w}", "move it over {w}"),
+                           "place it {w}", "move it over {w}", "move it to the {v}", "shift it to the {v}"),
                           ("put the shape {w}", "place the shape {w}")),
 }  # fmt: skip
 DRAW_ONE = Phrasings(  # {d}: the scene
@@ -204,7 +215,7 @@ def answer(kind: str, scene: Scene | None, asked: Object | None = None) -> str:
     if scene is None:
         return "There are no shapes." if kind == "count" else NO_SHAPE
     if kind == "describe":
-        return sentence(describe(scene))
+        return sentence(describe(reading_order(scene)))
     if kind == "count":
         return "There is one shape." if len(scene.objects) == 1 else "There are two shapes."
     o = scene.object
