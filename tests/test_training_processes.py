@@ -41,9 +41,9 @@ def losses(run_dir: Path) -> list[float]:
     return [h["loss"] for h in json.loads((run_dir / "out" / "metrics.json").read_text())["history"]]
 
 
-# torch's gloo worker threads can outlive destroy_process_group (the process group object stays
-# referenced from C++) and, rarely, take the GIL during interpreter shutdown: std::terminate after the
-# run has finished (seen twice in CI under FSDP; pytorch/pytorch#179291 describes it). Only that, and
+# Rarely a process aborts at exit after the run has finished (seen twice in CI under FSDP). The gloo
+# process group stays referenced after destroy_process_group, so likely its threads take the GIL during
+# interpreter shutdown (pytorch/pytorch#179291 describes that abort). Only that, and
 # only once the run's outputs are all written, is let through; the callers' checks then read them.
 EXIT_ABORT = "terminate called without an active exception"
 
