@@ -94,12 +94,17 @@ class JanusLikeVQModel(PreTrainedModel):
 
     @torch.no_grad()
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1], (B, 3, H, W) -> code ids (B, H/f * W/f), row-major."""
-        latents = self._latents(pixel_values).float()
-        # Nearest unit-norm code by cosine similarity; the same argmax VectorQuantize takes,
-        # done here so that encoding never updates the EMA codebook.
-        normed = F.normalize(latents, dim=1).flatten(2).transpose(1, 2)  # (B, hw, D)
-        similarity = normed @ self.codebook.float().t()
+        """Pixels in [-1, 1], (B, 3, H, W) -> code ids (B, H/f * W/f), row-major.
+
+        Autocast is off: codes a few 1e-3 apart in cosine are told apart by rounding, and a
+        training target must not depend on the trainer's mixed precision (bf16 autocast coded
+        the embedded model's blank patch 0, float32 coded it 417)."""
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            latents = self._latents(pixel_values).float()
+            # Nearest unit-norm code by cosine similarity; the same argmax VectorQuantize takes,
+            # done here so that encoding never updates the EMA codebook.
+            normed = F.normalize(latents, dim=1).flatten(2).transpose(1, 2)  # (B, hw, D)
+            similarity = normed @ self.codebook.float().t()
         return similarity.argmax(dim=-1)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:

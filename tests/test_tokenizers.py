@@ -162,6 +162,43 @@ def test_dead_codes_are_replaced():
     assert usage[2.0] > usage[0.0], usage
 
 
+def test_encode_gives_the_same_codes_under_autocast():
+    """A training target must not depend on the trainer's mixed precision: with 4096 codes in 4
+    dimensions nearly every patch has a near tie, which bf16 rounding would break differently."""
+    train_vq = load_script("train_vq")
+    torch.manual_seed(0)
+    vq = JanusLikeVQModel(JanusLikeVQConfig(**dict(train_vq.TINY, codebook_size=4096, codebook_dim=4))).eval()
+    images = train_vq.image_tensors(None, 16, 16, seed=0)
+    plain = vq.encode(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(vq.encode(images), plain)
+
+
+def test_merging_codes_keeps_one_code_per_look_and_parks_the_rest():
+    """Near-twin codes (as dead-code replacement makes them) collapse into one; unused codes are
+    never chosen again; what remains is stable under bf16 rounding."""
+    train_vq = load_script("train_vq")
+    torch.manual_seed(0)
+    vq = JanusLikeVQModel(JanusLikeVQConfig(**dict(train_vq.TINY, patch_encoder=True))).eval()
+    images = train_vq.image_tensors(None, 16, 32, seed=0)
+    ids = vq.encode(images).flatten()
+    used = ids.unique()
+    unused = [c for c in range(vq.config.codebook_size) if c not in set(used.tolist())]
+    with torch.no_grad():  # give the three most used codes twins 1e-4 away, as dead-code replacement does
+        for code, twin in zip(torch.bincount(ids).argsort(descending=True)[:3].tolist(), unused):
+            nudged = vq.codebook[code] + 1e-4 * torch.randn_like(vq.codebook[code])
+            vq.codebook[twin] = torch.nn.functional.normalize(nudged, dim=0)
+    kept = train_vq.merge_near_codes(vq, images, 0.003, 16)
+    vq.eval()
+    after = vq.encode(images).flatten().unique()
+    book = torch.nn.functional.normalize(vq.codebook[after], dim=-1)
+    similarity = book @ book.t() - 2 * torch.eye(len(after))
+    assert len(after) == kept <= len(used)
+    assert float(similarity.max()) < 1 - 0.003  # no two codes in use within the tolerance
+    parked = [c for c in range(vq.config.codebook_size) if c not in set(after.tolist())]
+    assert torch.allclose(vq.codebook[parked], vq.codebook[parked[0]].expand(len(parked), -1))
+
+
 def test_adversarial_loss_runs(tmp_path):
     train_vq = load_script("train_vq")
     args = train_vq.parse_args(

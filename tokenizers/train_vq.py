@@ -4,7 +4,8 @@ Losses: pixel reconstruction (MSE) + the quantizer's commitment loss; the codebo
 EMA of the encoder outputs assigned to each code (vector_quantize_pytorch), and codes whose EMA
 cluster size falls below `--dead-code-threshold` are replaced by encoder outputs of the batch
 (the VQ config's `threshold_ema_dead_code`), which keeps the codebook in use. Optionally a
-PatchGAN hinge adversarial loss sharpens details (`--adversarial-weight`).
+PatchGAN hinge adversarial loss sharpens details (`--adversarial-weight`), and `--merge-codes`
+collapses the near-twin codes that replacement leaves behind (merge_near_codes).
 
 Reports PSNR and codebook usage, writes a grid of originals over reconstructions as a PNG and the
 model as a `save_pretrained` directory (load it with `JanusLikeVQModel.from_pretrained`, or
@@ -106,6 +107,38 @@ def evaluate(model: JanusLikeVQModel, images: torch.Tensor, batch_size: int) -> 
     }
 
 
+@torch.no_grad()
+def merge_near_codes(model: JanusLikeVQModel, images: torch.Tensor, tolerance: float, batch_size: int) -> int:
+    """Keep one code per direction the images use (codes within `tolerance` of cosine distance of
+    a more used one are dropped) and park every other code where no image patch reaches it;
+    returns the number kept. Why: dead-code replacement refills unused codes with copies of
+    frequent encoder outputs, so many codes nearly coincide (the embedded model's blank page had
+    codes 0 and 417 at cosine 0.9997), and which one a patch gets is decided by float rounding.
+    Merging makes a patch's code stable across precisions and devices and leaves the generator
+    one id per look. The EMA buffers are left as they were: merging is the last step of training."""
+    model.eval()
+    book = F.normalize(model.codebook.float(), dim=-1)
+    ids = torch.cat([model.encode(chunk) for chunk in images.split(batch_size)]).flatten()
+    counts = torch.bincount(ids.cpu(), minlength=len(book))
+    kept: list[int] = []
+    for code in counts.argsort(descending=True)[: int((counts > 0).sum())].tolist():
+        if not kept or float((book[kept] @ book[code]).max()) < 1 - tolerance:
+            kept.append(code)
+    latents = torch.cat([model._latents(part).float().flatten(2).transpose(1, 2) for part in images.split(batch_size)])
+    latents = F.normalize(latents.reshape(-1, book.shape[1]), dim=-1)
+    # the parking direction: the random unit vector least similar to every patch's latent
+    candidates = F.normalize(torch.randn(4096, book.shape[1], generator=torch.Generator().manual_seed(0)), dim=-1)
+    reach = (latents @ candidates.to(latents.device).t()).max(dim=0).values
+    park = candidates[int(reach.argmin())].to(book.device)
+    if float(reach.min()) >= float((latents @ book[kept].t()).max(dim=-1).values.min()):
+        raise JanusLikeError("train_vq: --merge-codes found no direction that every image patch is farther from")
+    merged = park.expand_as(book).clone()
+    merged[kept] = book[kept]
+    model.codebook.copy_(merged.to(model.codebook.dtype))
+    model.train()
+    return len(kept)
+
+
 def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, n: int = 8) -> None:
     """Originals (top row) over reconstructions (bottom row), upscaled for viewing."""
     tops, bottoms = pixels_to_pil(originals[:n]), pixels_to_pil(reconstructions[:n])
@@ -167,6 +200,7 @@ def train(args: argparse.Namespace) -> dict:
             disc_opt.step()
         bar.set_postfix(recon=f"{out['recon_loss'].item():.4f}", usage=f"{out['codebook_usage'].item():.2f}")
 
+    kept = merge_near_codes(model, images.to(device), args.merge_codes, args.batch_size) if args.merge_codes else None
     after = evaluate(model, eval_images.to(device), args.batch_size)
     out_dir = Path(args.out)
     final = out_dir / "model"
@@ -179,6 +213,7 @@ def train(args: argparse.Namespace) -> dict:
         "psnr": after["psnr"],
         "codebook_usage_before": before["codebook_usage"],
         "codebook_usage": after["codebook_usage"],
+        "codes_kept": kept,
     }
     codes = len(eval_images) * after["codes_per_image"]  # usage cannot exceed what the images hold
     cap = (
@@ -188,7 +223,8 @@ def train(args: argparse.Namespace) -> dict:
     )
     print(
         f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB; codebook usage "
-        f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes{cap} "
+        f"{before['codebook_usage']:.1%} -> {after['codebook_usage']:.1%} of {config.codebook_size} codes{cap}"
+        f"{f', {kept} kept after merging' if kept else ''} "
         f"(on {len(eval_images)} {'held-out' if args.holdout else 'training'} images); "
         f"wrote {final} and {out_dir / 'reconstructions.png'}"
     )
@@ -227,6 +263,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="replace codes whose EMA cluster size falls below this (0: never)",
     )
     p.add_argument("--codebook-decay", type=number(0, 1), default=0.8, help="EMA decay of the codebook")
+    p.add_argument(
+        "--merge-codes",
+        type=number(0, 1),
+        default=0.0,
+        help="after training, merge codes the images use within this cosine distance and park unused ones (0: off)",
+    )
     p.add_argument("--adversarial-weight", type=number(0), default=0.0, help="PatchGAN hinge loss weight (0: off)")
     p.add_argument("--adversarial-start", type=whole(0), default=0, help="step at which the adversarial loss starts")
     p.add_argument("--steps", type=whole(1), default=1000)

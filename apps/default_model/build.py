@@ -76,6 +76,7 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
             "--channel-multiplier",
             ",".join(map(str, vq["channel_multiplier"])),
             *(["--patch-encoder"] if vq.get("patch_encoder") else []),
+            *(["--merge-codes", str(vq["merge_codes"])] if vq.get("merge_codes") else []),
             "--steps",
             str(vq["steps"]),
             "--batch-size",
