@@ -373,23 +373,25 @@ def test_answers_say_what_the_scene_holds():
         assert _answers(count, "count", "one") and not _answers(count, "count", "two")
         for attribute in ATTRIBUTES:
             assert lang.names_only(lang.answer(attribute, s), attribute, getattr(o, attribute))
-        assert lang.answer("exists", s, Object(o.color, o.shape, None, None)) == "Yes."
-        assert lang.answer("exists", s, Object(None, o.shape, o.size, None)) == "Yes."
+        assert lang.verdict(lang.answer("exists", s, Object(o.color, o.shape, None, None))) == "yes"
+        assert lang.verdict(lang.answer("exists", s, Object(None, o.shape, o.size, None))) == "yes"
         other_color = next(c for c in COLORS if c != o.color)
         other_size = next(z for z in SIZES if z != o.size)
-        assert lang.answer("exists", s, Object(other_color, o.shape, None, None)) == "No."
-        assert lang.answer("exists", s, Object(o.color, o.shape, other_size, None)) == "No."
+        assert lang.verdict(lang.answer("exists", s, Object(other_color, o.shape, None, None))) == "no"
+        assert lang.verdict(lang.answer("exists", s, Object(o.color, o.shape, other_size, None))) == "no"
+        # the answer says what it saw before the verdict
+        assert lang.read_description(lang.answer("exists", s, Object(other_color, o.shape, None, None))) == s
     assert lang.read_description(lang.answer("describe", two)) == two
     # one wording per image: the left or top object first, whichever a prompt named first
     mirrored = Scene(two.objects[::-1])
     assert lang.answer("describe", mirrored) == lang.answer("describe", two)
     assert two.objects[0].position in ("left", "top")
     assert _answers(lang.answer("count", two), "count", "two")
-    assert all(lang.answer("exists", two, replace(o, size=None)) == "Yes." for o in two.objects)
+    assert all(lang.verdict(lang.answer("exists", two, replace(o, size=None))) == "yes" for o in two.objects)
     assert lang.answer("describe", None) == lang.NO_SHAPE and _says_no_shape(lang.answer("describe", None))
     assert _answers(lang.answer("count", None), "count", "no") and _says_no_shape(lang.answer("count", None))
     assert all(lang.answer(a, None) == lang.NO_SHAPE for a in ATTRIBUTES)
-    assert lang.answer("exists", None, Object("red", "circle", None, None)) == "No."
+    assert lang.answer("exists", None, Object("red", "circle", None, None)) == "I see no shape, so no."
 
 
 def test_draw_requests_and_answers():
@@ -497,21 +499,25 @@ def test_data_set_holds_no_held_out_combination(shapes_data):
 
 
 def test_data_set_answers_describe_their_views(shapes_data):
-    """A description answer names the scene the judge reads in its view (or says there is no shape)."""
+    """A description answer, and the "I see …" of a yes/no answer, names the scene the judge reads
+    in its view (or says there is no shape); the judge misreads about 1 in 150 varied views (two
+    objects touching, a small shape blurred), so a few may differ."""
     root, records, _ = shapes_data
-    checked = 0
+    checked, differ = {"describe": 0, "exists": 0}, []
     for record in records:
         if record["task"] != "understanding":
             continue
         question, reply = record["messages"][0]["content"], record["messages"][1]["content"][0]["text"]
-        if question[1]["text"] in lang.DESCRIBE.train:
+        kind = "describe" if question[1]["text"] in lang.DESCRIBE.train else "exists" if lang.verdict(reply) else None
+        if kind:
             reading, described = classify(Image.open(root / question[0]["image"])), lang.read_description(reply)
             if described is None:
-                assert reply == lang.NO_SHAPE and not reading.objects, record
-            else:
-                assert reads_as(reading, described), record
-            checked += 1
-    assert checked >= 10
+                assert "no shape" in reply and not reading.objects, record
+            elif not reads_as(reading, described):
+                differ.append((reply, reading))
+            checked[kind] += 1
+    assert min(checked.values()) >= 10, checked
+    assert len(differ) <= 0.05 * sum(checked.values()), differ
 
 
 def test_data_set_uses_no_eval_phrasing(shapes_data):

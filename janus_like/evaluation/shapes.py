@@ -233,15 +233,19 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return img
 
 
+# downsampling filters of smoothed training views (not Lanczos: render_other's)
+SMOOTHING_FILTERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+
+
 def render_varied(
     scene: Scene, size: int, rng: random.Random, jitter: float = 0.04, shade: int = 30, scale: float = 0.2
 ) -> Image.Image:
     """A training view: each object moved by up to `jitter` of the side, its size ±`scale` and its
     colour ±`shade` per channel, on a white or light-toned page, drawn sharp or (half the time)
-    smoothed, drawn at 2× and downsampled; so that reading survives other renderers (render_other's
-    settings themselves are never used in training)."""
-    smooth = rng.random() < 0.5
-    side = 2 * size if smooth else size
+    smoothed: drawn at 2× or 3× and downsampled with a box, bilinear or bicubic filter; so that
+    reading survives other renderers (render_other's 4× Lanczos is never used in training)."""
+    factor = rng.choice((2, 3)) if rng.random() < 0.5 else 1
+    side = factor * size
     page = tuple(rng.randint(226, 255) for _ in range(3)) if rng.random() < 0.5 else (255, 255, 255)
     img = Image.new("RGB", (side, side), page)
     draw = ImageDraw.Draw(img)
@@ -249,7 +253,9 @@ def render_varied(
         fill = tuple(int(np.clip(v + rng.randint(-shade, shade), 0, 255)) for v in COLORS[o.color])
         offset = (rng.uniform(-jitter, jitter) * side, rng.uniform(-jitter, jitter) * side)
         draw_object(draw, o, side, fill=fill, scale=rng.uniform(1 - scale, 1 + scale), offset=offset)
-    return img.resize((size, size), Image.Resampling.BILINEAR) if smooth else img
+    if factor == 1:
+        return img
+    return img.resize((size, size), rng.choice(SMOOTHING_FILTERS))
 
 
 def render_other(scene: Scene, size: int, rng: random.Random) -> Image.Image:

@@ -376,7 +376,7 @@ def _answers(answer: str, kind: str, truth: str) -> bool:
     if kind == "count":
         words = set(answer.lower().replace(".", " ").split())
         return truth in words and not words & ({"one", "two", "no"} - {truth})
-    return answer.strip().lower().rstrip(".").split(",")[0] == truth.lower().rstrip(".")
+    return lang.verdict(answer) == lang.verdict(truth)
 
 
 def _says_no_shape(answer: str) -> bool:

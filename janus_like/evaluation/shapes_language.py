@@ -83,7 +83,8 @@ DESCRIBE = Phrasings(  # many forms ("Tell me …", "… in the picture"), so th
            "Describe the picture.", "What does the picture show?", "Tell me what you see.",
            "Tell me what is in the picture.", "Tell me about the image.", "What is in the picture?",
            "What can you see in this image?", "Describe what you see in the image.",
-           "What is shown in the picture?", "Please describe this image."),
+           "What is shown in the picture?", "Please describe this image.", "Can you describe this image?",
+           "Can you tell me what is in the picture?"),
     eval=("What does this image show?", "What do you see in the picture?", "Tell me what the image shows."),
 )  # fmt: skip
 COLOR_Q = Phrasings(
@@ -210,8 +211,11 @@ def answer(kind: str, scene: Scene | None, asked: Object | None = None) -> str:
     """The answer the model learns to a question of `kind` ("describe", "count", "exists" about
     `asked`, or an attribute) about a scene (None: an image with no shape)."""
     if kind == "exists":
+        # what is there first, then the verdict: the model reads the image in words it knows well
+        # before it compares them with the question (a bare "Yes."/"No." was answered at chance)
         found = scene is not None and any(_matches(asked, o) for o in scene.objects)
-        return "Yes." if found else "No."
+        seen = "no shape" if scene is None else describe(reading_order(scene))
+        return articles(f"I see {seen}, so {'yes' if found else 'no'}.")
     if scene is None:
         return "There are no shapes." if kind == "count" else NO_SHAPE
     if kind == "describe":
@@ -225,6 +229,12 @@ def answer(kind: str, scene: Scene | None, asked: Object | None = None) -> str:
         "position": f"It is {WHERE[o.position]}.",
         "size": f"It is {o.size}.",
     }[kind]
+
+
+def verdict(answer: str) -> str | None:
+    """The yes or no an answer to "is there a …" ends with ("I see a red circle, so yes.", "No."), else None."""
+    words = re.findall(r"[a-z]+", answer.lower())
+    return words[-1] if words and words[-1] in ("yes", "no") else None
 
 
 def _matches(asked: Object, o: Object) -> bool:
