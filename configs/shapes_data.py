@@ -43,6 +43,7 @@ from janus_like.evaluation.shapes import (
 )
 
 VIEW_SIZES = (48, 64, 64, 96)  # sides of understanding and edit-input views (64 twice: the usual size)
+SMOOTHING_FACTORS = (2, 3)  # a smoothed view is drawn at one of these times its side, then downsampled
 # width / height of a share of the no-shape images: a camera's page is padded to a square by the
 # processor, and the padding bars are no objects either
 PAGE_ASPECTS = (4 / 3, 3 / 4, 16 / 9, 9 / 16)
@@ -57,8 +58,10 @@ class ImageWriter:
     """Writes images under root: a scene's render once, as renders/NAME.png (what the VQ trains on:
     exactly what generation targets), and views numbered as views/NNNNNN.png."""
 
-    def __init__(self, root: Path, size: int, rng: random.Random):
+    def __init__(self, root: Path, size: int, rng: random.Random, view_sizes: tuple[int, ...] = VIEW_SIZES,
+                 smoothing: tuple[int, ...] = SMOOTHING_FACTORS):  # fmt: skip
         self.root, self.size, self.rng, self.views = root, size, rng, 0
+        self.view_sizes, self.smoothing = tuple(view_sizes), tuple(smoothing)
         for folder in ("renders", "views"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         self.renders: dict[Scene, str] = {}
@@ -72,14 +75,14 @@ class ImageWriter:
 
     def view(self, scene: Scene | None) -> str:
         """A varied view of the scene, or (None) an image with no shape."""
-        side = self.rng.choice(VIEW_SIZES)
+        side = self.rng.choice(self.view_sizes)
         if scene is None:
             image = no_shape_image(self.rng.choice(NO_SHAPE_KINDS), side, self.rng)
             if self.rng.random() < 0.4:
                 aspect = self.rng.choice(PAGE_ASPECTS)
                 image = image.crop((0, 0, round(side * min(aspect, 1)), round(side / max(aspect, 1))))
         else:
-            image = render_varied(scene, side, self.rng)
+            image = render_varied(scene, side, self.rng, factors=self.smoothing)
         self.views += 1
         path = f"views/{self.views:06d}.png"
         image.save(self.root / path)
@@ -139,12 +142,20 @@ def text_record(scene: Scene, rng: random.Random) -> str:
     return rng.choice(options)
 
 
-def write_shapes(root: Path, size: int = 64, seed: int = 0, counts: dict[str, int] | None = None) -> dict[str, int]:
+def write_shapes(
+    root: Path,
+    size: int = 64,
+    seed: int = 0,
+    counts: dict[str, int] | None = None,
+    view_sizes: tuple[int, ...] = VIEW_SIZES,
+    smoothing: tuple[int, ...] = SMOOTHING_FACTORS,
+) -> dict[str, int]:
     """Write renders/, views/ and train.jsonl under `root` from training combinations only; returns
-    the record counts."""
+    the record counts. `view_sizes` and `smoothing`: the sides of varied views and the factors they
+    may be drawn at before downsampling."""
     counts = dict(COUNTS, **(counts or {}))
     rng = random.Random(seed)
-    images = ImageWriter(root, size, rng)
+    images = ImageWriter(root, size, rng, view_sizes, smoothing)
     records: list[dict] = []
     bar = tqdm(total=sum(counts.values()), desc="writing shapes data", unit="record")
 

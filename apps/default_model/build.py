@@ -6,7 +6,9 @@
 3. train a byte-level BPE text tokenizer on its text (tokenizers/train_text.py);
 4. compose a small Llama + tiny SigLIP + that VQ and tokenizer (from_parts);
 5. train the whole model (VQ frozen) with `janus-like train` on the task mixture;
-6. copy the result into janus_like/default_model/ and run ShapesEval on it.
+6. tune it (`janus-like train` again, short, lower learning rate) on fresh records weighted to
+   edits and conversations, with wider-varied views (recipe `tune`);
+7. copy the result into janus_like/default_model/ and run ShapesEval on it.
 
     python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
 
@@ -46,13 +48,14 @@ def run(cmd: list[str], log: Path) -> str:
     return out.stdout
 
 
-def write_data(work: Path, recipe: dict) -> Path:
+def write_data(data: Path, size: int, seed: int, spec: dict) -> Path:
+    """The shapes world's training records under `data`; `spec` holds counts and optional view settings."""
     sys.path.insert(0, str(ROOT / "configs"))
     from shapes_data import write_shapes
 
-    data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
-    write_shapes(data, size=recipe["data"]["image_size"], seed=recipe["seed"], counts=recipe["data"]["counts"])
+    views = {key: tuple(spec[key]) for key in ("view_sizes", "smoothing") if key in spec}
+    write_shapes(data, size=size, seed=seed, counts=spec["counts"], **views)
     return data
 
 
@@ -149,18 +152,27 @@ def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> Path:
     return init
 
 
-def train(work: Path, recipe: dict, init: Path, data: Path) -> dict:
+def merged(base: dict, override: dict) -> dict:
+    """`base` with `override`'s keys replaced, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def train(work: Path, name: str, settings: dict, init: Path, data: Path) -> dict:
+    """`janus-like train` from `init` on `data` into WORK/NAME (final/ holds the result); its last losses."""
     config = dict(
-        recipe["train"],
-        output_dir=str(work / "train"),
+        settings,
+        output_dir=str(work / name),
         model={"path": str(init)},
-        data=dict(recipe["train"]["data"], files=[str(data / "train.jsonl")]),
+        data=dict(settings["data"], files=[str(data / "train.jsonl")]),
     )
-    config_file = work / "train.yaml"
+    config_file = work / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    shutil.rmtree(work / "train", ignore_errors=True)
-    run([sys.executable, "-m", "janus_like.cli", "train", str(config_file)], work / "train.log")
-    history = json.loads((work / "train" / "metrics.json").read_text())["history"]
+    shutil.rmtree(work / name, ignore_errors=True)
+    run([sys.executable, "-m", "janus_like.cli", "train", str(config_file)], work / f"{name}.log")
+    history = json.loads((work / name / "metrics.json").read_text())["history"]
     last = history[-50:]
 
     def mean(key: str) -> float:
@@ -191,20 +203,25 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    data = write_data(work, recipe)
+    size = recipe["data"]["image_size"]
+    data = write_data(work / "data", size, recipe["seed"], recipe["data"])
     vq, psnr = train_vq(work, recipe, data / "renders")
     vq_seconds = time.perf_counter() - started
     text_tokenizer = train_text_tokenizer(work, recipe, data)
     init = compose(work, recipe, vq, text_tokenizer)
-    losses = train(work, recipe, init, data)
+    losses = train(work, "train", recipe["train"], init, data)
+    tune = recipe["tune"]
+    tune_data = write_data(work / "tune_data", size, tune["data"]["seed"], tune["data"])
+    tune_losses = train(work, "tune", merged(recipe["train"], tune["train"]), work / "train" / "final", tune_data)
     report = {
         "vq_psnr_db": psnr,
         "vq_seconds": round(vq_seconds),
         "final_losses_last50": losses,
+        "tune_losses_last50": tune_losses,
         "total_seconds": round(time.perf_counter() - started),
     }
     if not args.no_install:
-        report["size_mb"] = round(install(work / "train" / "final"), 2)
+        report["size_mb"] = round(install(work / "tune" / "final"), 2)
         run(
             [sys.executable, "-m", "janus_like.cli", "eval", "shapes", "--out", str(work / "eval_shapes")],
             work / "eval.log",

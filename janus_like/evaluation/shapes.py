@@ -238,13 +238,20 @@ SMOOTHING_FILTERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resa
 
 
 def render_varied(
-    scene: Scene, size: int, rng: random.Random, jitter: float = 0.04, shade: int = 30, scale: float = 0.2
+    scene: Scene,
+    size: int,
+    rng: random.Random,
+    jitter: float = 0.04,
+    shade: int = 30,
+    scale: float = 0.2,
+    factors: tuple[int, ...] = (2, 3),
 ) -> Image.Image:
     """A training view: each object moved by up to `jitter` of the side, its size ±`scale` and its
     colour ±`shade` per channel, on a white or light-toned page, drawn sharp or (half the time)
-    smoothed: drawn at 2× or 3× and downsampled with a box, bilinear or bicubic filter; so that
-    reading survives other renderers (render_other's 4× Lanczos is never used in training)."""
-    factor = rng.choice((2, 3)) if rng.random() < 0.5 else 1
+    smoothed: drawn at one of `factors` times the side and downsampled with a box, bilinear or
+    bicubic filter; so that reading survives other renderers (render_other's Lanczos filter is never
+    used in training)."""
+    factor = rng.choice(factors) if rng.random() < 0.5 else 1
     side = factor * size
     page = tuple(rng.randint(226, 255) for _ in range(3)) if rng.random() < 0.5 else (255, 255, 255)
     img = Image.new("RGB", (side, side), page)
