@@ -153,10 +153,11 @@ def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> Path:
 
 
 def merged(base: dict, override: dict) -> dict:
-    """`base` with `override`'s keys replaced, nested dicts merged key by key."""
+    """`base` with each section of `override` laid over the same section; values inside a section are
+    replaced whole (a tune's `data.mix` must not inherit tasks its data has none of)."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        out[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
 
