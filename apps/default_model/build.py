@@ -11,6 +11,7 @@
 7. copy the result into janus_like/default_model/ and run ShapesEval on it.
 
     python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
+    python apps/default_model/build.py --stage1 runs/default_model/train/final --work runs/tune2   # the tune alone
 
 Sizes and step counts live in recipe.yaml; the numbers of the run go to build_report.json
 (in WORK and beside the installed weights).
@@ -193,34 +194,41 @@ def install(final: Path) -> float:
     return sum(f.stat().st_size for f in TARGET.iterdir()) / 1e6
 
 
+def stage_one(work: Path, recipe: dict) -> tuple[Path, dict]:
+    """Steps 1-5: data, VQ, text tokenizer, composition, training; the trained model and its numbers."""
+    started = time.perf_counter()
+    data = write_data(work / "data", recipe["data"]["image_size"], recipe["seed"], recipe["data"])
+    vq, psnr = train_vq(work, recipe, data / "renders")
+    vq_seconds = time.perf_counter() - started
+    text_tokenizer = train_text_tokenizer(work, recipe, data)
+    init = compose(work, recipe, vq, text_tokenizer)
+    losses = train(work, "train", recipe["train"], init, data)
+    report = {"vq_psnr_db": psnr, "vq_seconds": round(vq_seconds), "final_losses_last50": losses}
+    return work / "train" / "final", report
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=str(ROOT / "runs" / "default_model"), help="scratch folder for every step")
     p.add_argument("--recipe", default=str(Path(__file__).with_name("recipe.yaml")))
     p.add_argument("--no-install", action="store_true", help="leave janus_like/default_model/ as it is")
+    p.add_argument("--stage1", help="WORK/train/final of an earlier build of the same recipe: skip steps 1-5, tune it")
     args = p.parse_args(argv)
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    size = recipe["data"]["image_size"]
-    data = write_data(work / "data", size, recipe["seed"], recipe["data"])
-    vq, psnr = train_vq(work, recipe, data / "renders")
-    vq_seconds = time.perf_counter() - started
-    text_tokenizer = train_text_tokenizer(work, recipe, data)
-    init = compose(work, recipe, vq, text_tokenizer)
-    losses = train(work, "train", recipe["train"], init, data)
+    if args.stage1:  # stage 1 is seeded and reproduces bit for bit (docs/default-model.md): iterate on the tune
+        stage1 = Path(args.stage1).resolve()
+        earlier = stage1.parents[1] / "build_report.json"
+        report = {"stage1": str(stage1), "stage1_build": json.loads(earlier.read_text()) if earlier.exists() else None}
+    else:
+        stage1, report = stage_one(work, recipe)
     tune = recipe["tune"]
-    tune_data = write_data(work / "tune_data", size, tune["data"]["seed"], tune["data"])
-    tune_losses = train(work, "tune", merged(recipe["train"], tune["train"]), work / "train" / "final", tune_data)
-    report = {
-        "vq_psnr_db": psnr,
-        "vq_seconds": round(vq_seconds),
-        "final_losses_last50": losses,
-        "tune_losses_last50": tune_losses,
-        "total_seconds": round(time.perf_counter() - started),
-    }
+    tune_data = write_data(work / "tune_data", recipe["data"]["image_size"], tune["data"]["seed"], tune["data"])
+    report["tune_losses_last50"] = train(work, "tune", merged(recipe["train"], tune["train"]), stage1, tune_data)
+    report["total_seconds"] = round(time.perf_counter() - started)
     if not args.no_install:
         report["size_mb"] = round(install(work / "tune" / "final"), 2)
         run(
