@@ -7,7 +7,7 @@
 4. compose a small Llama + tiny SigLIP + that VQ and tokenizer (from_parts);
 5. train the whole model (VQ frozen) with `janus-like train` on the task mixture;
 6. tune it (`janus-like train` again, short, lower learning rate) on fresh records weighted to
-   edits and conversations, with wider-varied views (recipe `tune`);
+   edits and conversations, with some draw-and-describe requests and wider-varied views (recipe `tune`);
 7. copy the result into janus_like/default_model/ and run ShapesEval on it.
 
     python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default=str(ROOT / "runs" / "default_model"), help="scratch folder for every step")
     p.add_argument("--recipe", default=str(Path(__file__).with_name("recipe.yaml")))
     p.add_argument("--no-install", action="store_true", help="leave janus_like/default_model/ as it is")
-    p.add_argument("--stage1", help="WORK/train/final of an earlier build of the same recipe: skip steps 1-5, tune it")
+    p.add_argument("--stage1", help="WORK/train/final of an earlier build with this stage-1 recipe: only tune it")
     args = p.parse_args(argv)
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     work = Path(args.work).resolve()
