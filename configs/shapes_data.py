@@ -32,6 +32,7 @@ from janus_like.evaluation.shapes import (
     NO_SHAPE_KINDS,
     SHAPES,
     SIZES,
+    SMOOTHING_FACTORS,
     Object,
     Scene,
     edits,
@@ -43,7 +44,6 @@ from janus_like.evaluation.shapes import (
 )
 
 VIEW_SIZES = (48, 64, 64, 96)  # sides of understanding and edit-input views (64 twice: the usual size)
-SMOOTHING_FACTORS = (2, 3)  # a smoothed view is drawn at one of these times its side, then downsampled
 # width / height of a share of the no-shape images: a camera's page is padded to a square by the
 # processor, and the padding bars are no objects either
 PAGE_ASPECTS = (4 / 3, 3 / 4, 16 / 9, 9 / 16)
@@ -61,7 +61,7 @@ class ImageWriter:
     def __init__(self, root: Path, size: int, rng: random.Random, view_sizes: tuple[int, ...] = VIEW_SIZES,
                  smoothing: tuple[int, ...] = SMOOTHING_FACTORS):  # fmt: skip
         self.root, self.size, self.rng, self.views = root, size, rng, 0
-        self.view_sizes, self.smoothing = tuple(view_sizes), tuple(smoothing)
+        self.view_sizes, self.smoothing = view_sizes, smoothing
         for folder in ("renders", "views"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         self.renders: dict[Scene, str] = {}

@@ -233,8 +233,10 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return img
 
 
-# downsampling filters of smoothed training views (not Lanczos: render_other's)
+# downsampling filters of smoothed training views (not Lanczos: render_other's), and the factors
+# their side is drawn at before downsampling
 SMOOTHING_FILTERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+SMOOTHING_FACTORS = (2, 3)
 
 
 def render_varied(
@@ -244,7 +246,7 @@ def render_varied(
     jitter: float = 0.04,
     shade: int = 30,
     scale: float = 0.2,
-    factors: tuple[int, ...] = (2, 3),
+    factors: tuple[int, ...] = SMOOTHING_FACTORS,
 ) -> Image.Image:
     """A training view: each object moved by up to `jitter` of the side, its size ±`scale` and its
     colour ±`shade` per channel, on a white or light-toned page, drawn sharp or (half the time)
