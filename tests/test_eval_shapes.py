@@ -3,6 +3,7 @@ from noise and smears; the held-out split is fixed and never reaches the trainin
 evaluation-only phrasings never appear in it; the scorer gives a perfect model full marks, an
 idle one none; `janus-like eval shapes` runs and refuses bad settings before loading a model."""
 
+import argparse
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from janus_like import JanusLikePipeline, SettingsError
 from janus_like.cli import main
+from janus_like.evaluation import _shapes_arguments as shapes_arguments
 from janus_like.evaluation import shapes_eval
 from janus_like.evaluation import shapes_language as lang
 from janus_like.evaluation.shapes import (
@@ -51,7 +53,7 @@ from janus_like.evaluation.shapes_eval import (
     check_settings,
     save_chart,
 )
-from janus_like.generation.settings import MAX_SCALE, MAX_SEED
+from janus_like.generation.settings import MAX_SCALE, MAX_SEED, check_num_images
 from janus_like.layout import GEN_IMAGE
 from janus_like.testing import tiny_model
 
@@ -587,6 +589,7 @@ class Oracle:
         self.edits = edits
 
     def generate_images(self, prompts, images=None, num_images=1, **settings):
+        check_num_images(num_images, len(prompts))  # the pipeline's limit on one call
         drawn = []
         for prompt in prompts:
             task, groups = eval_phrasing(prompt)
@@ -638,6 +641,22 @@ def test_a_model_that_does_everything_right_scores_full_marks():
     scores = _scores(result.scores, skip=("other_renderer",))
     assert len(scores) > 50 and {s for s, *_ in scores} >= {"generation", "guidance", "edit", "interleave", "no_shape"}
     assert [s for s in scores if s[3] != 1.0] == []
+
+
+def test_the_largest_run_draws_in_calls_the_pipeline_accepts():
+    """Every held-out one-object scene with many images each: more images than one call may draw, so
+    the prompts go in several calls (the oracle refuses a call over the pipeline's limit), in order."""
+    evaluation = ShapesEval(Oracle(), num_scenes=MAX_SCENES, images_per_prompt=5)
+    scores = evaluation.generation("held-out")
+    samples = evaluation.samples["generation/held-out"]
+    assert len(samples) == MAX_SCENES and scores["generation"]["overall"] == 1.0
+    assert len({json.dumps(s["scene"]) for s in samples}) == MAX_SCENES  # the whole held-out pool
+
+
+def test_the_command_and_the_class_ask_about_every_held_out_scene_by_default():
+    parser = argparse.ArgumentParser()
+    shapes_arguments(parser)
+    assert parser.parse_args([]).num_scenes == ShapesEval(Oracle()).num_scenes == MAX_SCENES == 48
 
 
 def test_each_split_asks_about_its_own_combinations():
