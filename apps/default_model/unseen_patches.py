@@ -33,9 +33,10 @@ PATCH_SIDES = (8, 4, 2)
 
 
 def patches(scene: Scene, side: int) -> set[bytes]:
-    """The scene's render (64 px) cut into side×side patches on the tokenizer's grid."""
+    """The scene's render cut into side×side patches on the tokenizer's grid."""
     pixels = np.asarray(render(scene))
-    return {pixels[i : i + side, j : j + side].tobytes() for i in range(0, 64, side) for j in range(0, 64, side)}
+    corners = range(0, pixels.shape[0], side)
+    return {pixels[i : i + side, j : j + side].tobytes() for i in corners for j in corners}
 
 
 def training_scenes() -> list[Scene]:
@@ -56,13 +57,13 @@ def main() -> None:
         for side in PATCH_SIDES:
             seen[side] |= patches(scene, side)
     places: dict[tuple, list[str]] = defaultdict(list)
-    unseen: dict[tuple, dict[int, int]] = {}
+    unseen: dict[tuple, dict[int, int]] = defaultdict(lambda: dict.fromkeys(PATCH_SIDES, 0))  # most over its places
     for scene in filter(is_held_out, single_scenes()):
         o = scene.object
         kind = (o.size, o.color, o.shape)
         places[kind].append(o.position)
-        counts = {side: len(patches(scene, side) - seen[side]) for side in PATCH_SIDES}
-        unseen[kind] = {side: max(counts[side], unseen.get(kind, {}).get(side, 0)) for side in PATCH_SIDES}
+        for side in PATCH_SIDES:
+            unseen[kind][side] = max(unseen[kind][side], len(patches(scene, side) - seen[side]))
     print(f"{'held-out object':<24} {'held-out places':<36} " + " ".join(f"unseen {s}x{s}" for s in PATCH_SIDES))
     for kind in sorted(places, key=lambda k: (-unseen[k][8], k)):
         row = " ".join(f"{unseen[kind][s]:>10}" for s in PATCH_SIDES)
