@@ -10,6 +10,7 @@ import random
 import re
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
@@ -46,6 +47,7 @@ from janus_like.evaluation.shapes import (
 )
 from janus_like.evaluation.shapes_eval import (
     MAX_SCENES,
+    OTHER_RENDERER_VIEWS,
     ShapesEval,
     _answers,
     _description_scores,
@@ -657,6 +659,25 @@ def test_the_command_and_the_class_ask_about_every_held_out_scene_by_default():
     parser = argparse.ArgumentParser()
     shapes_arguments(parser)
     assert parser.parse_args([]).num_scenes == ShapesEval(Oracle()).num_scenes == MAX_SCENES == 48
+
+
+def test_the_other_renderer_reads_each_scene_in_several_pictures():
+    """One other-renderer picture per scene left its score to the luck of the draw: each scene is read
+    in OTHER_RENDERER_VIEWS different pictures, and each answer is scored on its own."""
+    pictures = []
+
+    class Recording(Oracle):
+        def chat(self, messages, **settings):
+            pictures.append(messages[0]["content"][0]["image"])
+            return super().chat(messages, **settings)
+
+    evaluation = ShapesEval(Recording(), num_scenes=3, images_per_prompt=1, seed=4)
+    evaluation.other_renderer("held-out")
+    samples = evaluation.samples["other_renderer/held-out"]
+    assert OTHER_RENDERER_VIEWS > 1 and len(samples) == len(pictures) == 3 * OTHER_RENDERER_VIEWS
+    per_scene = Counter(json.dumps(s["scene"]) for s in samples)
+    assert sorted(per_scene.values()) == [OTHER_RENDERER_VIEWS] * 3
+    assert len({p.tobytes() for p in pictures}) == len(pictures)  # every picture drawn anew
 
 
 def test_each_split_asks_about_its_own_combinations():
