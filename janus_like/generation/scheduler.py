@@ -827,10 +827,10 @@ class Scheduler:
     # ------------------------------------------------------------------ images
 
     def _finish_images(self, finished: list[tuple[RowState, ImageDone]]) -> None:
-        """Decode the images finished in this step together and add them to their rows' results."""
-        if not finished:
-            return
-        images = self._decode(torch.stack([event.codes for _, event in finished]))
+        """Decode the images finished in this step, each in a VQ decoder call of its own (a batch of
+        several is convolved in another summation order than one image alone, seen on CPU, and an
+        image must not depend on what finished beside it), and add them to their rows' results."""
+        images = [image for _, event in finished for image in self._decode(event.codes[None])]
         for (row, event), image in zip(finished, images):
             event.image = image
             row.result.codes.append(event.codes)
