@@ -113,11 +113,15 @@ def asked_object(scene: Scene | None, rng: random.Random) -> Object:
     return Object(None if form < 0.2 else o.color, o.shape, o.size if form > 0.7 else None, o.position)
 
 
-def conversation(scene: Scene | None, image: str, rng: random.Random) -> list[dict]:
-    """A first question about the image and, for one object, up to two follow-ups about it."""
+def conversation(
+    scene: Scene | None, image: str, rng: random.Random, describe_share: float | None = None
+) -> list[dict]:
+    """A first question about the image and, for one object, up to two follow-ups about it.
+    `describe_share`: ask for a description this often, else as usual (a description names every
+    attribute: the most for a vision tower to learn from per image)."""
     one = scene is None or len(scene.objects) == 1
     kinds = ["describe", "describe", "count", "exists"] + (["color", "shape", "position", "size"] if one else [])
-    kind = rng.choice(kinds)
+    kind = "describe" if describe_share is not None and rng.random() < describe_share else rng.choice(kinds)
     if kind == "exists":
         asked = asked_object(scene, rng)
         question, reply = lang.exists_question(asked, rng), lang.answer("exists", scene, asked)
@@ -149,10 +153,11 @@ def write_shapes(
     counts: dict[str, int] | None = None,
     view_sizes: tuple[int, ...] = VIEW_SIZES,
     smoothing: tuple[int, ...] = SMOOTHING_FACTORS,
+    describe_share: float | None = None,
 ) -> dict[str, int]:
     """Write renders/, views/ and train.jsonl under `root` from training combinations only; returns
     the record counts. `view_sizes` and `smoothing`: the sides of varied views and the factors they
-    may be drawn at before downsampling."""
+    may be drawn at before downsampling; `describe_share`: see `conversation`."""
     counts = dict(COUNTS, **(counts or {}))
     rng = random.Random(seed)
     images = ImageWriter(root, size, rng, view_sizes, smoothing)
@@ -174,7 +179,7 @@ def write_shapes(
              "image": images.render(target)})  # fmt: skip
     for _ in range(counts["understanding"]):
         scene = None if rng.random() < 0.08 else training_scene(rng, two_share=UNDERSTANDING_TWO_SHARE)
-        add({"task": "understanding", "messages": conversation(scene, images.view(scene), rng)})
+        add({"task": "understanding", "messages": conversation(scene, images.view(scene), rng, describe_share)})
     for _ in range(counts["interleaved"]):
         scenes = [random_scene(rng, 1, held=False) for _ in range(rng.choice([1, 2]))]
         segments = [

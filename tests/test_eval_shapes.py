@@ -497,6 +497,21 @@ def test_data_set_views_take_the_asked_sides_and_smoothing(tmp_path):
     assert len(wrong) <= 0.05 * len(scenes), wrong[:3]
 
 
+def test_data_set_asks_for_descriptions_as_often_as_told(tmp_path):
+    """The build's read stage asks mostly for descriptions (every attribute, the most a tower learns
+    from per image); without the setting, the usual mix asks for one well under half the time."""
+    counts = {"generation": 0, "edit": 0, "understanding": 300, "interleaved": 0, "text": 0}
+
+    def describe_share(root: Path, **options) -> float:
+        write_shapes(root, counts=counts, seed=2, view_sizes=(64,), **options)
+        records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+        firsts = [r["messages"][0]["content"][-1]["text"] for r in records]
+        return sum(q in lang.DESCRIBE.train for q in firsts) / len(firsts)
+
+    assert describe_share(tmp_path / "told", describe_share=0.9) > 0.85
+    assert describe_share(tmp_path / "usual") < 0.5
+
+
 def test_data_set_holds_no_held_out_combination(shapes_data):
     """No image (render or view) and no text of any record shows or names a held-out scene."""
     root, records, _ = shapes_data

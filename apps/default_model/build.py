@@ -8,10 +8,13 @@
 5. train the whole model (VQ frozen) with `janus-like train` on the task mixture;
 6. tune it (`janus-like train` again, short, lower learning rate) on fresh records weighted to
    edits and conversations, with some draw-and-describe requests and wider-varied views (recipe `tune`);
-7. copy the result into janus_like/default_model/ and run ShapesEval on it.
+7. train the vision tower and aligner alone on many fresh, varied views (recipe `read`): the
+   decoder and the drawing parts stay bit for bit, and pictures from other renderers read right;
+8. copy the result into janus_like/default_model/ and run ShapesEval on it.
 
     python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
-    python apps/default_model/build.py --stage1 runs/default_model/train/final --work runs/tune2   # the tune alone
+    python apps/default_model/build.py --stage1 runs/default_model/train/final --work runs/tune2   # later stages only
+    python apps/default_model/build.py --tuned runs/default_model/tune/final --work runs/read2   # the read stage alone
 
 Sizes and step counts live in recipe.yaml; the numbers of the run go to build_report.json
 (in WORK and beside the installed weights).
@@ -36,6 +39,7 @@ from janus_like import JanusLikeForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "janus_like" / "default_model"
+LATER_STAGES = ("tune", "read")  # recipe sections; each trains the previous result on its own fresh records
 
 
 def run(cmd: list[str], log: Path) -> str:
@@ -50,13 +54,15 @@ def run(cmd: list[str], log: Path) -> str:
 
 
 def write_data(data: Path, size: int, seed: int, spec: dict) -> Path:
-    """The shapes world's training records under `data`; `spec` holds counts and optional view settings."""
+    """The shapes world's training records under `data`; `spec` holds counts and optional view and question settings."""
     sys.path.insert(0, str(ROOT / "configs"))
     from shapes_data import write_shapes
 
     shutil.rmtree(data, ignore_errors=True)
-    views = {key: tuple(spec[key]) for key in ("view_sizes", "smoothing") if key in spec}
-    write_shapes(data, size=size, seed=seed, counts=spec["counts"], **views)
+    options = {key: tuple(spec[key]) for key in ("view_sizes", "smoothing") if key in spec}
+    if "describe_share" in spec:
+        options["describe_share"] = spec["describe_share"]
+    write_shapes(data, size=size, seed=seed, counts=spec["counts"], **options)
     return data
 
 
@@ -207,30 +213,45 @@ def stage_one(work: Path, recipe: dict) -> tuple[Path, dict]:
     return work / "train" / "final", report
 
 
+def earlier_report(final: Path) -> dict | None:
+    """The build report of the build whose WORK/STAGE/final this is (None if it has none)."""
+    earlier = final.parents[1] / "build_report.json"
+    return json.loads(earlier.read_text()) if earlier.exists() else None
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=str(ROOT / "runs" / "default_model"), help="scratch folder for every step")
     p.add_argument("--recipe", default=str(Path(__file__).with_name("recipe.yaml")))
     p.add_argument("--no-install", action="store_true", help="leave janus_like/default_model/ as it is")
-    p.add_argument("--stage1", help="WORK/train/final of an earlier build with this stage-1 recipe: only tune it")
+    p.add_argument(
+        "--stage1", help="WORK/train/final of an earlier build with this stage-1 recipe: only the later stages"
+    )
+    p.add_argument("--tuned", help="WORK/tune/final of an earlier build with this recipe: only the read stage")
     args = p.parse_args(argv)
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    if args.stage1:  # stage 1 is seeded and reproduces bit for bit (docs/default-model.md): iterate on the tune
-        stage1 = Path(args.stage1).resolve()
-        earlier = stage1.parents[1] / "build_report.json"
-        report = {"stage1": str(stage1), "stage1_build": json.loads(earlier.read_text()) if earlier.exists() else None}
+    stages = LATER_STAGES
+    if args.tuned:  # stage 1 and the tune each reproduce bit for bit: iterate on the read stage
+        final, stages = Path(args.tuned).resolve(), LATER_STAGES[LATER_STAGES.index("read") :]
+        report = {"tuned": str(final), "tuned_build": earlier_report(final)}
+    elif args.stage1:  # stage 1 is seeded and reproduces bit for bit (docs/default-model.md): iterate on the tune
+        final = Path(args.stage1).resolve()
+        report = {"stage1": str(final), "stage1_build": earlier_report(final)}
     else:
-        stage1, report = stage_one(work, recipe)
-    tune = recipe["tune"]
-    tune_data = write_data(work / "tune_data", recipe["data"]["image_size"], tune["data"]["seed"], tune["data"])
-    report["tune_losses_last50"] = train(work, "tune", merged(recipe["train"], tune["train"]), stage1, tune_data)
+        final, report = stage_one(work, recipe)
+    for name in stages:
+        stage_started, spec = time.perf_counter(), recipe[name]
+        data = write_data(work / f"{name}_data", recipe["data"]["image_size"], spec["data"]["seed"], spec["data"])
+        report[f"{name}_losses_last50"] = train(work, name, merged(recipe["train"], spec["train"]), final, data)
+        final = work / name / "final"
+        report[f"{name}_seconds"] = round(time.perf_counter() - stage_started)
     report["total_seconds"] = round(time.perf_counter() - started)
     if not args.no_install:
-        report["size_mb"] = round(install(work / "tune" / "final"), 2)
+        report["size_mb"] = round(install(final), 2)
         run(
             [sys.executable, "-m", "janus_like.cli", "eval", "shapes", "--out", str(work / "eval_shapes")],
             work / "eval.log",

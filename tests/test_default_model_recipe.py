@@ -1,0 +1,54 @@
+"""The default model's build recipe: every stage is a valid `janus-like train` config on its own records."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from janus_like import JanusLikeForConditionalGeneration
+from janus_like.checkpoint import DEFAULT_MODEL_DIR
+from janus_like.training.config import config_from_dict
+from janus_like.training.stages import apply_stage
+
+BUILD = Path(__file__).resolve().parents[1] / "apps" / "default_model"
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("default_model_build", BUILD / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _build_module()
+RECIPE = yaml.safe_load((BUILD / "recipe.yaml").read_text())
+
+
+def _stage_config(name: str):
+    settings = build.merged(RECIPE["train"], RECIPE[name]["train"])
+    return config_from_dict(
+        dict(settings, output_dir="unused", model={"path": "unused"}, data=dict(settings["data"], files=["x.jsonl"]))
+    )
+
+
+@pytest.mark.parametrize("name", build.LATER_STAGES)
+def test_each_later_stage_is_a_valid_train_config_with_its_own_data_seed(name):
+    config = _stage_config(name)
+    assert config.training.max_steps == RECIPE[name]["train"]["training"]["max_steps"]
+    assert config.data.mix == RECIPE[name]["train"]["data"]["mix"]  # replaced whole, not merged with stage 1's
+    mixed = {task for task, weight in config.data.mix.items() if weight > 0}
+    written = {task for task, count in RECIPE[name]["data"]["counts"].items() if count > 0}
+    assert mixed <= written, f"{name}: the mix asks for tasks its records do not hold"
+    seeds = [RECIPE["seed"]] + [RECIPE[stage]["data"]["seed"] for stage in build.LATER_STAGES]
+    assert len(set(seeds)) == len(seeds), "a later stage would train on stage 1's (or another stage's) records again"
+
+
+def test_the_read_stage_trains_the_vision_tower_and_aligner_alone():
+    config = _stage_config("read")
+    model = JanusLikeForConditionalGeneration.from_pretrained(DEFAULT_MODEL_DIR)
+    trained = apply_stage(model, config.stage, config.trainable, config.frozen)
+    assert {name.split(".")[0] for name in trained} == {"vision_model", "aligner"}
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("language_model.", "gen_")))
