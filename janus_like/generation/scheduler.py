@@ -12,8 +12,8 @@ one column per slot, `_SlotWrites`). So rows never shift, there is no left paddi
 mid-flight starts at column 0 while others are deep in their images. A request is admitted only if its
 prompt plus the most it may generate fits the cache's columns (checked when it is submitted), so the
 cache never runs out of columns and nothing needs compacting. Attention reads the first `hi` slots
-(one past the highest slot in use; slots are handed out lowest first) and the first columns in use,
-rounded up to WIDTH_STEP.
+(one past the highest slot in use, rounded up to ROW_BLOCK; slots are handed out lowest first) and
+the first columns in use, rounded up to WIDTH_STEP.
 
 Admission and leaving. Between decode steps the scheduler thread admits waiting rows in order while
 their slots are free, prefilling each row's prompts (row, twin, bare: one decoder call per row, so a
@@ -71,6 +71,12 @@ from .sampling import plausible
 from .settings import GenerationSettings
 from .text import TextSegment, special_ids
 
+# A step computes the slots up to the highest in use rounded up to a multiple of this: CPU matrix
+# kernels sum a batch of 1-3, 5-7 or 9-11 rows in another order than one of 4, 8 or 12 and more (seen
+# on AMD EPYC, torch 2.13 and 2.14), and a seeded row must see the same numbers alone (2 slots with
+# its twin) as beside others (docs/serving.md, "Per-row seeds"). Decode steps read every weight
+# once whatever the rows, so a few more rows cost little.
+ROW_BLOCK = 4
 MAX_BATCH = 4096  # slots: far beyond any cache that fits a device, small enough to refuse typos
 IDLE_SECONDS = 1.0  # the scheduler thread ends after this long with nothing to do (the next submit starts one)
 # cache columns by default, when the model's context is longer: Janus-Pro's 16384 × 32 rows would take
@@ -583,7 +589,7 @@ class Scheduler:
     def _step(self) -> None:
         """Sample a token for every row, apply it to the rows' states, feed what they take next."""
         rows = list(self._rows)
-        width = 1 + max(s for row in rows for s in row.slots)
+        width = self._width(rows)
         sampled = self._sample(rows, width)
         if self._blind(rows):
             self._draw_unread(rows, sampled)
@@ -611,6 +617,12 @@ class Scheduler:
                         self._end(row.call, None)
         self._feed([row for row in rows if row.mode != DONE_MODE and row in self._rows])
         self.steps += 1
+
+    def _width(self, rows: list[RowState]) -> int:
+        """Slots a step computes: one past the highest in use, rounded up to ROW_BLOCK (a slot above
+        the highest in use holds no row: what it computes is never read)."""
+        top = 1 + max(s for row in rows for s in row.slots)
+        return min(self.max_batch, -(-top // ROW_BLOCK) * ROW_BLOCK)
 
     def _blind(self, rows: list[RowState]) -> bool:
         """Whether the host can do without this step's tokens: every row is drawing, and none
@@ -714,7 +726,7 @@ class Scheduler:
         back), each row's sampled code."""
         if not rows:
             return
-        width = 1 + max(s for row in rows for s in row.slots)
+        width = self._width(rows)
         fed, is_code, columns = [self.processor.pad_id] * width, [False] * width, [0] * width
         feeder = list(range(width))  # the slot whose sampled code each slot is fed
         seen = []
