@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     stages = LATER_STAGES
     if args.tuned:  # stage 1 and the tune each reproduce bit for bit: iterate on the read stage
-        final, stages = Path(args.tuned).resolve(), LATER_STAGES[LATER_STAGES.index("read") :]
+        final, stages = Path(args.tuned).resolve(), ("read",)
         report = {"tuned": str(final), "tuned_build": earlier_report(final)}
-    elif args.stage1:  # stage 1 is seeded and reproduces bit for bit (docs/default-model.md): iterate on the tune
+    elif args.stage1:  # stage 1 is seeded and reproduces bit for bit (docs/default-model.md): iterate on the rest
         final = Path(args.stage1).resolve()
         report = {"stage1": str(final), "stage1_build": earlier_report(final)}
     else:
