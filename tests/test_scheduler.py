@@ -62,6 +62,12 @@ def _calls(picture):
     return calls
 
 
+def _all_at_once(calls, pipe) -> list:
+    """Every call from a thread of its own, all at once; their outputs in order."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call, pipe) for call in calls]]
+
+
 def _comparable(output):
     """Strings as they are, images as bytes."""
     items = output if isinstance(output, list) else [output]
@@ -73,8 +79,7 @@ def test_seeded_calls_give_the_same_output_alone_and_among_15_concurrent_calls(p
     alone = [_comparable(call(pipe)) for call in calls]
     scheduler, widest, step = pipe.scheduler, [], pipe.scheduler._step
     monkeypatch.setattr(scheduler, "_step", lambda: (widest.append(len({r.call for r in scheduler._rows})), step()))
-    with ThreadPoolExecutor(len(calls)) as pool:
-        together = [_comparable(f.result()) for f in [pool.submit(call, pipe) for call in calls]]
+    together = [_comparable(output) for output in _all_at_once(calls, pipe)]
     assert together == alone
     assert max(widest) >= 8  # the calls did share decode steps
     assert len({str(a) for a in alone}) == len(alone)  # the seeds and prompts do make each call different
@@ -96,8 +101,7 @@ def test_each_row_samples_from_the_same_numbers_alone_and_among_15_concurrent_ca
     for call in calls:
         call(pipe)
     alone, seen = seen, {}
-    with ThreadPoolExecutor(len(calls)) as pool:
-        [f.result() for f in [pool.submit(call, pipe) for call in calls]]
+    _all_at_once(calls, pipe)
     assert seen.keys() == alone.keys() and len(alone) == len(calls)
     for key, states in alone.items():
         assert len(states) == len(seen[key]) and all(map(torch.equal, states, seen[key])), key
@@ -115,8 +119,7 @@ def test_on_the_default_model_interleaved_images_and_edits_are_the_same_alone_an
     ]
     alone = [_comparable(call(default)) for call in calls]
     assert all(bytes in map(type, output) for output in alone[:2])  # the interleaved answers drew images
-    with ThreadPoolExecutor(len(calls)) as pool:
-        assert [_comparable(f.result()) for f in [pool.submit(call, default) for call in calls]] == alone
+    assert [_comparable(output) for output in _all_at_once(calls, default)] == alone
 
 
 def test_greedy_outputs_equal_the_static_batch_engines(pipe):
