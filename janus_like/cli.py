@@ -162,6 +162,14 @@ def add_interleave(sub) -> None:
         help=f"images the answer may draw, 0 to {MAX_INTERLEAVED_IMAGES} (default: %(default)s)",
     )
     _add_sampling(p, 1.0, guidance=True)
+    p.add_argument(
+        "--image-temperature",
+        type=float,
+        default=None,
+        help="the images' own sampling temperature, 0 (greedy) or "
+        f"{MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}; with --temperature 0, greedy words around drawn images "
+        "(default: --temperature)",
+    )
     p.add_argument("--out", default="out", help=OUT_HELP)
     p.set_defaults(handler="janus_like.commands:interleave")
 

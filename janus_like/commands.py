@@ -211,6 +211,7 @@ def interleave(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg_scale,
         cfg_plausibility=args.cfg_plausibility,
         temperature=args.temperature,
+        image_temperature=args.image_temperature,
     )
     seed = _seed(args)
     events = pipe.stream(
@@ -222,6 +223,7 @@ def interleave(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg_scale,
         cfg_plausibility=args.cfg_plausibility,
         temperature=args.temperature,
+        image_temperature=args.image_temperature,
     )
     with tqdm(desc="writing", unit="tok", file=sys.stderr) as bar:
         for event in events:
@@ -234,7 +236,14 @@ def interleave(args: argparse.Namespace) -> int:
     with output_set(args.out) as tmp:
         write_interleaved(parts, tmp)
         _write_settings(
-            tmp, args, pipe, seed, prompt=args.prompt, max_new_tokens=args.max_new_tokens, max_images=args.max_images
+            tmp,
+            args,
+            pipe,
+            seed,
+            prompt=args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            max_images=args.max_images,
+            image_temperature=args.temperature if args.image_temperature is None else args.image_temperature,
         )
     print(Path(args.out) / "index.md")
     return 0

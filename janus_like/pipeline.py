@@ -166,8 +166,11 @@ class JanusLikePipeline:
         top_p: float | None = None,
         images: Sequence[ImageLike] | None = None,
         cfg_plausibility: float | None = None,
+        image_temperature: float | None = None,
     ) -> list[str | Image.Image]:
-        """Text (+ images) -> text and images in the order the model wrote them."""
+        """Text (+ images) -> text and images in the order the model wrote them. `temperature` samples
+        both; `image_temperature` (None: `temperature`) the images alone, e.g. greedy words (0) around
+        drawn images (1)."""
         done = _last(
             self.stream(
                 prompt,
@@ -178,6 +181,7 @@ class JanusLikePipeline:
                 cfg_scale=cfg_scale,
                 cfg_plausibility=cfg_plausibility,
                 temperature=temperature,
+                image_temperature=image_temperature,
                 top_k=top_k,
                 top_p=top_p,
                 images=images,

@@ -251,6 +251,10 @@ def test_interleave_writes_index_md_and_html(saved, tmp_path):
                 "0",
                 "--max-new-tokens",
                 "6",
+                "--temperature",
+                "0",
+                "--image-temperature",
+                "0.7",
                 "--out",
                 str(out),
             ]
@@ -258,6 +262,8 @@ def test_interleave_writes_index_md_and_html(saved, tmp_path):
         == 0
     )
     assert (out / "index.md").is_file() and (out / "index.html").read_text().startswith("<!doctype html>")
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["temperature"], settings["image_temperature"]) == (0.0, 0.7)
 
 
 def test_interleave_files_list_images_in_order(tmp_path):
@@ -312,6 +318,7 @@ def test_interleave_files_list_images_in_order(tmp_path):
         (["eval", "shapes", "--seed", str(2**63)], "seed = "),
         (["eval", "shapes", "--cfg-plausibility", "-1"], "cfg_plausibility"),  # before any scene is drawn
         (["interleave", "x", "--cfg-plausibility", "2"], "cfg_plausibility"),
+        (["interleave", "x", "--image-temperature", "-1"], "image_temperature"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(saved, argv, words, capsys):

@@ -280,6 +280,9 @@ def test_sampling_filters():
         # past float32: logits / 1e-38 and u + 1e300·(c − u) overflow into NaN codes
         dict(temperature=1e-38),
         dict(temperature=1e300),
+        dict(image_temperature=-1.0),
+        dict(image_temperature=float("nan")),
+        dict(image_temperature="hot"),
         dict(cfg_scale=1e300),
         dict(seed=2**64),
         dict(seed=-1),

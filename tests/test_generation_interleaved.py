@@ -116,6 +116,24 @@ def test_interleaved_twin_is_the_unconditional_prompt_of_the_row_so_far(trained)
     assert guided_logits(*logits, scale).argmax(-1).tolist() == codes
 
 
+def test_image_temperature_samples_the_images_alone_on_the_scheduler_and_the_engine(trained):
+    """Greedy words around sampled images: the words are the all-greedy call's, the codes are not;
+    image_temperature None is the temperature."""
+    greedy = GenerationSettings(temperature=0, max_new_tokens=40, max_images=1, seed=3)
+    # this overfit model is sure of every code: a hot image temperature makes drawing show
+    mixed = GenerationSettings(temperature=0, image_temperature=50.0, max_new_tokens=40, max_images=1, seed=3)
+    request = [Request(_prompt(trained, "blue"))]
+    for run in (trained.engine.generate, lambda r, s: list(trained.scheduler.submit(r, s))[-1].results):
+        (plain,), (drawn,) = run(request, greedy), run(request, mixed)
+        start = plain.token_ids.index(trained.processor.image_start_id)
+        assert drawn.token_ids[: start + 1] == plain.token_ids[: start + 1]  # the same greedy words
+        assert drawn.codes[0].tolist() != plain.codes[0].tolist()  # then drawn codes, not the argmax
+        assert run(request, GenerationSettings(temperature=0, image_temperature=None, max_new_tokens=40,
+                                               max_images=1, seed=3))[0].token_ids == plain.token_ids  # fmt: skip
+    parts = trained.interleave("blue", temperature=0, image_temperature=50.0, seed=3, max_new_tokens=40, max_images=1)
+    assert parts[0] == EXAMPLES["blue"][0]
+
+
 def test_max_images_zero_never_opens_an_image(trained):
     parts = trained.interleave("red", temperature=0, max_new_tokens=20, max_images=0)
     assert all(isinstance(part, str) for part in parts)

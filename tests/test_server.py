@@ -238,8 +238,8 @@ def test_image_edit_equals_the_pipeline(client, reference):
 
 def test_interleaved_stream_gives_text_and_images_in_order(client, reference):
     prompt = draw_request([SCENE])
-    settings = {"seed": 0, "max_images": 1}
-    expected = reference.interleave(prompt, seed=0, max_new_tokens=48, max_images=1)
+    settings = {"seed": 0, "max_images": 1, "temperature": 0, "image_temperature": 1.0}  # greedy words, drawn images
+    expected = reference.interleave(prompt, max_new_tokens=48, **settings)
     assert any(isinstance(p, Image.Image) for p in expected)  # the request is one that draws
     stream = client.chat.completions.create(
         model=MODEL,
@@ -299,6 +299,13 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
             ),
             (chat_error(client, max_tokens=5000), openai.BadRequestError, None, "context holds 1024"),
             (chat_error(client, cfg_scale=3.0), openai.BadRequestError, "cfg_scale", "modalities"),
+            (chat_error(client, image_temperature=1.0), openai.BadRequestError, "image_temperature", "modalities"),
+            (
+                chat_error(client, modalities=["text", "image"], image_temperature=-1),
+                openai.BadRequestError,
+                "image_temperature",
+                "[0.0001, 100]",
+            ),
             (
                 chat_error(
                     client,
@@ -356,7 +363,7 @@ def test_bad_requests_get_their_status_while_good_ones_succeed(server, client):
         for error, kind, param, words in checks:
             assert isinstance(error, kind), error
             assert error.body["param"] == param and words in error.body["message"], error.body
-        assert checks[11][0].status_code == 413
+        assert checks[13][0].status_code == 413
 
         for call, param, words in [
             (lambda: client.images.generate(prompt=""), None, "empty"),

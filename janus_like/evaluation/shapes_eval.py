@@ -18,7 +18,8 @@ and reports the two side by side; their gap says whether the model generalises.
 - edit: a render + an instruction (recolour, change shape, resize, move) -> images; right when
   an image reads back as exactly the edited scene (held-out: the edited scene is held out).
 - interleave: draw one scene and describe it, or two in turn: the asked number of images, each
-  reads back as its scene, the description names the scene.
+  reads back as its scene, the description names the scene. Words greedy as in chat, images
+  sampled as in generation (`image_temperature`).
 
 Calls run concurrently (`workers`), so the pipeline's scheduler batches them.
 """
@@ -104,7 +105,7 @@ class ShapesEval:
     guidance_scales: tuple[float, ...] = GUIDANCE_SCALES
     image_cfg_scale: float | None = None  # the edit section's image guidance (None: 1, no separate term)
     cfg_plausibility: float | None = None  # None: the model's default plausibility cut (docs/generation.md)
-    temperature: float = 1.0
+    temperature: float = 1.0  # of drawn images; answers are greedy (pipe.chat's default)
     workers: int = 16  # concurrent calls, batched together by the pipeline's scheduler
 
     def __post_init__(self) -> None:
@@ -346,7 +347,8 @@ class ShapesEval:
                 max_images=2,
                 cfg_scale=self.cfg_scale,
                 cfg_plausibility=self.cfg_plausibility,
-                temperature=self.temperature,
+                temperature=0.0,
+                image_temperature=self.temperature,
             )
 
         outputs = self._map(ask, requests)

@@ -361,7 +361,7 @@ class GenerationEngine:
                 logits = guided_logits(cond, logits[batch:], settings.cfg_scale)
             if settings.cfg_plausibility > 0:
                 logits = plausible(logits, cond, settings.cfg_plausibility)
-            code = sample(logits, settings.temperature, settings.top_k, settings.top_p, state.generator)
+            code = sample(logits, settings.code_temperature, settings.top_k, settings.top_p, state.generator)
         if TEXT_MODE in modes:
             logits = self.model.text_logits(hidden[:batch]).float()
             if seen is not None:
@@ -388,7 +388,7 @@ class GenerationEngine:
         value = (lambda x: torch.tensor(float(x), device=hidden.device)) if self.compile else float
         groups = hidden.shape[0] // batch  # rows, their twins, then rows without input images
         picks = (
-            value(settings.temperature) if settings.temperature > 0 else 0.0,
+            value(settings.code_temperature) if settings.code_temperature > 0 else 0.0,
             settings.top_k,
             settings.top_p,
             value(settings.cfg_scale) if groups > 1 else None,
@@ -398,7 +398,7 @@ class GenerationEngine:
         codes = torch.zeros(batch, n_codes, dtype=torch.long, device=hidden.device)
         for k in range(n_codes):
             noise = None
-            if settings.temperature > 0:
+            if settings.code_temperature > 0:
                 noise = torch.empty(batch, codebook, device=hidden.device).exponential_(generator=state.generator)
             if k + 1 < n_codes:
                 state.mask[:, column + k] = 0.0

@@ -25,9 +25,9 @@ Randomness. Sampling is Gumbel-max in the exponential-race form (argmax p/E, E ~
 derived from a counter-based hash of (row seed, the row's own step index, vocabulary index) computed
 on the device for the whole batch: no generator state, no host sync, and a row's noise does not depend
 on its slot or on its neighbours. A call's seed (drawn with `secrets` when not given, and reported in
-`RowResult.seed`) gives row j the seed mix(seed, j). Settings are per slot tensors (temperature,
-top-k/top-p, guidance scales, repetition penalty); budgets, stop strings and images allowed are per row
-on the host.
+`RowResult.seed`) gives row j the seed mix(seed, j). Settings are per slot tensors (the text and the
+image temperature, top-k/top-p, guidance scales, repetition penalty); budgets, stop strings and
+images allowed are per row on the host.
 """
 
 from __future__ import annotations
@@ -317,6 +317,7 @@ class Scheduler:
         n, device = self.max_batch, self.model.device
         self._seeds = torch.zeros(n, dtype=torch.long, device=device)
         self._temperature = torch.zeros(n, device=device)
+        self._code_temperature = torch.zeros(n, device=device)
         self._top_k = torch.zeros(n, dtype=torch.long, device=device)
         self._top_p = torch.ones(n, device=device)
         self._cfg = torch.ones(n, device=device)
@@ -528,6 +529,7 @@ class Scheduler:
         s, slot = row.settings, row.slot
         self._seeds[slot] = row_seed(row.call.seed, row.index)
         self._temperature[slot] = s.temperature
+        self._code_temperature[slot] = s.code_temperature
         self._top_k[slot] = s.top_k or 0
         self._top_p[slot] = 1.0 if s.top_p is None else s.top_p
         self._cfg[slot] = s.cfg_scale if row.twin is not None else 1.0
@@ -676,13 +678,8 @@ class Scheduler:
             is_image[row.slot] = row.mode == IMAGE_MODE
             blocked[row.slot] = len(row.result.codes) >= row.settings.max_images
         steps = _to_device(steps, device)
-        sampled = any(row.settings.temperature > 0 for row in rows)
         filtered = any(row.settings.top_k or row.settings.top_p is not None for row in rows)
-        picks = {
-            "temperature": self._temperature[:width],
-            "top_k": self._top_k[:width] if filtered else None,
-            "top_p": self._top_p[:width],
-        }
+        picks = {"top_k": self._top_k[:width] if filtered else None, "top_p": self._top_p[:width]}
         code = text = None
         if IMAGE_MODE in modes:
             two_scale = any(row.bare is not None for row in rows)
@@ -690,8 +687,9 @@ class Scheduler:
             logits = self._guide(cond, width, two_scale)
             if any(row.settings.cfg_plausibility > 0 for row in rows):
                 logits = plausible(logits, cond, self._plausibility[:width, None])
+            sampled = any(row.settings.code_temperature > 0 for row in rows)
             noise = self._noise(steps, logits.shape[-1], width) if sampled else None
-            code = sample_rows(logits, noise=noise, **picks)
+            code = sample_rows(logits, self._code_temperature[:width], noise, **picks)
         if TEXT_MODE in modes:
             logits = self.model.text_logits(hidden).float()
             if any(row.settings.repetition_penalty != 1.0 for row in rows):
@@ -700,8 +698,9 @@ class Scheduler:
                 logits = torch.where(self._seen[:width], penalized, logits)
             boi = self.processor.image_start_id
             logits[:, boi] = logits[:, boi].masked_fill(_to_device(blocked, device), float("-inf"))
+            sampled = any(row.settings.temperature > 0 for row in rows)
             noise = self._noise(steps, logits.shape[-1], width) if sampled else None
-            text = sample_rows(logits, noise=noise, **picks)
+            text = sample_rows(logits, self._temperature[:width], noise, **picks)
         if code is None or text is None:
             return code if text is None else text
         return torch.where(_to_device(is_image, device), code, text)

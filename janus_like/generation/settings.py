@@ -21,8 +21,10 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 class GenerationSettings:
     """Sampling and budget settings shared by text, image and interleaved generation.
 
-    `temperature=0` is greedy (argmax) for text and image codes alike. `top_k`, `top_p` and the
-    temperature apply to both heads; `repetition_penalty` and `stop` to text only. `cfg_scale` is
+    `temperature=0` is greedy (argmax) for text and image codes alike; `image_temperature`, when
+    given, is the image codes' own (Chameleon samples text and images with separate settings: greedy
+    words around drawn images). `top_k` and `top_p` apply to both heads; `repetition_penalty` and
+    `stop` to text only. `cfg_scale` is
     the classifier-free guidance weight s of `u + s·(c − u)` for image codes (1 turns guidance off).
     `image_cfg_scale` is InstructPix2Pix's image weight s_I for drawing from input images:
     `u∅ + s_I·(u_I − u∅) + s·(c − u_I)` (1: the twin keeps the input images, u = u_I).
@@ -34,6 +36,7 @@ class GenerationSettings:
 
     max_new_tokens: int = 256
     temperature: float = 1.0
+    image_temperature: float | None = None  # None: `temperature`
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0
@@ -62,13 +65,18 @@ class GenerationSettings:
             return SettingsError(f"{name}={value!r} is not accepted; {name} must be {accepted}")
 
         # numpy and torch scalars are numbers too; booleans are not
-        for name in ("temperature", "top_p", "repetition_penalty", "cfg_scale", "image_cfg_scale", "cfg_plausibility"):
+        reals = ("temperature", "image_temperature", "top_p", "repetition_penalty")
+        for name in (*reals, "cfg_scale", "image_cfg_scale", "cfg_plausibility"):
             setattr(self, name, _real(getattr(self, name)))
         for name in ("top_k", "max_new_tokens", "max_images", "preview_every", "seed"):
             setattr(self, name, _integer(getattr(self, name)))
+        temperatures = f"0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
         t = self.temperature
         if not _finite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
-            raise bad("temperature", t, f"0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+            raise bad("temperature", t, temperatures)
+        t = self.image_temperature
+        if t is not None and (not _finite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE)):
+            raise bad("image_temperature", t, f"None (the temperature's) or {temperatures}")
         if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
             raise bad("top_k", self.top_k, "None or an integer >= 1")
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
@@ -97,6 +105,11 @@ class GenerationSettings:
             raise bad("seed", self.seed, "None (random) or an integer in [0, 2**63 - 1]")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", self.stop, "a list of non-empty strings")
+
+    @property
+    def code_temperature(self) -> float:
+        """The temperature image codes are drawn at."""
+        return self.temperature if self.image_temperature is None else self.image_temperature
 
     @property
     def guided(self) -> bool:

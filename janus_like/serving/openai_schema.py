@@ -44,7 +44,8 @@ class Message(_Body):
 
 class ChatCompletionRequest(_Body):
     """POST /v1/chat/completions. `modalities: ["text", "image"]` asks for interleaved text and
-    images; `top_k`, `repetition_penalty`, `cfg_scale`, `max_images` and `ignore_eos` are extras."""
+    images; `top_k`, `repetition_penalty`, `cfg_scale`, `image_temperature`, `max_images` and
+    `ignore_eos` are extras."""
 
     model: str = Field(description="the served model's id (GET /v1/models)")
     messages: list[Message] = Field(min_length=1, description="a non-empty list of messages")
@@ -64,6 +65,7 @@ class ChatCompletionRequest(_Body):
     top_k: int | None = Field(None, description=TOP_K)
     repetition_penalty: float | None = Field(None, description=f"a number in (0, {MAX_SCALE:g}] (1: no penalty)")
     cfg_scale: float | None = Field(None, description=SCALE)
+    image_temperature: float | None = Field(None, description=f"the images' own; {TEMPERATURE} (default: temperature)")
     max_images: int | None = Field(None, description=f"an integer in [0, {MAX_INTERLEAVED_IMAGES}]")
     ignore_eos: bool = Field(False, description=BOOLEAN)
 

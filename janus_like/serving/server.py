@@ -242,7 +242,11 @@ def _chat_settings(body: schema.ChatCompletionRequest, mode: str) -> dict:
         "seed": body.seed,
         "ignore_eos": body.ignore_eos,
     }
-    interleave_only = {"cfg_scale": body.cfg_scale, "max_images": body.max_images}
+    interleave_only = {
+        "cfg_scale": body.cfg_scale,
+        "image_temperature": body.image_temperature,
+        "max_images": body.max_images,
+    }
     if mode == "chat":
         given = [name for name, value in interleave_only.items() if value is not None]
         if given:
