@@ -24,8 +24,8 @@ class GenerationSettings:
     `temperature=0` is greedy (argmax) for text and image codes alike; `image_temperature`, when
     given, is the image codes' own (Chameleon samples text and images with separate settings: greedy
     words around drawn images). `top_k` and `top_p` apply to both heads; `repetition_penalty` and
-    `stop` to text only. `cfg_scale` is
-    the classifier-free guidance weight s of `u + s·(c − u)` for image codes (1 turns guidance off).
+    `stop` to text only. `cfg_scale` is the classifier-free guidance weight s of `u + s·(c − u)` for
+    image codes (1 turns guidance off).
     `image_cfg_scale` is InstructPix2Pix's image weight s_I for drawing from input images:
     `u∅ + s_I·(u_I − u∅) + s·(c − u_I)` (1: the twin keeps the input images, u = u_I).
     `cfg_plausibility` α draws image codes only among those the conditional branch gives at least
@@ -71,12 +71,10 @@ class GenerationSettings:
         for name in ("top_k", "max_new_tokens", "max_images", "preview_every", "seed"):
             setattr(self, name, _integer(getattr(self, name)))
         temperatures = f"0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
-        t = self.temperature
-        if not _finite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
-            raise bad("temperature", t, temperatures)
-        t = self.image_temperature
-        if t is not None and (not _finite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE)):
-            raise bad("image_temperature", t, f"None (the temperature's) or {temperatures}")
+        if not _temperature(self.temperature):
+            raise bad("temperature", self.temperature, temperatures)
+        if self.image_temperature is not None and not _temperature(self.image_temperature):
+            raise bad("image_temperature", self.image_temperature, f"None (the temperature's) or {temperatures}")
         if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
             raise bad("top_k", self.top_k, "None or an integer >= 1")
         if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
@@ -156,3 +154,8 @@ def _real(x):
 
 def _finite(x) -> bool:
     return is_number(x) and math.isfinite(x)
+
+
+def _temperature(t) -> bool:
+    """0 (greedy) or within [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+    return _finite(t) and (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE)
