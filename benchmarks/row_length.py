@@ -1,16 +1,17 @@
-"""Training step time of the default model's recipe in packed rows of different lengths.
+"""Training step time of the default model's recipe in packed rows of different lengths and attentions.
 
 With SDPA a packed row costs its whole length² in attention, whatever samples it holds (the
 masked-out blocks are still computed: training/packing.py), so shorter rows that still fit every
 record make the same step of the same 24 samples cheaper; too short, and padding eats the gain.
 Each sample attends only to itself either way, so the training is the same up to rounding.
+`packed_sdpa` (training/packed_attention.py) computes only each sample's own length², in float32.
 
-    python benchmarks/row_length.py [--lengths 512 320 256] [--steps 20] [--rounds 2]
+    python benchmarks/row_length.py [--lengths 512 320 256] [--attention sdpa packed_sdpa] [--steps 20] [--rounds 2]
 
 Runs `janus-like train`'s Trainer on the recipe's stage-1 settings (bf16, batch 24, its data mix)
 from the embedded default model, on freshly written shapes records; rounds alternate the lengths,
 so a machine that speeds up or slows down meanwhile touches each alike. Prints seconds a step, the
-padding fraction and each length's ratio to the first.
+padding fraction and each setting's ratio to the first.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ from janus_like.training.trainer import Trainer  # noqa: E402
 WARMUP_STEPS = 5  # the first steps allocate and warm caches: not timed
 
 
-def time_steps(work: Path, data: Path, max_length: int, steps: int) -> tuple[float, float]:
+def time_steps(work: Path, data: Path, max_length: int, attention: str, steps: int) -> tuple[float, float]:
     """(median seconds a step, mean padding fraction) of `steps` timed steps at rows of `max_length`."""
     recipe = yaml.safe_load((ROOT / "apps" / "default_model" / "recipe.yaml").read_text())
     settings = recipe["train"]
     settings["data"].update(files=[str(data / "train.jsonl")], max_length=max_length)
     settings["training"]["max_steps"] = WARMUP_STEPS + steps
     model = ROOT / "janus_like" / "default_model"
-    settings.update(output_dir=str(work / f"run-{max_length}"), model={"path": str(model)})
-    config = work / f"rows-{max_length}.yaml"
+    run = f"{max_length}-{attention}"
+    settings.update(output_dir=str(work / f"run-{run}"), model={"path": str(model), "attn_implementation": attention})
+    config = work / f"rows-{run}.yaml"
     config.write_text(yaml.safe_dump(settings))
     trainer = Trainer(load_config(config))
     batches = trainer._loader(trainer.train_data, 0, WARMUP_STEPS + steps)
@@ -61,6 +63,7 @@ def time_steps(work: Path, data: Path, max_length: int, steps: int) -> tuple[flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 320, 256])
+    p.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "packed_sdpa"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
@@ -69,15 +72,16 @@ def main() -> None:
         # the recipe's kinds of records in its proportions, few of each: row packing sees the same lengths
         write_shapes(work / "data", counts={"generation": 1200, "edit": 500, "understanding": 3000,
                                             "interleaved": 250, "text": 100})  # fmt: skip
-        runs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.lengths}
+        settings = [(n, attention) for n in args.lengths for attention in args.attention]
+        runs: dict[tuple[int, str], list[tuple[float, float]]] = {s: [] for s in settings}
         for _ in range(args.rounds):
-            for n in args.lengths:
-                runs[n].append(time_steps(work, work / "data", n, args.steps))
-    first = statistics.median(s for s, _ in runs[args.lengths[0]])
-    print(f"{'rows of':>8} {'s / step':>9} {'padding':>8} {'vs ' + str(args.lengths[0]):>8}")
-    for n, results in runs.items():
+            for n, attention in settings:
+                runs[n, attention].append(time_steps(work, work / "data", n, attention, args.steps))
+    first = statistics.median(s for s, _ in runs[settings[0]])
+    print(f"{'rows of':>8} {'attention':>12} {'s / step':>9} {'padding':>8} {'ratio':>6}")
+    for (n, attention), results in runs.items():
         step = statistics.median(s for s, _ in results)
-        print(f"{n:>8} {step:>9.3f} {results[0][1]:>8.1%} {step / first:>8.2f}")
+        print(f"{n:>8} {attention:>12} {step:>9.3f} {results[0][1]:>8.1%} {step / first:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -362,6 +362,49 @@ def test_packed_and_padded_losses_agree(tiny, variable_records):
     assert not torch.allclose(model(**leaky).loss, a.loss, atol=1e-4)
 
 
+def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, monkeypatch):
+    from janus_like.training import packed_attention
+
+    model, processor = tiny
+    seqs = [processor.record_to_sequence(r) for r in variable_records] * 3  # several groups of samples
+    packed = collate_packed(processor, seqs, max_length=160)
+    assert len(seqs) > packed_attention.SAMPLES_PER_CALL
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def counted_sdpa(query, *args, **kwargs):
+        calls.append(query.shape[0])
+        return real_sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
+
+    def run(implementation: str, training: bool):
+        model.set_attn_implementation(implementation)
+        model.train(training)
+        model.zero_grad()
+        calls.clear()
+        out = model(**packed)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.language_model.parameters() if p.grad is not None]
+        return out.loss.detach(), grads, len(calls)
+
+    try:
+        loss, grads, sdpa_calls = run("sdpa", training=True)
+        grouped_loss, grouped_grads, grouped_calls = run("packed_sdpa", training=True)
+        eval_loss, _, eval_calls = run("packed_sdpa", training=False)
+    finally:
+        model.set_attn_implementation("sdpa")
+        model.eval()
+    layers = model.config.text_config.num_hidden_layers
+    groups = -(-(len(seqs) + 1) // packed_attention.SAMPLES_PER_CALL)  # the samples and at least one padded tail
+    assert grouped_calls >= sdpa_calls + (groups - 1) * layers  # training: several groups of samples per layer
+    assert eval_calls == sdpa_calls  # evaluation and generation: transformers' SDPA, one call a layer
+    torch.testing.assert_close(eval_loss, loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grouped_loss, loss, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grouped_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_packing_never_scores_the_next_samples_first_token(tiny):
     _, processor = tiny
     seqs = [processor.record_to_sequence({"task": "text", "text": t}) for t in ("one", "two", "three")]

@@ -173,7 +173,7 @@ def train(work: Path, name: str, settings: dict, init: Path, data: Path) -> dict
     config = dict(
         settings,
         output_dir=str(work / name),
-        model={"path": str(init)},
+        model=dict(settings.get("model", {}), path=str(init)),
         data=dict(settings["data"], files=[str(data / "train.jsonl")]),
     )
     config_file = work / f"{name}.yaml"

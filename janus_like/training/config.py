@@ -42,7 +42,7 @@ class ModelSettings:
     tiny: bool = False  # the tiny random model of janus_like.testing (smoke runs, tests)
     tiny_seed: int = 0
     dtype: str = "float32"  # weights dtype; mixed precision is `training.mixed_precision`
-    attn_implementation: str | None = None  # sdpa (default), flash_attention_2, eager, flex_attention
+    attn_implementation: str | None = None  # sdpa (default), packed_sdpa, flash_attention_2, eager, flex
 
     def check(self) -> None:
         sources = [name for name, on in (("path", self.path), ("parts", self.parts), ("tiny", self.tiny)) if on]
@@ -64,7 +64,7 @@ class ModelSettings:
             _choice(
                 "model.attn_implementation",
                 self.attn_implementation,
-                ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
+                ("sdpa", "packed_sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
             )
 
 

@@ -29,7 +29,7 @@ from ..fileio import MANIFEST, check_output_folder, output_set, plain_modes, unr
 from ..modeling import JanusLikeForConditionalGeneration
 from ..processor import JanusLikeProcessor
 from ..testing import tiny_model
-from . import checkpoints, lora
+from . import checkpoints, lora, packed_attention  # noqa: F401  (registers model.attn_implementation packed_sdpa)
 from .config import TrainConfig
 from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
 from .plots import plot_losses

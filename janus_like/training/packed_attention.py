@@ -1,0 +1,99 @@
+"""`packed_sdpa`: attention for packed training rows, each sample on its own (CPU: in float32).
+
+On a packed row (training/packing.py) SDPA computes the row's whole length² and masks most of it
+away, and PyTorch's CPU flash kernel is slow in bfloat16: a forward and backward of 10 rows of 320
+tokens took 41 ms in bf16 and 32 ms in fp32; the same tokens as 30 samples of 100, causal, 13 ms in
+fp32 (2 cores). So when the batch is packed, this gathers the step's samples into groups of similar
+length and runs one causal SDPA per group, in float32 on the CPU: a step costs the sum of its
+samples' length². Everything else (evaluation, generation, unpacked batches, the vision tower)
+runs transformers' SDPA unchanged. `benchmarks/row_length.py --attention sdpa packed_sdpa`.
+
+flash_attention_2's varlen kernels do this for packed rows on CUDA; on the CPU no library does:
+FlexAttention has no CPU backward (torch 2.13), so this small piece is written here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "packed_sdpa"
+SAMPLES_PER_CALL = 8  # one SDPA call per 8 samples of similar length: few calls, little padding
+
+
+@lru_cache(maxsize=4)
+def _plan(positions: bytes, rows: int, length: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """For packed `positions` (rows × length int64 bytes): the groups' token indices into the
+    flattened batch with their real-token masks, and the permutation that puts the groups' outputs
+    back in row order. Every layer of a step asks the same; the cache answers after the first."""
+    pos = torch.frombuffer(bytearray(positions), dtype=torch.int64).view(rows, length)
+    samples = []  # (first flat index, length); a row's padded tail is a sample of its own
+    for r in range(rows):
+        starts = (pos[r] == 0).nonzero().flatten().tolist() + [length]
+        samples += [(r * length + s, e - s) for s, e in zip(starts, starts[1:])]
+    samples.sort(key=lambda sample: -sample[1])
+    groups, order = [], []
+    for g in range(0, len(samples), SAMPLES_PER_CALL):
+        group = samples[g : g + SAMPLES_PER_CALL]
+        longest = group[0][1]
+        index = torch.zeros(len(group), longest, dtype=torch.long)  # padding points at token 0: causal, never read
+        real = torch.zeros(len(group), longest, dtype=torch.bool)
+        for i, (start, n) in enumerate(group):
+            index[i, :n] = torch.arange(start, start + n)
+            real[i, :n] = True
+        groups.append((index, real))
+        order.append(index[real])
+    return groups, torch.cat(order).argsort()
+
+
+def is_packed(position_ids: torch.Tensor | None) -> bool:
+    """Packed rows restart their position ids (transformers' own packing rule, masking_utils)."""
+    return position_ids is not None and bool((position_ids[:, 1:] == 0).any())
+
+
+def packed_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: (B, heads, L, D) in, (B, L, heads, D) out."""
+    position_ids = kwargs.get("position_ids")
+    packed = module.training and getattr(module, "is_causal", False) and query.shape[2] == key.shape[2]
+    if not (packed and is_packed(position_ids)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    rows, heads, length, dim = query.shape
+    positions = position_ids.expand(rows, -1).to("cpu", torch.int64).contiguous()
+    groups, back = _plan(positions.numpy().tobytes(), rows, length)
+    upcast = query.device.type == "cpu"  # the CPU's bf16 flash kernel is the slow part (above)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:  # (B, h, L, D) -> (B*L, h, D)
+        return t.transpose(1, 2).reshape(rows * length, t.shape[1], dim)
+
+    q, k, v = flat(query), flat(key), flat(value)
+    outputs = []
+    with torch.autocast(query.device.type, enabled=False):
+        for index, real in groups:
+            index, real = index.to(query.device), real.to(query.device)
+            gq, gk, gv = (t[index].transpose(1, 2) for t in (q, k, v))  # (G, h, longest, D)
+            if upcast:
+                gq, gk, gv = gq.float(), gk.float(), gv.float()
+            out = F.scaled_dot_product_attention(
+                gq, gk, gv, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gq.shape[1] != gk.shape[1]
+            )
+            outputs.append(out.transpose(1, 2)[real])  # (real tokens, h, D)
+    attended = torch.cat(outputs)[back.to(query.device)].to(query.dtype)
+    return attended.view(rows, length, heads, dim), None
+
+
+AttentionInterface.register(NAME, packed_sdpa_forward)
+AttentionMaskInterface.register(NAME, sdpa_mask)  # unpacked batches get exactly SDPA's mask
