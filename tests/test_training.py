@@ -372,8 +372,8 @@ def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, 
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
     calls = []
 
-    def counted_sdpa(query, *args, **kwargs):
-        calls.append(query.shape[0])
+    def counted_sdpa(query, *args, **kwargs):  # records the dtype the kernel computes in
+        calls.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype)
         return real_sdpa(query, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
@@ -392,6 +392,11 @@ def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, 
         loss, grads, sdpa_calls = run("sdpa", training=True)
         grouped_loss, grouped_grads, grouped_calls = run("packed_sdpa", training=True)
         eval_loss, _, eval_calls = run("packed_sdpa", training=False)
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # training under bf16: attention still in float32
+            run("packed_sdpa", training=True)
+            bf16_calls = list(calls)
+            run("sdpa", training=True)
     finally:
         model.set_attn_implementation("sdpa")
         model.eval()
@@ -399,6 +404,7 @@ def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, 
     groups = -(-(len(seqs) + 1) // packed_attention.SAMPLES_PER_CALL)  # the samples and at least one padded tail
     assert grouped_calls >= sdpa_calls + (groups - 1) * layers  # training: several groups of samples per layer
     assert eval_calls == sdpa_calls  # evaluation and generation: transformers' SDPA, one call a layer
+    assert set(bf16_calls) == {torch.float32} and torch.bfloat16 in calls  # SDPA alone computes in bf16
     torch.testing.assert_close(eval_loss, loss, atol=1e-6, rtol=0)
     torch.testing.assert_close(grouped_loss, loss, atol=1e-5, rtol=1e-5)
     for a, b in zip(grouped_grads, grads, strict=True):

@@ -1,12 +1,13 @@
-"""`packed_sdpa`: attention for packed training rows, each sample on its own (CPU: in float32).
+"""`packed_sdpa`: training attention for the CPU: packed rows sample by sample, all of it in float32.
 
 On a packed row (training/packing.py) SDPA computes the row's whole length² and masks most of it
-away, and PyTorch's CPU flash kernel is slow in bfloat16: a forward and backward of 10 rows of 320
-tokens took 41 ms in bf16 and 32 ms in fp32; the same tokens as 30 samples of 100, causal, 13 ms in
-fp32 (2 cores). So when the batch is packed, this gathers the step's samples into groups of similar
-length and runs one causal SDPA per group, in float32 on the CPU: a step costs the sum of its
-samples' length². Everything else (evaluation, generation, unpacked batches, the vision tower)
-runs transformers' SDPA unchanged. `benchmarks/row_length.py --attention sdpa packed_sdpa`.
+away, and PyTorch's CPU flash kernel is several times slower in bfloat16 than in float32 at these
+sizes (2 cores, forward and backward: the default model's SigLIP layer, 24 images of 64 tokens,
+27 ms in bf16 against 5.5 ms; 10 packed rows of 320 tokens 41 ms, the same tokens as 30 causal
+samples of 100 in fp32 13 ms). So in training this gathers a packed step's samples into groups of
+similar length, one causal SDPA per group, and runs every SDPA call (the vision tower's too) in
+float32 on the CPU: a step costs its samples' own length². In evaluation and generation it is
+transformers' SDPA unchanged. `benchmarks/row_length.py --attention sdpa packed_sdpa`.
 
 flash_attention_2's varlen kernels do this for packed rows on CUDA; on the CPU no library does:
 FlexAttention has no CPU backward (torch 2.13), so this small piece is written here.
@@ -67,14 +68,21 @@ def packed_sdpa_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: (B, heads, L, D) in, (B, L, heads, D) out."""
-    position_ids = kwargs.get("position_ids")
-    packed = module.training and getattr(module, "is_causal", False) and query.shape[2] == key.shape[2]
-    if not (packed and is_packed(position_ids)):
+    if not module.training:  # evaluation and generation
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    upcast = query.device.type == "cpu"
+    position_ids = kwargs.get("position_ids")
+    packed = getattr(module, "is_causal", False) and query.shape[2] == key.shape[2] and is_packed(position_ids)
+    if not packed:  # unpacked batches, the vision tower: SDPA, in float32 on the CPU
+        if not upcast:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        with torch.autocast("cpu", enabled=False):
+            q, k, v = query.float(), key.float(), value.float()
+            out, _ = sdpa_attention_forward(module, q, k, v, attention_mask, dropout, scaling, **kwargs)
+        return out.to(query.dtype), None
     rows, heads, length, dim = query.shape
     positions = position_ids.expand(rows, -1).to("cpu", torch.int64).contiguous()
     groups, back = _plan(positions.numpy().tobytes(), rows, length)
-    upcast = query.device.type == "cpu"  # the CPU's bf16 flash kernel is the slow part (above)
 
     def flat(t: torch.Tensor) -> torch.Tensor:  # (B, h, L, D) -> (B*L, h, D)
         return t.transpose(1, 2).reshape(rows * length, t.shape[1], dim)
