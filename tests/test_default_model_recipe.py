@@ -52,3 +52,17 @@ def test_the_read_stage_trains_the_vision_tower_and_aligner_alone():
     trained = apply_stage(model, config.stage, config.trainable, config.frozen)
     assert {name.split(".")[0] for name in trained} == {"vision_model", "aligner"}
     assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("language_model.", "gen_")))
+
+
+def test_build_keeps_the_recipes_model_settings_beside_the_init_path(tmp_path, monkeypatch):
+    written = {}
+
+    def record(cmd, log):  # the `janus-like train` call: what config it would run
+        written.update(yaml.safe_load(Path(cmd[-1]).read_text()))
+        (tmp_path / "train").mkdir(exist_ok=True)
+        (tmp_path / "train" / "metrics.json").write_text('{"history": [{"loss": 1.0}]}')
+
+    monkeypatch.setattr(build, "run", record)
+    build.train(tmp_path, "train", RECIPE["train"], tmp_path / "init", tmp_path / "data")
+    assert written["model"] == {**RECIPE["train"].get("model", {}), "path": str(tmp_path / "init")}
+    assert config_from_dict(written).model.attn_implementation == RECIPE["train"]["model"]["attn_implementation"]
