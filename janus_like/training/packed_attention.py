@@ -21,21 +21,23 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, find_packed_sequence_indices, sdpa_mask
 
 NAME = "packed_sdpa"
 SAMPLES_PER_CALL = 8  # one SDPA call per 8 samples of similar length: few calls, little padding
 
 
 @lru_cache(maxsize=4)
-def _plan(positions: bytes, rows: int, length: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """For packed `positions` (rows × length int64 bytes): the groups' token indices into the
-    flattened batch with their real-token masks, and the permutation that puts the groups' outputs
-    back in row order. Every layer of a step asks the same; the cache answers after the first."""
-    pos = torch.frombuffer(bytearray(positions), dtype=torch.int64).view(rows, length)
+def _plan(sequences: bytes, rows: int, length: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """For transformers' packed-sequence indices (rows × length int64 bytes, masking_utils'
+    find_packed_sequence_indices: the same samples SDPA's block mask keeps apart): the groups'
+    token indices into the flattened batch with their real-token masks, and the permutation that
+    puts the groups' outputs back in row order. Every layer of a step asks the same; the cache
+    answers after the first."""
+    sequence = torch.frombuffer(bytearray(sequences), dtype=torch.int64).view(rows, length)
     samples = []  # (first flat index, length); a row's padded tail is a sample of its own
     for r in range(rows):
-        starts = (pos[r] == 0).nonzero().flatten().tolist() + [length]
+        starts = [0] + ((sequence[r, 1:] != sequence[r, :-1]).nonzero().flatten() + 1).tolist() + [length]
         samples += [(r * length + s, e - s) for s, e in zip(starts, starts[1:])]
     samples.sort(key=lambda sample: -sample[1])
     groups, order = [], []
@@ -52,11 +54,6 @@ def _plan(positions: bytes, rows: int, length: int) -> tuple[list[tuple[torch.Te
     return groups, torch.cat(order).argsort()
 
 
-def is_packed(position_ids: torch.Tensor | None) -> bool:
-    """Packed rows restart their position ids (transformers' own packing rule, masking_utils)."""
-    return position_ids is not None and bool((position_ids[:, 1:] == 0).any())
-
-
 def packed_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -71,18 +68,19 @@ def packed_sdpa_forward(
     if not module.training:  # evaluation and generation
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     upcast = query.device.type == "cpu"
+    rows, heads, length, dim = query.shape
     position_ids = kwargs.get("position_ids")
-    packed = getattr(module, "is_causal", False) and query.shape[2] == key.shape[2] and is_packed(position_ids)
-    if not packed:  # unpacked batches, the vision tower: SDPA, in float32 on the CPU
+    sequences = None
+    if getattr(module, "is_causal", False) and length == key.shape[2] and position_ids is not None:
+        sequences = find_packed_sequence_indices(position_ids.expand(rows, -1))  # None: one sample a row
+    if sequences is None:  # unpacked batches, the vision tower: SDPA, in float32 on the CPU
         if not upcast:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
         with torch.autocast("cpu", enabled=False):
             q, k, v = query.float(), key.float(), value.float()
             out, _ = sdpa_attention_forward(module, q, k, v, attention_mask, dropout, scaling, **kwargs)
         return out.to(query.dtype), None
-    rows, heads, length, dim = query.shape
-    positions = position_ids.expand(rows, -1).to("cpu", torch.int64).contiguous()
-    groups, back = _plan(positions.numpy().tobytes(), rows, length)
+    groups, back = _plan(sequences.to("cpu", torch.int64).contiguous().numpy().tobytes(), rows, length)
 
     def flat(t: torch.Tensor) -> torch.Tensor:  # (B, h, L, D) -> (B*L, h, D)
         return t.transpose(1, 2).reshape(rows * length, t.shape[1], dim)
