@@ -2,12 +2,13 @@
 
 On a packed row (training/packing.py) SDPA computes the row's whole length² and masks most of it
 away, and PyTorch's CPU flash kernel is several times slower in bfloat16 than in float32 at these
-sizes (2 cores, forward and backward: the default model's SigLIP layer, 24 images of 64 tokens,
-27 ms in bf16 against 5.5 ms; 10 packed rows of 320 tokens 41 ms, the same tokens as 30 causal
-samples of 100 in fp32 13 ms). So in training this gathers a packed step's samples into groups of
-similar length, one causal SDPA per group, and runs every SDPA call (the vision tower's too) in
-float32 on the CPU: a step costs its samples' own length². In evaluation and generation it is
-transformers' SDPA unchanged. `benchmarks/row_length.py --attention sdpa packed_sdpa`.
+sizes (a one-off timing of torch's SDPA alone, forward and backward on 2 cores: the default
+model's SigLIP layer, 24 images of 64 tokens, 27 ms in bf16 against 5.5 ms; 10 packed rows of 320
+tokens 41 ms, the same tokens as 30 causal samples of 100 in fp32 13 ms). So in training this
+gathers a packed step's samples into groups of similar length, one causal SDPA per group, and runs
+every SDPA call (the vision tower's too) in float32 on the CPU: a step costs its samples' own
+length². In evaluation and generation it is transformers' SDPA unchanged.
+`benchmarks/row_length.py --attention sdpa packed_sdpa` times whole training steps.
 
 flash_attention_2's varlen kernels do this for packed rows on CUDA; on the CPU no library does:
 FlexAttention has no CPU backward (torch 2.13), so this small piece is written here.
