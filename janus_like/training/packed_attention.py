@@ -26,15 +26,16 @@ from transformers.masking_utils import AttentionMaskInterface, find_packed_seque
 
 NAME = "packed_sdpa"
 SAMPLES_PER_CALL = 8  # one SDPA call per 8 samples of similar length: few calls, little padding
+Group = tuple[torch.Tensor, torch.Tensor, int]  # token indices, positions of the real ones, longest sample
 
 
 @lru_cache(maxsize=4)
-def _plan(sequences: bytes, rows: int, length: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+def _plan(sequences: bytes, rows: int, length: int) -> tuple[list[Group], torch.Tensor]:
     """For transformers' packed-sequence indices (rows × length int64 bytes, masking_utils'
-    find_packed_sequence_indices: the same samples SDPA's block mask keeps apart): the groups'
-    token indices into the flattened batch with their real-token masks, and the permutation that
-    puts the groups' outputs back in row order. Every layer of a step asks the same; the cache
-    answers after the first."""
+    find_packed_sequence_indices: the same samples SDPA's block mask keeps apart): each group's
+    token indices into the flattened batch (group × longest, flattened), the positions of its real
+    tokens among them and its longest sample; and the permutation that puts the groups' outputs
+    back in row order. Every layer of a step asks the same; the cache answers after the first."""
     sequence = torch.frombuffer(bytearray(sequences), dtype=torch.int64).view(rows, length)
     samples = []  # (first flat index, length); a row's padded tail is a sample of its own
     for r in range(rows):
@@ -50,7 +51,7 @@ def _plan(sequences: bytes, rows: int, length: int) -> tuple[list[tuple[torch.Te
         for i, (start, n) in enumerate(group):
             index[i, :n] = torch.arange(start, start + n)
             real[i, :n] = True
-        groups.append((index, real))
+        groups.append((index.flatten(), real.flatten().nonzero().flatten(), longest))
         order.append(index[real])
     return groups, torch.cat(order).argsort()
 
@@ -89,16 +90,19 @@ def packed_sdpa_forward(
     q, k, v = flat(query), flat(key), flat(value)
     outputs = []
     with torch.autocast(query.device.type, enabled=False):
-        for index, real in groups:
+        # index_select, not t[index]: its backward is index_add_, where advanced indexing's
+        # index_put_(accumulate=True) took 6% of a CPU training step
+        for index, real, longest in groups:
             index, real = index.to(query.device), real.to(query.device)
-            gq, gk, gv = (t[index].transpose(1, 2) for t in (q, k, v))  # (G, h, longest, D)
+            gq, gk, gv = (t.index_select(0, index).unflatten(0, (-1, longest)) for t in (q, k, v))
+            gq, gk, gv = (t.transpose(1, 2) for t in (gq, gk, gv))  # (G, h, longest, D)
             if upcast:
                 gq, gk, gv = gq.float(), gk.float(), gv.float()
             out = F.scaled_dot_product_attention(
                 gq, gk, gv, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gq.shape[1] != gk.shape[1]
             )
-            outputs.append(out.transpose(1, 2)[real])  # (real tokens, h, D)
-    attended = torch.cat(outputs)[back.to(query.device)].to(query.dtype)
+            outputs.append(out.transpose(1, 2).flatten(0, 1).index_select(0, real))  # (real tokens, h, D)
+    attended = torch.cat(outputs).index_select(0, back.to(query.device)).to(query.dtype)
     return attended.view(rows, length, heads, dim), None
 
 
