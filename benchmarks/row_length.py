@@ -36,14 +36,15 @@ from janus_like.training.trainer import Trainer  # noqa: E402
 WARMUP_STEPS = 5  # the first steps allocate and warm caches: not timed
 
 
-def time_steps(work: Path, data: Path, max_length: int, attention: str, steps: int) -> tuple[float, float]:
-    """(median seconds a step, mean padding fraction) of `steps` timed steps at rows of `max_length`."""
+def time_steps(work: Path, data: Path, row_length: int, attention: str, steps: int) -> tuple[float, float]:
+    """(median seconds a step, mean padding fraction) of `steps` timed steps at rows of `row_length`."""
     recipe = yaml.safe_load((ROOT / "apps" / "default_model" / "recipe.yaml").read_text())
     settings = recipe["train"]
-    settings["data"].update(files=[str(data / "train.jsonl")], max_length=max_length)
+    max_length = min(row_length, settings["data"]["max_length"])  # the longest sample stays the recipe's
+    settings["data"].update(files=[str(data / "train.jsonl")], max_length=max_length, row_length=row_length)
     settings["training"]["max_steps"] = WARMUP_STEPS + steps
     model = ROOT / "janus_like" / "default_model"
-    run = f"{max_length}-{attention}"
+    run = f"{row_length}-{attention}"
     settings.update(output_dir=str(work / f"run-{run}"), model={"path": str(model), "attn_implementation": attention})
     config = work / f"rows-{run}.yaml"
     config.write_text(yaml.safe_dump(settings))

@@ -352,10 +352,14 @@ class JanusLikeProcessor:
             )
 
     def collate(
-        self, sequences: Sequence[TokenSequence], pad_to_multiple_of: int | None = None
+        self,
+        sequences: Sequence[TokenSequence],
+        pad_to_multiple_of: int | None = None,
+        check_length: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Right-pad a list of sequences into batch tensors; labels are -100 where not a target."""
-        for seq in sequences:
+        """Right-pad a list of sequences into batch tensors; labels are -100 where not a target.
+        `check_length=False` for packed rows, whose positions restart: their samples are checked."""
+        for seq in sequences if check_length else ():
             self.check_length(seq)
         length = max(len(s) for s in sequences)
         if pad_to_multiple_of:

@@ -124,6 +124,7 @@ def run(root: Path, resume: str | None = None, skip_bad: bool = False, **section
         ({"data": {"mix": {"video": 1.0}}}, "unknown task 'video'"),
         ({"data": {"cfg_dropout": 1.5}}, "data.cfg_dropout = 1.5 is out of range"),
         ({"data": {"cfg_image_dropout": -0.1}}, "data.cfg_image_dropout = -0.1 is out of range"),
+        ({"data": {"max_length": 256, "row_length": 128}}, "data.row_length = 128 is out of range; accepted: [256,"),
         ({"training": {"mixed_precision": "fp8"}}, "choose one of no, bf16, fp16"),
         ({"stage": 4}, "stage = 4"),
         ({"model": {"tiny": True, "path": "x"}}, "exactly one of"),
@@ -363,12 +364,13 @@ def test_packed_and_padded_losses_agree(tiny, variable_records):
 
 
 def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, monkeypatch):
-    from janus_like.training import packed_attention
 
     model, processor = tiny
     seqs = [processor.record_to_sequence(r) for r in variable_records] * 3  # several groups of samples
     packed = collate_packed(processor, seqs, max_length=160)
-    assert len(seqs) > packed_attention.SAMPLES_PER_CALL
+    one_row = collate_packed(processor, seqs, max_length=100_000)  # data.row_length beyond the context
+    assert one_row["input_ids"].shape == (1, sum(len(s) for s in seqs))  # one row, no padding
+    assert one_row["input_ids"].shape[1] > model.config.text_config.max_position_embeddings
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
     calls = []
 
@@ -378,12 +380,12 @@ def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, 
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
 
-    def run(implementation: str, training: bool):
+    def run(implementation: str, training: bool, batch: dict = packed):
         model.set_attn_implementation(implementation)
         model.train(training)
         model.zero_grad()
         calls.clear()
-        out = model(**packed)
+        out = model(**batch)
         out.loss.backward()
         grads = [p.grad.clone() for p in model.language_model.parameters() if p.grad is not None]
         return out.loss.detach(), grads, len(calls)
@@ -392,6 +394,7 @@ def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, 
         loss, grads, sdpa_calls = run("sdpa", training=True)
         grouped_loss, grouped_grads, grouped_calls = run("packed_sdpa", training=True)
         eval_loss, _, eval_calls = run("packed_sdpa", training=False)
+        one_row_loss, one_row_grads, _ = run("packed_sdpa", training=True, batch=one_row)
         calls.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):  # training under bf16: attention still in float32
             run("packed_sdpa", training=True)
@@ -401,14 +404,31 @@ def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, 
         model.set_attn_implementation("sdpa")
         model.eval()
     layers = model.config.text_config.num_hidden_layers
-    groups = -(-(len(seqs) + 1) // packed_attention.SAMPLES_PER_CALL)  # the samples and at least one padded tail
-    assert grouped_calls >= sdpa_calls + (groups - 1) * layers  # training: several groups of samples per layer
+    assert grouped_calls >= sdpa_calls + layers  # training: several groups of samples per layer
     assert eval_calls == sdpa_calls  # evaluation and generation: transformers' SDPA, one call a layer
     assert set(bf16_calls) == {torch.float32} and torch.bfloat16 in calls  # SDPA alone computes in bf16
     torch.testing.assert_close(eval_loss, loss, atol=1e-6, rtol=0)
     torch.testing.assert_close(grouped_loss, loss, atol=1e-5, rtol=1e-5)
-    for a, b in zip(grouped_grads, grads, strict=True):
+    torch.testing.assert_close(one_row_loss, loss, atol=1e-5, rtol=1e-5)
+    for a, b, c in zip(grouped_grads, grads, one_row_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_sdpa_groups_samples_at_least_cost():
+    from janus_like.training.packed_attention import CALL_COST, PER_TOKEN_COST, _cheapest_groups
+
+    def cost(lengths, runs):
+        return sum(CALL_COST + (e - f) * (lengths[f] ** 2 + PER_TOKEN_COST * lengths[f]) for f, e in runs)
+
+    lengths = [409, 197, 197, 173, 162, 161, 122] + [112] * 6 + [104] * 12 + [80, 11, 4, 1]  # a stage-1 step
+    runs = _cheapest_groups(lengths)
+    assert [f for f, _ in runs] == sorted(f for f, _ in runs) and runs[0][0] == 0 and runs[-1][1] == len(lengths)
+    assert all(f < e for f, e in runs) and all(a[1] == b[0] for a, b in zip(runs, runs[1:]))  # every sample once
+    assert runs[0] == (0, 1)  # the long sample alone: padding 24 others to 409 costs far more than a call
+    eights = [(f, min(f + 8, len(lengths))) for f in range(0, len(lengths), 8)]
+    assert cost(lengths, runs) < 0.5 * cost(lengths, eights)
+    assert _cheapest_groups([100] * 30) == [(0, 30)]  # equal lengths: one call
 
 
 def test_packing_never_scores_the_next_samples_first_token(tiny):

@@ -74,8 +74,11 @@ class DataSettings:
 
     files: list[str] = field(default_factory=list)  # paths or globs, relative to the config file
     mix: dict[str, float] | None = None  # task -> weight; default: in proportion to the records
-    max_length: int = 2048  # longest row (packed) or sample (unpacked), in tokens
+    max_length: int = 2048  # longest sample, in tokens; and of a packed row unless row_length says
     packing: bool = True
+    # a packed row's capacity (default max_length); positions restart for every sample, so with
+    # packed_sdpa, where each sample attends alone, one long row a step packs with no padding
+    row_length: int | None = None
     cfg_dropout: float = 0.1  # fraction of generation samples trained with the unconditional prompt
     cfg_image_dropout: float = 0.0  # of those, edits that lose their input images too (for image_cfg_scale)
     num_workers: int = 0
@@ -91,6 +94,8 @@ class DataSettings:
             if sum(self.mix.values()) <= 0:
                 raise SettingsError("data.mix: the weights must add up to more than 0")
         _range("data.max_length", self.max_length, 8, None)
+        if self.row_length is not None:
+            _range("data.row_length", self.row_length, self.max_length, None)
         _range("data.cfg_dropout", self.cfg_dropout, 0.0, 1.0)
         _range("data.cfg_image_dropout", self.cfg_image_dropout, 0.0, 1.0)
         _range("data.num_workers", self.num_workers, 0, 64)

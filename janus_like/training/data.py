@@ -249,9 +249,11 @@ class MicroBatches(torch.utils.data.Dataset):
         cfg_dropout: float,
         seed: int,
         cfg_image_dropout: float = 0.0,
+        row_length: int | None = None,  # packed rows' capacity; default max_length
     ):
         self.index, self.mixture, self.processor = index, mixture, processor
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.row_length = row_length or max_length
         self.max_length, self.packing, self.cfg_dropout, self.seed = max_length, packing, cfg_dropout, seed
         self.cfg_image_dropout = cfg_image_dropout
 
@@ -300,7 +302,7 @@ class MicroBatches(torch.utils.data.Dataset):
         if not seqs:  # every record was bad: a one-token row with no targets keeps the processes in step
             seqs = [TokenSequence(ids=[self.processor.bos_id], modality=[0], trainable=[False])]
         batch = (
-            collate_packed(self.processor, seqs, self.max_length)
+            collate_packed(self.processor, seqs, self.row_length)
             if self.packing
             else collate_padded(self.processor, seqs)
         )

@@ -52,10 +52,13 @@ def concatenate(seqs: list[TokenSequence]) -> TokenSequence:
 
 def collate_packed(processor: JanusLikeProcessor, seqs: list[TokenSequence], max_length: int) -> dict:
     """Pack samples into as few rows of at most `max_length` tokens as fit; the batch is as long
-    as its longest row. Returns the model's inputs with restarting `position_ids`."""
+    as its longest row. Returns the model's inputs with restarting `position_ids`. A row may be
+    longer than the model's context (each sample's positions start at 0); each sample must fit it."""
+    for seq in seqs:
+        processor.check_length(seq)
     groups = first_fit_decreasing([len(s) for s in seqs], max_length)
     rows = [concatenate([seqs[i] for i in group]) for group in groups]
-    batch = processor.collate(rows)
+    batch = processor.collate(rows, check_length=False)
     length = batch["input_ids"].shape[1]
     position_ids = torch.empty((len(rows), length), dtype=torch.long)
     for r, group in enumerate(groups):
