@@ -216,7 +216,7 @@ class Trainer:
             world_size=acc.num_processes,
             rank=acc.process_index,
             max_length=cfg.data.max_length,
-            row_length=cfg.data.row_length or cfg.data.max_length,
+            row_length=cfg.data.row_length,
             packing=cfg.data.packing,
             cfg_dropout=cfg.data.cfg_dropout,
             cfg_image_dropout=cfg.data.cfg_image_dropout,
