@@ -364,6 +364,7 @@ def test_packed_and_padded_losses_agree(tiny, variable_records):
 
 
 def test_packed_sdpa_attends_sample_by_sample_like_sdpa(tiny, variable_records, monkeypatch):
+    import janus_like.training.packed_attention  # noqa: F401  registers packed_sdpa with transformers
 
     model, processor = tiny
     seqs = [processor.record_to_sequence(r) for r in variable_records] * 3  # several groups of samples
