@@ -18,6 +18,15 @@ from vector_quantize_pytorch import VectorQuantize
 from .configuration import JanusLikeVQConfig
 
 
+def dead_code_ratio(config: JanusLikeVQConfig) -> float:
+    """The config's `threshold_ema_dead_code` as vector-quantize-pytorch >= 1.34 takes it: a share
+    of the mean cluster size. A count of 1 or more becomes count / codebook_size, the conversion
+    that version applies to its deprecated argument (passing that argument logs a warning on every
+    load); a value below 1 is a share already; 0 never replaces a code."""
+    threshold = config.threshold_ema_dead_code
+    return threshold / config.codebook_size if threshold >= 1 else threshold
+
+
 class PatchEncoder(nn.Module):
     """Pixels -> latents, each f×f patch encoded alone (a patchify convolution, then per-patch 1×1
     layers): a code means the same pixels wherever it stands, so a decoder that drew an object in
@@ -79,7 +88,7 @@ class JanusLikeVQModel(PreTrainedModel):
             use_cosine_sim=True,
             decay=config.codebook_decay,
             commitment_weight=config.commitment_weight,
-            threshold_ema_dead_code=config.threshold_ema_dead_code,
+            dead_code_threshold_ratio=dead_code_ratio(config),
             accept_image_fmap=True,
         )
         self.post_init()

@@ -2,8 +2,9 @@
 
 Losses: pixel reconstruction (MSE) + the quantizer's commitment loss; the codebook itself is an
 EMA of the encoder outputs assigned to each code (vector_quantize_pytorch), and codes whose EMA
-cluster size falls below `--dead-code-threshold` are replaced by encoder outputs of the batch
-(the VQ config's `threshold_ema_dead_code`), which keeps the codebook in use. Optionally a
+cluster size falls below a share of the mean set by `--dead-code-threshold` (the VQ config's
+`threshold_ema_dead_code`, vq.dead_code_ratio) are replaced by encoder outputs of the batch,
+which keeps the codebook in use. Optionally a
 PatchGAN hinge adversarial loss sharpens details (`--adversarial-weight`), and `--merge-codes`
 collapses the near-twin codes that replacement leaves behind (merge_near_codes).
 
@@ -260,7 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dead-code-threshold",
         type=number(0),
         default=2.0,
-        help="replace codes whose EMA cluster size falls below this (0: never)",
+        help="replace codes whose EMA cluster size falls below this share of the mean"
+        " (>= 1: this / codebook size, vq.dead_code_ratio; 0: never)",
     )
     p.add_argument("--codebook-decay", type=number(0, 1), default=0.8, help="EMA decay of the codebook")
     p.add_argument(
