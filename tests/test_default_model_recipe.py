@@ -66,3 +66,15 @@ def test_build_keeps_the_recipes_model_settings_beside_the_init_path(tmp_path, m
     build.train(tmp_path, "train", RECIPE["train"], tmp_path / "init", tmp_path / "data")
     assert written["model"] == {**RECIPE["train"].get("model", {}), "path": str(tmp_path / "init")}
     assert config_from_dict(written).model.attn_implementation == RECIPE["train"]["model"]["attn_implementation"]
+
+
+def test_the_vq_is_trained_with_the_recipes_codebook_settings(tmp_path, monkeypatch):
+    """Codebook size, merging and the dead-code share reach train_vq.py: the dead-code share decides
+    how many codes the world's patches get (docs/default-model.md, the twelfth build)."""
+    called = []
+    monkeypatch.setattr(build, "run", lambda cmd, log: called.append(cmd) or "PSNR 6.0 -> 40.0 dB")
+    build.train_vq(tmp_path, RECIPE, tmp_path / "renders")
+    args = dict(zip(called[0], called[0][1:]))
+    vq = RECIPE["vq"]
+    assert args["--codebook-size"] == str(vq["codebook_size"]) and args["--merge-codes"] == str(vq["merge_codes"])
+    assert args["--dead-code-threshold"] == str(vq["dead_code_threshold"])

@@ -87,6 +87,7 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
             ",".join(map(str, vq["channel_multiplier"])),
             *(["--patch-encoder"] if vq.get("patch_encoder") else []),
             *(["--merge-codes", str(vq["merge_codes"])] if vq.get("merge_codes") else []),
+            *(["--dead-code-threshold", str(vq["dead_code_threshold"])] if "dead_code_threshold" in vq else []),
             "--steps",
             str(vq["steps"]),
             "--batch-size",
