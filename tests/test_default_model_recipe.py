@@ -28,7 +28,8 @@ RECIPE = yaml.safe_load((BUILD / "recipe.yaml").read_text())
 
 
 def _stage_config(name: str):
-    settings = build.merged(RECIPE["train"], RECIPE[name]["train"])
+    """`janus-like train`'s config for a stage: "train" (stage 1) or a later stage merged over it."""
+    settings = build.merged(RECIPE["train"], RECIPE[name]["train"] if name != "train" else {})
     return config_from_dict(
         dict(settings, output_dir="unused", model={"path": "unused"}, data=dict(settings["data"], files=["x.jsonl"]))
     )
@@ -44,6 +45,17 @@ def test_each_later_stage_is_a_valid_train_config_with_its_own_data_seed(name):
     assert mixed <= written, f"{name}: the mix asks for tasks its records do not hold"
     seeds = [RECIPE["seed"]] + [RECIPE[stage]["data"]["seed"] for stage in build.LATER_STAGES]
     assert len(set(seeds)) == len(seeds), "a later stage would train on stage 1's (or another stage's) records again"
+
+
+@pytest.mark.parametrize("name", ("train",) + build.LATER_STAGES)
+def test_every_stage_trains_in_float32_on_a_cpu_without_bf16_matmuls(name, monkeypatch):
+    """bf16 autocast on an AVX2-only CPU made a stage-1 step 26.1 s instead of 1.72 (docs/training.md)."""
+    from janus_like.training import precision
+
+    config = _stage_config(name)
+    for native, chosen in ((False, "no"), (True, "bf16")):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
+        assert precision.resolve(config.training.mixed_precision, on_cpu=True) == chosen
 
 
 def test_the_read_stage_trains_the_vision_tower_and_aligner_alone():

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import re
 import shutil
 import subprocess
@@ -36,6 +38,7 @@ import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from janus_like import JanusLikeForConditionalGeneration
+from janus_like.training import precision
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "janus_like" / "default_model"
@@ -191,6 +194,14 @@ def train(work: Path, name: str, settings: dict, init: Path, data: Path) -> dict
     return {"loss": mean("loss"), "text_loss": mean("text_loss"), "image_loss": mean("image_loss")}
 
 
+def machine() -> dict:
+    """What the build ran on: its time depends on the CPU as much as on the recipe (docs/default-model.md)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
+            "bf16_matmul": precision.cpu_has_bf16()}  # fmt: skip
+
+
 def install(final: Path) -> float:
     """Replace janus_like/default_model/ by the trained model (temp dir, then rename); its size in MB."""
     tmp = TARGET.with_name(".tmp-default_model")
@@ -235,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
+    ran_on = machine()
+    print(f"machine: {ran_on}", flush=True)
     stages = LATER_STAGES
     if args.tuned:  # stage 1 and the tune each reproduce bit for bit: iterate on the read stage
         final, stages = Path(args.tuned).resolve(), ("read",)
@@ -251,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         final = work / name / "final"
         report[f"{name}_seconds"] = round(time.perf_counter() - stage_started)
     report["total_seconds"] = round(time.perf_counter() - started)
+    report["machine"] = ran_on
     if not args.no_install:
         report["size_mb"] = round(install(final), 2)
         run(

@@ -22,6 +22,7 @@ import yaml
 from ..configuration import check_compose_settings
 from ..errors import SettingsError, is_int, is_number
 from ..layout import TASKS
+from . import precision
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's legacy seeding (accelerate.set_seed) takes no more
 # samples per process per micro-step, and micro-steps per step: each micro-batch is built whole in memory and a
@@ -153,7 +154,7 @@ class TrainingSettings:
     batch_size: int = 8  # samples per process per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
-    mixed_precision: str | None = None  # no, bf16, fp16; none: the launcher's (accelerate config), else no
+    mixed_precision: str | None = None  # auto, no, bf16, fp16 (training/precision.py); none: the launcher's, else no
     gradient_checkpointing: bool = False
     nonfinite: str = "skip"  # skip the step, or stop the run
     max_nonfinite: int = 10  # stop after this many skipped steps in a row
@@ -164,7 +165,7 @@ class TrainingSettings:
         _range("training.grad_accum", self.grad_accum, 1, MAX_GRAD_ACCUM)
         _range("training.grad_clip", self.grad_clip, 0.0, None)
         if self.mixed_precision is not None:
-            _choice("training.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+            _choice("training.mixed_precision", self.mixed_precision, precision.CHOICES)
         _choice("training.nonfinite", self.nonfinite, ("skip", "stop"))
         _range("training.max_nonfinite", self.max_nonfinite, 1, None)
 

@@ -29,7 +29,7 @@ from ..fileio import MANIFEST, check_output_folder, output_set, plain_modes, unr
 from ..modeling import JanusLikeForConditionalGeneration
 from ..processor import JanusLikeProcessor
 from ..testing import tiny_model
-from . import checkpoints, lora, packed_attention  # noqa: F401  (registers model.attn_implementation packed_sdpa)
+from . import checkpoints, lora, packed_attention, precision  # noqa: F401  (registers model.attn_implementation packed_sdpa)
 from .config import TrainConfig
 from .data import DataIndex, MicroBatches, Mixture, identity, resolve_files
 from .plots import plot_losses
@@ -134,7 +134,7 @@ class Trainer:
         use_tb = cfg.logging.tensorboard and is_tensorboard_available()
         self.accelerator = acc = Accelerator(
             cpu=not _has_accelerator(),  # without it accelerate treats torchrun on CPUs as one process
-            mixed_precision=tcfg.mixed_precision,
+            mixed_precision=precision.resolve(tcfg.mixed_precision, on_cpu=not _has_accelerator()),
             log_with="tensorboard" if use_tb else None,
             project_dir=str(self.output_dir),
             step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
@@ -187,7 +187,10 @@ class Trainer:
         if self.accelerator.is_main_process:
             n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
             n_all = sum(p.numel() for p in model.parameters())
-            tqdm.write(f"training {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M parameters ({n_train / n_all:.2%})")
+            tqdm.write(
+                f"training {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M parameters ({n_train / n_all:.2%}), "
+                f"mixed precision {self.accelerator.mixed_precision}"
+            )
         if tcfg.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]
