@@ -16,6 +16,7 @@ from .generation import Done, Event, GenerationEngine, GenerationSettings, Reque
 from .generation.engine import IMAGE_MODE, TEXT_MODE
 from .generation.scheduler import Scheduler, check_max_batch
 from .generation.settings import check_num_images
+from .hardware import warn_if_slow_on_cpu
 from .modeling import JanusLikeForConditionalGeneration
 from .processor import JanusLikeProcessor, TokenSequence
 
@@ -46,6 +47,7 @@ class JanusLikePipeline:
         """`max_batch`: KV-cache rows shared by concurrent calls (a guided image takes 2, an
         image edit with image_cfg_scale 3)."""
         self.model = model.eval()
+        warn_if_slow_on_cpu(model.dtype, model.device)
         self.processor = processor
         self.scheduler = Scheduler(model, processor, max_batch=max_batch)
         self.engine = GenerationEngine(model, processor, compile=compile)

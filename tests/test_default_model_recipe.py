@@ -54,7 +54,7 @@ def test_every_stage_trains_in_float32_on_a_cpu_without_bf16_matmuls(name, monke
 
     config = _stage_config(name)
     for native, chosen in ((False, "no"), (True, "bf16")):
-        monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "cpu_multiplies", lambda dtype, native=native: native)
         assert precision.resolve(config.training.mixed_precision, on_cpu=True) == chosen
 
 

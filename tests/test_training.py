@@ -677,7 +677,7 @@ def test_auto_precision_takes_bf16_only_on_a_cpu_that_multiplies_it(tmp_path, mo
     from janus_like.training import precision
     from janus_like.training.trainer import Trainer
 
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_multiplies", lambda dtype: native)
     write_dataset(tmp_path)
     data = {"files": [str(tmp_path / "train.jsonl")]}
     auto = Trainer(load_config(write_config(tmp_path / "auto", data=data, training={"mixed_precision": "auto"})))

@@ -38,7 +38,7 @@ import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from janus_like import JanusLikeForConditionalGeneration
-from janus_like.training import precision
+from janus_like.hardware import cpu_multiplies
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "janus_like" / "default_model"
@@ -199,7 +199,7 @@ def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
     return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
-            "bf16_matmul": precision.cpu_has_bf16()}  # fmt: skip
+            "bf16_matmul": cpu_multiplies(torch.bfloat16)}  # fmt: skip
 
 
 def install(final: Path) -> float:

@@ -1,9 +1,8 @@
 """Which mixed precision a run computes in: `auto` takes half precision only where the hardware has it.
 
-A CPU without AVX512-BF16 or AMX has no bf16 matmul: PyTorch falls back to a scalar loop. On a
-2-core AMD EPYC (AVX2) a 12288x256 @ 256x704 matmul ran 70 GFLOPS in float32 and 2 in bf16, and
-the default model's stage-1 step took 26.1 s under bf16 autocast against 1.72 s in float32
-(docs/training.md). On a CPU with AMX the same step took 0.44-0.72 s in bf16.
+A CPU without AVX512-BF16 or AMX has no bf16 matmul (janus_like/hardware.py): the default model's
+stage-1 step took 26.1 s under bf16 autocast against 1.72 s in float32 on one (docs/training.md),
+and 0.44-0.72 s in bf16 on a CPU with AMX.
 """
 
 from __future__ import annotations
@@ -11,14 +10,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..hardware import cpu_multiplies
+
 CHOICES = ("auto", "no", "bf16", "fp16")
-
-
-def cpu_has_bf16() -> bool:
-    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles)."""
-    # torch.cpu's capability queries are private, and no public API says whether bf16 is native
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve(setting: str | None, on_cpu: bool) -> str | None:
@@ -29,11 +23,11 @@ def resolve(setting: str | None, on_cpu: bool) -> str | None:
     """
     if setting == "auto":
         if on_cpu:
-            return "bf16" if cpu_has_bf16() else "no"
+            return "bf16" if cpu_multiplies(torch.bfloat16) else "no"
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             return "fp16"
         return "bf16"
-    if setting == "bf16" and on_cpu and not cpu_has_bf16():
+    if setting == "bf16" and on_cpu and not cpu_multiplies(torch.bfloat16):
         tqdm.write(
             "warning: training.mixed_precision = bf16 on a CPU without AVX512-BF16 or AMX: its matmuls run "
             "tens of times slower than float32 here; `auto` chooses float32 on such a CPU"
