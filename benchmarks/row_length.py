@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import yaml
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
 from shapes_data import write_shapes  # noqa: E402
 
+from janus_like.testing import reset_accelerate  # noqa: E402
 from janus_like.training.config import load_config  # noqa: E402
 from janus_like.training.trainer import Trainer  # noqa: E402
 
@@ -53,9 +53,7 @@ def time_steps(
     settings.update(output_dir=str(work / f"run-{run}"), model={"path": str(model), "attn_implementation": attention})
     config = work / f"rows-{run}.yaml"
     config.write_text(yaml.safe_dump(settings))
-    # each Trainer builds an Accelerator; accelerate keeps process-wide state that would refuse a new precision
-    for state in (AcceleratorState, GradientState, PartialState):
-        state._reset_state()
+    reset_accelerate()  # accelerate's process-wide state would refuse another precision
     trainer = Trainer(load_config(config))
     batches = trainer._loader(trainer.train_data, 0, WARMUP_STEPS + steps)
     seconds, padding = [], []

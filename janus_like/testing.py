@@ -108,3 +108,13 @@ def write_image(path: Path, image: Image.Image | None = None) -> Path:
 def random_image(size: int = 32, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state, so that the next Trainer in this process builds its
+    Accelerator afresh (another precision, another process count)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

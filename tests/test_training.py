@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from janus_like import CheckpointError, DataError, JanusLikeForConditionalGeneration, SettingsError
-from janus_like.testing import shape_image, tiny_model
+from janus_like.testing import reset_accelerate, shape_image, tiny_model
 from janus_like.training import checkpoints
 from janus_like.training.config import config_from_dict, load_config
 from janus_like.training.packing import collate_packed, collate_padded, first_fit_decreasing
@@ -87,13 +86,6 @@ def write_config(root: Path, **sections) -> Path:
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(base_config(**sections)))
     return path
-
-
-def reset_accelerate() -> None:
-    """Each Trainer builds its own Accelerator; accelerate keeps process-wide singletons."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 @pytest.fixture(autouse=True)

@@ -132,9 +132,10 @@ class Trainer:
         train_files = resolve_files(cfg.data.files, cfg.base_dir)
         eval_files = resolve_files(cfg.eval.files, cfg.base_dir) if cfg.eval.every else []
         use_tb = cfg.logging.tensorboard and is_tensorboard_available()
+        on_cpu = not _has_accelerator()
         self.accelerator = acc = Accelerator(
-            cpu=not _has_accelerator(),  # without it accelerate treats torchrun on CPUs as one process
-            mixed_precision=precision.resolve(tcfg.mixed_precision, on_cpu=not _has_accelerator()),
+            cpu=on_cpu,  # without it accelerate treats torchrun on CPUs as one process
+            mixed_precision=precision.resolve(tcfg.mixed_precision, on_cpu),
             log_with="tensorboard" if use_tb else None,
             project_dir=str(self.output_dir),
             step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
