@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from janus_like import JanusLikeForConditionalGeneration
@@ -69,7 +72,7 @@ def test_the_read_stage_trains_the_vision_tower_and_aligner_alone():
 def test_build_keeps_the_recipes_model_settings_beside_the_init_path(tmp_path, monkeypatch):
     written = {}
 
-    def record(cmd, log):  # the `janus-like train` call: what config it would run
+    def record(cmd, log, mode="w"):  # the `janus-like train` call: what config it would run
         written.update(yaml.safe_load(Path(cmd[-1]).read_text()))
         (tmp_path / "train").mkdir(exist_ok=True)
         (tmp_path / "train" / "metrics.json").write_text('{"history": [{"loss": 1.0}]}')
@@ -90,3 +93,64 @@ def test_the_vq_is_trained_with_the_recipes_codebook_settings(tmp_path, monkeypa
     vq = RECIPE["vq"]
     assert args["--codebook-size"] == str(vq["codebook_size"]) and args["--merge-codes"] == str(vq["merge_codes"])
     assert args["--dead-code-threshold"] == str(vq["dead_code_threshold"])
+
+
+def _tiny_recipe() -> dict:
+    """The recipe's shape at toy size: every step of a build in about a minute."""
+    recipe = yaml.safe_load((BUILD / "recipe.yaml").read_text())
+    few = {"generation": 6, "edit": 3, "understanding": 6, "interleaved": 2, "text": 2}
+    recipe["data"]["counts"] = few
+    recipe["vq"].update(steps=2, batch_size=4)
+    recipe["model"]["text"].update(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+    )
+    recipe["model"]["vision"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    recipe["model"]["gen_head_hidden_size"] = 32
+    recipe["train"]["training"].update(max_steps=2, batch_size=2)
+    recipe["train"]["data"]["row_length"] = 1024
+    for stage in build.LATER_STAGES:
+        recipe[stage]["data"]["counts"] = dict(few, text=0)
+        recipe[stage]["train"]["training"] = {"max_steps": 3}
+        recipe[stage]["train"]["logging"] = {"save_every": 2, "keep": 2}
+    return recipe
+
+
+def _weights(final: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(final / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_build_stopped_midway_resumes_to_the_same_weights_and_redoes_only_what_changed(tmp_path, capsys):
+    """A build of hours on a slow CPU must survive an interruption: `--resume` keeps the finished steps
+    and continues the stopped stage from its checkpoint, ending where the uninterrupted build ends."""
+    recipe_file, work = tmp_path / "recipe.yaml", tmp_path / "work"
+    recipe = _tiny_recipe()
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    args = ["--work", str(work), "--recipe", str(recipe_file), "--no-install"]
+    build.main(args)
+    whole = {stage: _weights(work / stage / "final") for stage in ("tune", "read")}
+
+    # what a build killed between the tune's steps 2 and 3 leaves: its step-2 checkpoint, no final, no read stage
+    ledger = json.loads((work / "steps.json").read_text())
+    ledger["tune"]["result"] = None
+    del ledger["read_data"], ledger["read"]
+    (work / "steps.json").write_text(json.dumps(ledger))
+    for gone in ("tune/final", "tune/checkpoints/step-00000003", "read", "read_data"):
+        shutil.rmtree(work / gone)
+    capsys.readouterr()
+    report = build.main(args + ["--resume"])
+    assert report["kept_from_earlier_run"] == ["data", "vq", "text_tokenizer", "init", "train", "tune_data"]
+    assert f"{work / 'tune.yaml'} --resume" in capsys.readouterr().out  # continued, not started over
+    for stage, weights in whole.items():
+        resumed = _weights(work / stage / "final")
+        assert all(torch.equal(resumed[name], weights[name]) for name in weights), f"{stage} differs after resume"
+
+    # a changed setting redoes its step and those after it, nothing before
+    recipe["read"]["train"]["optimizer"]["lr"] = 1.0e-3
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    report = build.main(args + ["--resume"])
+    assert report["kept_from_earlier_run"] == ["data", "vq", "text_tokenizer", "init", "train", "tune_data", "tune",
+                                               "read_data"]  # fmt: skip
+    assert not torch.equal(_weights(work / "read" / "final")["aligner.layers.0.weight"], whole["read"]["aligner.layers.0.weight"])

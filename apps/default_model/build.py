@@ -13,6 +13,7 @@
 8. copy the result into janus_like/default_model/ and run ShapesEval on it.
 
     python apps/default_model/build.py [--work runs/default_model] [--recipe apps/default_model/recipe.yaml]
+    python apps/default_model/build.py --resume   # after an interruption: keeps finished steps, continues training
     python apps/default_model/build.py --stage1 runs/default_model/train/final --work runs/tune2   # later stages only
     python apps/default_model/build.py --tuned runs/default_model/tune/final --work runs/read2   # the read stage alone
 
@@ -31,6 +32,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from hashlib import sha256
 from pathlib import Path
 
 import torch
@@ -38,17 +41,19 @@ import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from janus_like import JanusLikeForConditionalGeneration
+from janus_like.fileio import write_json
 from janus_like.hardware import cpu_multiplies
+from janus_like.training import checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "janus_like" / "default_model"
 LATER_STAGES = ("tune", "read")  # recipe sections; each trains the previous result on its own fresh records
 
 
-def run(cmd: list[str], log: Path) -> str:
-    """Run a step as its own process (stderr, the progress bars, goes to `log`); its stdout."""
+def run(cmd: list[str], log: Path, mode: str = "w") -> str:
+    """Run a step as its own process (stderr, the progress bars, goes to `log`; mode "a" adds to it); its stdout."""
     print("$", " ".join(cmd), flush=True)
-    with log.open("w") as err:
+    with log.open(mode) as err:
         out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     print(out.stdout, end="", flush=True)
     if out.returncode != 0:
@@ -56,7 +61,41 @@ def run(cmd: list[str], log: Path) -> str:
     return out.stdout
 
 
-def write_data(data: Path, size: int, seed: int, spec: dict) -> Path:
+class Steps:
+    """The build's ledger, WORK/steps.json: each step's settings (a hash that includes the steps it
+    builds on) and its numbers. With `resume`, a finished step whose settings and output are unchanged
+    is kept, and a training stage that was stopped continues from its checkpoint: a build of hours on a
+    slow CPU (docs/default-model.md) survives an interruption. Without it every step runs afresh."""
+
+    def __init__(self, work: Path, resume: bool):
+        self.file, self.resume = work / "steps.json", resume
+        self.entries = json.loads(self.file.read_text()) if resume and self.file.exists() else {}
+        self.kept: list[str] = []
+
+    def key(self, name: str) -> str:
+        return self.entries[name]["key"]
+
+    def run(self, name: str, settings: dict, output: Path, make: Callable[[bool], dict | None]) -> dict:
+        """`make(started_before)`'s numbers and time, or the earlier run's where this step is kept."""
+        key = sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+        earlier = self.entries.get(name, {})
+        same = self.resume and earlier.get("key") == key
+        if same and earlier.get("result") is not None and output.exists():
+            print(f"{name}: kept from an earlier run with the same settings", flush=True)
+            self.kept.append(name)
+            return earlier["result"]
+        self._record(name, key, None)  # started: a resumed build may continue what this leaves behind
+        started = time.perf_counter()
+        result = dict(make(same) or {}, seconds=round(time.perf_counter() - started))
+        self._record(name, key, result)
+        return result
+
+    def _record(self, name: str, key: str, result: dict | None) -> None:
+        self.entries[name] = {"key": key, "result": result}
+        write_json(self.file, self.entries, indent=2)
+
+
+def write_data(data: Path, size: int, seed: int, spec: dict) -> None:
     """The shapes world's training records under `data`; `spec` holds counts and optional view and question settings."""
     sys.path.insert(0, str(ROOT / "configs"))
     from shapes_data import write_shapes
@@ -66,7 +105,6 @@ def write_data(data: Path, size: int, seed: int, spec: dict) -> Path:
     if "describe_share" in spec:
         options["describe_share"] = spec["describe_share"]
     write_shapes(data, size=size, seed=seed, counts=spec["counts"], **options)
-    return data
 
 
 def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
@@ -108,7 +146,8 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
     return work / "vq" / "model", psnr
 
 
-def train_text_tokenizer(work: Path, recipe: dict, data: Path) -> Path:
+def train_text_tokenizer(work: Path, recipe: dict, data: Path) -> None:
+    """A byte-level BPE on the records' text, into WORK/text_tokenizer."""
     out = work / "text_tokenizer"
     run(
         [
@@ -123,11 +162,10 @@ def train_text_tokenizer(work: Path, recipe: dict, data: Path) -> Path:
         ],
         work / "text_tokenizer.log",
     )
-    return out
 
 
-def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> Path:
-    """A fresh Llama and SigLIP saved as parts, joined with the trained VQ by from_parts."""
+def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> None:
+    """A fresh Llama and SigLIP saved as parts, joined with the trained VQ by from_parts, into WORK/init."""
     torch.manual_seed(recipe["seed"])
     m = recipe["model"]
     tokenizer = AutoTokenizer.from_pretrained(text_tokenizer)
@@ -160,7 +198,6 @@ def compose(work: Path, recipe: dict, vq: Path, text_tokenizer: Path) -> Path:
     init = work / "init"
     model.save_pretrained(init)
     processor.save_pretrained(init)
-    return init
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -172,8 +209,9 @@ def merged(base: dict, override: dict) -> dict:
     return out
 
 
-def train(work: Path, name: str, settings: dict, init: Path, data: Path) -> dict:
-    """`janus-like train` from `init` on `data` into WORK/NAME (final/ holds the result); its last losses."""
+def train(work: Path, name: str, settings: dict, init: Path, data: Path, resume: bool = False) -> dict:
+    """`janus-like train` from `init` on `data` into WORK/NAME (final/ holds the result); its last losses.
+    With `resume`, a run stopped midway continues from its latest checkpoint (the trainer resumes exactly)."""
     config = dict(
         settings,
         output_dir=str(work / name),
@@ -182,8 +220,11 @@ def train(work: Path, name: str, settings: dict, init: Path, data: Path) -> dict
     )
     config_file = work / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    shutil.rmtree(work / name, ignore_errors=True)
-    run([sys.executable, "-m", "janus_like.cli", "train", str(config_file)], work / f"{name}.log")
+    cmd = [sys.executable, "-m", "janus_like.cli", "train", str(config_file)]
+    continuing = resume and checkpoints.latest(work / name / "checkpoints") is not None
+    if not continuing:
+        shutil.rmtree(work / name, ignore_errors=True)
+    run(cmd + ["--resume"] * continuing, work / f"{name}.log", mode="a" if continuing else "w")
     history = json.loads((work / name / "metrics.json").read_text())["history"]
     last = history[-50:]
 
@@ -212,17 +253,38 @@ def install(final: Path) -> float:
     return sum(f.stat().st_size for f in TARGET.iterdir()) / 1e6
 
 
-def stage_one(work: Path, recipe: dict) -> tuple[Path, dict]:
-    """Steps 1-5: data, VQ, text tokenizer, composition, training; the trained model and its numbers."""
-    started = time.perf_counter()
-    data = write_data(work / "data", recipe["data"]["image_size"], recipe["seed"], recipe["data"])
-    vq, psnr = train_vq(work, recipe, data / "renders")
-    vq_seconds = time.perf_counter() - started
-    text_tokenizer = train_text_tokenizer(work, recipe, data)
-    init = compose(work, recipe, vq, text_tokenizer)
-    losses = train(work, "train", recipe["train"], init, data)
-    report = {"vq_psnr_db": psnr, "vq_seconds": round(vq_seconds), "final_losses_last50": losses}
-    return work / "train" / "final", report
+def stage_one(work: Path, recipe: dict, steps: Steps) -> tuple[str, dict]:
+    """Steps 1-5: data, VQ, text tokenizer, composition, training; the ledger key of the trained model
+    (WORK/train/final) and its numbers."""
+    size, seed = recipe["data"]["image_size"], recipe["seed"]
+    data, vq, text_tokenizer, init = work / "data", work / "vq" / "model", work / "text_tokenizer", work / "init"
+    records = steps.run(
+        "data", {"seed": seed, "data": recipe["data"]}, data / "train.jsonl",
+        lambda _: write_data(data, size, seed, recipe["data"]),
+    )  # fmt: skip
+    coded = steps.run(
+        "vq", {"data": steps.key("data"), "vq": recipe["vq"], "seed": seed, "size": size}, vq,
+        lambda _: {"psnr_db": train_vq(work, recipe, data / "renders")[1]},
+    )  # fmt: skip
+    steps.run(
+        "text_tokenizer", {"data": steps.key("data"), "tokenizer": recipe["text_tokenizer"]}, text_tokenizer,
+        lambda _: train_text_tokenizer(work, recipe, data),
+    )  # fmt: skip
+    parts = {"vq": steps.key("vq"), "text_tokenizer": steps.key("text_tokenizer")}
+    steps.run("init", {**parts, "model": recipe["model"], "seed": seed, "size": size}, init,
+              lambda _: compose(work, recipe, vq, text_tokenizer))  # fmt: skip
+    trained = steps.run(
+        "train", {"init": steps.key("init"), "data": steps.key("data"), "train": recipe["train"]},
+        work / "train" / "final",
+        lambda started_before: {"losses": train(work, "train", recipe["train"], init, data, started_before)},
+    )  # fmt: skip
+    report = {
+        "vq_psnr_db": coded["psnr_db"],
+        "vq_seconds": records["seconds"] + coded["seconds"],  # the records' and the VQ's, as builds have reported
+        "final_losses_last50": trained["losses"],
+        "train_seconds": trained["seconds"],
+    }
+    return steps.key("train"), report
 
 
 def earlier_report(final: Path) -> dict | None:
@@ -240,6 +302,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--stage1", help="WORK/train/final of an earlier build with this stage-1 recipe: only the later stages"
     )
     p.add_argument("--tuned", help="WORK/tune/final of an earlier build with this recipe: only the read stage")
+    p.add_argument(
+        "--resume", action="store_true", help="keep the steps an earlier build in WORK finished with the same "
+        "settings (WORK/steps.json) and continue a stopped training stage from its checkpoint",
+    )  # fmt: skip
     args = p.parse_args(argv)
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     work = Path(args.work).resolve()
@@ -248,22 +314,35 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     ran_on = machine()
     print(f"machine: {ran_on}", flush=True)
-    stages = LATER_STAGES
+    steps, stages = Steps(work, args.resume), LATER_STAGES
     if args.tuned:  # stage 1 and the tune each reproduce bit for bit: iterate on the read stage
         final, stages = Path(args.tuned).resolve(), ("read",)
-        report = {"tuned": str(final), "tuned_build": earlier_report(final)}
+        previous, report = str(final), {"tuned": str(final), "tuned_build": earlier_report(final)}
     elif args.stage1:  # stage 1 is seeded and reproduces bit for bit (docs/default-model.md): iterate on the rest
         final = Path(args.stage1).resolve()
-        report = {"stage1": str(final), "stage1_build": earlier_report(final)}
+        previous, report = str(final), {"stage1": str(final), "stage1_build": earlier_report(final)}
     else:
-        final, report = stage_one(work, recipe)
+        (previous, report), final = stage_one(work, recipe, steps), work / "train" / "final"
+    size = recipe["data"]["image_size"]
     for name in stages:
-        stage_started, spec = time.perf_counter(), recipe[name]
-        data = write_data(work / f"{name}_data", recipe["data"]["image_size"], spec["data"]["seed"], spec["data"])
-        report[f"{name}_losses_last50"] = train(work, name, merged(recipe["train"], spec["train"]), final, data)
-        final = work / name / "final"
-        report[f"{name}_seconds"] = round(time.perf_counter() - stage_started)
+        spec, data = recipe[name], work / f"{name}_data"
+        settings = merged(recipe["train"], spec["train"])
+        written = steps.run(
+            f"{name}_data", {"data": spec["data"], "size": size}, data / "train.jsonl",
+            lambda _, spec=spec, data=data: write_data(data, size, spec["data"]["seed"], spec["data"]),
+        )  # fmt: skip
+        result = steps.run(
+            name, {"from": previous, "data": steps.key(f"{name}_data"), "train": settings}, work / name / "final",
+            lambda started_before, name=name, settings=settings, init=final, data=data: {
+                "losses": train(work, name, settings, init, data, started_before)
+            },
+        )  # fmt: skip
+        report[f"{name}_losses_last50"] = result["losses"]
+        report[f"{name}_seconds"] = written["seconds"] + result["seconds"]
+        previous, final = steps.key(name), work / name / "final"
     report["total_seconds"] = round(time.perf_counter() - started)
+    if steps.kept:  # total_seconds is this run's; each step's own time is in WORK/steps.json
+        report["kept_from_earlier_run"] = steps.kept
     report["machine"] = ran_on
     if not args.no_install:
         report["size_mb"] = round(install(final), 2)
