@@ -107,7 +107,8 @@ def write_data(data: Path, size: int, seed: int, spec: dict) -> None:
     write_shapes(data, size=size, seed=seed, counts=spec["counts"], **options)
 
 
-def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
+def train_vq(work: Path, recipe: dict, images: Path) -> float:
+    """The VQ on the renders, into WORK/vq/model; its reconstructions' PSNR in dB."""
     vq = recipe["vq"]
     out = run(
         [
@@ -142,8 +143,7 @@ def train_vq(work: Path, recipe: dict, images: Path) -> tuple[Path, float]:
         ],
         work / "vq.log",
     )
-    psnr = float(re.search(r"PSNR [-\d.]+ -> ([-\d.]+) dB", out).group(1))
-    return work / "vq" / "model", psnr
+    return float(re.search(r"PSNR [-\d.]+ -> ([-\d.]+) dB", out).group(1))
 
 
 def train_text_tokenizer(work: Path, recipe: dict, data: Path) -> None:
@@ -264,7 +264,7 @@ def stage_one(work: Path, recipe: dict, steps: Steps) -> tuple[str, dict]:
     )  # fmt: skip
     coded = steps.run(
         "vq", {"data": steps.key("data"), "vq": recipe["vq"], "seed": seed, "size": size}, vq,
-        lambda _: {"psnr_db": train_vq(work, recipe, data / "renders")[1]},
+        lambda _: {"psnr_db": train_vq(work, recipe, data / "renders")},
     )  # fmt: skip
     steps.run(
         "text_tokenizer", {"data": steps.key("data"), "tokenizer": recipe["text_tokenizer"]}, text_tokenizer,
